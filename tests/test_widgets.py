@@ -1,0 +1,300 @@
+"""The panels' logic without a browser: set widget values, press buttons, check what the outputs hold."""
+import dataclasses
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthkit.data.items import Dataset, Item
+from synthkit.errors import SynthkitError
+from synthkit.generators import GENERATORS, Generator, GenParams, derive_seed
+from synthkit.images import save_image
+from synthkit import widgets
+from synthkit.widgets import CaseStudyPanel, TuningPanel, grid_png, output_key
+
+
+class NoiseGenerator(Generator):
+    name, knobs = 'noise', frozenset({'strength', 'seed'})
+    calls = 0
+
+    def _run(self, x, boxes, cls, params, seeds):
+        type(self).calls += len(seeds)
+        return [np.clip(x + np.random.default_rng(s).normal(0, params.strength / 4, x.shape), 0, 1) for s in seeds]
+
+
+class GatedGenerator(NoiseGenerator):
+    "Each output waits for `gate` (so a test can see the panel mid-run)."
+    name, knobs = 'gated', frozenset({'strength', 'seed', 'guidance', 'prompt', 'negative_prompt', 'steps'})
+
+    def __init__(self):
+        self.gate, self.started = threading.Semaphore(0), threading.Event()
+
+    def _run(self, x, boxes, cls, params, seeds):
+        self.started.set()
+        assert self.gate.acquire(timeout=20), 'test never released the gate'
+        return super()._run(x, boxes, cls, params, seeds)
+
+
+class BrokenGenerator(NoiseGenerator):
+    name = 'broken'
+
+    def _run(self, x, boxes, cls, params, seeds):
+        raise SynthkitError('model folder m/ lacks config.json', 'point at a trained model')
+
+
+@pytest.fixture
+def ds(tmp_path):
+    rng, items = np.random.default_rng(0), []
+    for i in range(3):
+        a = rng.integers(0, 80, (48, 64), dtype=np.uint8)
+        a[10:16, 20:34] = 220
+        p = save_image(a, tmp_path / 'data' / f'img{i}.png')
+        items.append(Item(p, 64, 48, [[20, 10, 34, 16]], [0], f'img{i}'))
+    return Dataset(items, ['ship'], root=tmp_path / 'data')
+
+
+def test_grid_png_and_errors():
+    a = np.zeros((20, 30), np.uint16)
+    png = grid_png([[a, None], [a, a]], [[1, 1, 5, 5]], [0], row_labels=['r0', 'r1'], col_labels=['c0', 'c1'])
+    assert png.startswith(b'\x89PNG')
+    with pytest.raises(SynthkitError, match='nothing to draw'):
+        grid_png([])
+
+
+def test_preview_button_fills_grid_with_source_and_variations(ds):
+    p = TuningPanel(ds, NoiseGenerator(), n=3)
+    before = p.w_grid.value
+    p.w_image.value = 'img1'
+    p.w_strength.value = 0.45
+    p.w_seed.value = 11
+    p.b_preview.click()
+    res = p.wait(timeout=30)
+    assert res.mode == 'variations' and res.item_id == 'img1' and res.params.strength == 0.45
+    assert res.done == res.total == 3 and not res.cancelled and not res.error
+    assert res.seeds == [derive_seed(11, 'img1', k) for k in range(3)]
+    src = ds['img1'].read()
+    for a in res.images[0]:
+        assert a.dtype == src.dtype and a.shape == src.shape and not np.array_equal(a, src)
+    assert p.w_grid.value != before and bytes(p.w_grid.value).startswith(b'\x89PNG')
+    assert p.w_progress.value == 3 and p.w_progress.bar_style == 'success'
+    assert list(p.w_which.options) == [0, 1, 2] and not p.b_keep.disabled
+    # the same outputs as asking the generator directly (same per-output seeds)
+    direct = NoiseGenerator().generate(src, n=3, params=GenParams(strength=0.45, seed=11), source_id='img1')
+    assert all(np.array_equal(a, b) for a, b in zip(res.images[0], direct))
+
+
+def test_preview_returns_at_once_and_cancel_keeps_finished_outputs(ds):
+    g = GatedGenerator()
+    p = TuningPanel(ds, g, n=4)
+    t0 = time.time()
+    p.b_preview.click()                       # the handler must not wait for generation
+    assert time.time() - t0 < 5 and p.busy and not p.b_cancel.disabled
+    assert g.started.wait(10)
+    g.gate.release()                          # let exactly one output finish
+    for _ in range(200):
+        if p.result.done == 1: break
+        time.sleep(0.02)
+    p.b_cancel.click()
+    g.gate.release()                          # the output in flight finishes, then the worker stops
+    res = p.wait(timeout=20)
+    assert res.cancelled and res.done == 2 < res.total == 4
+    assert p.w_progress.bar_style == 'warning' and 'cancelled after 2 of 4' in p.w_status.value
+    assert len(p.cache) == 2 and bytes(p.w_grid.value).startswith(b'\x89PNG')
+    assert list(p.w_which.options) == [0, 1]
+
+
+def test_cache_makes_going_back_instant(ds):
+    NoiseGenerator.calls = 0
+    p = TuningPanel(ds, NoiseGenerator(), n=2)
+    p.set(strength=0.2).preview(); first = p.wait()
+    p.set(strength=0.6).preview(); p.wait()
+    assert NoiseGenerator.calls == 4
+    p.set(strength=0.2).preview(); back = p.wait()
+    assert NoiseGenerator.calls == 4 and all(np.array_equal(a, b) for a, b in zip(first.images[0], back.images[0]))
+    p.set(n=3).preview(); p.wait()            # one more variation costs one output
+    assert NoiseGenerator.calls == 5
+    p.set(guidance=3.0).preview(); p.wait()   # a knob the generator ignores costs nothing
+    assert NoiseGenerator.calls == 5
+    g = NoiseGenerator()
+    assert output_key('a', g, GenParams(prompt='x'), 1) == output_key('a', g, GenParams(), 1)
+    assert output_key('a', g, GenParams(), 1) != output_key('a', NoiseGenerator(), GenParams(), 1)  # another model
+
+
+def test_sweep_rows_of_strengths_columns_of_seeds(ds):
+    p = TuningPanel(ds, NoiseGenerator(), n=3)
+    p.set(mode='sweep', sweep='0.1, 0.5,0.9')
+    p.b_preview.click(); res = p.wait()
+    assert res.mode == 'sweep' and res.strengths == [0.1, 0.5, 0.9] and res.done == res.total == 9
+    spread = [np.std(r[0].astype(float) - ds[0].read()) for r in res.images]
+    assert spread[0] < spread[1] < spread[2]
+    assert p.b_keep.disabled  # keep takes variations, not a sweep
+    with pytest.raises(SynthkitError, match='no finished preview of variations'):
+        p.keep()
+    p.set(sweep='0.2, lots')
+    p.b_preview.click()                       # a typo shows in the status line, nothing crashes
+    assert "'0.2, lots' is not a comma-separated list" in p.w_status.value
+    with pytest.raises(SynthkitError, match='strength 1.5 is outside'):
+        p.sweep([0.5, 1.5])
+
+
+def test_knobs_grey_out_per_generator_and_new_seed(ds):
+    p = TuningPanel(ds, {'noise': NoiseGenerator(), 'full': GatedGenerator()}, seed=5)
+    assert p.w_guidance.disabled and p.w_prompt.disabled and p.w_negative.disabled and p.w_steps.disabled
+    p.w_generator.value = 'full'
+    assert not (p.w_guidance.disabled or p.w_prompt.disabled or p.w_negative.disabled or p.w_steps.disabled)
+    p.b_new_seed.click(); s1 = p.w_seed.value
+    q = TuningPanel(ds, NoiseGenerator(), seed=5); q.b_new_seed.click()
+    assert s1 == q.w_seed.value and p.new_seed() != s1   # seeded: reproducible, and fresh each press
+    with pytest.raises(SynthkitError, match="unknown panel setting 'strenght'"):
+        p.set(strenght=0.3)
+
+
+def test_generator_spec_string_loads_when_picked(ds, monkeypatch):
+    mod = types.ModuleType('synthkit_test_toygen')
+    mod.Toy = type('Toy', (NoiseGenerator,), {'name': 'toy', '__init__': lambda self, model='': setattr(self, 'model_id', model)})
+    monkeypatch.setitem(sys.modules, 'synthkit_test_toygen', mod)
+    monkeypatch.setitem(GENERATORS, 'toy', 'synthkit_test_toygen:Toy')
+    p = TuningPanel(ds, ['toy:some/folder'], n=1)
+    assert isinstance(p.generator, mod.Toy) and p.generator.model_id == 'some/folder'
+    p.preview(); p.wait()
+    py, cli = p.code()
+    assert "load_generator('toy:some/folder')" in py and '--generator toy:some/folder' in cli
+
+
+def test_generator_error_shows_in_status_and_wait_raises(ds):
+    p = TuningPanel(ds, BrokenGenerator())
+    p.b_preview.click()
+    with pytest.raises(SynthkitError, match='lacks config.json'):
+        p.wait()
+    assert 'lacks config.json' in p.w_status.value and p.w_progress.bar_style == 'danger' and p.b_keep.disabled
+
+
+def test_code_gives_python_and_cli(ds):
+    p = TuningPanel(ds, NoiseGenerator(), out='out/kept')
+    p.set(image='img2', strength=0.35, seed=9, n=2, steps=40)
+    py, cli = p.code()
+    assert f"load_dataset({str(ds.root)!r})" in py and "dataset['img2']" in py
+    assert 'GenParams(strength=0.35, seed=9)' in py and 'n=2' in py   # only the knobs the generator honours
+    assert cli == f'synthkit generate {ds.root} --generator noise --n 2 --strength 0.35 --seed 9 --out out/kept'
+    p.b_code.click()
+    assert cli in p.w_code.value and p.w_code.layout.display is None
+    # the Python runs and makes the outputs the panel shows (with our toy standing in for load_generator)
+    p.preview(); res = p.wait()
+    ns = {}
+    body = '\n'.join(l for l in py.splitlines() if not l.startswith(('from synthkit.data', 'dataset =', 'gen =')))
+    exec(body, dict(dataset=ds, gen=NoiseGenerator()), ns)
+    assert all(np.array_equal(a, b) for a, b in zip(ns['outputs'], res.images[0]))
+
+
+def test_keep_writes_variations_with_manifest_records(ds, tmp_path):
+    synth = pytest.importorskip('synthkit.synthesize', reason='synthkit.synthesize (write_variation, Manifest) not there yet')
+    p = TuningPanel(ds, NoiseGenerator(), n=3, out=tmp_path / 'kept')
+    with pytest.raises(SynthkitError, match='no finished preview'):
+        p.keep()
+    p.set(strength=0.4, seed=2).preview(); p.wait()
+    p.w_which.value = (0, 2)
+    p.b_keep.click()
+    assert 'kept 2 variation(s)' in p.w_status.value, p.w_status.value
+    recs = synth.Manifest(tmp_path / 'kept').read() if hasattr(synth.Manifest, 'read') else None
+    assert len(p.kept) == 2
+    if recs is not None:
+        recs = list(recs)
+        assert [r['k'] for r in recs] == [0, 2] and all(r['source'] == 'img0' for r in recs)
+        assert recs[0]['seed'] == derive_seed(2, 'img0', 0)
+    with pytest.raises(SynthkitError, match='k=7 is not in the last preview'):
+        p.keep([7])
+
+
+# ---------------------------------------------------------------- case-study panel
+
+@dataclasses.dataclass
+class FakeGridConfig:
+    splits: list = dataclasses.field(default_factory=lambda: ['split_1', 'split_2'])
+    conditions: list = dataclasses.field(default_factory=lambda: ['baseline', 'diffusion', 'classic'])
+    seeds: list = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 1
+
+
+@pytest.fixture
+def fake_grid(monkeypatch):
+    "Stand-ins for synthkit.casestudy.PRESETS and synthkit.experiment.run_grid / plan (mechanics, not YOLO)."
+    calls = dict(gate=threading.Semaphore(0), configs=[], started=0)
+
+    def plan(config):
+        return [(s, c, k) for s in config.splits for c in config.conditions for k in config.seeds]
+
+    def run_grid(dataset, config, out, *, progress=True, on_result=None, should_stop=None):
+        calls['configs'].append(config); calls['dataset'] = dataset
+        rows = []
+        for s, c, k in plan(config):
+            if should_stop and should_stop(): break
+            calls['started'] += 1
+            assert calls['gate'].acquire(timeout=20)
+            row = dict(split=s, condition=c, seed=k, map50=0.5 + 0.1 * config.conditions.index(c) + 0.01 * k)
+            rows.append(row)
+            if on_result: on_result(row)
+        return rows
+
+    exp = types.ModuleType('synthkit.experiment'); exp.run_grid, exp.plan, exp.GridConfig = run_grid, plan, FakeGridConfig
+    cs = types.ModuleType('synthkit.casestudy'); cs.PRESETS = {'quick': FakeGridConfig(), 'standard': FakeGridConfig(epochs=30)}
+    monkeypatch.setitem(sys.modules, 'synthkit.experiment', exp)
+    monkeypatch.setitem(sys.modules, 'synthkit.casestudy', cs)
+    import synthkit
+    monkeypatch.setattr(synthkit, 'experiment', exp, raising=False)
+    monkeypatch.setattr(synthkit, 'casestudy', cs, raising=False)
+    return calls
+
+
+def test_case_study_panel_runs_grid_and_fills_table_and_plot(fake_grid, ds, tmp_path, monkeypatch):
+    p = CaseStudyPanel(out=tmp_path / 'cs', data=str(ds.root))
+    monkeypatch.setattr(p, 'dataset', lambda: ds)
+    assert list(p.w_preset.options) == ['quick', 'standard'] and p.w_source.value == 'folder'
+    assert list(p.w_conditions.options) == ['baseline', 'diffusion', 'classic']
+    p.w_preset.value = 'standard'
+    p.w_splits.value = ('split_1',)
+    p.w_conditions.value = ('baseline', 'diffusion')
+    p.w_seeds.value = '0, 1'
+    for _ in range(4): fake_grid['gate'].release()
+    p.b_run.click()
+    rows = p.wait(timeout=30)
+    cfg = fake_grid['configs'][0]
+    assert (cfg.splits, cfg.conditions, cfg.seeds, cfg.epochs) == (['split_1'], ['baseline', 'diffusion'], [0, 1], 30)
+    assert len(rows) == 4 and p.w_progress.value == p.w_progress.max == 4 and p.w_progress.bar_style == 'success'
+    assert p.w_table.value.count('<tr>') == 5 and 'diffusion' in p.w_table.value and '0.610' in p.w_table.value
+    assert bytes(p.w_plot.value).startswith(b'\x89PNG') and not p.b_run.disabled and p.b_stop.disabled
+
+
+def calls_started(calls): return calls['started']
+
+
+def test_case_study_stop_ends_after_run_in_flight(fake_grid, ds, tmp_path, monkeypatch):
+    p = CaseStudyPanel(out=tmp_path / 'cs')
+    monkeypatch.setattr(p, 'dataset', lambda: ds)
+    p.w_seeds.value = '0'
+    p.b_run.click()                          # 2 splits x 3 conditions x 1 seed = 6 runs
+    assert p.busy and p.w_progress.max == 6 and p.b_run.disabled
+    fake_grid['gate'].release()              # run 1 finishes
+    for _ in range(500):
+        if calls_started(fake_grid) == 2: break
+        time.sleep(0.02)
+    p.b_stop.click()                         # run 2 is in flight: it finishes, then the grid stops
+    fake_grid['gate'].release()
+    rows = p.wait(timeout=20)
+    assert len(rows) == 2 and 'stopped after 2 of 6' in p.w_status.value and p.w_progress.bar_style == 'warning'
+    with pytest.raises(SynthkitError, match="seeds 'x' is not a comma-separated list"):
+        p.w_seeds.value = 'x'; p.config()
+
+
+def test_case_study_panel_errors_show_in_status(fake_grid, tmp_path):
+    p = CaseStudyPanel(out=tmp_path / 'cs', data=str(tmp_path / 'missing'))
+    p.b_run.click()
+    with pytest.raises(SynthkitError, match='data folder does not exist'):
+        p.wait(timeout=20)
+    assert 'missing' in p.w_status.value and p.w_progress.bar_style == 'danger'
+    p.w_conditions.value = ()
+    p.b_run.click()
+    assert 'no condition chosen' in p.w_status.value
