@@ -1,0 +1,146 @@
+"""synthkit.experiment: the cache, the equal budget, lineage (no test image or variation of one in training), stop/resume."""
+import json, random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthkit.errors import SynthkitError
+from synthkit.detect import DetectConfig, toy_dataset
+from synthkit.experiment import GridConfig, RunSpec, plan, run_key, run_grid, summarize, check_lineage, parse_condition
+import synthkit.experiment as ex
+
+def _has_synthesize():
+    try: import synthkit.synthesize; return True
+    except ImportError: return False
+
+GRID = pytest.mark.skipif(not _has_synthesize(), reason='synthkit.synthesize (variations writer) is not in the package yet')
+
+
+def deal(ds, seed, sizes=None):
+    ids = sorted(ds.ids); random.Random(seed).shuffle(ids)
+    return {'split_1': dict(train=ids[:8], val=ids[8:12], test=ids[12:])}
+
+
+class Copier:
+    "A stand-in generator: returns copies of the source and records which sources it saw."
+    def __init__(self): self.seen = []
+    def __call__(self, prep):
+        from synthkit.generators import Generator
+        seen = self.seen
+        class Copy(Generator):
+            name, channels = 'copy', 1
+            def _run(self, x, boxes, cls, params, seeds): return [x.copy() for _ in seeds]
+            def generate(self, image, boxes=None, cls=None, source_id='image', **kw):
+                seen.append(source_id); return super().generate(image, boxes, cls, source_id=source_id, **kw)
+        return Copy()
+
+
+CFG = GridConfig(splits=('split_1',), conditions=('baseline', '+2', 'classic+2'), seeds=(0,), steps=2, warmup_steps=0,
+                 generator='stub', detect=DetectConfig(imgsz=64, batch=8))
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory):
+    from synthkit.data.formats import load_dataset
+    return load_dataset(toy_dataset(tmp_path_factory.mktemp('toy')/'toy', n=16, size=64, seed=1).parent)
+
+
+@pytest.fixture(scope='module')
+def grid(toy, tmp_path_factory):
+    out, gen = tmp_path_factory.mktemp('grid'), Copier()
+    rows = run_grid(toy, CFG, out, split_fn=deal, generator_factory=gen, progress=False)
+    return out, rows, gen
+
+
+def test_keys_cover_the_configuration_and_nothing_else():
+    specs = plan(GridConfig(), data='abc')
+    assert len({run_key(s) for s in specs}) == len(specs) == 30
+    base = next(s for s in specs if s.condition == 'baseline')
+    assert run_key(replace(base, config=GridConfig(strength=0.6, ddpm={'steps': 9}))) == run_key(base)
+    assert run_key(replace(base, config=GridConfig(steps=601))) != run_key(base)
+    assert run_key(replace(base, seed=7)) != run_key(base)
+
+
+@GRID
+def test_equal_steps_budget_in_the_plan_and_the_runs(grid):
+    assert {s.detect_config().steps for s in plan(GridConfig(steps=500))} == {500}
+    assert {s.detect_config().epochs for s in plan(GridConfig(budget='epochs', epochs=7))} == {7}
+    _, rows, _ = grid
+    for r in rows:   # the step budget (2) rounded up to whole epochs: never an extra epoch's worth
+        nb = -(-(r['n_train_real'] + r['n_train_synth']) // 8)
+        assert 2 <= r['steps'] < 2 + nb and r['steps'] == r['epochs'] * nb
+        curve = (Path(r['run_dir'])/'detector'/'train'/'results.csv').read_text().strip().splitlines()
+        assert len(curve) - 1 == r['epochs']
+
+
+@GRID
+def test_lineage_no_test_image_or_variation_in_training(grid, toy):
+    out, rows, gen = grid
+    test = set(deal(toy, 0)['split_1']['test'])
+    assert gen.seen and not test & set(gen.seen)    # the generator never saw a test image
+    for r in rows:
+        rd = Path(r['run_dir'])
+        y = (rd/'data.yaml').read_text()
+        assert 'train.txt' in y and 'images/test' in y
+        for part in ('train', 'val'):
+            files = [Path(l) for l in (rd/f'{part}.txt').read_text().split()]
+            assert len(files) == r[f'n_{part}_real'] + r[f'n_{part}_synth']
+            for f in files:
+                assert f.stem not in test and not any(f.stem.startswith(t) for t in test), f
+                assert f.is_file()
+        test_imgs = sorted(p.stem for p in Path(y.split('test: ')[1].split('\n')[0].strip('"')).iterdir())
+        assert set(test_imgs) == test
+
+
+def test_check_lineage_message():
+    with pytest.raises(SynthkitError, match="train part holds 'v3', a variation of test image 't1'"):
+        check_lineage({'train': ['a', 'v3']}, ['t1'], {'v3': 't1'})
+    with pytest.raises(SynthkitError, match="val part holds 't1'"):
+        check_lineage({'val': ['t1']}, ['t1'])
+
+
+@GRID
+def test_rerun_is_all_cache_hits(grid, toy, monkeypatch):
+    out, rows, _ = grid
+    monkeypatch.setattr(ex, 'train_detector', lambda *a, **k: pytest.fail('a cached run was trained again'))
+    assert run_grid(toy, CFG, out, split_fn=deal, generator_factory=Copier(), progress=False) == rows
+    assert len(json.loads((out/'results.json').read_text())) == 3 and (out/'summary.csv').is_file()
+
+
+@GRID
+def test_stop_then_resume_trains_only_what_is_missing(toy, tmp_path, monkeypatch):
+    cfg = replace(CFG, conditions=('baseline', 'classic+1'))
+    got = []
+    first = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False, on_result=got.append, should_stop=lambda: len(got) >= 1)
+    assert [r['condition'] for r in first] == ['baseline'] == [r['condition'] for r in got]
+    trained = []
+    real = ex.train_detector
+    monkeypatch.setattr(ex, 'train_detector', lambda y, d, c, **k: trained.append(Path(d).parent.name) or real(y, d, c, **k))
+    rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
+    assert [r['condition'] for r in rows] == ['baseline', 'classic+1'] and rows[0] == first[0]
+    assert len(trained) == 1 and 'classic+1' in trained[0]
+
+
+@GRID
+def test_synth_ratio_caps_the_synthetic_images(toy, tmp_path):
+    cfg = replace(CFG, conditions=('classic+2',), synth_ratio=0.5)
+    r, = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
+    assert (r['n_train_real'], r['n_train_synth'], r['n_val_synth']) == (8, 4, 2)
+
+
+def test_grid_errors(toy, tmp_path):
+    with pytest.raises(SynthkitError, match="condition 'x\\+2'"): GridConfig(conditions=('x+2',)).check()
+    with pytest.raises(SynthkitError, match="budget='time'"): GridConfig(budget='time').check()
+    with pytest.raises(SynthkitError, match="split 'split_2' is not one of"):
+        run_grid(toy, replace(CFG, splits=('split_2',)), tmp_path, split_fn=deal, progress=False)
+
+
+def test_summary_paired_difference():
+    rows = [dict(split='s', condition=c, kind=parse_condition(c)[0], n_per_image=parse_condition(c)[1], seed=s,
+                 map50=v + .1 * s, map50_95=v, precision=v, recall=v) for c, v in [('baseline', .3), ('+2', .4)] for s in range(3)]
+    S = {r['condition']: r for r in summarize(rows)}
+    assert S['+2']['map50_diff'] == pytest.approx(0.1) and S['+2']['map50_diff_std'] == pytest.approx(0, abs=1e-12)
+    assert S['+2']['map50_std'] == pytest.approx(0.1) and S['+2']['n_runs'] == 3
+    assert S['baseline']['map50_ci_lo'] < S['baseline']['map50_mean'] < S['baseline']['map50_ci_hi']
