@@ -77,3 +77,14 @@ def test_quality_report_from_manifest(tmp_path):
         quality_report(Dataset(items[1:], ['ship']), tmp_path)
     (tmp_path / 'bad.jsonl').write_text('{"source_id": "s0"\n')
     with pytest.raises(SynthkitError, match=r'bad.jsonl:1: bad JSON'): quality_report(Dataset(items, ['ship']), tmp_path / 'bad.jsonl')
+
+
+def test_classic_copies_are_aligned_before_comparing():
+    from synthkit.augment import ClassicGenerator
+    src = np.random.default_rng(3).integers(0, 255, (30, 44), dtype=np.uint8)
+    outs = ClassicGenerator(looks=None).generate(src, n=8, source_id='s')
+    assert {o.shape for o in outs} == {(30, 44), (44, 30)}
+    f = fidelity(src, outs)
+    assert f['n'] == 8 and f['ssim'] > 1 - 1e-9 and abs(diversity(outs)) < 1e-9
+    speckled = ClassicGenerator(looks=4).generate(src, n=4, source_id='s')
+    assert fidelity(src, speckled)['ssim'] < 0.9 and diversity(speckled) > 0.1
