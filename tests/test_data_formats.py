@@ -239,7 +239,7 @@ def test_voc_missing_annotation_missing_image_bad_xml(tmp_path):
     grey(d, 'JPEGImages/f.png')
     ds = load_voc(d)
     assert ds.ids == ['a']
-    assert msgs(ds) == ['Annotations/c.xml: no image c.* or c.png in JPEGImages [skipped image]',
+    assert msgs(ds) == ['Annotations/c.xml: no image c.* or c.png in JPEGImages/ [skipped image]',
                         'Annotations/e.xml:1: not valid xml (no element found: line 1, column 20) [skipped image]',
                         'Annotations/f.xml: <ymin>x</ymin> is not a number — fix the annotation [skipped image]'.replace(' — fix the annotation', ''),
                         'JPEGImages/b.png: no annotation Annotations/b.xml [skipped image]']
