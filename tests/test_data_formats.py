@@ -327,7 +327,9 @@ def test_export_checks_parts_and_refuses_to_mix(tmp_path):
     with pytest.raises(SynthkitError, match="names image id 'z', which is not in the dataset"):
         export_yolo(ds, tmp_path/'o', {'train': ['z']})
     export_yolo(ds, tmp_path/'o', {'train': ['a', 'b'], 'val': ['c']})
+    (tmp_path/'o/labels/train.cache').write_bytes(b'x')                  # Ultralytics' cache: derived, removed
     export_yolo(ds, tmp_path/'o', {'train': ['a', 'b'], 'val': ['c']})   # the same again is fine
+    assert not (tmp_path/'o/labels/train.cache').exists()
     with pytest.raises(SynthkitError, match='other files already in .* would mix into this dataset'):
         export_yolo(ds, tmp_path/'o', {'train': ['a'], 'val': ['c']})
     export_yolo(ds, tmp_path/'o', {'train': ['a'], 'val': ['c']}, overwrite=True)
@@ -340,3 +342,11 @@ def test_export_link_hard_links(tmp_path):
     out = tmp_path/'o/images/train/sub/a.png'
     assert os.path.samefile(out, tmp_path/'src/a.png') and (tmp_path/'o/labels/train/sub/a.txt').is_file()
     assert load_yolo(tmp_path/'o').ids == ['sub/a']
+
+
+def test_coco_file_names_with_folders(tmp_path):
+    grey(tmp_path, 'imgs/sub/a.png')
+    (tmp_path/'c.json').write_text(json.dumps({'images': [{'id': 1, 'file_name': 'imgs/sub/a.png', 'width': 64, 'height': 40}],
+        'annotations': [{'id': 1, 'image_id': 1, 'category_id': 3, 'bbox': [1, 2, 3, 4]}], 'categories': [{'id': 3, 'name': 'ship'}]}))
+    ds = load_dataset(tmp_path/'c.json')
+    assert ds.ids == ['imgs/sub/a'] and ds[0].boxes.tolist() == [[1, 2, 4, 6]] and ds.report.problems == []
