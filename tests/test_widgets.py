@@ -199,14 +199,41 @@ def test_keep_writes_variations_with_manifest_records(ds, tmp_path):
     p.w_which.value = (0, 2)
     p.b_keep.click()
     assert 'kept 2 variation(s)' in p.w_status.value, p.w_status.value
-    recs = synth.Manifest(tmp_path / 'kept').read() if hasattr(synth.Manifest, 'read') else None
-    assert len(p.kept) == 2
-    if recs is not None:
-        recs = list(recs)
-        assert [r['k'] for r in recs] == [0, 2] and all(r['source'] == 'img0' for r in recs)
-        assert recs[0]['seed'] == derive_seed(2, 'img0', 0)
+    out = tmp_path / 'kept'
+    recs = synth.Manifest(out).read()
+    assert len(p.kept) == 2 and [r['k'] for r in recs] == [0, 2] and all(r['source'] == 'img0' for r in recs)
+    r = recs[1]
+    assert r['seed'] == derive_seed(2, 'img0', 2) and r['params']['strength'] == 0.4 and r['batch_size'] == 1
+    assert r['generator'] == 'noise' and r['part'] == 'train' and (out / r['path']).is_file() and (out / 'data.yaml').is_file()
+    kept = synth.regenerate(r, p.generator, ds)          # the record regenerates the very pixels written
+    from synthkit.images import read_image
+    assert np.array_equal(kept, read_image(out / r['path'])) and np.array_equal(kept, p.result.images[0][2])
+    from synthkit.data.formats import load_dataset
+    back = load_dataset(out)
+    assert len(back) == 2 and np.allclose(back[0].boxes, ds['img0'].boxes, atol=0.01)
+    assert p.keep([0]) == [] and 'were there already' in p.w_status.value   # same output again: nothing new
+    p.set(strength=0.7).preview(); p.wait()
+    with pytest.raises(SynthkitError, match="already holds variation k=0 of 'img0', made with other settings"):
+        p.keep([0])
     with pytest.raises(SynthkitError, match='k=7 is not in the last preview'):
         p.keep([7])
+
+
+def test_generator_that_moves_boxes_draws_and_keeps_moved_boxes(ds, tmp_path):
+    augment = pytest.importorskip('synthkit.augment')
+    pytest.importorskip('synthkit.synthesize')
+    gen = augment.ClassicGenerator(looks=None)
+    p = TuningPanel(ds, gen, n=4, out=tmp_path / 'kept')
+    assert p.w_strength.disabled and not p.w_seed.disabled        # classic has only a seed
+    p.preview(); res = p.wait()
+    it = ds['img0']
+    direct = gen.generate_labelled(it.read(), it.boxes, it.cls, n=4, params=p.params, source_id='img0')
+    for (b, c), (im, b2, c2), a in zip(res.labels[0], direct, res.images[0]):
+        assert np.allclose(b, b2) and np.array_equal(a, im)
+    assert any(not np.allclose(b, it.boxes) for b, _ in res.labels[0])   # some copies were flipped / turned
+    recs = p.keep()
+    for r, (b, _) in zip(recs, res.labels[0]):
+        assert np.allclose(r['boxes'], b, atol=1e-3)
 
 
 # ---------------------------------------------------------------- case-study panel
@@ -262,7 +289,7 @@ def test_case_study_panel_runs_grid_and_fills_table_and_plot(fake_grid, ds, tmp_
     p.b_run.click()
     rows = p.wait(timeout=30)
     cfg = fake_grid['configs'][0]
-    assert (cfg.splits, cfg.conditions, cfg.seeds, cfg.epochs) == (['split_1'], ['baseline', 'diffusion'], [0, 1], 30)
+    assert (cfg.splits, cfg.conditions, cfg.seeds, cfg.epochs) == (('split_1',), ('baseline', 'diffusion'), (0, 1), 30)
     assert len(rows) == 4 and p.w_progress.value == p.w_progress.max == 4 and p.w_progress.bar_style == 'success'
     assert p.w_table.value.count('<tr>') == 5 and 'diffusion' in p.w_table.value and '0.610' in p.w_table.value
     assert bytes(p.w_plot.value).startswith(b'\x89PNG') and not p.b_run.disabled and p.b_stop.disabled
@@ -298,3 +325,25 @@ def test_case_study_panel_errors_show_in_status(fake_grid, tmp_path):
     p.w_conditions.value = ()
     p.b_run.click()
     assert 'no condition chosen' in p.w_status.value
+
+
+def test_case_study_panel_shows_cached_rows_and_real_grid_config(fake_grid, ds, tmp_path, monkeypatch):
+    exp = sys.modules['synthkit.experiment']
+    cached = [dict(split='split_1', condition='baseline', seed=0, map50=0.4), dict(split='split_1', condition='+2', seed=0, map50=0.5)]
+    monkeypatch.setattr(exp, 'run_grid', lambda *a, **kw: cached)   # everything came from the cache: no callbacks
+    p = CaseStudyPanel(out=tmp_path / 'cs')
+    monkeypatch.setattr(p, 'dataset', lambda: ds)
+    p.run(); rows = p.wait(timeout=20)
+    assert rows == cached and '0.500' in p.w_table.value and bytes(p.w_plot.value).startswith(b'\x89PNG')
+
+
+def test_case_study_panel_on_the_real_grid_config(monkeypatch):
+    exp = pytest.importorskip('synthkit.experiment')
+    monkeypatch.setitem(sys.modules, 'synthkit.casestudy', None)     # as if the case study module weren't there
+    assert list(widgets.grid_presets()) == ['default']
+    p = CaseStudyPanel(seeds=(0, 1))
+    assert tuple(p.w_conditions.options) == exp.GridConfig().conditions
+    p.w_conditions.value = ('baseline', 'classic+2')
+    cfg = p.config().check()
+    assert isinstance(cfg, exp.GridConfig) and cfg.conditions == ('baseline', 'classic+2') and cfg.seeds == (0, 1)
+    assert len(exp.plan(cfg)) == 2 * 2 * 2
