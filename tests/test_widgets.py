@@ -107,6 +107,20 @@ def test_preview_returns_at_once_and_cancel_keeps_finished_outputs(ds):
     assert list(p.w_which.options) == [0, 1]
 
 
+def test_new_preview_while_running_supersedes_the_old_one(ds):
+    g = GatedGenerator()
+    p = TuningPanel(ds, g, n=3)
+    old = p.preview()
+    assert g.started.wait(10)                 # output 0 of the old run is in flight
+    t0 = time.time()
+    new = p.set(strength=0.8).preview()       # returns at once, though the old output still holds the model
+    assert time.time() - t0 < 5 and p.result is new
+    for _ in range(4): g.gate.release()       # old output 0, then the new run's 3 outputs
+    res = p.wait(timeout=20)
+    assert res is new and res.done == 3 and not res.cancelled and old.cancelled and old.done == 1
+    assert 'strength 0.8 ' in p.w_caption.value and '3/3' in p.w_caption.value and p.w_progress.value == 3
+
+
 def test_cache_makes_going_back_instant(ds):
     NoiseGenerator.calls = 0
     p = TuningPanel(ds, NoiseGenerator(), n=2)
@@ -180,6 +194,11 @@ def test_code_gives_python_and_cli(ds):
     assert f"load_dataset({str(ds.root)!r})" in py and "dataset['img2']" in py
     assert 'GenParams(strength=0.35, seed=9)' in py and 'n=2' in py   # only the knobs the generator honours
     assert cli == f'synthkit generate {ds.root} --generator noise --n 2 --strength 0.35 --seed 9 --out out/kept'
+    synth = pytest.importorskip('synthkit.synthesize')
+    import argparse, shlex
+    parser = argparse.ArgumentParser(); synth.cli_args(parser)
+    args = parser.parse_args(shlex.split(cli)[2:])    # the CLI line is one `synthkit generate` accepts
+    assert (args.strength, args.seed, args.n, args.generator, args.out) == (0.35, 9, 2, 'noise', 'out/kept')
     p.b_code.click()
     assert cli in p.w_code.value and p.w_code.layout.display is None
     # the Python runs and makes the outputs the panel shows (with our toy standing in for load_generator)
