@@ -36,7 +36,7 @@ def test_fid_kid_mechanics_and_reproducible():
 
 def test_errors():
     ex = FeatureExtractor.random(0, width=4, size=16)
-    im = [np.zeros((8, 8), np.uint8)] * 3
+    im = [np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8) for i in range(3)]
     with pytest.raises(SynthkitError, match='at least 2 of each'): distribution_distance(im[:1], im, ex)
     with pytest.raises(SynthkitError, match='kid_subset=9'): distribution_distance(im, im, ex, kid_subset=9)
     with pytest.raises(SynthkitError, match='not a torch module'): distribution_distance(im, im, 'inception')
@@ -88,3 +88,11 @@ def test_classic_copies_are_aligned_before_comparing():
     assert f['n'] == 8 and f['ssim'] > 1 - 1e-9 and abs(diversity(outs)) < 1e-9
     speckled = ClassicGenerator(looks=4).generate(src, n=4, source_id='s')
     assert fidelity(src, speckled)['ssim'] < 0.9 and diversity(speckled) > 0.1
+
+
+def test_constant_features_are_refused():
+    class Zero(torch.nn.Module):
+        def forward(self, x): return torch.zeros(len(x), 4)
+    im = [np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8) for i in range(3)]
+    with pytest.raises(SynthkitError, match='nearly\\) the same features for every real image'):
+        distribution_distance(im, im, Zero())
