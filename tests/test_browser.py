@@ -23,7 +23,7 @@ TOKEN = 'synthkit-browser-test'
 
 # The notebook the browser runs: a tiny synthetic dataset, a toy generator (no diffusion model, nothing downloaded).
 CELLS = [
-    '''import numpy as np, tempfile
+    '''import numpy as np, tempfile, time
 from pathlib import Path
 from synthkit.images import save_image
 from synthkit.data.items import Item, Dataset
@@ -31,8 +31,9 @@ from synthkit.generators import Generator
 from synthkit.widgets import TuningPanel
 
 class NoiseGenerator(Generator):
-    name, knobs = 'noise', frozenset({'strength', 'seed'})
+    name, knobs, delay = 'noise', frozenset({'strength', 'seed'}), 0.0
     def _run(self, x, boxes, cls, params, seeds):
+        time.sleep(self.delay * len(seeds))   # stands in for a slow diffusion model
         return [np.clip(x + np.random.default_rng(s).normal(0, params.strength / 2, x.shape), 0, 1) for s in seeds]
 
 rng, items, folder = np.random.default_rng(0), [], Path(tempfile.mkdtemp())
@@ -44,7 +45,26 @@ for i in range(2):
 ds = Dataset(items, ['ship'], root=folder)''',
     '''panel = TuningPanel(ds, NoiseGenerator(), n=3, params=__import__('synthkit.generators').generators.GenParams(strength=0.3))
 panel.preview(); panel.wait()   # a first grid at strength 0.3
+panel.generator.delay = 1.0     # from now on 1 s per output: the kernel must stay free meanwhile
 panel''',
+    "print(f'kernel answered: strength={panel.w_strength.value:.2f} busy={panel.busy}')",
+    '''import synthkit.experiment as E
+from synthkit.widgets import CaseStudyPanel
+
+def fake_run_grid(dataset, config, out, *, progress=True, on_result=None, should_stop=None, **kw):
+    "Stands in for the YOLO grid: one made-up row per planned run, 0.2 s each."
+    rows = []
+    for spec in E.plan(config):
+        if should_stop and should_stop(): break
+        time.sleep(0.2)
+        rows.append(dict(split=spec.split, condition=spec.condition, seed=spec.seed, map50=0.4 + 0.04 * (len(rows) % 5)))
+        if on_result: on_result(rows[-1])
+    return rows
+
+E.run_grid = fake_run_grid
+study = CaseStudyPanel(out=folder / 'cs', data=str(folder), seeds=(0,))
+study.dataset = lambda: ds
+study''',
 ]
 
 
@@ -115,6 +135,16 @@ def _accept_kernel_dialog(page, wait_ms: int = 1500):
 CAPTION = "const cap = document.querySelector('.synthkit-grid-caption')?.innerText || ''"
 
 
+def _run_cell(page, index: int) -> str:
+    "Run cell `index` as a user would (select it, Shift+Enter); wait for it to finish; its output text."
+    prompt = page.locator('.jp-Notebook .jp-Cell').nth(index).locator('.jp-InputPrompt')
+    before = prompt.inner_text()
+    prompt.click()
+    page.keyboard.press('Shift+Enter')
+    page.wait_for_function("([el, b]) => el.innerText !== b && !el.innerText.includes('*')", arg=[prompt.element_handle(), before])
+    return page.locator('.jp-Notebook .jp-Cell').nth(index).locator('.jp-OutputArea').inner_text()
+
+
 def _grid_src(page) -> str:
     return page.eval_on_selector('.synthkit-grid', 'e => e.src || ""')
 
@@ -155,17 +185,32 @@ def test_tuning_panel_in_jupyterlab(lab, tmp_path):
             slider.locator('.noUi-handle').first.focus()
             for _ in range(3): page.keyboard.press('ArrowRight')
             page.wait_for_function("el => el.innerText.trim() === '0.45'", arg=readout.element_handle())
+            # the kernel has it too (the front end may hold back slider updates while one is unacknowledged)
+            for _ in range(20):
+                if 'strength=0.45' in _run_cell(page, 2): break
+            else: raise AssertionError('the kernel never saw strength 0.45')
 
             panel.locator('button', has_text='Preview').click()
+            # the notebook is not frozen: another cell runs while the panel generates (3 outputs, 1 s each)
+            assert 'busy=True' in _run_cell(page, 2)
             page.wait_for_function(f"before => {{ {CAPTION}; const g = document.querySelector('.synthkit-grid'); "
                                    "return g.src !== before && cap.includes('strength 0.45 ') "
                                    "&& cap.includes('3/3') && g.naturalWidth > 0 }", arg=before)
-            assert 'variations: 3 outputs in' in panel.locator('.widget-html').last.inner_text()
+            panel.locator('.widget-html', has_text='variations: 3 outputs in').wait_for()
             after = _grid_src(page)
             assert after != before
             size = page.eval_on_selector('.synthkit-grid', 'e => [e.naturalWidth, e.naturalHeight]')
             assert size[0] > 3 * size[1], size  # one row: source + 3 variations
             panel.screenshot(path=str(shot))
+
+            # the case-study panel: Run fills the table and the plot as (fake) runs finish
+            study = page.locator('.synthkit-casestudy-panel')
+            study.scroll_into_view_if_needed()
+            study.locator('button', has_text='Run').click()
+            page.wait_for_function("() => document.querySelectorAll('.synthkit-casestudy-panel table.synthkit-results tr').length === 11 "
+                                   "&& /10 runs in/.test(document.querySelector('.synthkit-casestudy-panel').innerText)")
+            assert study.locator('img').evaluate('e => e.naturalWidth') > 100
+            study.screenshot(path=str(tmp_path / 'browser_casestudy.png'))
         except Exception:
             page.screenshot(path=str(tmp_path / 'failure.png'))  # what the browser showed, for the failure report
             for e in page.query_selector_all('.jupyter-widgets-error-widget'):
@@ -177,6 +222,6 @@ def test_tuning_panel_in_jupyterlab(lab, tmp_path):
             browser.close()
     assert shot.exists() and shot.stat().st_size > 10_000
     if os.environ.get('SYNTHKIT_SAVE_SCREENSHOT'):
-        dest = ROOT / 'tests' / 'artifacts' / 'browser_panel.png'
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, dest)
+        dest = ROOT / 'tests' / 'artifacts'
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in (shot, tmp_path / 'browser_casestudy.png'): shutil.copy(f, dest / f.name)
