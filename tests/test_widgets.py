@@ -366,3 +366,35 @@ def test_case_study_panel_on_the_real_grid_config(monkeypatch):
     cfg = p.config().check()
     assert isinstance(cfg, exp.GridConfig) and cfg.conditions == ('baseline', 'classic+2') and cfg.seeds == (0, 1)
     assert len(exp.plan(cfg)) == 2 * 2 * 2
+
+
+def test_sixteen_bit_and_construction_errors(tmp_path, ds, monkeypatch):
+    a = np.random.default_rng(1).integers(300, 4000, (40, 40)).astype(np.uint16)
+    p16 = save_image(a, tmp_path / 'sixteen' / 'x.png')
+    d16 = Dataset([Item(p16, 40, 40, [[5, 5, 15, 12]], [0], 'x')], ['ship'], root=tmp_path / 'sixteen')
+    p = TuningPanel(d16, NoiseGenerator(), n=2)
+    p.preview(); res = p.wait()
+    assert all(v.dtype == np.uint16 and v.shape == (40, 40) for v in res.images[0]) and bytes(p.w_grid.value).startswith(b'\x89PNG')
+    with pytest.raises(SynthkitError, match='the dataset has no images'):
+        TuningPanel(Dataset([], ['ship']), NoiseGenerator())
+    with pytest.raises(SynthkitError, match="unknown generator 'nope'"):
+        TuningPanel(ds, 'nope:folder')
+    synth = pytest.importorskip('synthkit.synthesize')
+    (tmp_path / 'afile').write_text('x')
+    with pytest.raises(SynthkitError, match='the keep folder is a file'):
+        p.keep(out=tmp_path / 'afile')
+
+
+def test_case_study_panel_simulator_data_is_made_once(tmp_path):
+    pytest.importorskip('synthkit.sarsim')
+    p = CaseStudyPanel(out=tmp_path / 'cs', sim_n=10, sim_seed=3)
+    assert p.w_source.value == 'simulator' and p.w_folder.layout.display == 'none'
+    d1 = p.dataset()
+    stamp = (tmp_path / 'cs' / 'data-sim-10-3' / 'data.yaml').stat().st_mtime_ns
+    d2 = p.dataset()                                  # the second Run loads what the first made
+    assert len(d1) == len(d2) == 10 and d1.ids == d2.ids
+    assert (tmp_path / 'cs' / 'data-sim-10-3' / 'data.yaml').stat().st_mtime_ns == stamp
+    p.w_source.value = 'folder'
+    p.w_folder.value = ''
+    with pytest.raises(SynthkitError, match='no data folder given'):
+        p.dataset()
