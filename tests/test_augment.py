@@ -88,3 +88,11 @@ def test_classic_variations_writes_the_control(tmp_path):
         c, xc, yc, bw, bh = map(float, lab.read_text().split())
         got = [(xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h]
         assert np.allclose(got, _found_boxes(img, 100)[0], atol=0.01), p
+    # the quality report reads the control's manifest: one row, no strength (classic has none)
+    from synthkit.metrics import quality_report
+    rows = quality_report(ds, out)
+    assert [(r['generator'], r['strength'], r['n_images'], r['n_sources']) for r in rows] == [('classic', None, 6, 3)]
+    assert rows[0]['ssim'] > 0.99   # speckle off (looks=1000): flips and turns are undone before comparing
+    # rerun: nothing new written (resume)
+    again = classic_variations(ds, 2, out, seed=3, progress=False, looks=1000)
+    assert again.written == 0 and len(sorted((out / 'images').rglob('*.png'))) == 6
