@@ -385,6 +385,15 @@ def test_sixteen_bit_and_construction_errors(tmp_path, ds, monkeypatch):
         p.keep(out=tmp_path / 'afile')
 
 
+def test_tuning_panel_opens_a_dataset_folder(ssdd_dev):
+    p = TuningPanel(ssdd_dev, NoiseGenerator(), n=1)
+    assert len(p.dataset) > 100 and p.w_image.value == p.dataset.ids[0]
+    p.preview(); res = p.wait(timeout=30)
+    src = p.item.read()
+    assert res.images[0][0].shape == src.shape and res.images[0][0].dtype == src.dtype
+    assert f"load_dataset({str(ssdd_dev)!r})" in p.code()[0]
+
+
 def test_case_study_panel_simulator_data_is_made_once(tmp_path):
     pytest.importorskip('synthkit.sarsim')
     p = CaseStudyPanel(out=tmp_path / 'cs', sim_n=10, sim_seed=3)
