@@ -1,0 +1,125 @@
+"""synthesize / synthkit generate: kill-and-resume, per-output seeds, lineage guard, 2-process Accelerate run, errors."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthkit.errors import SynthkitError
+from synthkit.generators import GenParams, Generator
+from synthkit.images import read_image
+from synthkit.ddpm import DDPMConfig, DDPMGenerator, speckle_toy, train_ddpm
+from synthkit.synthesize import Manifest, synthesize, regenerate, write_variation
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
+N_IMG, N_VAR = 6, 3
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    "A YOLO dataset folder (4 train, 1 val, 1 test images) and a tiny DDPM trained on it for a few iterations."
+    from synthkit.data.formats import export_yolo
+    root = tmp_path_factory.mktemp('syn')
+    toy = speckle_toy(root/'raw', n=N_IMG, size=48, splits=['train'] * 4 + ['val', 'test'])
+    export_yolo(toy, root/'data', {'train': toy.ids[:4], 'val': toy.ids[4:5], 'test': toy.ids[5:]})
+    model = train_ddpm(toy, root/'ddpm', DDPMConfig(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2, steps=2),
+                       progress=False)
+    return root, model
+
+
+def _cmd(setup, out, *extra):
+    root, model = setup
+    return [str(BIN/'synthkit'), 'generate', str(root/'data'), '--generator', f'ddpm:{model}', '--n', str(N_VAR),
+            '--strength', '0.5', '--steps', '20', '--seed', '3', '--batch-size', '2', '--out', str(out), '--quiet', *extra]
+
+
+def _files(out: Path) -> dict:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob('*')) if p.is_file() and p.name != 'data.yaml'}
+
+
+@pytest.fixture(scope='module')
+def reference(setup):
+    "An uninterrupted single-process run of `synthkit generate`."
+    out = setup[0]/'ref'
+    r = subprocess.run(_cmd(setup, out), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert f'{N_IMG * N_VAR} written' in r.stdout
+    return out
+
+
+def test_reference_layout(reference):
+    recs = Manifest(reference).read()
+    assert len(recs) == N_IMG * N_VAR and len({(r['source'], r['k']) for r in recs}) == len(recs)
+    assert {r['part'] for r in recs} == {'train', 'val', 'test'}
+    r = recs[0]
+    for key in ('source', 'k', 'seed', 'generator', 'generator_version', 'model_id', 'weights_hash', 'params', 'batch_size', 'path', 'sha256'):
+        assert key in r, key
+    assert r['params']['strength'] == 0.5 and r['batch_size'] == 2 and recs[2]['batch_size'] == 1   # chunks k=0,1 | k=2
+    assert (reference/'data.yaml').is_file() and (reference/r['label']).is_file()
+    assert not [p for p in reference.rglob('.tmp-*')]
+
+
+def test_kill_and_resume_gives_the_uninterrupted_files(setup, reference, tmp_path):
+    out = tmp_path/'killed'
+    p = subprocess.Popen(_cmd(setup, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if (out/'manifest.jsonl').exists() and len(Manifest(out).read()) >= 4: break
+        time.sleep(0.05)
+    assert p.poll() is None, 'the run finished before it could be killed'
+    p.send_signal(signal.SIGKILL); p.wait()
+    n_before = len(Manifest(out).read())
+    assert 4 <= n_before < N_IMG * N_VAR
+    r = subprocess.run(_cmd(setup, out), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert f'{N_IMG * N_VAR - n_before} written' in r.stdout and f'{n_before} already there' in r.stdout
+    assert _files(out) == _files(reference)   # same images, labels and manifest, byte for byte; no temp files
+
+
+def test_two_accelerate_processes_give_the_single_process_files(setup, reference, tmp_path):
+    out = tmp_path/'acc'
+    cmd = [str(BIN/'accelerate'), 'launch', '--cpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
+           '--dynamo_backend', 'no', '--num_cpu_threads_per_process', '1'] + _cmd(setup, out)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _files(out) == _files(reference)
+
+
+def test_lineage_guard(setup, tmp_path):
+    r = subprocess.run(_cmd(setup, tmp_path/'x', '--into', 'train'), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and 'lineage guard' in r.stderr and "'toy004' is in 'val'" in r.stderr, r.stderr
+    assert not (tmp_path/'x'/'images').exists()
+    from synthkit.data.formats import load_dataset
+    ds = load_dataset(setup[0]/'data')
+    s = synthesize(ds, DDPMGenerator(setup[1]), 1, GenParams(strength=0.3, steps=10), tmp_path/'y', parts={'train': ds.ids[:2]},
+                   into='train', progress=False)
+    assert s.written == 2 and {x['part'] for x in Manifest(tmp_path/'y').read()} == {'train'}
+
+
+def test_seeds_regenerate_in_any_order(setup, reference):
+    gen = DDPMGenerator(setup[1])
+    recs = Manifest(reference).read()
+    for r in [recs[5], recs[0], recs[13]]:   # alone, out of order, with other companions in its batch
+        assert np.array_equal(regenerate(r, gen), read_image(reference/r['path'])), r['path']
+
+
+def test_user_errors(setup, reference, tmp_path):
+    root, model = setup
+    r = subprocess.run(_cmd(setup, reference, '--strength', '0.6'), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and 'other settings' in r.stderr and 'new folder' in r.stderr
+    r = subprocess.run(_cmd(setup, tmp_path/'z', '--parts', 'nope'), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and "--parts names 'nope'" in r.stderr
+    bad = tmp_path/'bad'; bad.mkdir()
+    (bad/'manifest.jsonl').write_text('{"source": "a", "k": 0}\nnot json\n{"source": "b", "k": 0}\n')
+    with pytest.raises(SynthkitError, match=r'manifest.jsonl:2: bad JSON'): Manifest(bad).read()
+
+    class Other(Generator):
+        name = 'other'
+    with pytest.raises(SynthkitError, match="made by generator='ddpm'"): regenerate(Manifest(reference).read()[0], Other())
+    from synthkit.data.formats import load_dataset
+    ds = load_dataset(root/'data')
+    with pytest.raises(SynthkitError, match='n_per_image=0'):
+        synthesize(ds, DDPMGenerator(model), 0, GenParams(), tmp_path/'w', progress=False)
+    with pytest.raises(SynthkitError, match="part 'a/b' is not a folder name"):
+        write_variation(tmp_path/'w', ds[0], 0, np.zeros((8, 8), np.uint8), {}, 'a/b')
