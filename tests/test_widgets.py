@@ -61,6 +61,11 @@ def test_grid_png_and_errors():
     a = np.zeros((20, 30), np.uint16)
     png = grid_png([[a, None], [a, a]], [[1, 1, 5, 5]], [0], row_labels=['r0', 'r1'], col_labels=['c0', 'c1'])
     assert png.startswith(b'\x89PNG')
+    from PIL import Image
+    import io
+    turned = np.zeros((30, 20), np.uint16)                # a quarter-turned output: fitted into its cell, not stretched
+    im = np.asarray(Image.open(io.BytesIO(grid_png([[a, turned]], cell_px=60))).convert('L'))
+    assert im.shape == (44, 128) and im[:40, 64 + 30].max() == 0 and im[:, 64 + 2].min() == 255  # black image, white margin
     with pytest.raises(SynthkitError, match='nothing to draw'):
         grid_png([])
 
