@@ -80,3 +80,24 @@ def test_errors():
     class Bad:
         def predict(self, image): return None
     with pytest.raises(SynthkitError, match='must return'): LabelCheck(Bad())(IMG, SRC, CLS)
+
+
+def test_plugs_into_synthesize(tmp_path):
+    synth = pytest.importorskip('synthkit.synthesize', reason='synthkit.synthesize (nbs/13) is not there yet')
+    from synthkit.augment import ClassicGenerator
+    from synthkit.data.items import Item, Dataset
+    from synthkit.generators import GenParams
+    from synthkit.images import save_image
+    items = [Item(save_image(np.full((32, 32), 50 + 30 * i, np.uint8), tmp_path / f's{i}.png'), 32, 32, [[4, 4, 12, 12]], [0], f's{i}')
+             for i in range(3)]
+
+    class SeesBrightShips:
+        "Finds the source box only in images brighter than 60 on average (s1, s2), else nothing."
+        def predict(self, image):
+            if image.mean() > 60: return np.array([[4, 4, 12, 12]], np.float32), np.array([0.9]), np.array([0])
+            return np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0, int)
+
+    lc = LabelCheck(SeesBrightShips())
+    s = synth.synthesize(Dataset(items, ['ship']), ClassicGenerator(turns=False, flips=False, looks=None), 2, GenParams(seed=0),
+                         tmp_path / 'out', label_check=lc, progress=False)
+    assert s.written == 4 and s.dropped == 2 and lc.summary() == {'kept': 4, 'relabelled': 0, 'dropped': 2}
