@@ -11,11 +11,6 @@ from synthkit.detect import DetectConfig, toy_dataset
 from synthkit.experiment import GridConfig, RunSpec, plan, run_key, run_grid, summarize, check_lineage, parse_condition
 import synthkit.experiment as ex
 
-def _has_synthesize():
-    try: import synthkit.synthesize; return True
-    except ImportError: return False
-
-GRID = pytest.mark.skipif(not _has_synthesize(), reason='synthkit.synthesize (variations writer) is not in the package yet')
 
 
 def deal(ds, seed, sizes=None):
@@ -63,7 +58,6 @@ def test_keys_cover_the_configuration_and_nothing_else():
     assert run_key(replace(base, seed=7)) != run_key(base)
 
 
-@GRID
 def test_equal_steps_budget_in_the_plan_and_the_runs(grid):
     assert {s.detect_config().steps for s in plan(GridConfig(steps=500))} == {500}
     assert {s.detect_config().epochs for s in plan(GridConfig(budget='epochs', epochs=7))} == {7}
@@ -75,7 +69,6 @@ def test_equal_steps_budget_in_the_plan_and_the_runs(grid):
         assert len(curve) - 1 == r['epochs']
 
 
-@GRID
 def test_lineage_no_test_image_or_variation_in_training(grid, toy):
     out, rows, gen = grid
     test = set(deal(toy, 0)['split_1']['test'])
@@ -101,7 +94,6 @@ def test_check_lineage_message():
         check_lineage({'val': ['t1']}, ['t1'])
 
 
-@GRID
 def test_rerun_is_all_cache_hits(grid, toy, monkeypatch):
     out, rows, _ = grid
     monkeypatch.setattr(ex, 'train_detector', lambda *a, **k: pytest.fail('a cached run was trained again'))
@@ -109,7 +101,6 @@ def test_rerun_is_all_cache_hits(grid, toy, monkeypatch):
     assert len(json.loads((out/'results.json').read_text())) == 3 and (out/'summary.csv').is_file()
 
 
-@GRID
 def test_stop_then_resume_trains_only_what_is_missing(toy, tmp_path, monkeypatch):
     cfg = replace(CFG, conditions=('baseline', 'classic+1'))
     got = []
@@ -123,7 +114,6 @@ def test_stop_then_resume_trains_only_what_is_missing(toy, tmp_path, monkeypatch
     assert len(trained) == 1 and 'classic+1' in trained[0]
 
 
-@GRID
 def test_synth_ratio_caps_the_synthetic_images(toy, tmp_path):
     cfg = replace(CFG, conditions=('classic+2',), synth_ratio=0.5)
     r, = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)

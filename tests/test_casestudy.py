@@ -1,0 +1,78 @@
+"""synthkit case-study: the CLI, its overrides and error messages, a tiny end-to-end run and its cached rerun."""
+import json, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+
+from synthkit.errors import SynthkitError
+from synthkit.casestudy import PRESETS, resolve, parse_sets, shrink
+
+EXE = str(Path(sys.executable).parent/'synthkit')
+TINY = ['--set', 'sim_n=16', '--set', 'sim_size=64', '--set', "splits=('split_1',)", '--set', "split_sizes={'split_1': (8, 4, 4)}",
+        '--set', "conditions=('baseline', '+1', 'classic+1')", '--set', 'steps=2', '--set', 'warmup_steps=0', '--set', 'imgsz=64',
+        '--set', "ddpm={'steps': 2, 'crop': 32}", '--set', 'gen_steps=4', '--quiet']
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([EXE, 'case-study', *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_presets_are_the_protocol():
+    for name, g in PRESETS.items():
+        assert g.splits == ('split_1', 'split_2') and set(g.conditions) == {'baseline', '+2', '+10', 'classic+2', 'classic+10'}, name
+    assert len(PRESETS['standard'].seeds) == 3 and len(PRESETS['paper'].seeds) == 3
+    assert PRESETS['quick'].budget == PRESETS['standard'].budget == 'steps'
+
+
+def test_every_value_can_be_overridden():
+    g, d = resolve('standard', seeds=[4], imgsz=160, model='yolo11n.yaml', strength=0.2, budget='epochs', max_side=256, ddpm={'steps': 7})
+    assert (g.seeds, g.detect.imgsz, g.detect.model, g.strength, g.budget, d['max_side']) == ((4,), 160, 'yolo11n.yaml', 0.2, 'epochs', 256)
+    assert g.ddpm['steps'] == 7 and g.ddpm['channels'] == PRESETS['standard'].ddpm['channels']
+    assert parse_sets(['x=1', 'y=a b', 'z=[1, 2]']) == {'x': 1, 'y': 'a b', 'z': [1, 2]}
+
+
+@pytest.mark.parametrize('args, msg', [
+    (['--set', 'imgsize=3'], "unknown setting 'imgsize'"),
+    (['--set', 'imgsz'], "--set 'imgsz' is not KEY=VALUE"),
+    (['--seeds', 'a,b'], "--seeds 'a,b' is not a comma-separated list"),
+    (['--data', '/nonexistent/ssdd'], '/nonexistent/ssdd: data folder not found'),
+    (['--set', 'imgsz=100'], 'imgsz=100 must be a multiple of 32'),
+    (['--set', "conditions=('baseline', 'extra+2')"], "condition 'extra+2'"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, msg):
+    r = cli('--out', str(tmp_path), *args, timeout=120)
+    assert r.returncode == 2, r.stderr
+    err = [l for l in r.stderr.splitlines() if l.startswith('synthkit case-study: error:')]
+    assert len(err) == 1 and msg in err[0], r.stderr
+
+
+def test_tiny_case_study_end_to_end_then_cached(tmp_path):
+    r = cli('--out', str(tmp_path), *TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'report:' in r.stdout and (tmp_path/'report.md').is_file()
+    rows = json.loads((tmp_path/'results.json').read_text())
+    assert [x['condition'] for x in rows] == ['baseline', '+1', 'classic+1']
+    for f in ('map_by_condition', 'map_vs_variations', 'samples', 'training_curves'):
+        assert (tmp_path/'figures'/f'{f}.png').is_file()
+    before = {p: p.stat().st_mtime for p in tmp_path.glob('runs/*/result.json')}
+    t = time.time(); r2 = cli('--out', str(tmp_path), *TINY)
+    assert r2.returncode == 0 and time.time() - t < 60
+    assert {p: p.stat().st_mtime for p in tmp_path.glob('runs/*/result.json')} == before   # nothing retrained
+    assert json.loads((tmp_path/'results.json').read_text()) == rows
+
+
+def test_shrink_scales_images_and_boxes(tmp_path):
+    from synthkit.detect import toy_dataset
+    from synthkit.data.formats import load_dataset
+    ds = load_dataset(toy_dataset(tmp_path/'toy', n=4, size=64, parts=(('train', 1.0),)).parent)
+    small = shrink(ds, 32, tmp_path/'small')
+    for a in ds:
+        b = small[a.id]
+        assert (b.width, b.height) == (32, 32) and b.boxes == pytest.approx(a.boxes / 2, abs=0.01) and (b.cls == a.cls).all()
+        assert b.read().shape[:2] == (32, 32)
+
+
+def test_real_data_is_shrunk(ssdd_dev, tmp_path):
+    from synthkit.casestudy import prepare_data
+    ds = prepare_data(ssdd_dev, tmp_path, dict(max_side=96))
+    assert len(ds) >= 200 and max(max(it.width, it.height) for it in ds) <= 96 and ds.n_boxes > 0
