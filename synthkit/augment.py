@@ -4,7 +4,6 @@
 
 # %% ../nbs/22_augment.ipynb #fe9e20c0
 from __future__ import annotations
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,7 +11,7 @@ from .errors import SynthkitError, check
 from .generators import Generator, GenParams, derive_seed
 
 # %% auto #0
-__all__ = ['flip_boxes', 'rot90_boxes', 'add_speckle', 'augment_image', 'ClassicGenerator', 'MovedBoxes', 'classic_variations']
+__all__ = ['flip_boxes', 'rot90_boxes', 'add_speckle', 'augment_image', 'ClassicGenerator', 'classic_variations']
 
 # %% ../nbs/22_augment.ipynb #8d8a733a
 def flip_boxes(boxes: np.ndarray, width: int, height: int, horizontal: bool = False, vertical: bool = False) -> np.ndarray:
@@ -73,13 +72,21 @@ class ClassicGenerator(Generator):
     "Classic augmentation (flip / 90° turn / gamma speckle) behind the `Generator` interface; outputs carry moved boxes."
     name, version, knobs = 'classic', '1', frozenset({'seed'})
     channels, min_size, batch_size = 1, 1, 64
-    moves_boxes = True
 
-    def __init__(self, flips: bool = True, turns: bool = True, looks: float | None = 8.0):
+    def __init__(self, spec: str = '', flips: bool = True, turns: bool = True, looks: float | None = 8.0):
+        "`spec`: the `model_id` form `'flips=True,turns=False,looks=4'` (any subset), so `load_generator('classic:looks=4')` works."
+        for kv in filter(None, (s.strip() for s in str(spec).split(','))):
+            k, _, v = kv.partition('=')
+            check(k in ('flips', 'turns', 'looks') and v, f'classic generator option {kv!r}', "write e.g. 'classic:flips=True,turns=False,looks=4'")
+            try: val = None if v == 'None' else {'True': True, 'False': False}[v] if k != 'looks' else float(v)
+            except (KeyError, ValueError): raise SynthkitError(f'classic generator option {kv!r} has a bad value', 'flips/turns take True or False, looks a number or None')
+            if k == 'flips': flips = val
+            elif k == 'turns': turns = val
+            else: looks = val
         check(looks is None or (isinstance(looks, (int, float)) and looks > 0), f'looks={looks!r} must be > 0 or None',
               'use e.g. 8 (mild) or 2 (strong speckle)')
-        self.flips, self.turns, self.looks = bool(flips), bool(turns), looks
-        self.model_id = f'flips={self.flips},turns={self.turns},looks={looks}'
+        self.flips, self.turns, self.looks = bool(flips), bool(turns), None if looks is None else float(looks)
+        self.model_id = f'flips={self.flips},turns={self.turns},looks={self.looks}'
 
     def options(self) -> dict: return dict(flips=self.flips, turns=self.turns, looks=self.looks)
 
@@ -95,42 +102,13 @@ class ClassicGenerator(Generator):
         return [augment_image(image, boxes, cls, s, **self.options()) for s in seeds]
 
     def generate(self, image, boxes=None, cls=None, **kw) -> list:
-        "Images only, like every generator; the moved boxes are kept for `moved_boxes` (or use `generate_labelled`)."
-        outs = self.generate_labelled(image, boxes, cls, **kw)
-        if not hasattr(self, '_moved'): self._moved = {}
-        for im, b, c in outs: self._moved.setdefault(_pixel_key(im), []).append((b, c))  # a list: equal pixels, FIFO
-        return [im for im, _, _ in outs]
-
-    def moved_boxes(self, image, boxes, cls) -> 'MovedBoxes':
-        "A label check for `synthesize`: the boxes this generator moved for `image` (the given ones if it didn't make it)."
-        key, moved = _pixel_key(np.asarray(image)), getattr(self, '_moved', {})
-        hit = moved[key].pop(0) if moved.get(key) else None
-        if key in moved and not moved[key]: del moved[key]
-        if hit is None: return MovedBoxes(True, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(cls, np.int64), 'boxes as given')
-        return MovedBoxes(True, hit[0], hit[1], 'boxes moved with the pixels (classic augmentation)')
-
-
-@dataclass
-class MovedBoxes:
-    "What `ClassicGenerator.moved_boxes` answers: the shape of a label-check verdict that always keeps."
-    keep: bool
-    boxes: np.ndarray
-    cls: np.ndarray
-    reason: str
-
-def _pixel_key(a: np.ndarray) -> tuple:
-    import hashlib
-    a = np.ascontiguousarray(a)
-    return (a.shape, str(a.dtype), hashlib.sha1(a.tobytes()).hexdigest())
+        "Images only, like every generator (`generate_labelled` gives the moved boxes with them)."
+        return [im for im, _, _ in self.generate_labelled(image, boxes, cls, **kw)]
 
 # %% ../nbs/22_augment.ipynb #d7c12b52
 def classic_variations(dataset, n_per_image: int, out, *, parts=None, seed: int = 0, progress: bool = True,
                        flips: bool = True, turns: bool = True, looks: float | None = 8.0, **kw):
     "The control condition: `n_per_image` classic copies of each image, written by `synthesize` (same layout and manifest)."
     from synthkit.synthesize import synthesize
-    gen, user_check = ClassicGenerator(flips=flips, turns=turns, looks=looks), kw.pop('label_check', None)
-    def moved_then_checked(image, boxes, cls):  # a user's label check sees the moved boxes
-        v = gen.moved_boxes(image, boxes, cls)
-        return v if user_check is None else user_check(image, v.boxes, v.cls)
-    return synthesize(dataset, gen, n_per_image, GenParams(seed=seed), out, parts=parts, progress=progress,
-                      label_check=moved_then_checked, **kw)
+    gen = ClassicGenerator(flips=flips, turns=turns, looks=looks)
+    return synthesize(dataset, gen, n_per_image, GenParams(seed=seed), out, parts=parts, progress=progress, **kw)

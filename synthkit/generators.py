@@ -103,6 +103,15 @@ class Generator:
                 out.append(from_unit(y, scale))
         return out
 
+    def generate_labelled(self, image: np.ndarray, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
+                          seeds=None, source_id: str = 'image', batch_size: int | None = None) -> list:
+        "`n` outputs as `(image, boxes, cls)`, what `synthesize` writes: each inherits a copy of the source's labels (box-moving generators override this)."
+        boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
+        cls = np.zeros(len(boxes), np.int64) if cls is None else np.asarray(cls, np.int64).reshape(-1)
+        check(len(boxes) == len(cls), f'{len(boxes)} boxes but {len(cls)} class ids', 'give one class id per box')
+        outs = self.generate(image, boxes, cls, n=n, params=params, seeds=seeds, source_id=source_id, batch_size=batch_size)
+        return [(y, boxes.copy(), cls.copy()) for y in outs]
+
     def __repr__(self): return f'{self.__class__.__name__}(model_id={str(self.model_id)!r})'
 
 # %% ../nbs/10_generators.ipynb #b58bce3e
@@ -141,6 +150,7 @@ GENERATORS = {
     'unclip':       'synthkit.diffusion:UnCLIPGenerator',      # Stable unCLIP img2img (prompt-free)
     'sd-variation': 'synthkit.diffusion:ImageVariationGenerator',  # SD image variations (prompt-free)
     'controlnet':   'synthkit.diffusion:ControlNetGenerator',  # ControlNet img2img, Canny or box-mask condition
+    'classic':      'synthkit.augment:ClassicGenerator',       # flips / 90° turns / speckle, boxes moved (the control)
 }
 
 def generator_class(name: str):

@@ -145,10 +145,11 @@ class SynthSummary:
     written: int = 0           # written by this call
     skipped: int = 0           # already there from an earlier call
     dropped: int = 0           # rejected by the label check
-    relabelled: int = 0        # kept with boxes changed by the label check
+    relabelled: int = 0        # kept with boxes changed by the label check (0 when no check ran)
     seconds: float = 0.0
     unet_evals: int | None = None
     parts: dict = field(default_factory=dict)   # part -> outputs written in this call
+    checked: int = 0           # outputs the label check looked at (0: none was asked for)
 
     @property
     def kept(self) -> int: return self.written
@@ -156,8 +157,9 @@ class SynthSummary:
     def images_per_s(self) -> float: return (self.written + self.dropped) / self.seconds if self.seconds else 0.0
 
     def __str__(self):
-        s = (f'{self.written} written ({", ".join(f"{p} {n}" for p, n in self.parts.items()) or "none"}), {self.skipped} already there, '
-             f'{self.dropped} dropped by the label check, {self.relabelled} relabelled; {self.seconds:.1f} s')
+        s = f'{self.written} written ({", ".join(f"{p} {n}" for p, n in self.parts.items()) or "none"}), {self.skipped} already there'
+        if self.checked: s += f', {self.dropped} dropped by the label check, {self.relabelled} relabelled'
+        s += f'; {self.seconds:.1f} s'
         if self.written + self.dropped: s += f' ({self.images_per_s:.2f} images/s)'
         return s + f' → {self.out}'
 
@@ -213,18 +215,19 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
             image = it.read()
             for ks in chunks:
                 seeds = [derive_seed(params.seed, it.id, k) for k in ks]
-                outs = generator.generate(image, it.boxes, it.cls, n=len(ks), params=params, seeds=seeds, source_id=it.id, batch_size=len(ks))
-                for k, sd, y in zip(ks, seeds, outs):
+                outs = generator.generate_labelled(image, it.boxes, it.cls, n=len(ks), params=params, seeds=seeds, source_id=it.id,
+                                                   batch_size=len(ks))
+                for k, sd, (y, gb, gc) in zip(ks, seeds, outs):
                     if (it.id, k) in done: continue
                     rec = dict(base, seed=int(sd), batch_size=len(ks), source_part=it.meta.get('split') or part)
-                    boxes, cls = it.boxes, it.cls
-                    if label_check is not None:
-                        v = label_check(y, it.boxes, it.cls)
+                    boxes, cls = gb, gc
+                    if label_check is not None:   # a real check of the output and the boxes it came with
+                        v = label_check(y, gb, gc); summ.checked += 1
                         rec['label_check'] = dict(keep=bool(v.keep), reason=str(getattr(v, 'reason', '')))
                         if not v.keep:
                             rej.append(dict(rec, source=it.id, k=int(k), part=part)); summ.dropped += 1; bar.update(1); continue
                         boxes, cls = np.asarray(v.boxes, np.float32).reshape(-1, 4), np.asarray(v.cls, np.int64).reshape(-1)
-                        changed = len(boxes) != len(it.boxes) or not np.allclose(boxes, it.boxes) or not np.array_equal(cls, it.cls)
+                        changed = len(boxes) != len(gb) or not np.allclose(boxes, gb) or not np.array_equal(cls, gc)
                         rec['label_check']['relabelled'] = bool(changed); summ.relabelled += bool(changed)
                     write_variation(out, it, k, y, rec, part, boxes, cls)
                     summ.written += 1; summ.parts[part] = summ.parts.get(part, 0) + 1
@@ -262,8 +265,8 @@ def _finish(out: Path, plan: list, names: list, n: int):
     if present: write_data_yaml(out, names, {p: f'images/{p}' for p in present}, 'variations written by synthkit.synthesize')
 
 # %% ../nbs/13_synthesize.ipynb #408c2971
-def regenerate(record: dict, generator: Generator, dataset: Dataset | None = None) -> np.ndarray:
-    "Output `record['k']` of its source, recomputed from its manifest record (source from `dataset` or `record['source_path']`)."
+def regenerate(record: dict, generator: Generator, dataset: Dataset | None = None, *, labels: bool = False):
+    "Output `record['k']` of its source, recomputed from its manifest record (source from `dataset` or `record['source_path']`); `labels=True`: `(image, boxes, cls)` (pass `dataset` for the source's boxes)."
     d = generator.describe()
     for key in ('generator', 'weights_hash'):
         check(record.get(key) == d[key], f'the record was made by {key}={record.get(key)!r}, this generator has {d[key]!r}',
@@ -276,7 +279,8 @@ def regenerate(record: dict, generator: Generator, dataset: Dataset | None = Non
         image, boxes, cls = read_image(src), None, None
     bs = int(record.get('batch_size', 1))
     seeds = [int(record['seed'])] + [derive_seed(params.seed, f'{record["source"]}#filler', j) for j in range(bs - 1)]
-    return generator.generate(image, boxes, cls, n=bs, params=params, seeds=seeds, source_id=record['source'], batch_size=bs)[0]
+    out = generator.generate_labelled(image, boxes, cls, n=bs, params=params, seeds=seeds, source_id=record['source'], batch_size=bs)[0]
+    return out if labels else out[0]
 
 # %% ../nbs/13_synthesize.ipynb #5b3bf74f
 def cli_args(parser):

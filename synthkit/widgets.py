@@ -155,10 +155,8 @@ def _same_output(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys) and all(pa.get(k) == pb.get(k) for k in knobs if k != 'seed')
 
 def _generate_one(gen: Generator, src, it, p: GenParams, seed: int) -> tuple:
-    "(image, boxes, cls) of one output; generators that move boxes (classic flips / turns) say where they went."
-    kw = dict(n=1, params=p, seeds=[seed], source_id=it.id, batch_size=1)
-    if hasattr(gen, 'generate_labelled'): return tuple(gen.generate_labelled(src, it.boxes, it.cls, **kw)[0])
-    return gen.generate(src, it.boxes, it.cls, **kw)[0], it.boxes, it.cls
+    "(image, boxes, cls) of one output, exactly as `synthesize` writes it (`Generator.generate_labelled`)."
+    return tuple(gen.generate_labelled(src, it.boxes, it.cls, n=1, params=p, seeds=[seed], source_id=it.id, batch_size=1)[0])
 
 def _parse_floats(text: str, what: str) -> list:
     try: vals = [float(v) for v in str(text).replace(';', ',').split(',') if v.strip()]
@@ -460,7 +458,7 @@ class TuningPanel:
             f'item = dataset[{it.id!r}]',
             f'gen = load_generator({spec!r})',
             f'params = GenParams({kw})',
-            f'outputs = gen.generate(item.read(), item.boxes, item.cls, n={n}, params=params, source_id=item.id)',
+            f'outputs = gen.generate_labelled(item.read(), item.boxes, item.cls, n={n}, params=params, source_id=item.id)  # (image, boxes, cls)',
             f'# the whole dataset: synthkit.synthesize.synthesize(dataset, gen, {n}, params, {str(self.w_out.value)!r})'])
         cli = ['synthkit', 'generate', str(root) if root else 'DATA', '--generator', spec, '--n', str(n)]
         for k in KNOBS:  # `synthkit generate` takes every knob as --name (ignored ones left out)

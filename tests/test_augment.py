@@ -76,10 +76,12 @@ def test_classic_variations_writes_the_control(tmp_path):
     ds = Dataset(items, ['ship'])
     out = tmp_path / 'control'
     summary = classic_variations(ds, 2, out, seed=3, progress=False, looks=1000)
-    assert summary is not None
+    assert summary.written == 6 and summary.relabelled == 0 and summary.dropped == 0   # moving boxes is not relabelling
+    assert 'relabelled' not in str(summary) and summary.checked == 0
     imgs = sorted((out / 'images').rglob('*.png')) + sorted((out / 'images').rglob('*.jpg'))
     assert len(imgs) == 6 and {p.parent.name for p in imgs} == {'train', 'val'}
     assert (out / 'manifest.jsonl').is_file() and '"classic"' in (out / 'manifest.jsonl').read_text()
+    assert 'label_check' not in (out / 'manifest.jsonl').read_text()   # no check was asked for, none recorded
     # every written label is the box of the bright rectangle in the written image
     from synthkit.images import read_image
     for p in imgs:
@@ -96,3 +98,49 @@ def test_classic_variations_writes_the_control(tmp_path):
     # rerun: nothing new written (resume)
     again = classic_variations(ds, 2, out, seed=3, progress=False, looks=1000)
     assert again.written == 0 and len(sorted((out / 'images').rglob('*.png'))) == 6
+
+
+def test_a_label_check_sees_the_moved_boxes(tmp_path):
+    "A real label check gets each output with the boxes the generator moved, and only then is anything recorded."
+    from types import SimpleNamespace as NS
+    from synthkit.data.items import Item, Dataset
+    from synthkit.images import save_image
+    from synthkit.synthesize import Manifest
+    boxes = [[3, 4, 12, 9]]
+    ds = Dataset([Item(save_image(_scene(24, 40, boxes), tmp_path / 'im0.png'), 40, 24, boxes, [0], 'im0')], ['ship'])
+    seen = []
+    def lc(image, b, c):
+        seen.append(np.array_equal(_found_boxes(image, 100), np.asarray(b, np.float32))); return NS(keep=True, boxes=b, cls=c, reason='ok')
+    s = classic_variations(ds, 4, tmp_path / 'out', seed=1, progress=False, looks=None, label_check=lc)
+    assert seen == [True] * 4 and s.written == 4 and s.checked == 4 and s.relabelled == 0 and '0 relabelled' in str(s)
+    assert all(r['label_check'] == dict(keep=True, reason='ok', relabelled=False) for r in Manifest(tmp_path / 'out').read())
+
+
+def test_cli_generate_classic(tmp_path):
+    "`synthkit generate DATA --generator classic`: each label file holds the boxes moved with its image's pixels."
+    import subprocess, sys
+    from pathlib import Path
+    from synthkit.data.items import Item, Dataset
+    from synthkit.data.formats import export_yolo
+    from synthkit.images import save_image, read_image
+    items = []
+    for i in range(3):
+        boxes = [[3 + 2 * i, 4, 14 + 2 * i, 9]]
+        items.append(Item(save_image(_scene(24, 40, boxes), tmp_path / 'raw' / f'im{i}.png'), 40, 24, boxes, [0], f'im{i}'))
+    export_yolo(Dataset(items, ['ship']), tmp_path / 'data', {'train': ['im0', 'im1'], 'val': ['im2']})
+    out = tmp_path / 'out'
+    r = subprocess.run([str(Path(sys.executable).parent / 'synthkit'), 'generate', str(tmp_path / 'data'), '--generator',
+                        'classic:looks=None', '--n', '4', '--seed', '2', '--out', str(out), '--quiet'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert '12 written' in r.stdout and 'relabelled' not in r.stdout
+    imgs = sorted((out / 'images').rglob('*.png'))
+    assert len(imgs) == 12 and {p.parent.name for p in imgs} == {'train', 'val'}
+    moved = 0
+    for p in imgs:
+        img = read_image(p); h, w = img.shape[:2]
+        c, xc, yc, bw, bh = map(float, (out / 'labels' / p.parent.name / (p.stem + '.txt')).read_text().split())
+        got = [(xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h]
+        assert np.allclose(got, _found_boxes(img, 100)[0], atol=0.01), p
+        moved += img.shape != (24, 40) or not np.allclose(got, _found_boxes(read_image(tmp_path / 'raw' / f'{p.stem[:3]}.png'), 100)[0], atol=0.01)
+    assert moved >= 6   # most copies were flipped or turned
+    assert 'label_check' not in (out / 'manifest.jsonl').read_text()

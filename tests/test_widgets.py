@@ -211,7 +211,7 @@ def test_code_gives_python_and_cli(ds):
     ns = {}
     body = '\n'.join(l for l in py.splitlines() if not l.startswith(('from synthkit.data', 'dataset =', 'gen =')))
     exec(body, dict(dataset=ds, gen=NoiseGenerator()), ns)
-    assert all(np.array_equal(a, b) for a, b in zip(ns['outputs'], res.images[0]))
+    assert all(np.array_equal(a[0], b) for a, b in zip(ns['outputs'], res.images[0]))   # (image, boxes, cls)
 
 
 def test_keep_writes_variations_with_manifest_records(ds, tmp_path):
