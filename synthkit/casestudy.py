@@ -23,16 +23,16 @@ PRESETS = {
     # the built-in simulator at 96 px, one seed, a small DDPM: the whole grid in ≤ 15 minutes on 2 CPU cores
     'quick': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0,),
                         generator='ddpm', strength=0.3, gen_steps=10,
-                        ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=40, minutes=3.0, warmup=10),
+                        ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=40, minutes=None, warmup=10),
                         budget='steps', steps=200, warmup_steps=20, detect=DetectConfig(imgsz=96, batch=8)),
     # the full protocol (3 seeds, all conditions and controls) on real data shrunk to 128 px: ≤ 60 minutes on 2 CPU cores (estimated)
     'standard': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2),
                            generator='ddpm', strength=0.3, gen_steps=10,
-                           ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=60, minutes=4.0, warmup=10),
+                           ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=60, minutes=None, warmup=10),
                            budget='steps', steps=300, warmup_steps=30, detect=DetectConfig(imgsz=128, batch=8)),
     # the reference protocol at full size, for a GPU: equal epochs, 640 px, the default DDPM trained for longer
     'paper': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2),
-                        generator='ddpm', strength=0.3, gen_steps=25, ddpm=dict(steps=20000, minutes=600.0),
+                        generator='ddpm', strength=0.3, gen_steps=25, ddpm=dict(steps=20000, minutes=None),
                         generator_options=dict(device='cuda'),
                         budget='epochs', epochs=100, warmup_steps=100, detect=DetectConfig(imgsz=640, batch=16, device='0')),
 }

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_ddpm.ipynb #481f98e0
 from __future__ import annotations
-import json, math, os, shutil, tempfile, time
+import json, math, os, shutil, tempfile, time, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -39,7 +39,7 @@ class DDPMConfig:
     lr: float = 5e-4
     warmup: int = 100                       # linear learning-rate warm-up (iterations)
     batch: int = 16
-    minutes: float = 5.0                    # wall-clock budget of one `train_ddpm` call
+    minutes: float | None = 5.0             # wall-clock cap of one call (interactive use: machine-dependent); None: no cap
     steps: int | None = None                # total iterations (over resumed calls); None: until `minutes` run out
     seed: int = 0
     object_weight: float = 0.7              # share of crops centred on a (jittered) object box
@@ -54,7 +54,8 @@ class DDPMConfig:
         check(len(self.channels) >= 2 and all(c % self.norm_groups == 0 for c in self.channels),
               f'channels={self.channels} must have ≥ 2 levels, each a multiple of norm_groups={self.norm_groups}')
         check(self.batch >= 1 and self.lr > 0, f'batch={self.batch} and lr={self.lr} must be positive')
-        check(self.minutes > 0 or self.steps, 'no training budget', 'set minutes > 0 or steps')
+        check(self.minutes is None or self.minutes > 0, f'minutes={self.minutes!r} must be > 0 or None', 'use None (no cap) with steps, or e.g. 5')
+        check(self.minutes or self.steps, 'no training budget: minutes=None and steps=None', 'set steps (reproducible), or minutes for a timed interactive run')
         check(0 <= self.object_weight <= 1, f'object_weight={self.object_weight} is outside [0, 1]')
         return self
 
@@ -130,7 +131,7 @@ def _atomic_write_text(path: Path, text: str):
     fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=path.parent); os.close(fd)
     Path(tmp).write_text(text); os.replace(tmp, path)
 
-def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rng, n_images, seconds):
+def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rng, n_images, seconds, complete=False, stopped_by=None):
     with tempfile.TemporaryDirectory(dir=out, prefix='.tmp-') as tmp:
         unet.save_pretrained(Path(tmp)/'unet', safe_serialization=True)
         sched.save_pretrained(Path(tmp)/'scheduler')
@@ -140,17 +141,22 @@ def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rn
             for f in (Path(tmp)/sub).iterdir(): os.replace(f, out/sub/f.name)
         os.replace(Path(tmp)/STATE_FILE, out/STATE_FILE)
     meta = dict(config={**asdict(config), 'channels': list(config.channels)}, model=config.model_dict(), step=step,
-                n_train_images=n_images, train_seconds=round(seconds, 1), history=history)
+                n_train_images=n_images, train_seconds=round(seconds, 1), target_steps=config.steps, complete=bool(complete),
+                stopped_by=stopped_by, history=history)
     _atomic_write_text(out/CONFIG_FILE, json.dumps(meta, indent=1))
 
 # %% ../nbs/11_ddpm.ipynb #9fc48d5f
-def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resume: bool = True, progress: bool = True) -> Path:
-    "Train (or resume training) the in-domain DDPM on the training split of `dataset`; returns the model folder `out`."
+def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resume: bool = True, progress: bool = True,
+               device: str = 'cpu') -> Path:
+    "Train (or resume training) the in-domain DDPM on the training split of `dataset` on `device`; returns the model folder `out`."
     from tqdm.auto import tqdm
     config = config.check()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     images, boxes, n_skipped = _train_pool(dataset)
-    unet, sched = build_unet(config), build_scheduler(config)
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[]):   # the initial weights depend on the seed only, not on the caller's RNG
+        torch.manual_seed(config.seed); unet = build_unet(config).to(dev)
+    sched = build_scheduler(config)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4)
     gen, rng = torch.Generator().manual_seed(config.seed), np.random.default_rng(config.seed)
     step, history, seconds0 = 0, [], 0.0
@@ -158,13 +164,13 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
         meta = json.loads((out/CONFIG_FILE).read_text())
         check(meta['model'] == config.model_dict(), f'the checkpoint there was built with {meta["model"]}, not {config.model_dict()}',
               'train with the same model settings, pass resume=False (--no-resume) to start over, or use another folder', path=out)
-        unet = UNet2DModel.from_pretrained(out/'unet', use_safetensors=True)
-        st = torch.load(out/STATE_FILE, weights_only=False)
+        unet = UNet2DModel.from_pretrained(out/'unet', use_safetensors=True).to(dev)
+        st = torch.load(out/STATE_FILE, weights_only=False, map_location='cpu')
         opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4); opt.load_state_dict(st['opt'])
         gen.set_state(st['gen']); rng.bit_generator.state = st['rng']
         step, history, seconds0 = st['step'], meta['history'], meta.get('train_seconds', 0.0)
     unet.train()
-    alphas = sched.alphas_cumprod
+    alphas = sched.alphas_cumprod.to(dev)
     t0 = time.monotonic(); last_save = t0; window = []
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc='train-ddpm', unit='it')
     if n_skipped and progress: bar.write(f'training on {len(images)} images ({n_skipped} val/test images left out)')
@@ -172,8 +178,9 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     try:
         while not done():
             x0 = torch.from_numpy(sample_crops(images, boxes, config.batch, config.crop, rng, config.object_weight))[:, None] * 2 - 1
-            noise = torch.randn(x0.shape, generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)   # drawn on the CPU: the same numbers on every device
             t = torch.randint(0, config.train_timesteps, (len(x0),), generator=gen)
+            x0, noise, t = x0.to(dev), noise.to(dev), t.to(dev)
             a = alphas[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
             loss = torch.nn.functional.mse_loss(unet(xt, t).sample, noise)
@@ -191,7 +198,11 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     finally:
         bar.close()
     if window: history.append([step, round(float(np.mean(window)), 5)])
-    _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0)
+    short = config.steps is not None and step < config.steps
+    if short: warnings.warn(f'DDPM training in {out} stopped at {step} of {config.steps} steps: the minutes={config.minutes} cap ran out. '
+                            'The model is marked incomplete; call again to resume, or set minutes=None to train by steps alone.', stacklevel=2)
+    _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0,
+                     complete=not short, stopped_by='steps' if config.steps is not None and not short else 'minutes')
     return out
 
 # %% ../nbs/11_ddpm.ipynb #24c709d8
@@ -335,22 +346,25 @@ def cli_args(parser):
     parser.add_argument('data', help='dataset folder (YOLO, COCO or VOC); its training split is used')
     parser.add_argument('--out', required=True, help='model folder (created; an existing one is resumed)')
     d = DDPMConfig()
-    parser.add_argument('--minutes', type=float, default=d.minutes, help=f'wall-clock budget of this run (default {d.minutes})')
+    parser.add_argument('--minutes', type=float, default=None,
+                        help=f'wall-clock cap of this run, machine-dependent (default: {d.minutes} without --steps, none with it)')
     parser.add_argument('--steps', type=int, default=None, help='total training iterations (over resumed runs)')
     parser.add_argument('--seed', type=int, default=d.seed)
     parser.add_argument('--crop', type=int, default=d.crop, help=f'training crop size in px (default {d.crop})')
     parser.add_argument('--batch', type=int, default=d.batch)
     parser.add_argument('--lr', type=float, default=d.lr)
+    parser.add_argument('--device', default='cpu', help="torch device to train on: cpu (default) or cuda")
     parser.add_argument('--no-resume', action='store_true', help='start over even if --out holds a checkpoint')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 def cli_run(args) -> int:
     from synthkit.data.formats import load_dataset
     ds = load_dataset(args.data)
-    cfg = DDPMConfig(minutes=args.minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr)
+    minutes = args.minutes if args.minutes is not None else None if args.steps else DDPMConfig.minutes
+    cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr)
     if args.no_resume and Path(args.out).exists():
         for f in (STATE_FILE, CONFIG_FILE): (Path(args.out)/f).unlink(missing_ok=True)
-    out = train_ddpm(ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet)
+    out = train_ddpm(ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, device=args.device)
     h = training_history(out)
     print(f'trained {int(h[-1, 0]) if len(h) else 0} iterations, last loss {h[-1, 1] if len(h) else float("nan"):.4f}; model in {out}')
     return 0

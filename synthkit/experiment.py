@@ -30,7 +30,7 @@ class GridConfig:
     strength: float = 0.3
     gen_steps: int = 25
     ddpm: dict = field(default_factory=dict)  # DDPMConfig overrides for the per-split DDPM (e.g. steps, channels)
-    generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda'); not in the key
+    generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's); not in the key
     augment_parts: tuple = ('train', 'val')   # which real parts get variations
     synth_ratio: float | None = None     # cap synthetic images at ratio × real images per part (None: all N per image)
     budget: str = 'steps'                # 'steps': equal optimizer steps per run; 'epochs': equal epochs
@@ -178,14 +178,19 @@ class _Prep:
         return d
 
     def ddpm_folder(self) -> Path:
-        from synthkit.ddpm import DDPMConfig, train_ddpm
+        from synthkit.ddpm import DDPMConfig, CONFIG_FILE, train_ddpm
         c = self.spec.config
         cfg = DDPMConfig(**{**c.ddpm, 'seed': self.spec.seed})
         d = self.out/'ddpm'/f'{self.tag}-{_hash(dict(split=self.split_key, cfg=asdict(cfg)), 8)}'
         if not _done(d):
             t = time.time()
             ids = [i for p in c.augment_parts for i in self.parts[p]]
-            train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress)
+            train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=c.generator_options.get('device') or 'cpu')
+            meta = json.loads((d/CONFIG_FILE).read_text())
+            check(meta.get('complete', True), f'the DDPM of {self.tag} stopped at {meta.get("step")} of {cfg.steps} steps: '
+                  f'its minutes={cfg.minutes} cap ran out, so it is not the model the configuration asks for',
+                  "set ddpm minutes=None so it trains by steps alone (the result then doesn't depend on machine speed), "
+                  'or run again to resume it', path=d)
             _mark_done(d, seconds=round(time.time() - t, 1), images=len(ids))
         self.seconds['ddpm'] = _done(d).get('seconds', 0)
         return d

@@ -29,6 +29,7 @@ def test_train_writes_safetensors_config_and_history(model):
     assert (model/'unet'/'diffusion_pytorch_model.safetensors').is_file() and (model/'unet'/'config.json').is_file()
     meta = json.loads((model/'synthkit_ddpm.json').read_text())
     assert meta['step'] == 3 and meta['n_train_images'] == 3   # the val image is left out
+    assert meta['complete'] and meta['target_steps'] == 3
     assert training_history(model)[-1, 0] == 3
     assert not [p for p in model.rglob('.tmp-*')]
 
@@ -46,6 +47,8 @@ def test_resume_continues_and_refuses_another_model(toy, tmp_path):
 def test_config_and_data_errors(toy, tmp_path):
     with pytest.raises(SynthkitError, match='crop=36 must be'): DDPMConfig(crop=36, channels=(32, 64, 64, 128)).check()
     with pytest.raises(SynthkitError, match='object_weight=2'): DDPMConfig(object_weight=2).check()
+    with pytest.raises(SynthkitError, match='no training budget.*set steps'): DDPMConfig(minutes=None, steps=None).check()
+    with pytest.raises(SynthkitError, match='minutes=-1 must be > 0 or None'): DDPMConfig(minutes=-1, steps=3).check()
     with pytest.raises(SynthkitError, match='no training images among the 1'):
         train_ddpm(toy.subset([toy.ids[3]]), tmp_path/'x', DDPMConfig(**TINY, steps=1), progress=False)
 
@@ -86,6 +89,19 @@ def test_cli_train_and_error(toy, tmp_path):
     r = subprocess.run(cmd + ['--steps', '2'], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     assert 'trained 2 iterations' in r.stdout and (tmp_path/'m'/'unet'/'diffusion_pytorch_model.safetensors').exists()
+    meta = json.loads((tmp_path/'m'/'synthkit_ddpm.json').read_text())   # --steps alone: no wall-clock cap, complete
+    assert meta['config']['minutes'] is None and meta['complete'] and meta['stopped_by'] == 'steps' and meta['target_steps'] == 2
     r = subprocess.run([str(BIN/'synthkit'), 'train-ddpm', str(tmp_path/'data'), '--out', str(tmp_path/'m2'), '--crop', '30'],
                        capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and 'crop=30' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_same_seed_same_weights_whatever_the_global_rng(toy, tmp_path):
+    import torch
+    from synthkit.generators import weights_hash
+    cfg = DDPMConfig(**TINY, steps=2, minutes=None)
+    torch.manual_seed(1); a = train_ddpm(toy, tmp_path/'a', cfg, progress=False)
+    torch.manual_seed(2); b = train_ddpm(toy, tmp_path/'b', cfg, progress=False)
+    assert weights_hash(a/'unet') == weights_hash(b/'unet')
+    c = train_ddpm(toy, tmp_path/'c', DDPMConfig(**{**TINY, 'seed': 1}, steps=2, minutes=None), progress=False)
+    assert weights_hash(c/'unet') != weights_hash(a/'unet')

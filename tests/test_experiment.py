@@ -134,3 +134,31 @@ def test_summary_paired_difference():
     assert S['+2']['map50_diff'] == pytest.approx(0.1) and S['+2']['map50_diff_std'] == pytest.approx(0, abs=1e-12)
     assert S['+2']['map50_std'] == pytest.approx(0.1) and S['+2']['n_runs'] == 3
     assert S['baseline']['map50_ci_lo'] < S['baseline']['map50_mean'] < S['baseline']['map50_ci_hi']
+
+
+TINY_DDPM = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2)
+
+
+def test_ddpm_trains_on_the_generator_device(toy, tmp_path, monkeypatch):
+    "generator_options['device'] reaches train_ddpm as well as the generator."
+    import synthkit.ddpm as dd
+    seen = []
+    def fake_train(ds, out, cfg, progress=True, device='cpu'):
+        seen.append(device); Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out)/dd.CONFIG_FILE).write_text(json.dumps(dict(step=cfg.steps, complete=True)))
+        return Path(out)
+    monkeypatch.setattr(dd, 'train_ddpm', fake_train)
+    cfg = replace(CFG, generator='ddpm', ddpm=dict(TINY_DDPM, steps=3, minutes=None), generator_options=dict(device='cuda'))
+    spec = RunSpec('split_1', 0, '+2', cfg, 'x')
+    ex._Prep(toy, spec, deal(toy, 0)['split_1'], tmp_path).ddpm_folder()
+    ex._Prep(toy, replace(spec, config=replace(cfg, generator_options={})), deal(toy, 0)['split_1'], tmp_path/'b').ddpm_folder()
+    assert seen == ['cuda', 'cpu']
+
+
+def test_a_ddpm_cut_short_by_minutes_is_not_used(toy, tmp_path):
+    "A minutes cap that stops training before `steps` is visible, and the grid refuses the model (no done.json)."
+    cfg = replace(CFG, generator='ddpm', ddpm=dict(TINY_DDPM, steps=10**6, minutes=1e-4))
+    prep = ex._Prep(toy, RunSpec('split_1', 0, '+2', cfg, 'x'), deal(toy, 0)['split_1'], tmp_path)
+    with pytest.warns(UserWarning, match='stopped at'), pytest.raises(SynthkitError, match='stopped at .* minutes=0.0001 cap.*minutes=None'):
+        prep.ddpm_folder()
+    assert not list(tmp_path.rglob('done.json'))
