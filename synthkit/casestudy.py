@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SynthkitError, check
+from .files import write_json
 from .detect import DetectConfig
 from .experiment import GridConfig, run_grid, fingerprint, _hash, _done, _mark_done
 from .report import write_report
@@ -153,8 +154,7 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
     return write_report(rows, out, config=config, title=f'synthkit case study ({preset})', timings=timings, notes=notes)
 
 def _write_settings(out, preset, data, config, settings):
-    (out/'settings.json').write_text(json.dumps(dict(preset=preset, data=None if data is None else str(data), data_settings=settings,
-                                                     grid=asdict(config)), indent=1, default=str))
+    write_json(out/'settings.json', dict(preset=preset, data=None if data is None else str(data), data_settings=settings, grid=asdict(config)))
 
 # %% ../nbs/26_casestudy.ipynb #bb1d9f16
 def cli_args(parser):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SynthkitError, check
+from .files import write_json
 from .images import to_unit, save_image
 from .data.items import Item, Dataset
 from .offline import setup_offline
@@ -127,10 +128,6 @@ def speckle_toy(folder, n: int = 6, size: int = 48, seed: int = 0, splits=None) 
     return Dataset(items, ['ship'], root=folder)
 
 # %% ../nbs/11_ddpm.ipynb #84a4bafa
-def _atomic_write_text(path: Path, text: str):
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=path.parent); os.close(fd)
-    Path(tmp).write_text(text); os.replace(tmp, path)
-
 def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rng, n_images, seconds, complete=False, stopped_by=None):
     with tempfile.TemporaryDirectory(dir=out, prefix='.tmp-') as tmp:
         unet.save_pretrained(Path(tmp)/'unet', safe_serialization=True)
@@ -143,7 +140,7 @@ def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rn
     meta = dict(config={**asdict(config), 'channels': list(config.channels)}, model=config.model_dict(), step=step,
                 n_train_images=n_images, train_seconds=round(seconds, 1), target_steps=config.steps, complete=bool(complete),
                 stopped_by=stopped_by, history=history)
-    _atomic_write_text(out/CONFIG_FILE, json.dumps(meta, indent=1))
+    write_json(out/CONFIG_FILE, meta)
 
 # %% ../nbs/11_ddpm.ipynb #9fc48d5f
 def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resume: bool = True, progress: bool = True,

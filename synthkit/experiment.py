@@ -4,13 +4,14 @@
 
 # %% ../nbs/24_experiment.ipynb #2e728289
 from __future__ import annotations
-import hashlib, json, math, os, random, time
+import hashlib, json, math, random, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SynthkitError, check
+from .files import write_json, write_text
 from .detect import DetectConfig, train_detector, split_images
 
 # %% auto #0
@@ -148,13 +149,8 @@ def _done(folder) -> dict | None:
     f = Path(folder)/'done.json'
     return json.loads(f.read_text()) if f.is_file() else None
 
-def _write_json(path, obj):
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.tmp-{os.getpid()}-{path.name}')
-    tmp.write_text(json.dumps(obj, indent=1, default=str)); os.replace(tmp, path)
-
 def _mark_done(folder, **info):
-    _write_json(Path(folder)/'done.json', dict(info, finished=time.strftime('%Y-%m-%d %H:%M:%S')))
+    write_json(Path(folder)/'done.json', dict(info, finished=time.strftime('%Y-%m-%d %H:%M:%S')))
 
 def _as_train(dataset, ids):
     "The items `ids` with their split set to 'train' (what the DDPM trainer and synthesize read)."
@@ -174,7 +170,7 @@ class _Prep:
         d = self.out/'data'/f'{self.tag}-{self.split_key[:8]}'
         if not _done(d):
             export_yolo(self.ds, d, self.parts, link=True, overwrite=True)
-            _write_json(d/'parts.json', self.parts); _mark_done(d)
+            write_json(d/'parts.json', self.parts); _mark_done(d)
         return d
 
     def ddpm_folder(self) -> Path:
@@ -261,12 +257,11 @@ def assemble(spec: RunSpec, real: Path, parts: dict, synth: Path | None, run_dir
         check_lineage({part: ids + syn}, parts['test'], {s: sources.get(s, s) for s in syn})
         lists[part] = [str(f.resolve()) for f in real_files] + syn
         info[part] = dict(real=len(real_files), synthetic=len(syn))
-        (run_dir/f'{part}.txt').parent.mkdir(parents=True, exist_ok=True)
-        (run_dir/f'{part}.txt').write_text('\n'.join(lists[part]) + '\n')
+        write_text(run_dir/f'{part}.txt', '\n'.join(lists[part]) + '\n')
     names = [n for _, n in sorted(_names(real/'data.yaml').items())]
     y = write_data_yaml(run_dir, names, {'train': str((run_dir/'train.txt').resolve()), 'val': str((run_dir/'val.txt').resolve()),
                                          'test': str((real/'images'/'test').resolve())})
-    _write_json(run_dir/'counts.json', info)
+    write_json(run_dir/'counts.json', info)
     return y
 
 def _names(data_yaml) -> dict:
@@ -283,10 +278,10 @@ def write_table(rows: list, out, name: str = 'results'):
     "Write rows as `out/name.csv` and `out/name.json` (atomically)."
     import csv, io
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    _write_json(out/f'{name}.json', rows)
+    write_json(out/f'{name}.json', rows)
     cols = list(dict.fromkeys([k for k in ROW_FIELDS if any(k in r for r in rows)] + [k for r in rows for k in r]))
     buf = io.StringIO(); w = csv.DictWriter(buf, cols, extrasaction='ignore'); w.writeheader(); w.writerows(rows)
-    tmp = out/f'.tmp-{name}.csv'; tmp.write_text(buf.getvalue()); os.replace(tmp, out/f'{name}.csv')
+    write_text(out/f'{name}.csv', buf.getvalue())
 
 def run_dir_of(spec: RunSpec, out) -> Path:
     return Path(out)/'runs'/f'{spec.name}-{run_key(spec)[:10]}'
@@ -299,7 +294,7 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     split_fn = split_fn or default_split_fn
     specs = plan(config, fingerprint(dataset))
-    _write_json(out/'grid.json', dict(config=asdict(config), runs=[s.name for s in specs], dataset=specs[0].data if specs else ''))
+    write_json(out/'grid.json', dict(config=asdict(config), runs=[s.name for s in specs], dataset=specs[0].data if specs else ''))
     cached = [s for s in specs if (run_dir_of(s, out)/'result.json').is_file()]
     bar = tqdm(total=len(specs), initial=len(cached), desc='experiment grid', unit='run', disable=not progress)
     rows, preps = [], {}
@@ -328,8 +323,8 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
                    n_val_real=counts['val']['real'], n_val_synth=counts['val']['synthetic'], epochs=run.budget['epochs'],
                    steps=run.budget['steps'], budget=config.budget, train_seconds=run.seconds, prep_seconds=prep_s,
                    key=run_key(spec), run_dir=str(rd), synth_dir=str(synth) if synth else '')
-        _write_json(rd/'spec.json', spec.key_fields())
-        _write_json(rd/'result.json', row)   # written last: its presence means the run is complete
+        write_json(rd/'spec.json', spec.key_fields())
+        write_json(rd/'result.json', row)   # written last: its presence means the run is complete
         rows.append(row)
         write_table(rows, out)
         bar.update(1)

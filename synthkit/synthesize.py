@@ -4,13 +4,14 @@
 
 # %% ../nbs/13_synthesize.ipynb #ab460be4
 from __future__ import annotations
-import fcntl, hashlib, json, os, time
+import fcntl, json, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SynthkitError, check
+from .files import atomic_write, sha256_file
 from .images import save_image, read_image
 from .data.items import Item, Dataset
 from .generators import Generator, GenParams, derive_seed
@@ -62,13 +63,11 @@ class Manifest:
             finally: fcntl.flock(fh, fcntl.LOCK_UN)
 
     def rewrite(self, records):
-        "Replace the whole manifest atomically (used to put it in canonical order)."
-        import tempfile
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=self.path.parent)
-        with os.fdopen(fd, 'wb') as fh:
-            fh.write(b''.join(json.dumps(r, sort_keys=True).encode() + b'\n' for r in records)); fh.flush(); os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        "Replace the whole manifest atomically (used to put it in canonical order); fsync'd like `append`."
+        data = b''.join(json.dumps(r, sort_keys=True).encode() + b'\n' for r in records)
+        def write(tmp):
+            with open(tmp, 'wb') as fh: fh.write(data); fh.flush(); os.fsync(fh.fileno())
+        atomic_write(self.path, write)
 
     def done(self) -> set:
         "`(source, k)` of every recorded output."
@@ -85,12 +84,6 @@ class Manifest:
 def output_name(source_id: str, k: int) -> str:
     "File stem of output `k` of a source (source ids may contain '/': they become subfolders)."
     return f'{source_id}_v{int(k):03d}'
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b''): h.update(chunk)
-    return h.hexdigest()
 
 def write_variation(out, source_item: Item, k: int, image: np.ndarray, record: dict, part: str,
                     boxes=None, cls=None, manifest: bool = True) -> dict:
@@ -109,7 +102,7 @@ def write_variation(out, source_item: Item, k: int, image: np.ndarray, record: d
     cls = source_item.cls if cls is None else np.asarray(cls, np.int64).reshape(-1)
     write_yolo_label(lab_path, Item(img_path, w, h, boxes, cls, stem))
     rec = dict(record, source=source_item.id, k=int(k), part=str(part), path=img_path.relative_to(out).as_posix(),
-               label=lab_path.relative_to(out).as_posix(), sha256=_sha256(img_path), width=int(w), height=int(h),
+               label=lab_path.relative_to(out).as_posix(), sha256=sha256_file(img_path), width=int(w), height=int(h),
                boxes=np.round(boxes, 3).tolist(), cls=[int(c) for c in cls], source_path=str(Path(source_item.path).resolve()))
     if manifest: Manifest(out).append(rec)
     return rec
