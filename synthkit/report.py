@@ -30,14 +30,18 @@ def _save(fig, path) -> Path:
 def _order(rows, key):
     return list(dict.fromkeys(r[key] for r in rows))
 
+def _split_panels(rows, panel_width: float, height: float):
+    "A figure with one panel per split (shared y axis); returns it and `[(ax, split, that split's rows)]`."
+    splits = _order(rows, 'split')
+    fig = _figure(1.2 + panel_width * len(splits), height)
+    axs = fig.subplots(1, len(splits), squeeze=False, sharey=True)[0]
+    return fig, [(ax, sp, [r for r in rows if r['split'] == sp]) for ax, sp in zip(axs, splits)]
+
 # %% ../nbs/25_report.ipynb #26f2f791
 def plot_map(rows: list, path, metric: str = 'map50') -> Path:
     "mAP per condition with 95 % CI error bars and one dot per run, one panel per split."
-    splits = _order(rows, 'split')
-    fig = _figure(1.2 + 2.4 * len(splits), 3.2)
-    axs = fig.subplots(1, len(splits), squeeze=False, sharey=True)[0]
-    for ax, sp in zip(axs, splits):
-        rs = [r for r in rows if r['split'] == sp]
+    fig, panels = _split_panels(rows, 2.4, 3.2)
+    for ax, sp, rs in panels:
         conds = _order(rs, 'condition')
         for x, c in enumerate(conds):
             v = [r[metric] for r in rs if r['condition'] == c]
@@ -48,17 +52,14 @@ def plot_map(rows: list, path, metric: str = 'map50') -> Path:
             ax.plot(x + np.linspace(-.12, .12, len(v)) if len(v) > 1 else [x], v, 'o', color=col, ms=4)
         ax.set_xticks(range(len(conds))); ax.set_xticklabels(conds, rotation=30, fontsize=8)
         ax.set_title(sp, fontsize=10); ax.grid(axis='y', alpha=.3)
-    axs[0].set_ylabel(metric.replace('map', 'mAP').replace('_', '-'))
+    panels[0][0].set_ylabel(metric.replace('map', 'mAP').replace('_', '-'))
     return _save(fig, path)
 
 # %% ../nbs/25_report.ipynb #dec8374a
 def plot_vs_variations(rows: list, path, metric: str = 'map50') -> Path:
     "Mean ± 95 % CI of `metric` against variations per image, diffusion vs classic control, per split."
-    splits = _order(rows, 'split')
-    fig = _figure(1.2 + 2.6 * len(splits), 3.0)
-    axs = fig.subplots(1, len(splits), squeeze=False, sharey=True)[0]
-    for ax, sp in zip(axs, splits):
-        rs = [r for r in rows if r['split'] == sp]
+    fig, panels = _split_panels(rows, 2.6, 3.0)
+    for ax, sp, rs in panels:
         for kind in ('diffusion', 'classic'):
             pts = sorted({r['n_per_image'] for r in rs if r['kind'] in (kind, 'baseline')})
             stats = [mean_ci([r[metric] for r in rs if r['n_per_image'] == n and r['kind'] in ((kind, 'baseline') if n == 0 else (kind,))]) for n in pts]
@@ -68,7 +69,7 @@ def plot_vs_variations(rows: list, path, metric: str = 'map50') -> Path:
             ax.plot(pts, m, 'o-', color=COLORS[kind], label='diffusion' if kind == 'diffusion' else 'classic control')
             if not np.isnan(lo).all(): ax.fill_between(pts, lo, hi, color=COLORS[kind], alpha=.15)
         ax.set_xlabel('extra images per real image'); ax.set_title(sp, fontsize=10); ax.grid(alpha=.3)
-    axs[0].set_ylabel(metric.replace('map', 'mAP').replace('_', '-')); axs[-1].legend(fontsize=8)
+    panels[0][0].set_ylabel(metric.replace('map', 'mAP').replace('_', '-')); panels[-1][0].legend(fontsize=8)
     return _save(fig, path)
 
 # %% ../nbs/25_report.ipynb #fc604c91
@@ -82,13 +83,10 @@ def _curve(row):
 
 def plot_curves(rows: list, path) -> Path:
     "Training loss (box + cls) against optimizer steps, one line per run, coloured by kind, one panel per split."
-    splits = _order(rows, 'split')
-    fig = _figure(1.2 + 2.6 * len(splits), 3.0)
-    axs = fig.subplots(1, len(splits), squeeze=False, sharey=True)[0]
-    for ax, sp in zip(axs, splits):
+    fig, panels = _split_panels(rows, 2.6, 3.0)
+    for ax, sp, rs in panels:
         seen = set()
-        for r in rows:
-            if r['split'] != sp: continue
+        for r in rs:
             c = _curve(r)
             if c is None: continue
             label = r['condition'] if r['condition'] not in seen else None; seen.add(r['condition'])
@@ -96,7 +94,7 @@ def plot_curves(rows: list, path) -> Path:
             alpha = .4 + .6 * min(1, r['n_per_image'] / 10) if r['kind'] != 'baseline' else 1
             ax.plot(*c, style, color=COLORS[r['kind']], alpha=alpha, lw=1, label=label)
         ax.set_xlabel('optimizer step'); ax.set_title(sp, fontsize=10); ax.grid(alpha=.3)
-    axs[0].set_ylabel('train loss (box + cls)'); axs[-1].legend(fontsize=7)
+    panels[0][0].set_ylabel('train loss (box + cls)'); panels[-1][0].legend(fontsize=7)
     return _save(fig, path)
 
 # %% ../nbs/25_report.ipynb #e6dbd9c8
