@@ -54,6 +54,9 @@ def test_tiny_case_study_end_to_end_then_cached(tmp_path):
     assert [x['condition'] for x in rows] == ['baseline', '+1', 'classic+1']
     for f in ('map_by_condition', 'map_vs_variations', 'samples', 'training_curves'):
         assert (tmp_path/'figures'/f'{f}.png').is_file()
+    quality = json.loads((tmp_path/'quality.json').read_text())   # image quality of what the runs trained on
+    assert {q['generator'] for q in quality} == {'ddpm', 'classic'} and all(0 < q['ssim'] <= 1 for q in quality)
+    assert '## Image quality of the variations' in (tmp_path/'report.md').read_text()
     before = {p: p.stat().st_mtime for p in tmp_path.glob('runs/*/result.json')}
     t = time.time(); r2 = cli('--out', str(tmp_path), *TINY)
     assert r2.returncode == 0 and time.time() - t < 60
