@@ -403,11 +403,13 @@ def test_case_study_panel_simulator_data_is_made_once(tmp_path):
     pytest.importorskip('synthkit.sarsim')
     p = CaseStudyPanel(out=tmp_path / 'cs', sim_n=10, sim_seed=3)
     assert p.w_source.value == 'simulator' and p.w_folder.layout.display == 'none'
-    d1 = p.dataset()
-    stamp = (tmp_path / 'cs' / 'data-sim-10-3' / 'data.yaml').stat().st_mtime_ns
+    d1 = p.dataset()                                  # prepared as `synthkit case-study --preset quick` prepares it
+    assert p.w_preset.value == 'quick' and {(it.width, it.height) for it in d1} == {(96, 96)}
+    (yaml,) = (tmp_path / 'cs' / 'data').glob('sim-10-3-*/data.yaml')
+    stamp = yaml.stat().st_mtime_ns
     d2 = p.dataset()                                  # the second Run loads what the first made
     assert len(d1) == len(d2) == 10 and d1.ids == d2.ids
-    assert (tmp_path / 'cs' / 'data-sim-10-3' / 'data.yaml').stat().st_mtime_ns == stamp
+    assert yaml.stat().st_mtime_ns == stamp
     p.w_source.value = 'folder'
     p.w_folder.value = ''
     with pytest.raises(SynthkitError, match='no data folder given'):
