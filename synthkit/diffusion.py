@@ -55,7 +55,7 @@ def _model_index(model: str) -> dict:
     if p.is_dir():
         f = p/'model_index.json'
         check(f.is_file(), f'{str(model)!r} has no model_index.json, so it is not a diffusers pipeline folder',
-              'pass the folder written by `pipeline.save_pretrained(folder)` (or `huggingface-cli download ID --local-dir DIR`)', path=p)
+              'pass the folder written by `pipeline.save_pretrained(folder)` (or `hf download ID --local-dir DIR`)', path=p)
         try: return json.loads(f.read_text())
         except ValueError as e: raise SynthkitError(f'model_index.json is not valid JSON ({e})', 'download or save the pipeline again', path=f)
     from diffusers import DiffusionPipeline

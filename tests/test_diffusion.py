@@ -121,7 +121,7 @@ def test_missing_hub_id_offline(name, monkeypatch):
     with pytest.raises(SynthkitError) as e:
         load_generator(f'{name}:no-such-org/no-such-model')
     msg = str(e.value)
-    assert "'no-such-org/no-such-model'" in msg and 'local folder' in msg and 'huggingface-cli download' in msg, msg
+    assert "'no-such-org/no-such-model'" in msg and 'local folder' in msg and 'hf download' in msg, msg
 
 
 def test_missing_and_wrong_folders(tmp_path, folders):

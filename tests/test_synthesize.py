@@ -110,6 +110,9 @@ def test_user_errors(setup, reference, tmp_path):
     assert r.returncode == 2 and 'other settings' in r.stderr and 'new folder' in r.stderr
     r = subprocess.run(_cmd(setup, tmp_path/'z', '--parts', 'nope'), capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "--parts names 'nope'" in r.stderr
+    r = subprocess.run([str(BIN/'synthkit'), 'generate', str(root/'data'), '--out', str(tmp_path/'y'), '--quiet'],
+                       capture_output=True, text=True, env=ENV)   # the default generator, ddpm, named without its model
+    assert r.returncode == 2 and "generator 'ddpm' needs a model" in r.stderr and 'Traceback' not in r.stderr, r.stderr
     bad = tmp_path/'bad'; bad.mkdir()
     (bad/'manifest.jsonl').write_text('{"source": "a", "k": 0}\nnot json\n{"source": "b", "k": 0}\n')
     with pytest.raises(SynthkitError, match=r'manifest.jsonl:2: bad JSON'): Manifest(bad).read()
