@@ -292,6 +292,7 @@ def fake_grid(monkeypatch):
 
     exp = types.ModuleType('synthkit.experiment'); exp.run_grid, exp.plan, exp.GridConfig = run_grid, plan, FakeGridConfig
     cs = types.ModuleType('synthkit.casestudy'); cs.PRESETS = {'quick': FakeGridConfig(), 'standard': FakeGridConfig(epochs=30)}
+    cs.resolve = lambda preset, **ov: (dataclasses.replace(cs.PRESETS[preset], **{k: tuple(v) for k, v in ov.items()}), {})
     monkeypatch.setitem(sys.modules, 'synthkit.experiment', exp)
     monkeypatch.setitem(sys.modules, 'synthkit.casestudy', cs)
     import synthkit
@@ -363,13 +364,14 @@ def test_case_study_panel_shows_cached_rows_and_real_grid_config(fake_grid, ds, 
 
 def test_case_study_panel_on_the_real_grid_config(monkeypatch):
     exp = pytest.importorskip('synthkit.experiment')
-    monkeypatch.setitem(sys.modules, 'synthkit.casestudy', None)     # as if the case study module weren't there
-    assert list(widgets.grid_presets()) == ['default']
+    from synthkit.casestudy import PRESETS
+    assert list(widgets.grid_presets()) == list(PRESETS)
     p = CaseStudyPanel(seeds=(0, 1))
-    assert tuple(p.w_conditions.options) == exp.GridConfig().conditions
+    assert p.w_preset.value == 'quick' and tuple(p.w_conditions.options) == PRESETS['quick'].conditions
     p.w_conditions.value = ('baseline', 'classic+2')
     cfg = p.config().check()
     assert isinstance(cfg, exp.GridConfig) and cfg.conditions == ('baseline', 'classic+2') and cfg.seeds == (0, 1)
+    assert cfg.detect == PRESETS['quick'].detect and cfg.ddpm == PRESETS['quick'].ddpm   # everything else is the preset's
     assert len(exp.plan(cfg)) == 2 * 2 * 2
 
 
