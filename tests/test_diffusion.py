@@ -10,6 +10,8 @@ from synthkit.errors import SynthkitError
 from synthkit.generators import GenParams, load_generator, generator_class, derive_seed
 
 BACKENDS = ['sd-img2img', 'unclip', 'sd-variation', 'controlnet']
+CASES = {'sd-img2img': 'sd-img2img', 'sdxl-img2img': 'sd-img2img',   # test case -> the generator that runs it
+         'unclip': 'unclip', 'sd-variation': 'sd-variation', 'controlnet': 'controlnet'}
 P = GenParams(strength=0.5, steps=2, seed=3, prompt='a ship')   # img2img: 1 step; unCLIP / variations: 2
 
 
@@ -17,13 +19,14 @@ P = GenParams(strength=0.5, steps=2, seed=3, prompt='a ship')   # img2img: 1 ste
 def folders(tmp_path_factory):
     from synthkit import tiny
     d = tmp_path_factory.mktemp('tiny')
-    return {'sd-img2img': tiny.build_tiny_sd_img2img(d/'sd'), 'unclip': tiny.build_tiny_unclip(d/'unclip'),
+    return {'sd-img2img': tiny.build_tiny_sd_img2img(d/'sd'), 'sdxl-img2img': tiny.build_tiny_sdxl_img2img(d/'sdxl'),
+            'unclip': tiny.build_tiny_unclip(d/'unclip'),
             'sd-variation': tiny.build_tiny_image_variation(d/'variation'), 'controlnet': tiny.build_tiny_controlnet(d/'cn')}
 
 
 @pytest.fixture(scope='module')
 def gens(folders):
-    return {name: load_generator(f'{name}:{folders[name]}') for name in BACKENDS}
+    return {case: load_generator(f'{name}:{folders[case]}') for case, name in CASES.items()}
 
 
 def sources():
@@ -32,7 +35,7 @@ def sources():
             'u16': (rng.random((36, 42)) * 4000 + 1000).astype(np.uint16)}   # not multiples of 8
 
 
-@pytest.mark.parametrize('name', BACKENDS)
+@pytest.mark.parametrize('name', CASES)
 @pytest.mark.parametrize('kind', ['u8', 'u16'])
 def test_generate_keeps_dtype_shape_range(gens, name, kind):
     src = sources()[kind]
@@ -50,7 +53,7 @@ def test_rgb_source_stays_rgb(gens):
     assert o.shape == src.shape and o.dtype == np.uint8
 
 
-@pytest.mark.parametrize('name', BACKENDS)
+@pytest.mark.parametrize('name', CASES)
 def test_seeds_reproduce(gens, name):
     src = sources()['u8']
     g = gens[name]
@@ -62,10 +65,11 @@ def test_seeds_reproduce(gens, name):
     assert np.array_equal(c[0], a[1]) and not np.array_equal(a[0], a[1])
 
 
-def test_batching_changes_only_rounding(gens):
+@pytest.mark.parametrize('name', ['sd-img2img', 'sdxl-img2img'])
+def test_batching_changes_only_rounding(gens, name):
     src = sources()['u8']
-    a = gens['sd-img2img'].generate(src, n=3, params=P, batch_size=1)
-    b = gens['sd-img2img'].generate(src, n=3, params=P, batch_size=3)
+    a = gens[name].generate(src, n=3, params=P, batch_size=1)
+    b = gens[name].generate(src, n=3, params=P, batch_size=3)
     assert max(np.abs(u.astype(int) - v).max() for u, v in zip(a, b)) <= 2
 
 
@@ -113,6 +117,9 @@ def test_describe(gens):
     assert d['generator'] == 'controlnet' and len(d['weights_hash']) == 16 and d['condition'] == 'boxes'
     assert d['pipeline'] == 'StableDiffusionControlNetImg2ImgPipeline' and d['dtype'] == 'float32'
     assert gens['sd-img2img'].pipe.safety_checker is None
+    # the pipeline class follows the folder's model_index.json: an SDXL folder runs the SDXL img2img pipeline
+    assert gens['sd-img2img'].describe()['pipeline'] == 'StableDiffusionImg2ImgPipeline'
+    assert gens['sdxl-img2img'].describe()['pipeline'] == 'StableDiffusionXLImg2ImgPipeline'
 
 
 @pytest.mark.parametrize('name', BACKENDS)
