@@ -22,9 +22,9 @@ import torch
 from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'STATE_FILE', 'DDPMConfig', 'build_unet', 'build_scheduler', 'sample_crops', 'speckle_toy',
-           'train_ddpm', 'training_history', 'plot_losses', 'sdedit_timesteps', 'DDPMGenerator', 'strength_grid',
-           'cli_args', 'cli_run']
+__all__ = ['CONFIG_FILE', 'STATE_FILE', 'DTYPES', 'DDPMConfig', 'build_unet', 'build_scheduler', 'sample_crops', 'speckle_toy',
+           'train_ddpm', 'training_history', 'plot_losses', 'sdedit_timesteps', 'native_bf16', 'resolve_dtype',
+           'DDPMGenerator', 'strength_grid', 'cli_args', 'cli_run']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
@@ -245,6 +245,29 @@ def _tiles(n: int, tile: int, overlap: int) -> list:
     return sorted(set(starts))
 
 # %% ../nbs/11_ddpm.ipynb #7f6b71a8
+DTYPES = ('auto', 'fp32', 'bf16')
+
+def _cpu_flags() -> set:
+    "Feature flags of this machine's CPU from /proc/cpuinfo (an empty set where there is none)."
+    try: text = Path('/proc/cpuinfo').read_text()
+    except OSError: return set()
+    return {f for ln in text.splitlines() if ln.split(':')[0].strip() in ('flags', 'Features') for f in ln.split(':', 1)[1].split()}
+
+def native_bf16(device='cpu') -> bool:
+    "Whether `device` computes in bfloat16 natively (not emulated): a CUDA GPU with bf16, or a CPU with bf16 instructions."
+    dev = torch.device(device)
+    if dev.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type != 'cpu' or not torch.backends.mkldnn.is_available(): return False
+    return bool(_cpu_flags() & {'avx512_bf16', 'amx_bf16', 'bf16'})
+
+def resolve_dtype(dtype: str | None, device='cpu') -> str:
+    "'fp32' or 'bf16': what `dtype` ('auto' or None, 'fp32', 'bf16') means on `device`."
+    check(dtype is None or dtype in DTYPES, f'dtype={dtype!r} is not one of {", ".join(DTYPES)}',
+          "leave it out (auto: bf16 where the hardware has it) or use 'fp32' for full precision")
+    if dtype in ('fp32', 'bf16'): return dtype
+    return 'bf16' if native_bf16(device) else 'fp32'
+
+# %% ../nbs/11_ddpm.ipynb #14cd9a35
 class DDPMGenerator(Generator):
     "SDEdit variations from an in-domain DDPM trained with `train_ddpm`."
     name, version = 'ddpm', '1'
@@ -252,9 +275,8 @@ class DDPMGenerator(Generator):
     channels, min_size, batch_size = 1, 16, 8
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64, channels_last: bool = True,
-                 dtype: str | None = None):
-        check(dtype in (None, 'fp32', 'bf16'), f'dtype={dtype!r} is not one of fp32, bf16', "leave it out (float32) or use 'bf16' for speed")
-        self.folder, self.bf16 = Path(model_folder), dtype == 'bf16'
+                 dtype: str | None = 'auto'):
+        self.folder, self.bf16 = Path(model_folder), resolve_dtype(dtype, device) == 'bf16'
         self.meta = _read_meta(self.folder)
         self.unet = load_pretrained(UNet2DModel, self.folder/'unet', 'DDPM UNet').to(device).eval()
         if channels_last: self.unet = self.unet.to(memory_format=torch.channels_last)
@@ -309,7 +331,8 @@ class DDPMGenerator(Generator):
         y = ((y[:, 0, :h, :w].float().cpu() + 1) / 2).clamp(0, 1).numpy()
         return list(y)
 
-    def describe(self) -> dict: return {**super().describe(), 'dtype': 'bfloat16' if self.bf16 else 'float32'}
+    def describe(self) -> dict:
+        return {**super().describe(), 'dtype': 'bfloat16' if self.bf16 else 'float32', 'threads': torch.get_num_threads()}
 
     def _run(self, x, boxes, cls, params, seeds):
         return self.sdedit(x, params.strength, params.steps, seeds)

@@ -137,7 +137,8 @@ class DiffusersGenerator(Generator):
             p.to(self.device)
 
     def describe(self) -> dict:
-        return {**super().describe(), 'pipeline': self.pipeline_class, 'dtype': self.dtype}
+        import torch
+        return {**super().describe(), 'pipeline': self.pipeline_class, 'dtype': self.dtype, 'threads': torch.get_num_threads()}
 
     def _tensor(self, x: np.ndarray, n: int):
         "HxWx3 floats in [0, 1] → an n x 3 x H x W tensor (the pipelines map [0, 1] to [-1, 1] themselves)."

@@ -35,7 +35,7 @@ class GridConfig:
     strength: float = 0.3
     gen_steps: int = 25
     ddpm: dict = field(default_factory=dict)  # DDPMConfig overrides for the per-split DDPM (e.g. steps, channels); see GRID_DDPM
-    generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's); not in the key
+    generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's); only the precision is in the key
     augment_parts: tuple = ('train', 'val')   # which real parts get variations
     synth_ratio: float | None = None     # cap synthetic images at ratio × real images per part (None: all N per image)
     budget: str = 'steps'                # 'steps': equal optimizer steps per run; 'epochs': equal epochs
@@ -102,9 +102,14 @@ class RunSpec:
         return d
 
 def generation_fields(c: GridConfig) -> dict:
-    "What decides the diffusion variations (and the DDPM behind them)."
+    "What decides the diffusion variations (and the DDPM behind them); a precision other than float32 is part of it."
     d = dict(generator=c.generator, strength=c.strength, gen_steps=c.gen_steps)
-    if c.generator == 'ddpm': d['ddpm'] = dict(sorted(c.ddpm.items()))
+    dtype = c.generator_options.get('dtype')
+    if c.generator == 'ddpm':
+        from synthkit.ddpm import resolve_dtype
+        d['ddpm'] = dict(sorted(c.ddpm.items()))
+        dtype = resolve_dtype(dtype, c.generator_options.get('device') or 'cpu')   # auto: what this machine will run
+    if dtype not in (None, 'fp32', 'float32'): d['dtype'] = dtype   # so float32 runs keep the keys they always had
     return d
 
 def _hash(d, n: int = 16) -> str:

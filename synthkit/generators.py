@@ -5,6 +5,7 @@
 # %% ../nbs/10_generators.ipynb #d4aa6c40
 from __future__ import annotations
 import hashlib, importlib, inspect, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from .offline import setup_offline
 setup_offline()  # before diffusers / transformers are imported anywhere
 
 # %% auto #0
-__all__ = ['KNOBS', 'GENERATORS', 'GenParams', 'derive_seed', 'torch_generators', 'Generator', 'load_pretrained', 'weights_hash',
-           'generator_class', 'load_generator']
+__all__ = ['KNOBS', 'GENERATORS', 'GenParams', 'derive_seed', 'torch_generators', 'torch_threads', 'Generator', 'load_pretrained',
+           'weights_hash', 'generator_class', 'load_generator']
 
 # %% ../nbs/10_generators.ipynb #2b8a8ba1
 KNOBS = ('strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt')
@@ -57,6 +58,16 @@ def torch_generators(seeds, device='cpu') -> list:
     "One `torch.Generator` per seed, on `device` (diffusers pipelines take such a list for a batch)."
     import torch
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+# %% ../nbs/10_generators.ipynb #35cc2396
+@contextmanager
+def torch_threads(n: int | None):
+    "Run the block with `n` torch CPU threads (None: leave the count as it is), then restore it."
+    import torch
+    before = torch.get_num_threads()
+    if n: torch.set_num_threads(int(n))
+    try: yield
+    finally: torch.set_num_threads(before)
 
 # %% ../nbs/10_generators.ipynb #764dd66f
 class Generator:

@@ -14,7 +14,7 @@ from .errors import SynthkitError, check
 from .files import atomic_write, sha256_file
 from .images import save_image, read_image
 from .data.items import Item, Dataset
-from .generators import Generator, GenParams, derive_seed
+from .generators import Generator, GenParams, derive_seed, torch_threads
 
 # %% auto #0
 __all__ = ['MANIFEST', 'REJECTED', 'Manifest', 'output_name', 'write_variation', 'SynthSummary', 'synthesize', 'regenerate',
@@ -258,12 +258,16 @@ def _finish(out: Path, plan: list, names: list, n: int):
     if present: write_data_yaml(out, names, {p: f'images/{p}' for p in present}, 'variations written by synthkit.synthesize')
 
 # %% ../nbs/13_synthesize.ipynb #408c2971
+_DTYPE_ARG = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}
+
 def regenerate(record: dict, generator: Generator, dataset: Dataset | None = None, *, labels: bool = False):
     "Output `record['k']` of its source, recomputed from its manifest record (source from `dataset` or `record['source_path']`); `labels=True`: `(image, boxes, cls)` (pass `dataset` for the source's boxes)."
     d = generator.describe()
     for key in ('generator', 'weights_hash'):
         check(record.get(key) == d[key], f'the record was made by {key}={record.get(key)!r}, this generator has {d[key]!r}',
               'load the generator (and weights) named in the record')
+    check(record.get('dtype') in (None, d.get('dtype')), f'the record was computed in {record.get("dtype")}, this generator runs in {d.get("dtype")}',
+          f"load the generator with dtype={_DTYPE_ARG.get(record.get('dtype'), record.get('dtype'))!r}")
     params = GenParams(**record['params'])
     if dataset is not None: it = dataset[record['source']]; image, boxes, cls = it.read(), it.boxes, it.cls
     else:
@@ -272,7 +276,8 @@ def regenerate(record: dict, generator: Generator, dataset: Dataset | None = Non
         image, boxes, cls = read_image(src), None, None
     bs = int(record.get('batch_size', 1))
     seeds = [int(record['seed'])] + [derive_seed(params.seed, f'{record["source"]}#filler', j) for j in range(bs - 1)]
-    out = generator.generate_labelled(image, boxes, cls, n=bs, params=params, seeds=seeds, source_id=record['source'], batch_size=bs)[0]
+    with torch_threads(record.get('threads')):   # reduced precision rounds differently with another thread count
+        out = generator.generate_labelled(image, boxes, cls, n=bs, params=params, seeds=seeds, source_id=record['source'], batch_size=bs)[0]
     return out if labels else out[0]
 
 # %% ../nbs/13_synthesize.ipynb #5b3bf74f
@@ -293,6 +298,8 @@ def cli_args(parser):
     parser.add_argument('--into', default=None, help='put every output into this part (train: refused for val/test sources)')
     parser.add_argument('--label-check', default=None, metavar='WEIGHTS', help='YOLO weights trained on the real training images')
     parser.add_argument('--device', default=None, help='torch device (default: cpu, or the process\'s GPU under accelerate)')
+    parser.add_argument('--dtype', default=None, help='model precision: ddpm auto (default: bf16 where the CPU/GPU has it) | fp32 | bf16; '
+                                                      'diffusers backends fp32 (default) | fp16 | bf16')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 def cli_run(args) -> int:
@@ -311,7 +318,8 @@ def cli_run(args) -> int:
     if device is None and shard[1] > 1:
         from accelerate import PartialState
         device = str(PartialState().device)
-    gen = load_generator(args.generator, **({} if device in (None, 'cpu') else {'device': device}))
+    opts = ({} if device in (None, 'cpu') else {'device': device}) | ({} if args.dtype is None else {'dtype': args.dtype})
+    gen = load_generator(args.generator, **opts)
     params = GenParams(strength=args.strength, steps=args.steps, guidance=args.guidance, seed=args.seed,
                        prompt=args.prompt, negative_prompt=args.negative_prompt)
     lc = None

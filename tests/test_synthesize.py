@@ -53,8 +53,10 @@ def test_reference_layout(reference):
     assert len(recs) == N_IMG * N_VAR and len({(r['source'], r['k']) for r in recs}) == len(recs)
     assert {r['part'] for r in recs} == {'train', 'val', 'test'}
     r = recs[0]
-    for key in ('source', 'k', 'seed', 'generator', 'generator_version', 'model_id', 'weights_hash', 'params', 'batch_size', 'path', 'sha256'):
+    for key in ('source', 'k', 'seed', 'generator', 'generator_version', 'model_id', 'weights_hash', 'params', 'batch_size', 'path', 'sha256',
+                'dtype', 'threads'):
         assert key in r, key
+    assert r['threads'] == 1   # OMP_NUM_THREADS=1 in ENV
     assert r['params']['strength'] == 0.5 and r['batch_size'] == 2 and recs[2]['batch_size'] == 1   # chunks k=0,1 | k=2
     assert (reference/'data.yaml').is_file() and (reference/r['label']).is_file()
     assert not [p for p in reference.rglob('.tmp-*')]
@@ -120,9 +122,23 @@ def test_user_errors(setup, reference, tmp_path):
     class Other(Generator):
         name = 'other'
     with pytest.raises(SynthkitError, match="made by generator='ddpm'"): regenerate(Manifest(reference).read()[0], Other())
+    rec = Manifest(reference).read()[0]   # made in the default precision (auto: bf16 where the CPU has it)
+    other = 'fp32' if rec['dtype'] == 'bfloat16' else 'bf16'
+    with pytest.raises(SynthkitError, match=f"computed in {rec['dtype']}, this generator runs in .*dtype='{'bf16' if other == 'fp32' else 'fp32'}'"):
+        regenerate(rec, DDPMGenerator(model, dtype=other))
     from synthkit.data.formats import load_dataset
     ds = load_dataset(root/'data')
     with pytest.raises(SynthkitError, match='n_per_image=0'):
         synthesize(ds, DDPMGenerator(model), 0, GenParams(), tmp_path/'w', progress=False)
     with pytest.raises(SynthkitError, match="part 'a/b' is not a folder name"):
         write_variation(tmp_path/'w', ds[0], 0, np.zeros((8, 8), np.uint8), {}, 'a/b')
+
+
+def test_dtype_option(setup, tmp_path):
+    r = subprocess.run(_cmd(setup, tmp_path/'f32', '--parts', 'test', '--dtype', 'fp32'), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    recs = Manifest(tmp_path/'f32').read()
+    assert len(recs) == N_VAR and {x['dtype'] for x in recs} == {'float32'}
+    assert np.array_equal(regenerate(recs[1], DDPMGenerator(setup[1], dtype='fp32')), read_image(tmp_path/'f32'/recs[1]['path']))
+    r = subprocess.run(_cmd(setup, tmp_path/'f16', '--dtype', 'fp16'), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and "dtype='fp16' is not one of auto, fp32, bf16" in r.stderr and 'Traceback' not in r.stderr, r.stderr
