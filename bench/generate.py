@@ -2,11 +2,12 @@
 
 Side by side in one run, on the same model, images and parameters, for the in-domain DDPM default and a tiny SD
 img2img pipeline, at strength 0.3 and 0.6. Prints images/s, the ratio, UNet evaluations per image, time per UNet
-evaluation and the share of time spent inside the UNet, then what each speed-up (batching, inference_mode,
-channels-last, SDPA) is worth on its own. `ddpm bf16` rows: the DDPM under bfloat16 autocast (DDPMGenerator(dtype='bf16')),
-against the same float32 hand loop.
+evaluation and the share of time spent inside the UNet, then what each speed-up (batching, bf16 autocast, inference_mode,
+channels-last, SDPA) is worth on its own. `ddpm default` rows: DDPMGenerator as a user gets it (dtype='auto': bfloat16
+autocast where the CPU has bf16 instructions, else float32); `ddpm fp32` rows: forced float32. Both against the same
+float32 hand loop (the diffusers-docs way).
 
-    .venv/bin/python bench/generate.py                  # ~2-4 min on 2 cores
+    .venv/bin/python bench/generate.py                  # ~5 min on 2 cores (128 px); --size 64 --steps 10: ~1 min
     .venv/bin/python bench/generate.py --sources 4 --n 4 --size 128 --repeats 2 --ddpm MODEL_DIR
 
 Timings on a shared machine move with its load: each pair is measured interleaved and the best of `--repeats` kept.
@@ -109,7 +110,7 @@ def compare(label, ours_fn, hand_fn, meter_ours, meter_hand, n_images, repeats, 
             s = timed(lambda: fn(d))
             if name not in best or s < best[name][0]: best[name] = (s, meter.rows, meter.seconds)
     (so, ro, uo), (sh, rh, uh) = best['synthesize'], best['hand loop']
-    print(f'{label:<28} synthesize {n_images / so:6.2f} img/s   hand loop {n_images / sh:6.2f} img/s   ratio {sh / so:4.2f}x   '
+    print(f'{label:<34} synthesize {n_images / so:6.2f} img/s   hand loop {n_images / sh:6.2f} img/s   ratio {sh / so:4.2f}x   '
           f'UNet evals/img {ro / n_images:5.1f} vs {rh / n_images:5.1f}   ms/eval-row {1000 * uo / max(ro, 1):6.1f} vs {1000 * uh / max(rh, 1):6.1f}   '
           f'in UNet {uo / so:4.0%} vs {uh / sh:4.0%}')
     return sh / so
@@ -140,23 +141,21 @@ def main(argv=None):
     from synthkit.ddpm import DDPMConfig, DDPMGenerator, train_ddpm
     from diffusers import UNet2DModel
     folder = a.ddpm or train_ddpm(ds, tmp/'ddpm', DDPMConfig(steps=1, batch=2), progress=False)
-    gen = DDPMGenerator(folder)
+    gen = DDPMGenerator(folder)   # the default: dtype='auto'
     hand_ddpm.unet = UNet2DModel.from_pretrained(Path(folder)/'unet').eval()
-    mo, mh = UNetMeter(gen.unet), UNetMeter(hand_ddpm.unet)
-    print(f'DDPM: {sum(p.numel() for p in gen.unet.parameters()) / 1e6:.1f} M parameters ({folder})')
+    mh = UNetMeter(hand_ddpm.unet)
+    dt = gen.describe()['dtype']
+    print(f'DDPM: {sum(p.numel() for p in gen.unet.parameters()) / 1e6:.1f} M parameters ({folder}); default dtype here: {dt}')
     ratios = {}
-    for s in strengths:
-        p = GenParams(strength=s, steps=a.steps, seed=0)
-        ratios[f'ddpm {s}'] = compare(f'ddpm  strength {s}', lambda d: synthesize(ds, gen, a.n, p, d, batch_size=a.n, progress=False),
-                                      lambda d: hand_ddpm(folder, ds, a.n, p, d), mo, mh, N, a.repeats, tmp)
-    gen16 = DDPMGenerator(folder, dtype='bf16'); mb = UNetMeter(gen16.unet)
-    for s in strengths:
-        p = GenParams(strength=s, steps=a.steps, seed=0)
-        ratios[f'ddpm bf16 {s}'] = compare(f'ddpm bf16 strength {s}', lambda d: synthesize(ds, gen16, a.n, p, d, batch_size=a.n, progress=False),
-                                           lambda d: hand_ddpm(folder, ds, a.n, p, d), mb, mh, N, a.repeats, tmp)
+    for label, g in ((f'ddpm default ({dt})', gen), ('ddpm fp32', DDPMGenerator(folder, dtype='fp32'))):
+        mo = UNetMeter(g.unet)
+        for s in strengths:
+            p = GenParams(strength=s, steps=a.steps, seed=0)
+            ratios[f'{label} {s}'] = compare(f'{label} strength {s}', lambda d: synthesize(ds, g, a.n, p, d, batch_size=a.n, progress=False),
+                                             lambda d: hand_ddpm(folder, ds, a.n, p, d), mo, mh, N, a.repeats, tmp)
 
     if not a.skip_ablation:
-        print('\nDDPM, strength 0.3: each speed-up alone (generate() on every source, best of repeats; 1.00 = everything on)')
+        print('\nDDPM default, strength 0.3: each speed-up alone (generate() on every source, best of repeats; 1.00 = everything on)')
         p = GenParams(strength=0.3, steps=a.steps, seed=0)
         imgs = [it.read() for it in ds]
         def run(g, bs): 
@@ -164,6 +163,8 @@ def main(argv=None):
         def best(fn): return min(timed(fn) for _ in range(a.repeats))
         base = best(lambda: run(gen, a.n))
         rows = [('batch of n -> batch of 1', lambda: run(gen, 1))]
+        g32 = DDPMGenerator(folder, dtype='fp32')
+        if gen.bf16: rows.append(('bf16 autocast -> float32', lambda: run(g32, a.n)))
         g_cf = DDPMGenerator(folder, channels_last=False)
         rows.append(('channels-last -> default memory format', lambda: run(g_cf, a.n)))
         @contextlib.contextmanager
