@@ -23,7 +23,7 @@ from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 
 # %% auto #0
 __all__ = ['CONFIG_FILE', 'STATE_FILE', 'DTYPES', 'DDPMConfig', 'build_unet', 'build_scheduler', 'sample_crops', 'speckle_toy',
-           'train_ddpm', 'training_history', 'plot_losses', 'sdedit_timesteps', 'native_bf16', 'resolve_dtype',
+           'native_bf16', 'resolve_dtype', 'train_ddpm', 'training_history', 'plot_losses', 'sdedit_timesteps',
            'DDPMGenerator', 'strength_grid', 'cli_args', 'cli_run']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
@@ -127,8 +127,31 @@ def speckle_toy(folder, n: int = 6, size: int = 48, seed: int = 0, splits=None) 
         items.append(Item(p, size, size, bx, [0] * len(bx), f'toy{i:03d}', meta))
     return Dataset(items, ['ship'], root=folder)
 
+# %% ../nbs/11_ddpm.ipynb #7f6b71a8
+DTYPES = ('auto', 'fp32', 'bf16')
+
+def _cpu_flags() -> set:
+    "Feature flags of this machine's CPU from /proc/cpuinfo (an empty set where there is none)."
+    try: text = Path('/proc/cpuinfo').read_text()
+    except OSError: return set()
+    return {f for ln in text.splitlines() if ln.split(':')[0].strip() in ('flags', 'Features') for f in ln.split(':', 1)[1].split()}
+
+def native_bf16(device='cpu') -> bool:
+    "Whether `device` computes in bfloat16 natively (not emulated): a CUDA GPU with bf16, or a CPU with bf16 instructions."
+    dev = torch.device(device)
+    if dev.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type != 'cpu' or not torch.backends.mkldnn.is_available(): return False
+    return bool(_cpu_flags() & {'avx512_bf16', 'amx_bf16', 'bf16'})
+
+def resolve_dtype(dtype: str | None, device='cpu') -> str:
+    "'fp32' or 'bf16': what `dtype` ('auto' or None, 'fp32', 'bf16') means on `device`."
+    check(dtype is None or dtype in DTYPES, f'dtype={dtype!r} is not one of {", ".join(DTYPES)}',
+          "leave it out (auto: bf16 where the hardware has it) or use 'fp32' for full precision")
+    if dtype in ('fp32', 'bf16'): return dtype
+    return 'bf16' if native_bf16(device) else 'fp32'
+
 # %% ../nbs/11_ddpm.ipynb #84a4bafa
-def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rng, n_images, seconds, complete=False, stopped_by=None):
+def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rng, n_images, seconds, bf16, complete=False, stopped_by=None):
     with tempfile.TemporaryDirectory(dir=out, prefix='.tmp-') as tmp:
         unet.save_pretrained(Path(tmp)/'unet', safe_serialization=True)
         sched.save_pretrained(Path(tmp)/'scheduler')
@@ -139,15 +162,16 @@ def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rn
         os.replace(Path(tmp)/STATE_FILE, out/STATE_FILE)
     meta = dict(config={**asdict(config), 'channels': list(config.channels)}, model=config.model_dict(), step=step,
                 n_train_images=n_images, train_seconds=round(seconds, 1), target_steps=config.steps, complete=bool(complete),
-                stopped_by=stopped_by, history=history)
+                stopped_by=stopped_by, train_dtype='bfloat16' if bf16 else 'float32', history=history)
     write_json(out/CONFIG_FILE, meta)
 
 # %% ../nbs/11_ddpm.ipynb #9fc48d5f
 def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resume: bool = True, progress: bool = True,
-               device: str = 'cpu') -> Path:
-    "Train (or resume training) the in-domain DDPM on the training split of `dataset` on `device`; returns the model folder `out`."
+               device: str = 'cpu', dtype: str | None = 'auto') -> Path:
+    "Train (or resume training) the in-domain DDPM on the training split of `dataset` on `device` (`dtype`: see `resolve_dtype`); returns the model folder `out`."
     from tqdm.auto import tqdm
     config = config.check()
+    bf16 = resolve_dtype(dtype, device) == 'bf16'
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     images, boxes, n_skipped = _train_pool(dataset)
     dev = torch.device(device)
@@ -180,7 +204,8 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
             x0, noise, t = x0.to(dev), noise.to(dev), t.to(dev)
             a = alphas[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            loss = torch.nn.functional.mse_loss(unet(xt, t).sample, noise)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16): pred = unet(xt, t).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise)
             for g in opt.param_groups: g['lr'] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
             opt.zero_grad(set_to_none=True); loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0); opt.step()
@@ -190,7 +215,7 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
                 bar.set_postfix(loss=history[-1][1])
             bar.update(1)
             if time.monotonic() - last_save >= config.save_every_s:
-                _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0)
+                _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0, bf16)
                 last_save = time.monotonic()
     finally:
         bar.close()
@@ -198,7 +223,7 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     short = config.steps is not None and step < config.steps
     if short: warnings.warn(f'DDPM training in {out} stopped at {step} of {config.steps} steps: the minutes={config.minutes} cap ran out. '
                             'The model is marked incomplete; call again to resume, or set minutes=None to train by steps alone.', stacklevel=2)
-    _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0,
+    _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0, bf16,
                      complete=not short, stopped_by='steps' if config.steps is not None and not short else 'minutes')
     return out
 
@@ -243,29 +268,6 @@ def _tiles(n: int, tile: int, overlap: int) -> list:
     stride = tile - overlap
     starts = list(range(0, n - tile, stride)) + [n - tile]
     return sorted(set(starts))
-
-# %% ../nbs/11_ddpm.ipynb #7f6b71a8
-DTYPES = ('auto', 'fp32', 'bf16')
-
-def _cpu_flags() -> set:
-    "Feature flags of this machine's CPU from /proc/cpuinfo (an empty set where there is none)."
-    try: text = Path('/proc/cpuinfo').read_text()
-    except OSError: return set()
-    return {f for ln in text.splitlines() if ln.split(':')[0].strip() in ('flags', 'Features') for f in ln.split(':', 1)[1].split()}
-
-def native_bf16(device='cpu') -> bool:
-    "Whether `device` computes in bfloat16 natively (not emulated): a CUDA GPU with bf16, or a CPU with bf16 instructions."
-    dev = torch.device(device)
-    if dev.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if dev.type != 'cpu' or not torch.backends.mkldnn.is_available(): return False
-    return bool(_cpu_flags() & {'avx512_bf16', 'amx_bf16', 'bf16'})
-
-def resolve_dtype(dtype: str | None, device='cpu') -> str:
-    "'fp32' or 'bf16': what `dtype` ('auto' or None, 'fp32', 'bf16') means on `device`."
-    check(dtype is None or dtype in DTYPES, f'dtype={dtype!r} is not one of {", ".join(DTYPES)}',
-          "leave it out (auto: bf16 where the hardware has it) or use 'fp32' for full precision")
-    if dtype in ('fp32', 'bf16'): return dtype
-    return 'bf16' if native_bf16(device) else 'fp32'
 
 # %% ../nbs/11_ddpm.ipynb #14cd9a35
 class DDPMGenerator(Generator):
@@ -374,6 +376,7 @@ def cli_args(parser):
     parser.add_argument('--batch', type=int, default=d.batch)
     parser.add_argument('--lr', type=float, default=d.lr)
     parser.add_argument('--device', default='cpu', help="torch device to train on: cpu (default) or cuda")
+    parser.add_argument('--dtype', default='auto', help='auto (default: bf16 autocast where the CPU/GPU has it) | fp32 | bf16')
     parser.add_argument('--no-resume', action='store_true', help='start over even if --out holds a checkpoint')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
@@ -384,7 +387,8 @@ def cli_run(args) -> int:
     cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr)
     if args.no_resume and Path(args.out).exists():
         for f in (STATE_FILE, CONFIG_FILE): (Path(args.out)/f).unlink(missing_ok=True)
-    out = train_ddpm(ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, device=args.device)
+    out = train_ddpm(ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, device=args.device,
+                     dtype=args.dtype)
     h = training_history(out)
     print(f'trained {int(h[-1, 0]) if len(h) else 0} iterations, last loss {h[-1, 1] if len(h) else float("nan"):.4f}; model in {out}')
     return 0

@@ -183,14 +183,17 @@ class _Prep:
         return d
 
     def ddpm_folder(self) -> Path:
-        from synthkit.ddpm import DDPMConfig, CONFIG_FILE, train_ddpm
+        from synthkit.ddpm import DDPMConfig, CONFIG_FILE, train_ddpm, resolve_dtype
         c = self.spec.config
         cfg = DDPMConfig(**{**GRID_DDPM, **c.ddpm, 'seed': self.spec.seed})
-        d = self.out/'ddpm'/f'{self.tag}-{_hash(dict(split=self.split_key, cfg=asdict(cfg)), 8)}'
+        device = c.generator_options.get('device') or 'cpu'
+        dtype = resolve_dtype(c.generator_options.get('dtype'), device)
+        key = dict(split=self.split_key, cfg=asdict(cfg)) | ({} if dtype == 'fp32' else {'dtype': dtype})   # fp32 keeps its old keys
+        d = self.out/'ddpm'/f'{self.tag}-{_hash(key, 8)}'
         if not _done(d):
             t = time.time()
             ids = [i for p in c.augment_parts for i in self.parts[p]]
-            train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=c.generator_options.get('device') or 'cpu')
+            train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=device, dtype=dtype)
             meta = json.loads((d/CONFIG_FILE).read_text())
             check(meta.get('complete', True), f'the DDPM of {self.tag} stopped at {meta.get("step")} of {cfg.steps} steps: '
                   f'its minutes={cfg.minutes} cap ran out, so it is not the model the configuration asks for',

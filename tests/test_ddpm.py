@@ -91,6 +91,13 @@ def test_cli_train_and_error(toy, tmp_path):
     assert 'trained 2 iterations' in r.stdout and (tmp_path/'m'/'unet'/'diffusion_pytorch_model.safetensors').exists()
     meta = json.loads((tmp_path/'m'/'synthkit_ddpm.json').read_text())   # --steps alone: no wall-clock cap, complete
     assert meta['config']['minutes'] is None and meta['complete'] and meta['stopped_by'] == 'steps' and meta['target_steps'] == 2
+    from synthkit.ddpm import resolve_dtype
+    assert meta['train_dtype'] == {'bf16': 'bfloat16', 'fp32': 'float32'}[resolve_dtype('auto')]   # the default: auto
+    r = subprocess.run(cmd[:4] + [str(tmp_path/'m32')] + cmd[5:] + ['--steps', '1', '--dtype', 'fp32'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path/'m32'/'synthkit_ddpm.json').read_text())['train_dtype'] == 'float32'
+    r = subprocess.run(cmd + ['--steps', '1', '--dtype', 'int8'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and "dtype='int8' is not one of auto, fp32, bf16" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = subprocess.run([str(BIN/'synthkit'), 'train-ddpm', str(tmp_path/'data'), '--out', str(tmp_path/'m2'), '--crop', '30'],
                        capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and 'crop=30' in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -140,11 +140,11 @@ TINY_DDPM = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, 
 
 
 def test_ddpm_trains_on_the_generator_device(toy, tmp_path, monkeypatch):
-    "generator_options['device'] reaches train_ddpm as well as the generator."
+    "generator_options['device'] (and the precision it resolves to) reaches train_ddpm as well as the generator."
     import synthkit.ddpm as dd
-    seen = []
-    def fake_train(ds, out, cfg, progress=True, device='cpu'):
-        seen.append(device); Path(out).mkdir(parents=True, exist_ok=True)
+    seen, dtypes = [], []
+    def fake_train(ds, out, cfg, progress=True, device='cpu', dtype='auto'):
+        seen.append(device); dtypes.append(dtype); Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out)/dd.CONFIG_FILE).write_text(json.dumps(dict(step=cfg.steps, complete=True)))
         return Path(out)
     monkeypatch.setattr(dd, 'train_ddpm', fake_train)
@@ -153,6 +153,9 @@ def test_ddpm_trains_on_the_generator_device(toy, tmp_path, monkeypatch):
     ex._Prep(toy, spec, deal(toy, 0)['split_1'], tmp_path).ddpm_folder()
     ex._Prep(toy, replace(spec, config=replace(cfg, generator_options={})), deal(toy, 0)['split_1'], tmp_path/'b').ddpm_folder()
     assert seen == ['cuda', 'cpu']
+    assert dtypes == [dd.resolve_dtype('auto', 'cuda'), dd.resolve_dtype('auto', 'cpu')]   # resolved, so the key can hold it
+    ex._Prep(toy, replace(spec, config=replace(cfg, generator_options=dict(dtype='fp32'))), deal(toy, 0)['split_1'], tmp_path/'c').ddpm_folder()
+    assert dtypes[-1] == 'fp32'
 
 
 def test_a_ddpm_cut_short_by_minutes_is_not_used(toy, tmp_path):
