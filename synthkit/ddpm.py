@@ -139,7 +139,8 @@ def _cpu_flags() -> set:
 def native_bf16(device='cpu') -> bool:
     "Whether `device` computes in bfloat16 natively (not emulated): a CUDA GPU with bf16, or a CPU with bf16 instructions."
     dev = torch.device(device)
-    if dev.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    # Ampere (compute capability 8) and later; is_bf16_supported() also says yes where bf16 is only emulated (T4, V100)
+    if dev.type == 'cuda': return torch.cuda.is_available() and torch.cuda.get_device_capability(dev) >= (8, 0)
     if dev.type != 'cpu' or not torch.backends.mkldnn.is_available(): return False
     return bool(_cpu_flags() & {'avx512_bf16', 'amx_bf16', 'bf16'})
 
@@ -147,11 +148,13 @@ def resolve_dtype(dtype: str | None, device='cpu') -> str:
     "'fp32' or 'bf16': what `dtype` ('auto' or None, 'fp32', 'bf16') means on `device`."
     check(dtype is None or dtype in DTYPES, f'dtype={dtype!r} is not one of {", ".join(DTYPES)}',
           "leave it out (auto: bf16 where the hardware has it) or use 'fp32' for full precision")
+    try: torch.device(device)
+    except (RuntimeError, TypeError): raise SynthkitError(f'device={device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
     if dtype in ('fp32', 'bf16'): return dtype
     return 'bf16' if native_bf16(device) else 'fp32'
 
 # %% ../nbs/11_ddpm.ipynb #84a4bafa
-def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rng, n_images, seconds, bf16, complete=False, stopped_by=None):
+def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rng, n_images, seconds, precision, complete=False, stopped_by=None):
     with tempfile.TemporaryDirectory(dir=out, prefix='.tmp-') as tmp:
         unet.save_pretrained(Path(tmp)/'unet', safe_serialization=True)
         sched.save_pretrained(Path(tmp)/'scheduler')
@@ -162,7 +165,7 @@ def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rn
         os.replace(Path(tmp)/STATE_FILE, out/STATE_FILE)
     meta = dict(config={**asdict(config), 'channels': list(config.channels)}, model=config.model_dict(), step=step,
                 n_train_images=n_images, train_seconds=round(seconds, 1), target_steps=config.steps, complete=bool(complete),
-                stopped_by=stopped_by, train_dtype='bfloat16' if bf16 else 'float32', history=history)
+                stopped_by=stopped_by, train_dtype=precision, history=history)
     write_json(out/CONFIG_FILE, meta)
 
 # %% ../nbs/11_ddpm.ipynb #9fc48d5f
@@ -172,6 +175,7 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     from tqdm.auto import tqdm
     config = config.check()
     bf16 = resolve_dtype(dtype, device) == 'bf16'
+    used = set()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     images, boxes, n_skipped = _train_pool(dataset)
     dev = torch.device(device)
@@ -190,7 +194,9 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
         opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4); opt.load_state_dict(st['opt'])
         gen.set_state(st['gen']); rng.bit_generator.state = st['rng']
         step, history, seconds0 = st['step'], meta['history'], meta.get('train_seconds', 0.0)
+        used = set(meta.get('train_dtype', 'float32').split('+'))   # a resumed model may have trained in both precisions
     unet.train()
+    precision = '+'.join(sorted(used | {'bfloat16' if bf16 else 'float32'}))
     alphas = sched.alphas_cumprod.to(dev)
     t0 = time.monotonic(); last_save = t0; window = []
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc='train-ddpm', unit='it')
@@ -215,7 +221,7 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
                 bar.set_postfix(loss=history[-1][1])
             bar.update(1)
             if time.monotonic() - last_save >= config.save_every_s:
-                _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0, bf16)
+                _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0, precision)
                 last_save = time.monotonic()
     finally:
         bar.close()
@@ -223,7 +229,7 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     short = config.steps is not None and step < config.steps
     if short: warnings.warn(f'DDPM training in {out} stopped at {step} of {config.steps} steps: the minutes={config.minutes} cap ran out. '
                             'The model is marked incomplete; call again to resume, or set minutes=None to train by steps alone.', stacklevel=2)
-    _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0, bf16,
+    _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0, precision,
                      complete=not short, stopped_by='steps' if config.steps is not None and not short else 'minutes')
     return out
 

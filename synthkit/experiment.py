@@ -105,11 +105,12 @@ def generation_fields(c: GridConfig) -> dict:
     "What decides the diffusion variations (and the DDPM behind them); a precision other than float32 is part of it."
     d = dict(generator=c.generator, strength=c.strength, gen_steps=c.gen_steps)
     dtype = c.generator_options.get('dtype')
-    if c.generator == 'ddpm':
+    if c.generator == 'ddpm': d['ddpm'] = dict(sorted(c.ddpm.items()))
+    if c.generator.partition(':')[0] == 'ddpm':   # the grid's own DDPM or a given model folder: both default to auto
         from synthkit.ddpm import resolve_dtype
-        d['ddpm'] = dict(sorted(c.ddpm.items()))
-        dtype = resolve_dtype(dtype, c.generator_options.get('device') or 'cpu')   # auto: what this machine will run
-    if dtype not in (None, 'fp32', 'float32'): d['dtype'] = dtype   # so float32 runs keep the keys they always had
+        dtype = resolve_dtype(dtype, c.generator_options.get('device') or 'cpu')   # what this machine will run
+    dtype = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}.get(dtype, dtype)
+    if dtype not in (None, 'float32'): d['dtype'] = dtype   # so float32 runs keep the keys they always had
     return d
 
 def _hash(d, n: int = 16) -> str:

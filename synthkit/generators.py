@@ -18,8 +18,8 @@ from .offline import setup_offline
 setup_offline()  # before diffusers / transformers are imported anywhere
 
 # %% auto #0
-__all__ = ['KNOBS', 'GENERATORS', 'GenParams', 'derive_seed', 'torch_generators', 'torch_threads', 'Generator', 'load_pretrained',
-           'weights_hash', 'generator_class', 'load_generator']
+__all__ = ['KNOBS', 'DTYPE_ARGS', 'GENERATORS', 'GenParams', 'derive_seed', 'torch_generators', 'torch_threads', 'Generator',
+           'load_pretrained', 'weights_hash', 'generator_class', 'load_generator']
 
 # %% ../nbs/10_generators.ipynb #2b8a8ba1
 KNOBS = ('strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt')
@@ -60,6 +60,8 @@ def torch_generators(seeds, device='cpu') -> list:
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 # %% ../nbs/10_generators.ipynb #35cc2396
+DTYPE_ARGS = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}   # describe()'s dtype -> the `dtype=` that asks for it
+
 @contextmanager
 def torch_threads(n: int | None):
     "Run the block with `n` torch CPU threads (None: leave the count as it is), then restore it."
@@ -177,8 +179,13 @@ def load_generator(spec: str, **options) -> Generator:
     "Make a generator from `'NAME'` or `'NAME:MODEL'` (a local folder or a hub id); `options` go to its constructor."
     name, _, model = str(spec).partition(':')
     cls = generator_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        bad = [k for k in options if k not in params or k == 'self']
+        check(not bad, f'generator {name!r} has no option {bad[0] if bad else ""!r}',
+              f'its options: {", ".join(list(params)[1:]) or "none"}')
     if not model:
-        first = next(iter(list(inspect.signature(cls.__init__).parameters.values())[1:2]), None)
+        first = next(iter(list(params.values())[1:2]), None)
         check(first is None or first.default is not inspect.Parameter.empty or first.kind is not first.POSITIONAL_OR_KEYWORD,
               f'generator {name!r} needs a model', f'name it as {name}:FOLDER (a local folder' +
               (', e.g. made by `synthkit train-ddpm DATA --out FOLDER`)' if name == 'ddpm' else ' or a hub id)'))

@@ -14,7 +14,7 @@ from .errors import SynthkitError, check
 from .files import atomic_write, sha256_file
 from .images import save_image, read_image
 from .data.items import Item, Dataset
-from .generators import Generator, GenParams, derive_seed, torch_threads
+from .generators import Generator, GenParams, derive_seed, torch_threads, DTYPE_ARGS
 
 # %% auto #0
 __all__ = ['MANIFEST', 'REJECTED', 'Manifest', 'output_name', 'write_variation', 'SynthSummary', 'synthesize', 'regenerate',
@@ -258,8 +258,6 @@ def _finish(out: Path, plan: list, names: list, n: int):
     if present: write_data_yaml(out, names, {p: f'images/{p}' for p in present}, 'variations written by synthkit.synthesize')
 
 # %% ../nbs/13_synthesize.ipynb #408c2971
-_DTYPE_ARG = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}
-
 def regenerate(record: dict, generator: Generator, dataset: Dataset | None = None, *, labels: bool = False):
     "Output `record['k']` of its source, recomputed from its manifest record (source from `dataset` or `record['source_path']`); `labels=True`: `(image, boxes, cls)` (pass `dataset` for the source's boxes)."
     d = generator.describe()
@@ -267,7 +265,7 @@ def regenerate(record: dict, generator: Generator, dataset: Dataset | None = Non
         check(record.get(key) == d[key], f'the record was made by {key}={record.get(key)!r}, this generator has {d[key]!r}',
               'load the generator (and weights) named in the record')
     check(record.get('dtype') in (None, d.get('dtype')), f'the record was computed in {record.get("dtype")}, this generator runs in {d.get("dtype")}',
-          f"load the generator with dtype={_DTYPE_ARG.get(record.get('dtype'), record.get('dtype'))!r}")
+          f"load the generator with dtype={DTYPE_ARGS.get(record.get('dtype'), record.get('dtype'))!r}")
     params = GenParams(**record['params'])
     if dataset is not None: it = dataset[record['source']]; image, boxes, cls = it.read(), it.boxes, it.cls
     else:

@@ -14,7 +14,7 @@ import ipywidgets as W
 
 from .errors import SynthkitError, check
 from .offline import setup_offline
-from .generators import Generator, GenParams, KNOBS, derive_seed, load_generator
+from .generators import Generator, GenParams, KNOBS, DTYPE_ARGS, derive_seed, load_generator
 
 setup_offline()
 
@@ -118,7 +118,8 @@ def generator_spec(gen: Generator) -> str:
 def output_key(item_id: str, gen: Generator, params: GenParams, seed: int) -> tuple:
     "Cache key of one output: image id, generator identity, the values of the knobs it honours (seed aside), output seed."
     knobs = tuple((k, getattr(params, k)) for k in KNOBS if k in gen.knobs and k != 'seed')
-    return (item_id, generator_spec(gen), gen.weights_hash, id(gen) if not str(gen.model_id) else 0, knobs, int(seed))
+    return (item_id, generator_spec(gen), gen.weights_hash, gen.describe().get('dtype'), id(gen) if not str(gen.model_id) else 0,
+            knobs, int(seed))
 
 # %% ../nbs/30_widgets.ipynb #50da7b54
 @dataclass
@@ -148,8 +149,8 @@ def keep_record(gen: Generator, params: GenParams, item, k: int, part: str) -> d
                 source_part=item.meta.get('split') or part)
 
 def _same_output(a: dict, b: dict) -> bool:
-    "True when two manifest records describe the same output (same generator, weights, knob values and seed)."
-    keys = ('generator', 'generator_version', 'weights_hash', 'seed')
+    "True when two manifest records describe the same output (same generator, weights, precision, knob values and seed)."
+    keys = ('generator', 'generator_version', 'weights_hash', 'dtype', 'seed')
     knobs = set(a.get('knobs') or []) | set(b.get('knobs') or [])
     pa, pb = a.get('params') or {}, b.get('params') or {}
     return all(a.get(k) == b.get(k) for k in keys) and all(pa.get(k) == pb.get(k) for k in knobs if k != 'seed')
@@ -451,16 +452,17 @@ class TuningPanel:
         p, gen, it, n = self.params, self.generator, self.item, int(self.w_n.value)
         kw = ', '.join(f'{k}={getattr(p, k)!r}' for k in KNOBS if k in gen.knobs)
         spec, root = generator_spec(gen), self.dataset.root
+        dtype = DTYPE_ARGS.get(gen.describe().get('dtype'))   # explicit, so the code gives the same pixels on another machine
         py = '\n'.join([
             'from synthkit.generators import load_generator, GenParams',
             'from synthkit.data.formats import load_dataset',
             f'dataset = load_dataset({str(root)!r})' if root else '# dataset = load_dataset(FOLDER)',
             f'item = dataset[{it.id!r}]',
-            f'gen = load_generator({spec!r})',
+            f'gen = load_generator({spec!r}' + (f', dtype={dtype!r})' if dtype else ')'),
             f'params = GenParams({kw})',
             f'outputs = gen.generate_labelled(item.read(), item.boxes, item.cls, n={n}, params=params, source_id=item.id)  # (image, boxes, cls)',
             f'# the whole dataset: synthkit.synthesize.synthesize(dataset, gen, {n}, params, {str(self.w_out.value)!r})'])
-        cli = ['synthkit', 'generate', str(root) if root else 'DATA', '--generator', spec, '--n', str(n)]
+        cli = ['synthkit', 'generate', str(root) if root else 'DATA', '--generator', spec, '--n', str(n)] + (['--dtype', dtype] if dtype else [])
         for k in KNOBS:  # `synthkit generate` takes every knob as --name (ignored ones left out)
             if k in gen.knobs:
                 v = getattr(p, k)

@@ -112,3 +112,11 @@ def test_same_seed_same_weights_whatever_the_global_rng(toy, tmp_path):
     assert weights_hash(a/'unet') == weights_hash(b/'unet')
     c = train_ddpm(toy, tmp_path/'c', DDPMConfig(**{**TINY, 'seed': 1}, steps=2, minutes=None), progress=False)
     assert weights_hash(c/'unet') != weights_hash(a/'unet')
+
+
+def test_resume_in_another_precision_is_recorded(toy, tmp_path):
+    d = train_ddpm(toy, tmp_path/'m', DDPMConfig(**TINY, steps=2, minutes=None), progress=False, dtype='fp32')
+    assert json.loads((d/'synthkit_ddpm.json').read_text())['train_dtype'] == 'float32'
+    train_ddpm(toy, d, DDPMConfig(**TINY, steps=3, minutes=None), progress=False, dtype='bf16')
+    meta = json.loads((d/'synthkit_ddpm.json').read_text())
+    assert meta['step'] == 3 and meta['train_dtype'] == 'bfloat16+float32'

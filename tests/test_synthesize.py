@@ -142,3 +142,6 @@ def test_dtype_option(setup, tmp_path):
     assert np.array_equal(regenerate(recs[1], DDPMGenerator(setup[1], dtype='fp32')), read_image(tmp_path/'f32'/recs[1]['path']))
     r = subprocess.run(_cmd(setup, tmp_path/'f16', '--dtype', 'fp16'), capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "dtype='fp16' is not one of auto, fp32, bf16" in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    r = subprocess.run([str(BIN/'synthkit'), 'generate', str(setup[0]/'data'), '--generator', 'classic', '--dtype', 'fp32',
+                        '--out', str(tmp_path/'c'), '--quiet'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and "generator 'classic' has no option 'dtype'" in r.stderr and 'Traceback' not in r.stderr, r.stderr

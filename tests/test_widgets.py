@@ -433,3 +433,4 @@ def test_tuning_panel_drives_a_real_diffusers_backend(tmp_path, ds):
     assert all(np.array_equal(a, b) for a, b in zip(res.images[0], direct))
     py, cli = p.code()
     assert "prompt='a ship at sea'" in py and "--prompt 'a ship at sea'" in cli and '--guidance 3' in cli
+    assert "dtype='fp32')" in py and '--dtype fp32' in cli   # the precision, so the code makes the same pixels elsewhere
