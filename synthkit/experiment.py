@@ -109,7 +109,8 @@ def generation_fields(c: GridConfig) -> dict:
     if c.generator.partition(':')[0] == 'ddpm':   # the grid's own DDPM or a given model folder: both default to auto
         from synthkit.ddpm import resolve_dtype
         dtype = resolve_dtype(dtype, c.generator_options.get('device') or 'cpu')   # what this machine will run
-    dtype = {'fp32': 'float32', 'bf16': 'bfloat16', 'fp16': 'float16'}.get(dtype, dtype)
+    from synthkit.generators import DTYPE_ARGS
+    dtype = {arg: name for name, arg in DTYPE_ARGS.items()}.get(dtype, dtype)   # 'bf16' and 'bfloat16' are one key
     if dtype not in (None, 'float32'): d['dtype'] = dtype   # so float32 runs keep the keys they always had
     return d
 
