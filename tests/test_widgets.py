@@ -143,6 +143,19 @@ def test_cache_makes_going_back_instant(ds):
     assert output_key('a', g, GenParams(), 1) != output_key('a', NoiseGenerator(), GenParams(), 1)  # another model
 
 
+def test_precision_separates_previews_and_kept_outputs(ds):
+    "The same model in bf16 and fp32 makes (slightly) different pixels: the preview cache and Keep's de-duplication tell them apart."
+    from synthkit.widgets import _same_output, keep_record
+    class Precise(NoiseGenerator):
+        def __init__(self, dtype): self.dtype = dtype
+        def describe(self): return {**super().describe(), 'dtype': self.dtype}
+    a, b = Precise('bfloat16'), Precise('float32')
+    a.model_id = b.model_id = 'same/model'
+    assert output_key('x', a, GenParams(), 1) != output_key('x', b, GenParams(), 1)
+    ra, rb = (keep_record(g, GenParams(), ds[0], 0, 'train') for g in (a, b))
+    assert _same_output(ra, dict(ra)) and not _same_output(ra, rb)
+
+
 def test_sweep_rows_of_strengths_columns_of_seeds(ds):
     p = TuningPanel(ds, NoiseGenerator(), n=3)
     p.set(mode='sweep', sweep='0.1, 0.5,0.9')
