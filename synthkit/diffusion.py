@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_diffusion.ipynb #6fff9a96
 from __future__ import annotations
-import json, warnings
+import contextlib, json, warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,9 @@ from .offline import setup_offline
 setup_offline()  # before diffusers / transformers are imported
 
 # %% auto #0
-__all__ = ['CONDITIONS', 'pad_to_multiple', 'box_condition', 'canny_condition', 'check_img2img_steps', 'DiffusersGenerator',
-           'SDImg2ImgGenerator', 'UnCLIPGenerator', 'ImageVariationGenerator', 'ControlNetGenerator']
+__all__ = ['CONDITIONS', 'pad_to_multiple', 'box_condition', 'canny_condition', 'check_img2img_steps', 'encode_once',
+           'DiffusersGenerator', 'SDImg2ImgGenerator', 'UnCLIPGenerator', 'ImageVariationGenerator',
+           'ControlNetGenerator']
 
 # %% ../nbs/12_diffusion.ipynb #d9b462c0
 def pad_to_multiple(x: np.ndarray, m: int = 8) -> np.ndarray:
@@ -77,6 +78,26 @@ def check_img2img_steps(params: GenParams):
     run = int(params.steps * params.strength)
     check(run >= 1, f'strength={params.strength} with steps={params.steps} runs {run} denoising steps',
           f'use steps ≥ {int(np.ceil(1 / params.strength))} for this strength, or a higher strength')
+
+@contextlib.contextmanager
+def encode_once(vae):
+    """Within the block, `vae.encode` of an input equal to the previous one returns the previous result.
+
+    img2img pipelines given one generator per output VAE-encode the source once per output, to draw each output's
+    latent sample from its own generator. The encoding itself is deterministic: one per source is enough, and each
+    output still samples from the shared latent distribution with its own generator, so outputs are unchanged."""
+    if vae is None or not hasattr(vae, 'encode'): yield; return
+    import torch
+    encode, own, last = vae.encode, 'encode' in vae.__dict__, {}
+    def once(x, *a, **kw):
+        if a or kw or not (last and last['x'].shape == x.shape and last['x'].dtype == x.dtype and torch.equal(last['x'], x)):
+            last.clear(); last.update(x=x.clone(), y=encode(x, *a, **kw))
+        return last['y']
+    vae.encode = once
+    try: yield
+    finally:
+        if own: vae.encode = encode
+        else: del vae.encode   # back to the class's method
 
 class DiffusersGenerator(Generator):
     "Shared loading, device options, padding, batching and seeding of the diffusers backends."
@@ -155,7 +176,7 @@ class DiffusersGenerator(Generator):
         h, w = x.shape[:2]
         xp = pad_to_multiple(x, getattr(self.pipe, 'vae_scale_factor', 8))
         gens = torch_generators(seeds, 'cpu')
-        ys = self._call(xp, boxes, params, gens)
+        with encode_once(getattr(self.pipe, 'vae', None)): ys = self._call(xp, boxes, params, gens)
         return [np.asarray(y, np.float32)[:h, :w] for y in ys]
 
     def _call(self, xp, boxes, params, gens) -> np.ndarray:
