@@ -22,9 +22,9 @@ import torch
 from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'STATE_FILE', 'DTYPES', 'DDPMConfig', 'build_unet', 'build_scheduler', 'sample_crops', 'speckle_toy',
-           'native_bf16', 'resolve_dtype', 'train_ddpm', 'training_history', 'plot_losses', 'sdedit_timesteps',
-           'DDPMGenerator', 'strength_grid', 'cli_args', 'cli_run']
+__all__ = ['CONFIG_FILE', 'STATE_FILE', 'LEGACY', 'DTYPES', 'DDPMConfig', 'build_unet', 'build_scheduler', 'sample_crops',
+           'speckle_toy', 'native_bf16', 'resolve_dtype', 'train_ddpm', 'training_history', 'plot_losses',
+           'sdedit_timesteps', 'DDPMGenerator', 'strength_grid', 'cli_args', 'cli_run']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
@@ -35,6 +35,7 @@ class DDPMConfig:
     "Everything that decides how the in-domain DDPM is built and trained."
     crop: int = 64                          # training crop side (px); generation runs on whole images
     channels: tuple = (32, 64, 64, 128)     # UNet block widths; the last level has self-attention
+    head_dim: int = 64                      # channels per attention head, at most the level's width (see "Attention heads")
     layers_per_block: int = 2
     norm_groups: int = 16
     lr: float = 5e-4
@@ -54,6 +55,8 @@ class DDPMConfig:
               f'crop={self.crop!r} must be ≥ 16 and a multiple of {2 ** (len(self.channels) - 1)}', 'use e.g. 64 or 128')
         check(len(self.channels) >= 2 and all(c % self.norm_groups == 0 for c in self.channels),
               f'channels={self.channels} must have ≥ 2 levels, each a multiple of norm_groups={self.norm_groups}')
+        check(isinstance(self.head_dim, int) and self.head_dim >= 1 and self.channels[-1] % self.heads_width == 0,
+              f'head_dim={self.head_dim!r} must divide the attention level\'s {self.channels[-1]} channels', 'use e.g. 64 or 32')
         check(self.batch >= 1 and self.lr > 0, f'batch={self.batch} and lr={self.lr} must be positive')
         check(self.minutes is None or self.minutes > 0, f'minutes={self.minutes!r} must be > 0 or None', 'use None (no cap) with steps, or e.g. 5')
         check(self.minutes or self.steps, 'no training budget: minutes=None and steps=None', 'set steps (reproducible), or minutes for a timed interactive run')
@@ -63,10 +66,17 @@ class DDPMConfig:
     @property
     def multiple(self) -> int: return 2 ** (len(self.channels) - 1)
 
+    @property
+    def heads_width(self) -> int: return min(self.head_dim, self.channels[-1])   # a narrow level gets one head
+
     def model_dict(self) -> dict:
         "The fields that define the model (a resumed run must match them)."
-        return dict(channels=list(self.channels), layers_per_block=self.layers_per_block, norm_groups=self.norm_groups,
-                    train_timesteps=self.train_timesteps, beta_schedule=self.beta_schedule)
+        return dict(channels=list(self.channels), head_dim=self.head_dim, layers_per_block=self.layers_per_block,
+                    norm_groups=self.norm_groups, train_timesteps=self.train_timesteps, beta_schedule=self.beta_schedule)
+
+# Settings that were fixed before they became fields: models built with them keep their old cache keys, and their
+# folders (whose synthkit_ddpm.json doesn't name them) resume as what they are.
+LEGACY = dict(head_dim=8)
 
 # %% ../nbs/11_ddpm.ipynb #5985714e
 def build_unet(config: DDPMConfig) -> UNet2DModel:
@@ -75,7 +85,7 @@ def build_unet(config: DDPMConfig) -> UNet2DModel:
     return UNet2DModel(sample_size=config.crop, in_channels=1, out_channels=1, block_out_channels=tuple(config.channels),
                        layers_per_block=config.layers_per_block, norm_num_groups=config.norm_groups,
                        down_block_types=('DownBlock2D',) * (n - 1) + ('AttnDownBlock2D',),
-                       up_block_types=('AttnUpBlock2D',) + ('UpBlock2D',) * (n - 1), attention_head_dim=8)
+                       up_block_types=('AttnUpBlock2D',) + ('UpBlock2D',) * (n - 1), attention_head_dim=config.heads_width)
 
 def build_scheduler(config: DDPMConfig) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule, clip_sample=False)
@@ -187,7 +197,8 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     step, history, seconds0 = 0, [], 0.0
     if resume and (out/STATE_FILE).exists() and (out/CONFIG_FILE).exists():
         meta = json.loads((out/CONFIG_FILE).read_text())
-        check(meta['model'] == config.model_dict(), f'the checkpoint there was built with {meta["model"]}, not {config.model_dict()}',
+        built = {**LEGACY, **meta['model']}
+        check(built == config.model_dict(), f'the checkpoint there was built with {built}, not {config.model_dict()}',
               'train with the same model settings, pass resume=False (--no-resume) to start over, or use another folder', path=out)
         unet = UNet2DModel.from_pretrained(out/'unet', use_safetensors=True).to(dev)
         st = torch.load(out/STATE_FILE, weights_only=False, map_location='cpu')

@@ -15,7 +15,7 @@ from .files import write_json, write_text
 from .detect import DetectConfig, train_detector, split_images
 
 # %% auto #0
-__all__ = ['GRID_DDPM', 'ROW_FIELDS', 'METRICS', 'GridConfig', 'conditions_for', 'parse_condition', 'RunSpec',
+__all__ = ['GRID_DDPM', 'ROW_FIELDS', 'METRICS', 'GridConfig', 'conditions_for', 'parse_condition', 'RunSpec', 'without_legacy',
            'generation_fields', 'run_key', 'plan', 'fingerprint', 'default_split_fn', 'check_lineage',
            'manifest_records', 'assemble', 'write_table', 'run_dir_of', 'run_grid', 'mean_ci', 'summarize']
 
@@ -101,11 +101,18 @@ class RunSpec:
         if self.kind == 'diffusion': d.update(generation_fields(c))
         return d
 
+def without_legacy(d: dict) -> dict:
+    "DDPM settings `d` less those at their `LEGACY` value: models and variations made before such a setting existed keep their keys."
+    from synthkit.ddpm import LEGACY
+    return {k: v for k, v in d.items() if k not in LEGACY or LEGACY[k] != v}
+
 def generation_fields(c: GridConfig) -> dict:
     "What decides the diffusion variations (and the DDPM behind them); a precision other than float32 is part of it."
     d = dict(generator=c.generator, strength=c.strength, gen_steps=c.gen_steps)
     dtype = c.generator_options.get('dtype')
-    if c.generator == 'ddpm': d['ddpm'] = dict(sorted(c.ddpm.items()))
+    if c.generator == 'ddpm':
+        from synthkit.ddpm import DDPMConfig, LEGACY
+        d['ddpm'] = without_legacy({k: getattr(DDPMConfig, k) for k in LEGACY} | dict(c.ddpm))   # a changed default is a new key
     if c.generator.partition(':')[0] == 'ddpm':   # the grid's own DDPM or a given model folder: both default to auto
         from synthkit.ddpm import resolve_dtype
         dtype = resolve_dtype(dtype, c.generator_options.get('device') or 'cpu')   # what this machine will run
@@ -190,7 +197,7 @@ class _Prep:
         cfg = DDPMConfig(**{**GRID_DDPM, **c.ddpm, 'seed': self.spec.seed})
         device = c.generator_options.get('device') or 'cpu'
         dtype = resolve_dtype(c.generator_options.get('dtype'), device)
-        key = dict(split=self.split_key, cfg=asdict(cfg)) | ({} if dtype == 'fp32' else {'dtype': dtype})   # fp32 keeps its old keys
+        key = dict(split=self.split_key, cfg=without_legacy(asdict(cfg))) | ({} if dtype == 'fp32' else {'dtype': dtype})   # fp32 keeps its old keys
         d = self.out/'ddpm'/f'{self.tag}-{_hash(key, 8)}'
         if not _done(d):
             t = time.time()

@@ -120,3 +120,18 @@ def test_resume_in_another_precision_is_recorded(toy, tmp_path):
     train_ddpm(toy, d, DDPMConfig(**TINY, steps=3, minutes=None), progress=False, dtype='bf16')
     meta = json.loads((d/'synthkit_ddpm.json').read_text())
     assert meta['step'] == 3 and meta['train_dtype'] == 'bfloat16+float32'
+
+
+def test_folder_from_before_head_dim_resumes_as_what_it_is(toy, tmp_path):
+    "Models trained before `head_dim` was a setting were built with 8 channels per head and don't name it."
+    cfg8 = DDPMConfig(**TINY, head_dim=8, steps=2, minutes=None)
+    d = train_ddpm(toy, tmp_path/'m', cfg8, progress=False)
+    assert json.loads((d/'unet'/'config.json').read_text())['attention_head_dim'] == 8
+    meta = json.loads((d/'synthkit_ddpm.json').read_text())
+    del meta['model']['head_dim']; del meta['config']['head_dim']          # what such a folder holds
+    (d/'synthkit_ddpm.json').write_text(json.dumps(meta))
+    train_ddpm(toy, d, DDPMConfig(**TINY, head_dim=8, steps=3, minutes=None), progress=False)
+    assert training_history(d)[-1, 0] == 3
+    with pytest.raises(SynthkitError, match="built with .*'head_dim': 8.*--no-resume"):
+        train_ddpm(toy, d, DDPMConfig(**TINY, steps=4, minutes=None), progress=False)   # today's default: another model
+    assert len(load_generator(f'ddpm:{d}').generate(np.zeros((24, 24), np.uint8), n=1, params=GenParams(strength=0.5, steps=2))) == 1
