@@ -3,7 +3,7 @@
 Side by side in one run, on the same model, images and parameters, for the in-domain DDPM default and a tiny SD
 img2img pipeline, at strength 0.3 and 0.6. Prints images/s, the ratio, UNet evaluations per image, time per UNet
 evaluation and the share of time spent inside the UNet, then what each speed-up (batching, bf16 autocast, inference_mode,
-channels-last, SDPA) is worth on its own. `ddpm default` rows: DDPMGenerator as a user gets it (dtype='auto': bfloat16
+channels-last, SDPA, 64-wide attention heads) is worth on its own. `ddpm default` rows: DDPMGenerator as a user gets it (dtype='auto': bfloat16
 autocast where the CPU has bf16 instructions, else float32); `ddpm fp32` rows: forced float32. Both against the same
 float32 hand loop (the diffusers-docs way).
 
@@ -180,6 +180,9 @@ def main(argv=None):
         for m in g_at.unet.modules():
             if isinstance(m, Attention): m.set_processor(AttnProcessor())
         rows.append(('SDPA attention -> classic attention', lambda: run(g_at, a.n)))
+        if gen.unet.config.attention_head_dim != 8:   # the default architecture (not an older --ddpm model)
+            g_h8 = DDPMGenerator(train_ddpm(ds, tmp/'ddpm-h8', DDPMConfig(steps=1, batch=2, head_dim=8), progress=False))
+            rows.append(('head_dim 64 -> 8 (16 heads; older models)', lambda: run(g_h8, a.n)))
         print(f'  {"everything on":<40} {base:6.2f} s')
         for name, fn in rows:
             t = best(fn); print(f'  {name:<40} {t:6.2f} s  ({t / base:4.2f}x the time)')
