@@ -180,7 +180,7 @@ def main(argv=None):
         for m in g_at.unet.modules():
             if isinstance(m, Attention): m.set_processor(AttnProcessor())
         rows.append(('SDPA attention -> classic attention', lambda: run(g_at, a.n)))
-        if gen.unet.config.attention_head_dim != 8:   # the default architecture (not an older --ddpm model)
+        if a.ddpm is None:   # the default architecture, against the same one with 8-wide heads
             g_h8 = DDPMGenerator(train_ddpm(ds, tmp/'ddpm-h8', DDPMConfig(steps=1, batch=2, head_dim=8), progress=False))
             rows.append(('head_dim 64 -> 8 (16 heads; older models)', lambda: run(g_h8, a.n)))
         print(f'  {"everything on":<40} {base:6.2f} s')

@@ -35,7 +35,7 @@ class DDPMConfig:
     "Everything that decides how the in-domain DDPM is built and trained."
     crop: int = 64                          # training crop side (px); generation runs on whole images
     channels: tuple = (32, 64, 64, 128)     # UNet block widths; the last level has self-attention
-    head_dim: int = 64                      # channels per attention head, at most the level's width (see "Attention heads")
+    head_dim: int = 64                      # channels per attention head (at most; see "Attention heads")
     layers_per_block: int = 2
     norm_groups: int = 16
     lr: float = 5e-4
@@ -55,8 +55,7 @@ class DDPMConfig:
               f'crop={self.crop!r} must be ≥ 16 and a multiple of {2 ** (len(self.channels) - 1)}', 'use e.g. 64 or 128')
         check(len(self.channels) >= 2 and all(c % self.norm_groups == 0 for c in self.channels),
               f'channels={self.channels} must have ≥ 2 levels, each a multiple of norm_groups={self.norm_groups}')
-        check(isinstance(self.head_dim, int) and self.head_dim >= 1 and self.channels[-1] % self.heads_width == 0,
-              f'head_dim={self.head_dim!r} must divide the attention level\'s {self.channels[-1]} channels', 'use e.g. 64 or 32')
+        check(isinstance(self.head_dim, int) and self.head_dim >= 1, f'head_dim={self.head_dim!r} must be an integer ≥ 1', 'use e.g. 64')
         check(self.batch >= 1 and self.lr > 0, f'batch={self.batch} and lr={self.lr} must be positive')
         check(self.minutes is None or self.minutes > 0, f'minutes={self.minutes!r} must be > 0 or None', 'use None (no cap) with steps, or e.g. 5')
         check(self.minutes or self.steps, 'no training budget: minutes=None and steps=None', 'set steps (reproducible), or minutes for a timed interactive run')
@@ -67,11 +66,14 @@ class DDPMConfig:
     def multiple(self) -> int: return 2 ** (len(self.channels) - 1)
 
     @property
-    def heads_width(self) -> int: return min(self.head_dim, self.channels[-1])   # a narrow level gets one head
+    def heads_width(self) -> int:
+        "Channels per head the model gets: the largest divisor of the attention level's width up to `head_dim`."
+        w = self.channels[-1]
+        return max(d for d in range(1, min(self.head_dim, w) + 1) if w % d == 0)
 
     def model_dict(self) -> dict:
         "The fields that define the model (a resumed run must match them)."
-        return dict(channels=list(self.channels), head_dim=self.head_dim, layers_per_block=self.layers_per_block,
+        return dict(channels=list(self.channels), head_dim=self.heads_width, layers_per_block=self.layers_per_block,
                     norm_groups=self.norm_groups, train_timesteps=self.train_timesteps, beta_schedule=self.beta_schedule)
 
 # Settings that were fixed before they became fields: models built with them keep their old cache keys, and their
@@ -391,6 +393,8 @@ def cli_args(parser):
     parser.add_argument('--seed', type=int, default=d.seed)
     parser.add_argument('--crop', type=int, default=d.crop, help=f'training crop size in px (default {d.crop})')
     parser.add_argument('--batch', type=int, default=d.batch)
+    parser.add_argument('--head-dim', type=int, default=None,
+                        help=f'channels per attention head (default: the --out folder\'s when resuming it, else {d.head_dim})')
     parser.add_argument('--lr', type=float, default=d.lr)
     parser.add_argument('--device', default='cpu', help="torch device to train on: cpu (default) or cuda")
     parser.add_argument('--dtype', default='auto', help='auto (default: bf16 autocast where the CPU/GPU has it) | fp32 | bf16')
@@ -401,7 +405,10 @@ def cli_run(args) -> int:
     from synthkit.data.formats import load_dataset
     ds = load_dataset(args.data)
     minutes = args.minutes if args.minutes is not None else None if args.steps else DDPMConfig.minutes
-    cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr)
+    head_dim, meta = args.head_dim, Path(args.out)/CONFIG_FILE
+    if head_dim is None:   # resuming: the folder's own (models from before head_dim was a setting: LEGACY's)
+        head_dim = {**LEGACY, **json.loads(meta.read_text())['model']}['head_dim'] if meta.is_file() and not args.no_resume else DDPMConfig.head_dim
+    cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr, head_dim=head_dim)
     if args.no_resume and Path(args.out).exists():
         for f in (STATE_FILE, CONFIG_FILE): (Path(args.out)/f).unlink(missing_ok=True)
     out = train_ddpm(ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, device=args.device,

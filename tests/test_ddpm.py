@@ -135,3 +135,18 @@ def test_folder_from_before_head_dim_resumes_as_what_it_is(toy, tmp_path):
     with pytest.raises(SynthkitError, match="built with .*'head_dim': 8.*--no-resume"):
         train_ddpm(toy, d, DDPMConfig(**TINY, steps=4, minutes=None), progress=False)   # today's default: another model
     assert len(load_generator(f'ddpm:{d}').generate(np.zeros((24, 24), np.uint8), n=1, params=GenParams(strength=0.5, steps=2))) == 1
+
+
+def test_cli_resumes_a_folder_from_before_head_dim(toy, tmp_path):
+    from synthkit.data.formats import export_yolo
+    export_yolo(toy, tmp_path/'data', {'train': toy.ids[:3], 'val': toy.ids[3:]})
+    cmd = [str(BIN/'synthkit'), 'train-ddpm', str(tmp_path/'data'), '--out', str(tmp_path/'m'), '--crop', '32', '--batch', '2', '--quiet']
+    assert subprocess.run(cmd + ['--steps', '1', '--head-dim', '8'], capture_output=True, text=True, env=ENV).returncode == 0
+    f = tmp_path/'m'/'synthkit_ddpm.json'
+    meta = json.loads(f.read_text()); del meta['model']['head_dim']; del meta['config']['head_dim']; f.write_text(json.dumps(meta))
+    r = subprocess.run(cmd + ['--steps', '2'], capture_output=True, text=True, env=ENV)   # no --head-dim: the folder's
+    assert r.returncode == 0 and 'trained 2 iterations' in r.stdout, r.stderr
+    r = subprocess.run(cmd + ['--steps', '3', '--head-dim', '64'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and "'head_dim': 8" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = subprocess.run(cmd[:4] + [str(tmp_path/'new')] + cmd[5:] + ['--steps', '1'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and json.loads((tmp_path/'new'/'unet'/'config.json').read_text())['attention_head_dim'] == 64

@@ -112,6 +112,39 @@ def test_cpu_options(folders):
         load_generator(f'sd-img2img:{folders["sd-img2img"]}', device='cuda')
 
 
+@pytest.mark.parametrize('case', ['sd-img2img', 'sdxl-img2img', 'controlnet'])
+def test_gpu_options(folders, case):
+    "The small-GPU options for real: fp16, attention / VAE slicing, model CPU offload (needs CUDA; never run in CI)."
+    import torch
+    if not torch.cuda.is_available(): pytest.skip('needs a CUDA GPU (test_cpu_options checks the CPU fallbacks)')
+    src, p = sources()['u16'], P.replace(steps=4)
+    plain = load_generator(f'{CASES[case]}:{folders[case]}', device='cuda', dtype='fp16')
+    small = load_generator(f'{CASES[case]}:{folders[case]}', device='cuda', dtype='fp16', attention_slicing=True,
+                           vae_slicing=True, cpu_offload=True)
+    assert small.options_applied == dict(device='cuda', dtype='float16', attention_slicing=True, vae_slicing=True, cpu_offload=True)
+    assert small.pipe.unet.dtype == torch.float16
+    a, b = plain.generate(src, n=2, params=p), small.generate(src, n=2, params=p)
+    assert all(v.dtype == np.uint16 and v.shape == src.shape for v in a + b) and not np.array_equal(a[0], a[1])
+    assert np.array_equal(small.generate(src, n=2, params=p)[1], b[1])           # seeded on the GPU too
+    # slicing and offload change where and in which order things are computed, not what: far less than another seed does
+    d = lambda u, v: np.abs(u.astype(int) - v).mean()
+    assert max(d(a[0], b[0]), d(a[1], b[1])) < 0.2 * d(a[0], a[1])
+
+
+def test_ddpm_on_gpu(tmp_path):
+    "The in-domain DDPM trains and generates on CUDA (bf16 where the GPU has it natively)."
+    import torch
+    if not torch.cuda.is_available(): pytest.skip('needs a CUDA GPU')
+    from synthkit.ddpm import DDPMConfig, speckle_toy, train_ddpm, resolve_dtype
+    toy = speckle_toy(tmp_path/'toy', n=3, size=40)
+    m = train_ddpm(toy, tmp_path/'m', DDPMConfig(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2, steps=3),
+                   progress=False, device='cuda')
+    g = load_generator(f'ddpm:{m}', device='cuda')
+    assert g.describe()['dtype'] == ('bfloat16' if resolve_dtype('auto', 'cuda') == 'bf16' else 'float32')
+    v = g.generate(toy[0].read(), n=2, params=GenParams(strength=0.5, steps=4, seed=1))
+    assert len(v) == 2 and v[0].shape == toy[0].read().shape and np.array_equal(v[1], g.generate(toy[0].read(), n=2, params=GenParams(strength=0.5, steps=4, seed=1))[1])
+
+
 def test_describe(gens):
     d = gens['controlnet'].describe()
     assert d['generator'] == 'controlnet' and len(d['weights_hash']) == 16 and d['condition'] == 'boxes'
