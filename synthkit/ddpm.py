@@ -22,9 +22,10 @@ import torch
 from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'STATE_FILE', 'LEGACY', 'DTYPES', 'DDPMConfig', 'build_unet', 'build_scheduler', 'sample_crops',
-           'speckle_toy', 'native_bf16', 'resolve_dtype', 'train_ddpm', 'training_history', 'plot_losses',
-           'sdedit_timesteps', 'DDPMGenerator', 'strength_grid', 'cli_args', 'cli_run']
+__all__ = ['CONFIG_FILE', 'STATE_FILE', 'LEGACY', 'DTYPES', 'DDPMConfig', 'read_meta', 'built_model', 'build_unet',
+           'build_scheduler', 'sample_crops', 'speckle_toy', 'native_bf16', 'resolve_dtype', 'train_ddpm',
+           'training_history', 'plot_losses', 'sdedit_timesteps', 'DDPMGenerator', 'strength_grid', 'cli_args',
+           'cli_run']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
@@ -79,6 +80,16 @@ class DDPMConfig:
 # Settings that were fixed before they became fields: models built with them keep their old cache keys, and their
 # folders (whose synthkit_ddpm.json doesn't name them) resume as what they are.
 LEGACY = dict(head_dim=8)
+
+def read_meta(folder) -> dict:
+    "`folder`'s synthkit_ddpm.json; one clear error when it isn't valid JSON."
+    f = Path(folder)/CONFIG_FILE
+    try: return json.loads(f.read_text())
+    except ValueError as e: raise SynthkitError(f'{CONFIG_FILE} is not valid JSON ({e})', 'restore it, or train again with resume=False (--no-resume)', path=f)
+
+def built_model(meta: dict) -> dict:
+    "The model settings a folder's metadata records (`LEGACY` values for settings it predates)."
+    return {**LEGACY, **meta['model']}
 
 # %% ../nbs/11_ddpm.ipynb #5985714e
 def build_unet(config: DDPMConfig) -> UNet2DModel:
@@ -198,8 +209,8 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     gen, rng = torch.Generator().manual_seed(config.seed), np.random.default_rng(config.seed)
     step, history, seconds0 = 0, [], 0.0
     if resume and (out/STATE_FILE).exists() and (out/CONFIG_FILE).exists():
-        meta = json.loads((out/CONFIG_FILE).read_text())
-        built = {**LEGACY, **meta['model']}
+        meta = read_meta(out)
+        built = built_model(meta)
         check(built == config.model_dict(), f'the checkpoint there was built with {built}, not {config.model_dict()}',
               'train with the same model settings, pass resume=False (--no-resume) to start over, or use another folder', path=out)
         unet = UNet2DModel.from_pretrained(out/'unet', use_safetensors=True).to(dev)
@@ -266,7 +277,7 @@ def _read_meta(folder) -> dict:
     check(folder.is_dir(), f'DDPM model folder {str(folder)!r} does not exist', 'train one with `synthkit train-ddpm DATA --out DIR`', path=folder)
     check((folder/CONFIG_FILE).exists() and (folder/'unet').is_dir(), f'{folder} is not a synthkit DDPM folder (no {CONFIG_FILE} or unet/)',
           'pass the --out folder of `synthkit train-ddpm`', path=folder)
-    return json.loads((folder/CONFIG_FILE).read_text())
+    return read_meta(folder)
 
 # %% ../nbs/11_ddpm.ipynb #3e33a9cc
 def sdedit_timesteps(scheduler, strength: float, steps: int) -> list:
@@ -407,7 +418,7 @@ def cli_run(args) -> int:
     minutes = args.minutes if args.minutes is not None else None if args.steps else DDPMConfig.minutes
     head_dim, meta = args.head_dim, Path(args.out)/CONFIG_FILE
     if head_dim is None:   # resuming: the folder's own (models from before head_dim was a setting: LEGACY's)
-        head_dim = {**LEGACY, **json.loads(meta.read_text())['model']}['head_dim'] if meta.is_file() and not args.no_resume else DDPMConfig.head_dim
+        head_dim = built_model(read_meta(args.out))['head_dim'] if meta.is_file() and not args.no_resume else DDPMConfig.head_dim
     cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr, head_dim=head_dim)
     if args.no_resume and Path(args.out).exists():
         for f in (STATE_FILE, CONFIG_FILE): (Path(args.out)/f).unlink(missing_ok=True)

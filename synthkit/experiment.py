@@ -192,7 +192,7 @@ class _Prep:
         return d
 
     def ddpm_folder(self) -> Path:
-        from synthkit.ddpm import DDPMConfig, CONFIG_FILE, train_ddpm, resolve_dtype
+        from synthkit.ddpm import DDPMConfig, read_meta, train_ddpm, resolve_dtype
         c = self.spec.config
         cfg = DDPMConfig(**{**GRID_DDPM, **c.ddpm, 'seed': self.spec.seed})
         device = c.generator_options.get('device') or 'cpu'
@@ -203,7 +203,7 @@ class _Prep:
             t = time.time()
             ids = [i for p in c.augment_parts for i in self.parts[p]]
             train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=device, dtype=dtype)
-            meta = json.loads((d/CONFIG_FILE).read_text())
+            meta = read_meta(d)
             check(meta.get('complete', True), f'the DDPM of {self.tag} stopped at {meta.get("step")} of {cfg.steps} steps: '
                   f'its minutes={cfg.minutes} cap ran out, so it is not the model the configuration asks for',
                   "set ddpm minutes=None so it trains by steps alone (the result then doesn't depend on machine speed), "

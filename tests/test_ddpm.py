@@ -150,3 +150,7 @@ def test_cli_resumes_a_folder_from_before_head_dim(toy, tmp_path):
     assert r.returncode == 2 and "'head_dim': 8" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = subprocess.run(cmd[:4] + [str(tmp_path/'new')] + cmd[5:] + ['--steps', '1'], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0 and json.loads((tmp_path/'new'/'unet'/'config.json').read_text())['attention_head_dim'] == 64
+    f.write_text('{"model": ')                                                      # a damaged file: one clear line
+    r = subprocess.run(cmd + ['--steps', '3'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and 'synthkit_ddpm.json is not valid JSON' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    with pytest.raises(SynthkitError, match='not valid JSON.*--no-resume'): DDPMGenerator(tmp_path/'m')
