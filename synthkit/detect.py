@@ -35,12 +35,15 @@ class DetectConfig:
     close_mosaic: int = 0         # epochs without mosaic at the end (0: never turn it off; epochs differ across conditions)
     lr0: float = 0.01
     val_every_epoch: bool = False # validate after every epoch (slower); the final epoch is always validated
+    eval_imgsz: int | None = None # inference size of the test evaluation (None: imgsz); whole native images need their own size
     extra: tuple = ()             # more Ultralytics train arguments as (key, value) pairs
 
     def check(self) -> 'DetectConfig':
         "Raise `SynthkitError` for values Ultralytics can't use; returns self."
         check(isinstance(self.imgsz, int) and self.imgsz >= 32 and self.imgsz % 32 == 0,
               f'imgsz={self.imgsz!r} must be a multiple of 32, at least 32', 'use e.g. 320 or 640')
+        check(self.eval_imgsz is None or (isinstance(self.eval_imgsz, int) and self.eval_imgsz >= 32 and self.eval_imgsz % 32 == 0),
+              f'eval_imgsz={self.eval_imgsz!r} must be None or a multiple of 32', 'use e.g. 544 for whole 531 px images')
         check(isinstance(self.epochs, int) and self.epochs >= 1, f'epochs={self.epochs!r} must be an integer ≥ 1')
         check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1), f'steps={self.steps!r} must be None or an integer ≥ 1')
         check(isinstance(self.batch, int) and self.batch >= 1, f'batch={self.batch!r} must be an integer ≥ 1', 'use e.g. 16')
@@ -194,7 +197,7 @@ def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *,
     weights = out_dir/'train'/'weights'/'last.pt'
     check(weights.is_file(), 'training finished without writing last.pt', f'see the log {out_dir/"train.log"}', path=weights)
     split = 'test' if 'test' in _read_yaml(data_yaml) else 'val'
-    metrics = evaluate(weights, data_yaml, split=split, imgsz=config.imgsz, batch=config.batch, device=config.device,
+    metrics = evaluate(weights, data_yaml, split=split, imgsz=config.eval_imgsz or config.imgsz, batch=config.batch, device=config.device,
                        out_dir=out_dir/'eval', verbose=verbose)
     run = DetectRun(out_dir, weights, _read_curve(out_dir/'train'/'results.csv'), metrics, budget, round(time.time() - t0, 2), split)
     (out_dir/'run.json').write_text(json.dumps(dict(run.asdict(), config=config.asdict()), indent=1, default=str))

@@ -20,8 +20,8 @@ from .data.items import Item, Dataset
 from .data.formats import write_yolo_label, write_data_yaml, load_yolo
 
 # %% auto #0
-__all__ = ['SceneParams', 'simulate_scene', 'simulate', 'chip_stats', 'summarize_stats', 'plot_stats', 'parse_overrides',
-           'cli_args', 'cli_run']
+__all__ = ['SceneParams', 'simulate_scene', 'simulate', 'chip_stats', 'summarize_stats', 'plot_stats', 'fit_params',
+           'parse_overrides', 'cli_args', 'cli_run']
 
 # %% ../nbs/06_sarsim.ipynb #f3ad3dcc
 @dataclass(frozen=True)
@@ -360,6 +360,30 @@ def plot_stats(stats: dict, title: str = ''):
     for ax in axs: ax.legend(fontsize=8)
     if title: fig.suptitle(title)
     plt.tight_layout(); plt.show()
+
+# %% ../nbs/06_sarsim.ipynb #784caca1
+_DEFAULT_PER_SCENE, _SEA_PER_MEDIAN = 2.31, 26 / 30   # measured on 300 scenes of SceneParams(): ships per scene; sea median / image median pixel
+
+def fit_params(ds: Dataset, base: SceneParams = SceneParams()) -> SceneParams:
+    "`base` with ship lengths, ships per scene, image sizes and sea brightness fitted to the images and boxes of `ds`."
+    items = list(ds)
+    check(items, 'no images to fit the simulator to', 'pass the training images')
+    b = np.concatenate([it.boxes for it in items]).reshape(-1, 4)
+    check(len(b) >= 3, f'only {len(b)} boxes to fit the simulator to', 'pass images with at least a few labelled objects, or start=scratch')
+    diag = np.hypot(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    diag = diag[diag > 1]
+    med, sd = float(np.median(diag)), float(np.log(diag).std()) if len(diag) > 1 else 0.5
+    w = np.array([it.width for it in items], float); h = np.array([it.height for it in items], float)
+    per = float(np.mean([it.n_boxes for it in items]))
+    p_off = 1 - 1 / max(1.0, per / _DEFAULT_PER_SCENE / (1 - base.ships_offshore))
+    sea = _SEA_PER_MEDIAN * float(np.searchsorted(np.cumsum(chip_stats(ds)['hist']), 0.5))
+    pct = lambda a: (max(32, int(np.percentile(a, 5))), max(32, int(np.percentile(a, 95))))
+    asp = (float(np.percentile(h / w, 5)), float(np.percentile(h / w, 95)))
+    lo, hi = base.ship_length_range
+    return replace(base, width=pct(w), height=pct(h), aspect=(max(0.1, asp[0]), min(10.0, max(asp[1], asp[0] + 1e-3))),
+                   ship_length=(round(0.97 * med, 1), round(min(1.5, max(0.1, 1.07 * sd)), 3)),
+                   ship_length_range=(min(lo, float(np.percentile(diag, 1))), max(hi, float(diag.max()))),
+                   ships_offshore=round(float(np.clip(p_off, 0.0, 0.9)), 3), sea_median=(max(2.0, sea), base.sea_median[1])).check()
 
 # %% ../nbs/06_sarsim.ipynb #158657e9
 def parse_overrides(pairs) -> SceneParams:
