@@ -11,10 +11,11 @@ import numpy as np
 
 from .errors import SynthkitError, check
 from .files import write_text
-from .experiment import summarize, mean_ci, parse_condition, write_table, _manifest_sources
+from .experiment import summarize, mean_ci, parse_condition, condition_parts, write_table, manifest_sources, min_detectable_difference
 
 # %% auto #0
-__all__ = ['COLORS', 'plot_map', 'plot_vs_variations', 'plot_curves', 'plot_samples', 'comparisons', 'write_report']
+__all__ = ['COLORS', 'plot_map', 'plot_vs_strength', 'plot_vs_variations', 'plot_curves', 'plot_samples', 'comparisons',
+           'write_report']
 
 # %% ../nbs/25_report.ipynb #3ccef93f
 COLORS = {'baseline': '#636363', 'diffusion': '#3182bd', 'classic': '#e6550d'}
@@ -57,6 +58,25 @@ def plot_map(rows: list, path, metric: str = 'map50') -> Path:
     return _save(fig, path)
 
 # %% ../nbs/25_report.ipynb #ace4fb1e
+def plot_vs_strength(rows: list, path, metric: str = 'map50') -> Path | None:
+    "Mean ± 95 % CI of `metric` against the strength of `+N@strength` conditions (one line per N), baseline as a band; None without such conditions."
+    at = [r for r in rows if r['kind'] == 'diffusion' and condition_parts(r['condition'])[2] is not None]
+    if not at: return None
+    fig, panels = _split_panels(rows, 2.6, 3.0)
+    for ax, sp, rs in panels:
+        b = mean_ci([r[metric] for r in rs if r['kind'] == 'baseline'])
+        if not math.isnan(b[0]):
+            ax.axhline(b[0], color=COLORS['baseline'], ls='--', lw=1, label='baseline')
+            if not math.isnan(b[2]): ax.axhspan(b[2], b[3], color=COLORS['baseline'], alpha=.1)
+        for n in sorted({r['n_per_image'] for r in at if r['split'] == sp}):
+            xs = sorted({condition_parts(r['condition'])[2] for r in at if r['split'] == sp and r['n_per_image'] == n})
+            st = [mean_ci([r[metric] for r in at if r['split'] == sp and r['n_per_image'] == n and condition_parts(r['condition'])[2] == x]) for x in xs]
+            ax.errorbar(xs, [q[0] for q in st], yerr=[[0 if math.isnan(q[2]) else q[0] - q[2] for q in st], [0 if math.isnan(q[3]) else q[3] - q[0] for q in st]],
+                        fmt='o-', color=COLORS['diffusion'], alpha=.5 + .5 * min(1, n / 10), capsize=3, label=f'+{n}')
+        ax.set_xlabel('strength'); ax.set_title(sp, fontsize=10); ax.grid(alpha=.3)
+    panels[0][0].set_ylabel(metric.replace('map', 'mAP').replace('_', '-')); panels[-1][0].legend(fontsize=8)
+    return _save(fig, path)
+
 def plot_vs_variations(rows: list, path, metric: str = 'map50') -> Path:
     "Mean ± 95 % CI of `metric` against variations per image, diffusion vs classic control, per split."
     fig, panels = _split_panels(rows, 2.6, 3.0)
@@ -116,29 +136,26 @@ def _show(ax, img_path, title):
     ax.set_title(title, fontsize=7); ax.axis('off')
 
 def _variations_of(synth_dir: Path, source: str) -> list:
-    srcs = _manifest_sources(synth_dir)
+    srcs = manifest_sources(synth_dir)
     files = sorted(f for f in (synth_dir/'images'/'train').rglob('*') if f.is_file() and not f.name.startswith('.'))
     by_manifest = [f for f in files if srcs.get(str(f.resolve())) == source]
     return by_manifest or [f for f in files if f.stem.startswith(Path(source).name)]
 
 def plot_samples(rows: list, path, n: int = 3) -> Path | None:
-    "A grid: `n` real training images (rows) × real + first variation per condition (columns), with boxes."
+    "A grid: `n` real training sources with objects (rows: images or tiles) × the source + its first variation per condition (columns), with boxes."
+    from synthkit.synthesize import Manifest
     rs = [r for r in rows if r['split'] == rows[0]['split'] and r['seed'] == rows[0]['seed']]
-    base = next((r for r in rs), None)
-    if base is None: return None
-    train = [Path(l) for l in (Path(base['run_dir'])/'train.txt').read_text().split()]
-    real = [f for f in train if 'synth' not in f.parts][:n]
-    conds = [r for r in rs if r.get('synth_dir')]
-    conds = list({r['condition']: r for r in conds}.values())
-    fig = _figure(1.7 * (1 + len(conds)), 1.8 * len(real))
-    axs = fig.subplots(len(real), 1 + len(conds), squeeze=False)
-    data_root = Path(base['run_dir']).parent.parent/'data'
-    for i, f in enumerate(real):
-        _show(axs[i][0], f, f'real {f.stem}')
-        sid = f.stem
-        parts_file = next(data_root.glob('*/parts.json'), None)
+    conds = list({r['condition']: r for r in rs if r.get('synth_dir')}.values())
+    if not conds: return None
+    recs = Manifest(Path(conds[0]['synth_dir'].split(';')[0])/'manifest.jsonl').read()
+    picks = list({r['source']: r['source_path'] for r in sorted(recs, key=lambda r: r['source']) if r.get('boxes')}.items())[:n]
+    if not picks: return None
+    fig = _figure(1.7 * (1 + len(conds)), 1.8 * len(picks))
+    axs = fig.subplots(len(picks), 1 + len(conds), squeeze=False)
+    for i, (sid, f) in enumerate(picks):
+        _show(axs[i][0], Path(f), f'real {sid}')
         for j, r in enumerate(conds, 1):
-            vs = _variations_of(Path(r['synth_dir']), sid)
+            vs = [v for d in r['synth_dir'].split(';') for v in _variations_of(Path(d), sid)]
             if vs: _show(axs[i][j], vs[0], f"{r['condition']}")
             else: axs[i][j].axis('off')
     return _save(fig, path)
@@ -156,7 +173,7 @@ def comparisons(rows: list, metric: str = 'map50') -> list:
                 if not d: continue
                 m, sd, lo, hi = mean_ci(d)
                 out.append(dict(split=sp, condition=cond, versus=ref, metric=metric, n=len(d), diff=m, ci_lo=lo, ci_hi=hi,
-                                wins=sum(x > 0 for x in d)))
+                                wins=sum(x > 0 for x in d), mdd=min_detectable_difference(sd, len(d))))
     return out
 
 def _verdict(c) -> str:
@@ -164,7 +181,8 @@ def _verdict(c) -> str:
     s = f"{c['diff']:+.3f} [95 % CI {c['ci_lo']:+.3f}, {c['ci_hi']:+.3f}], better in {c['wins']}/{c['n']} seeds"
     if c['ci_lo'] > 0: return s + ' — **better**'
     if c['ci_hi'] < 0: return s + ' — **worse**'
-    return s + ' — no clear difference'
+    mdd = c.get('mdd', math.nan)
+    return s + ' — no clear difference' + ('' if math.isnan(mdd) else f' (none larger than {mdd:.3f} would likely have been missed)')
 
 # %% ../nbs/25_report.ipynb #f7eeb12e
 def _fmt(m, lo, hi, sd):
@@ -180,32 +198,52 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
     comps = comparisons(rows, metric); write_table(comps, out, 'comparisons')
     figs = {'map': plot_map(rows, fig_dir/'map_by_condition.png', metric),
             'vs': plot_vs_variations(rows, fig_dir/'map_vs_variations.png', metric),
+            'strength': plot_vs_strength(rows, fig_dir/'map_vs_strength.png', metric),
             'curves': plot_curves(rows, fig_dir/'training_curves.png')}
     try: figs['samples'] = plot_samples(rows, fig_dir/'samples.png')
     except (OSError, SynthkitError, ValueError) as e: figs['samples'] = None; notes += f'\n\n(sample grid skipped: {e})'
     L = [f'# {title}', '', f'_written {time.strftime("%Y-%m-%d %H:%M")}, {len(rows)} runs_', '']
     if config is not None:
         c = config
-        budget = (f'{c.steps} optimizer steps per run (equal across conditions; warm-up {c.warmup_steps} steps)' if c.budget == 'steps'
-                  else f'{c.epochs} epochs per run (equal epochs: larger training sets get more steps)')
+        budget = (f'{rows[0]["steps"]} optimizer steps per run, exactly equal across conditions ({c.passes} passes over a drawn list; '
+                  f'warm-up {c.warmup_steps} steps)' if c.budget == 'steps' else f'{c.epochs} epochs per run (equal epochs: larger training sets get more steps)')
+        share = ('N / (N + 1) of the training entries synthetic (plain adding)' if c.synth_share is None else f'{c.synth_share:.0%} of the training entries synthetic')
+        start = {'scratch': 'from random weights', 'pretrained': f'from one detector pretrained on simulated SAR scenes fitted to the data (`{rows[0].get("start", "")}`), shared by every run'}.get(str(c.start), f'from `{c.start}`')
+        scale = (f'native-resolution tiles of {c.tiling.size} px (overlap {c.tiling.overlap}, a cut box kept when ≥ {c.tiling.min_visible:.0%} inside, '
+                 f'{c.tiling.keep_empty:.0%} of empty tiles kept)' if c.tiles is not None else f'whole images at {c.detect.imgsz} px')
+        evals = rows[0].get('eval_imgsz', c.detect.imgsz)
         L += ['## Setup', '',
               f'- splits {", ".join(c.splits)}; conditions {", ".join(c.conditions)}; seeds {", ".join(map(str, c.seeds))} '
               '(each seed redraws the split, the generator seeds and the detector seed)',
-              f'- budget: {budget}; detector {c.detect.model} at {c.detect.imgsz} px, batch {c.detect.batch}, from scratch unless a .pt is given',
-              ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}, {c.gen_steps} sampler steps; '
-                                  if any(parse_condition(k)[0] == 'diffusion' for k in c.conditions) else 'classic augmentation only; ')
-               + f'made for the {" and ".join(c.augment_parts)} images only (test images never reach a generator)'
-               + ('' if c.synth_ratio is None else f'; synthetic images capped at {c.synth_ratio} × real')),
-              '- metrics: Ultralytics validation on the held-out test split of the real images (last weights)', '']
+              f'- detector {c.detect.model}, batch {c.detect.batch}, trained on {scale}, {start}',
+              f'- budget: {budget}',
+              ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}, {c.gen_steps} sampler steps; {share}; '
+                                  if any(parse_condition(k)[0] == 'diffusion' for k in c.conditions) else f'classic augmentation only; {share}; ')
+               + 'made of training images only (test images never reach a generator)'),
+              f'- metrics: Ultralytics validation (last weights) on the whole held-out test images at {evals} px'
+              + ('; and on the extra pool: the real images in no part of the split' if any('extra_map50' in r for r in rows) else ''), '']
     if timings: L += ['## Time', ''] + [f'- {k}: {v}' for k, v in timings.items()] + ['']
-    L += ['## Results', '', f'Mean ± std [95 % CI] over seeds, on the test split. Paired differences are per seed.', '',
-          '| split | condition | runs | mAP50 | mAP50-95 | Δ mAP50 vs baseline |', '|---|---|---|---|---|---|']
+    extra = any('extra_map50_mean' in s for s in summ)
+    L += ['## Results', '', f'Mean ± std [95 % CI] over seeds, on the test split' + (' and on the extra pool' if extra else '')
+          + '. Paired differences are per seed; MDD is the smallest paired difference the seeds\' spread would detect (α 0.05, power 0.8).', '',
+          '| split | condition | runs | mAP50 | mAP50-95 | Δ mAP50 vs baseline | MDD |' + (' mAP50, extra pool | Δ extra pool |' if extra else ''),
+          '|---|---|---|---|---|---|---|' + ('---|---|' if extra else '')]
     for s in summ:
-        d = '' if s['condition'] == 'baseline' else _fmt(s['map50_diff'], s['map50_diff_ci_lo'], s['map50_diff_ci_hi'], s['map50_diff_std'])
-        L.append(f"| {s['split']} | {s['condition']} | {s['n_runs']} | {_fmt(s['map50_mean'], s['map50_ci_lo'], s['map50_ci_hi'], s['map50_std'])} | "
-                 f"{_fmt(s['map50_95_mean'], s['map50_95_ci_lo'], s['map50_95_ci_hi'], s['map50_95_std'])} | {d} |")
+        base = s['condition'] == 'baseline'
+        d = '' if base else _fmt(s['map50_diff'], s['map50_diff_ci_lo'], s['map50_diff_ci_hi'], s['map50_diff_std'])
+        mdd = '' if base or math.isnan(s.get('map50_mdd', math.nan)) else f"{s['map50_mdd']:.3f}"
+        row = (f"| {s['split']} | {s['condition']} | {s['n_runs']} | {_fmt(s['map50_mean'], s['map50_ci_lo'], s['map50_ci_hi'], s['map50_std'])} | "
+               f"{_fmt(s['map50_95_mean'], s['map50_95_ci_lo'], s['map50_95_ci_hi'], s['map50_95_std'])} | {d} | {mdd} |")
+        if extra:
+            e = (s.get(k, math.nan) for k in ('extra_map50_mean', 'extra_map50_ci_lo', 'extra_map50_ci_hi', 'extra_map50_std'))
+            ed = '' if base else _fmt(*(s.get(k, math.nan) for k in ('extra_map50_diff', 'extra_map50_diff_ci_lo', 'extra_map50_diff_ci_hi', 'extra_map50_diff_std')))
+            row += f' {_fmt(*e)} | {ed} |'
+        L.append(row)
     L += ['', '### Does it help?', '']
     for c in comps: L.append(f"- {c['split']}, `{c['condition']}` vs `{c['versus']}`: {metric} {_verdict(c)}")
+    if extra:
+        L += ['', 'On the extra pool (a second, independent set of real test images):', '']
+        for c in comparisons(rows, f'extra_{metric}'): L.append(f"- {c['split']}, `{c['condition']}` vs `{c['versus']}`: {_verdict(c)}")
     if not comps: L.append('- only one condition ran: nothing to compare')
     L += ['', 'Only `+N` vs `classic+N` separates diffusion from having more (augmented) copies of the same images.', '']
     if quality:
@@ -221,10 +259,10 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
             L.append(f"| {q['split']} | {q['seed']} | {q.get('generator', q.get('kind'))} | {q['n_images']} | {q['ssim']:.3f} | "
                      f"{q['psnr']:.1f} | {q['diversity']:.3f} | {q.get('fid', float('nan')):.3g} | {kid:.3g} |")
         L += ['']
-    names = {'map': 'mAP by split and condition', 'vs': 'mAP against variations per image', 'samples': 'Real images and variations (boxes in green)',
+    names = {'map': 'mAP by split and condition', 'vs': 'mAP against variations per image', 'strength': 'mAP against generation strength', 'samples': 'Real images and variations (boxes in green)',
              'curves': 'Training curves against optimizer steps'}
     L += ['## Figures', '']
-    for k in ('map', 'vs', 'samples', 'curves'):
+    for k in ('map', 'vs', 'strength', 'samples', 'curves'):
         if figs.get(k): L += [f'### {names[k]}', '', f'![{names[k]}]({figs[k].relative_to(out).as_posix()})', '']
     L += ['## Files', '', '- `results.csv` / `results.json`: one row per run (run folders hold data.yaml, train/val lists, Ultralytics logs)',
           '- `summary.csv`, `comparisons.csv`: the tables above', '']

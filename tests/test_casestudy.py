@@ -20,8 +20,12 @@ def cli(*args, timeout=600):
 def test_presets_are_the_protocol():
     for name, g in PRESETS.items():
         assert g.splits == ('split_1', 'split_2') and set(g.conditions) == {'baseline', '+2', '+10', 'classic+2', 'classic+10'}, name
-    assert len(PRESETS['standard'].seeds) == 3 and len(PRESETS['paper'].seeds) == 3
+    assert len(PRESETS['standard'].seeds) >= 5 and len(PRESETS['paper'].seeds) == 3
     assert PRESETS['quick'].budget == PRESETS['standard'].budget == 'steps'
+    s = PRESETS['standard']   # native scale, a pretrained start, the whole test images
+    assert s.tiles is not None and s.start == 'pretrained' and s.extra_test
+    from synthkit.casestudy import DATA_PRESETS
+    assert DATA_PRESETS['standard']['max_side'] is None
 
 
 def test_every_value_can_be_overridden():
@@ -79,3 +83,27 @@ def test_real_data_is_shrunk(ssdd_dev, tmp_path):
     from synthkit.casestudy import prepare_data
     ds = prepare_data(ssdd_dev, tmp_path, dict(max_side=96))
     assert len(ds) >= 200 and max(max(it.width, it.height) for it in ds) <= 96 and ds.n_boxes > 0
+
+
+def _toy_data(tmp_path, n):
+    from synthkit.detect import toy_dataset
+    return toy_dataset(tmp_path/'toy', n=n, size=64, parts=(('train', 1.0),)).parent
+
+
+def test_data_too_small_for_the_splits_names_counts_and_the_fix(tmp_path):
+    out = tmp_path/'out'
+    r = cli('--data', str(_toy_data(tmp_path, 10)), '--out', str(out), '--set', "split_sizes={'split_1': (8, 4, 4)}", '--quiet', timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [l for l in r.stderr.splitlines() if l.startswith('synthkit case-study: error:')]
+    assert len(err) == 1 and 'has 10 images but the splits need 16' in err[0] and "--set \"split_sizes={'split_1': (5, 2, 2)}\"" in err[0], err
+    assert 'Traceback' not in r.stderr and not (out/'runs').exists() and not (out/'grid.json').exists()
+
+
+def test_tile_larger_than_every_image_is_one_line(tmp_path):
+    out = tmp_path/'out'
+    r = cli('--data', str(_toy_data(tmp_path, 20)), '--out', str(out), '--set', "split_sizes={'split_1': (8, 4, 4)}",
+            '--set', "splits=('split_1',)", '--set', "tiles={'size': 512}", '--quiet', timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [l for l in r.stderr.splitlines() if l.startswith('synthkit case-study: error:')]
+    assert len(err) == 1 and 'tile size 512 px is larger than every image (the largest side is 64 px)' in err[0] and 'tiles.size=' in err[0], err
+    assert not (out/'runs').exists() and not (out/'grid.json').exists()

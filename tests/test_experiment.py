@@ -59,14 +59,28 @@ def test_keys_cover_the_configuration_and_nothing_else():
 
 
 def test_equal_steps_budget_in_the_plan_and_the_runs(grid):
-    assert {s.detect_config().steps for s in plan(GridConfig(steps=500))} == {500}
+    "Every condition takes exactly the same optimizer steps: a drawn list of ceil(steps / passes) batches, walked `passes` times."
+    assert {s.detect_config().epochs for s in plan(GridConfig(steps=500, passes=4))} == {4}
     assert {s.detect_config().epochs for s in plan(GridConfig(budget='epochs', epochs=7))} == {7}
     _, rows, _ = grid
-    for r in rows:   # the step budget (2) rounded up to whole epochs: never an extra epoch's worth
-        nb = -(-(r['n_train_real'] + r['n_train_synth']) // 8)
-        assert 2 <= r['steps'] < 2 + nb and r['steps'] == r['epochs'] * nb
+    assert {r['steps'] for r in rows} == {2} and {r['epochs'] for r in rows} == {2}     # steps=2, passes=min(3, 2)
+    for r in rows:
+        entries = (Path(r['run_dir'])/'train.txt').read_text().split()
+        assert len(entries) == 8 == r['n_train_real'] + r['n_train_synth']            # one batch of 8 per pass
         curve = (Path(r['run_dir'])/'detector'/'train'/'results.csv').read_text().strip().splitlines()
         assert len(curve) - 1 == r['epochs']
+
+
+def test_equal_steps_hold_when_ultralytics_counts_them(toy, tmp_path):
+    "Ultralytics walks the drawn list with its duplicates: its own batch count per epoch is the one planned."
+    import re
+    cfg = replace(CFG, conditions=('baseline', 'classic+2'), steps=6, passes=2)
+    rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
+    for r in rows:
+        log = re.sub(r'\x1b\[[0-9;]*[A-Za-z]', '', (Path(r['run_dir'])/'detector'/'console.log').read_text().replace('\r', '\n'))
+        epochs = [l for l in log.splitlines() if re.match(r'\s*\d+/\d+\s+[\d.]+G\s', l)]      # Ultralytics' training progress lines
+        assert epochs and {int(m) for l in epochs for m in re.findall(r'\d+/(\d+) [\d.]+\s*(?:it/s|s/it)', l)} == {3}, r['condition']
+        assert (r['steps'], r['epochs'], r['n_train_real'] + r['n_train_synth']) == (6, 2, 24)
 
 
 def test_lineage_no_test_image_or_variation_in_training(grid, toy):
@@ -79,7 +93,7 @@ def test_lineage_no_test_image_or_variation_in_training(grid, toy):
         assert 'train.txt' in y and 'images/test' in y
         for part in ('train', 'val'):
             files = [Path(l) for l in (rd/f'{part}.txt').read_text().split()]
-            assert len(files) == r[f'n_{part}_real'] + r[f'n_{part}_synth']
+            assert len(files) == r[f'n_{part}_real'] + r[f'n_{part}_synth']   # entries, duplicates included
             for f in files:
                 assert f.stem not in test and not any(f.stem.startswith(t) for t in test), f
                 assert f.is_file()
@@ -114,10 +128,34 @@ def test_stop_then_resume_trains_only_what_is_missing(toy, tmp_path, monkeypatch
     assert len(trained) == 1 and 'classic+1' in trained[0]
 
 
-def test_synth_ratio_caps_the_synthetic_images(toy, tmp_path):
-    cfg = replace(CFG, conditions=('classic+2',), synth_ratio=0.5)
-    r, = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
-    assert (r['n_train_real'], r['n_train_synth'], r['n_val_synth']) == (8, 4, 2)
+def test_synthetic_share_of_the_training_entries(toy, tmp_path):
+    "synth_share sets the share of synthetic entries; by default it is N / (N + 1), what plain adding gives; val stays real."
+    rows = run_grid(toy, replace(CFG, conditions=('classic+2', 'classic+10'), steps=4, passes=1), tmp_path, split_fn=deal, progress=False)
+    assert [(r['n_train_real'], r['n_train_synth']) for r in rows] == [(11, 21), (3, 29)]       # 32 entries: 2/3 and 10/11 synthetic
+    assert all(r['n_val_synth'] == 0 for r in rows)
+    r, = run_grid(toy, replace(CFG, conditions=('classic+10',), steps=4, passes=1, synth_share=0.25), tmp_path/'b', split_fn=deal, progress=False)
+    assert (r['n_train_real'], r['n_train_synth']) == (24, 8)
+    assert r['n_train_synth_distinct'] == 8      # output 0 of 8 different sources before any source's output 1
+
+
+def test_a_changed_generator_option_is_a_new_key():
+    "Stale-cache bug: generation_fields once hashed only generator, strength, steps and dtype, so a ControlNet condition change reused old runs."
+    spec = RunSpec('split_1', 0, '+2', GridConfig(generator='controlnet:/m', generator_options=dict(condition='canny')), 'x')
+    keys = {run_key(replace(spec, config=replace(spec.config, generator_options=o))) for o in
+            (dict(condition='canny'), dict(condition='boxes'), dict(condition='boxes', conditioning_scale=0.5), dict(condition='boxes', guidance_scale=2.0))}
+    assert len(keys) == 4
+
+
+def test_minimum_detectable_difference_known_answer():
+    from synthkit.experiment import min_detectable_difference
+    from scipy import stats
+    # two-sided alpha 0.05, power 0.8, 5 pairs: (t_.975,4 + t_.8,4) * sd / sqrt(5) = (2.7764 + 0.9410) * sd / 2.2361
+    assert min_detectable_difference(0.02, 5) == pytest.approx(0.033249, abs=2e-6)
+    assert min_detectable_difference(0.03, 10) == pytest.approx((stats.t.ppf(.975, 9) + stats.t.ppf(.8, 9)) * 0.03 / 10 ** .5)
+    rows = [dict(split='s', condition=c, kind=parse_condition(c)[0], n_per_image=parse_condition(c)[1], seed=s,
+                 map50=v + (0.02 * (s % 2) if c == '+2' else 0), map50_95=v, precision=v, recall=v) for c, v in [('baseline', .3), ('+2', .4)] for s in range(5)]
+    S = {r['condition']: r for r in summarize(rows)}
+    assert S['+2']['map50_mdd'] == pytest.approx(min_detectable_difference(S['+2']['map50_diff_std'], 5))
 
 
 def test_grid_errors(toy, tmp_path):
@@ -165,3 +203,44 @@ def test_a_ddpm_cut_short_by_minutes_is_not_used(toy, tmp_path):
     with pytest.warns(UserWarning, match='stopped at'), pytest.raises(SynthkitError, match='stopped at .* minutes=0.0001 cap.*minutes=None'):
         prep.ddpm_folder()
     assert not list(tmp_path.rglob('done.json'))
+
+
+def test_tiled_grid_from_one_pretrained_start_scored_on_whole_images(tmp_path, monkeypatch):
+    "Tiles for training, whole native images for the test and the extra pool, one cached start shared by every run and seed."
+    import yaml
+    from PIL import Image
+    from synthkit.data.formats import load_dataset
+    import synthkit.pretrain as pt
+    made, real_pretrain = [], pt.pretrain
+    monkeypatch.setattr(pt, 'pretrain', lambda p, **k: made.append(p.key) or real_pretrain(p, **k))
+    data = load_dataset(toy_dataset(tmp_path/'toy128', n=20, size=128, seed=3).parent)
+    def deal4(ds, seed, sizes=None):   # 8 / 4 / 4 and 4 images in no part: the extra pool
+        ids = sorted(ds.ids); random.Random(seed).shuffle(ids)
+        return {'split_1': dict(train=ids[:8], val=ids[8:12], test=ids[12:16])}
+    cfg = replace(CFG, conditions=('baseline', 'classic+1'), seeds=(0, 1), tiles=dict(size=64, overlap=16), start='pretrained',
+                  pretrain=dict(scenes=25, steps=2))
+    out = tmp_path/'grid'
+    rows = run_grid(data, cfg, out, split_fn=deal4, progress=False)
+    assert len(made) == 1 and {r['start'] for r in rows} == {f'pretrained:{made[0]}'}     # one start for 4 runs over 2 seeds
+    for r in rows:
+        rd = Path(r['run_dir'])
+        args = yaml.safe_load((rd/'detector'/'train'/'args.yaml').read_text())
+        assert 'start-' in str(args['model']) and args['imgsz'] == 64                     # fine-tuned from the start, on tiles
+        assert r['eval_imgsz'] == 128                                                     # whole 128 px test images, not shrunk
+        d = yaml.safe_load((rd/'data.yaml').read_text())
+        assert {Image.open(f).size for f in Path(d['test']).iterdir()} == {(128, 128)} and len(list(Path(d['test']).iterdir())) == 4
+        assert {Image.open(l).size for l in (rd/'train.txt').read_text().split()} == {(64, 64)}
+        assert 'extra_map50' in r and len(list(Path(d['extra']).iterdir())) == 4
+    assert run_grid(data, cfg, out, split_fn=deal4, progress=False) == rows and len(made) == 1   # all cached, no new start
+    rows2 = run_grid(data, replace(cfg, pretrain=dict(scenes=25, steps=3)), out, split_fn=deal4, progress=False)
+    assert len(set(made)) == 2 and {r['key'] for r in rows2}.isdisjoint({r['key'] for r in rows})   # another start: new runs
+
+
+def test_a_start_for_other_classes_is_refused(toy, tmp_path):
+    from synthkit.detect import train_detector
+    y = toy_dataset(tmp_path/'boats', n=8, size=64, seed=2)
+    y.write_text(y.read_text().replace('0: ship', '0: boat'))
+    run = train_detector(y, tmp_path/'boat-detector', DetectConfig(imgsz=64, batch=8, steps=1, warmup_steps=0))
+    with pytest.raises(SynthkitError, match=r"built for classes \['boat'\], the data has \['ship'\]"):
+        run_grid(toy, replace(CFG, start=str(run.weights)), tmp_path/'g', split_fn=deal, progress=False)
+    assert not (tmp_path/'g'/'runs').exists()
