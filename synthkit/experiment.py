@@ -32,7 +32,7 @@ GRID_DDPM = dict(steps=300, minutes=None)
 class GridConfig:
     "The whole experiment: which splits, conditions and seeds, how variations are made, how detectors are trained."
     splits: tuple = ('split_1', 'split_2')
-    conditions: tuple = ('baseline', '+2', '+10', 'classic+2', 'classic+10')  # 'baseline', '+N[@strength]' (diffusion), 'classic+N' (control)
+    conditions: tuple = ('baseline', '+2', '+10', 'classic+2', 'classic+10')  # 'baseline', '+N[@strength][:checked]' (diffusion), 'classic+N' (control)
     seeds: tuple = (0, 1, 2)
     split_sizes: dict | None = None      # {'split_1': (train, val, test), ...} for make_splits; None: its defaults
     generator: str = 'ddpm'              # 'ddpm': train the in-domain DDPM per split and seed; or any load_generator spec
@@ -51,6 +51,7 @@ class GridConfig:
     start: str = 'scratch'               # 'scratch', 'pretrained' (synthkit.pretrain, cached) or the path of a local .pt
     pretrain: dict = field(default_factory=dict)  # PretrainConfig fields for start='pretrained'
     extra_test: bool = True              # also evaluate on the real images in no part of the split (when there are any)
+    label_check: dict = field(default_factory=dict)  # LabelCheck settings (iou, recall, conf) for ':checked' conditions
     detect: DetectConfig = DetectConfig()
 
     def check(self) -> 'GridConfig':
@@ -58,6 +59,10 @@ class GridConfig:
         check(self.seeds and all(isinstance(s, int) and s >= 0 for s in self.seeds), f'seeds={self.seeds!r}', 'give integers ≥ 0, e.g. (0, 1, 2)')
         check(self.conditions, 'no conditions', "use e.g. ('baseline', '+2', 'classic+2')")
         for c in self.conditions: condition_parts(c)
+        if any(condition_parts(c)[3] for c in self.conditions):
+            check('baseline' in self.conditions, f'conditions={self.conditions!r}: a :checked condition uses the baseline detector of its split and seed',
+                  "add 'baseline' to the conditions")
+            check(set(self.label_check) <= {'iou', 'recall', 'conf', 'precision'}, f'label_check={self.label_check!r}', 'use iou, recall, conf, precision')
         check(self.splits, 'no splits', "use e.g. ('split_1', 'split_2')")
         check(self.synth_share is None or 0 <= self.synth_share < 1, f'synth_share={self.synth_share!r} must be in [0, 1) or None',
               'use e.g. 0.5 (half of each batch synthetic, on average)')
@@ -88,16 +93,19 @@ def conditions_for(variations=(2, 10), controls: bool = True, baseline: bool = T
     return tuple((['baseline'] if baseline else []) + [f'+{n}' for n in variations] + ([f'classic+{n}' for n in variations] if controls else []))
 
 def condition_parts(name: str) -> tuple:
-    "(kind, N, strength or None) from 'baseline', '+N', '+N@strength' or 'classic+N'."
-    if name == 'baseline': return 'baseline', 0, None
+    "(kind, N, strength or None, checked) from 'baseline', '+N', '+N@strength', '+N:checked', '+N@strength:checked' or 'classic+N'."
+    if name == 'baseline': return 'baseline', 0, None, False
+    name, colon, flag = str(name).partition(':')
+    check(not colon or (flag == 'checked' and not name.startswith('classic')), f'condition {name + colon + flag!r}',
+          "the only suffix is ':checked', for diffusion conditions (e.g. '+10:checked')")
     head, at, s = str(name).partition('@')
     kind, _, n = head.rpartition('+')
     ok = kind in ('', 'classic') and n.isdigit() and int(n) >= 1 and (not at or kind == '')
     try: strength = float(s) if at else None
     except ValueError: ok = False
     ok = ok and (strength is None or 0 < strength <= 1)
-    check(ok, f'condition {name!r}', "use 'baseline', '+N', '+N@strength' (0 < strength ≤ 1) or 'classic+N'")
-    return ('diffusion' if kind == '' else 'classic'), int(n), strength
+    check(ok, f'condition {name!r}', "use 'baseline', '+N', '+N@strength' (0 < strength ≤ 1), '+N:checked' or 'classic+N'")
+    return ('diffusion' if kind == '' else 'classic'), int(n), strength, bool(colon)
 
 def parse_condition(name: str) -> tuple:
     "('baseline', 0), ('diffusion', N) or ('classic', N) from a condition name."
@@ -125,7 +133,9 @@ class RunSpec:
         s = condition_parts(self.condition)[2]
         return self.config.strengths if s is None else (s,)
     @property
-    def name(self) -> str: return f'{self.split}-{self.condition}-s{self.seed}'
+    def checked(self) -> bool: return condition_parts(self.condition)[3]
+    @property
+    def name(self) -> str: return f'{self.split}-{self.condition.replace(":", "-")}-s{self.seed}'
 
     def detect_config(self) -> DetectConfig:
         "The detector settings of this run: the grid's, with this run's seed, budget, start and test size."
@@ -146,6 +156,7 @@ class RunSpec:
         if self.kind != 'baseline': d.update(synth_share=c.synth_share, augment_parts=list(c.augment_parts))
         if c.split_sizes is not None: d['split_sizes'] = {k: list(v) for k, v in sorted(c.split_sizes.items())}
         if self.kind == 'diffusion': d.update(generation_fields(c), strengths=list(self.strengths))
+        if self.checked: d['label_check'] = dict(c.label_check, baseline=run_key(replace(self, condition='baseline')))   # its detector
         return d
 
 def without_legacy(d: dict) -> dict:
@@ -178,9 +189,10 @@ def run_key(spec: RunSpec) -> str:
     return _hash(spec.key_fields())
 
 def plan(config: GridConfig, data: str = '', **fill) -> list:
-    "Every run of the grid, grouped by split and seed so each DDPM is trained once; `fill` sets RunSpec fields (eval_imgsz, start_key, ...)."
+    "Every run of the grid, grouped by split and seed so each DDPM is trained once, baseline first (a :checked run uses its detector); `fill` sets RunSpec fields."
     config = config.check()
-    return [RunSpec(sp, s, c, config, data, **fill) for sp in config.splits for s in config.seeds for c in config.conditions]
+    conds = sorted(config.conditions, key=lambda c: c != 'baseline')
+    return [RunSpec(sp, s, c, config, data, **fill) for sp in config.splits for s in config.seeds for c in conds]
 
 # %% ../nbs/24_experiment.ipynb #c966d2a9
 def fingerprint(dataset) -> str:
@@ -347,6 +359,27 @@ class _Prep:
             found.update({(s, k): p for p, s, k, _ in manifest_records(d)})
         return found
 
+    def checked(self, paths: list, weights, settings: dict) -> list:
+        "The `paths` (variations, in order) in which the detector `weights` finds their inherited boxes; verdicts cached per weights and settings."
+        from synthkit.files import sha256_file
+        from synthkit.labelcheck import LabelCheck
+        from synthkit.synthesize import Manifest
+        from synthkit.images import read_image
+        f = self.out/'synth'/self.tag/f'labelcheck-{_hash(dict(weights=sha256_file(weights), settings=settings), 10)}.json'
+        verdicts = json.loads(f.read_text()) if f.is_file() else {}
+        todo = [p for p in dict.fromkeys(paths) if p not in verdicts]
+        if todo:
+            imgsz = self.config.tiling.size if self.config.tiles is not None else self.config.detect.imgsz
+            lc = LabelCheck.from_weights(weights, imgsz=imgsz, device=self.config.detect.device, **settings)
+            recs = {str((Path(m.path).parent/r['path']).resolve()): r for folder in {str(Path(p).parents[2]) for p in todo}
+                    for m in [Manifest(Path(folder)/'manifest.jsonl')] for r in m.read()}
+            for p in todo:
+                r = recs[p]
+                v = lc(read_image(p), np.asarray(r['boxes'], np.float32), np.asarray(r['cls'], np.int64))
+                verdicts[p] = [bool(v.keep), v.reason]
+            write_json(f, verdicts)
+        return [p for p in paths if verdicts[p][0]]
+
 # %% ../nbs/24_experiment.ipynb #a5aa007b
 def draw_training_list(real: list, synthetic: list, n: int, n_syn: int, seed) -> list:
     "`n` entries: the first `n_syn` of `synthetic` (cycled) and `n - n_syn` real ones, each real cycle in a seeded order."
@@ -389,8 +422,13 @@ def entries_of(spec: RunSpec, n_real: int, n_sources: int) -> tuple:
     n = math.ceil(c.steps / min(c.passes, c.steps)) * b
     return n, synthetic_entries(n, spec.n_per_image, n_sources, c.synth_share)
 
-def assemble(spec: RunSpec, real: Path, parts: dict, prep: '_Prep | None', run_dir: Path) -> Path:
-    "Write `run_dir/data.yaml` with train/val lists for this run; returns its path."
+def _sequence(spec: RunSpec, prep: '_Prep', order: list, m: int) -> list:
+    "The first `m` entries of the run's variation sequence (output 0 of every source in `order`, then output 1, …), as paths."
+    made = prep.need(spec.kind, spec.strengths, m)
+    return [made[(s, k)] for k in range(spec.n_per_image) for s in order if (s, k) in made][:m], made
+
+def assemble(spec: RunSpec, real: Path, parts: dict, prep: '_Prep | None', run_dir: Path, check_weights=None) -> Path:
+    "Write `run_dir/data.yaml` with train/val lists for this run (`check_weights`: the detector of a :checked run); returns its path."
     from synthkit.data.formats import write_data_yaml
     c = spec.config
     lists, info = {}, {}
@@ -399,14 +437,20 @@ def assemble(spec: RunSpec, real: Path, parts: dict, prep: '_Prep | None', run_d
         syn, sources = [], {}
         if prep is not None and (part == 'train' or (c.budget == 'epochs' and part in c.augment_parts)):
             order = prep.order() if part == 'train' else []
-            if c.budget == 'steps':
-                n, n_syn = entries_of(spec, len(real_files), len(order))
-                made = prep.need(spec.kind, spec.strengths, min(n_syn, spec.n_per_image * len(order)))
-                seq = [made[(s, k)] for k in range(spec.n_per_image) for s in order if (s, k) in made]
-                entries = draw_training_list(real_files, seq, n, n_syn, run_key(spec))
+            total = spec.n_per_image * len(order)
+            n, n_syn = entries_of(spec, len(real_files), len(order)) if c.budget == 'steps' else (None, total)
+            m = min(n_syn, total)
+            seq, made = _sequence(spec, prep, order, m) if order else ([], {})
+            if spec.checked and seq:      # drop the variations the real-data detector can't find the boxes in; make more to refill
+                kept = prep.checked(seq, check_weights, dict(spec.config.label_check))
+                while len(kept) < min(n_syn, total) and m < total:
+                    m = min(total, m + 2 * (min(n_syn, total) - len(kept)))
+                    seq, made = _sequence(spec, prep, order, m)
+                    kept = prep.checked(seq, check_weights, dict(spec.config.label_check))
+                info['label_check'] = dict(checked=len(seq), kept=len(kept))
+                seq = kept
+            if c.budget == 'steps': entries = draw_training_list(real_files, seq, n, n_syn if seq else 0, run_key(spec))
             else:
-                made = prep.need(spec.kind, spec.strengths, spec.n_per_image * len(order)) if part == 'train' else {}
-                seq = [made[(s, k)] for k in range(spec.n_per_image) for s in order if (s, k) in made]
                 if c.synth_share is not None: seq = seq[:round(c.synth_share / (1 - c.synth_share) * len(real_files))]
                 entries = real_files + seq
             realset = set(real_files); syn = [e for e in entries if e not in realset]
@@ -509,7 +553,9 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
         prep = preps[tag]
         real = prep.real()
         if rd.exists(): import shutil; shutil.rmtree(rd)   # a run interrupted in flight starts over
-        y = assemble(spec, real, prep.parts, None if spec.kind == 'baseline' else prep, rd)
+        base = next((r for r in rows if (r['split'], r['seed'], r['condition']) == (spec.split, spec.seed, 'baseline')), None) if spec.checked else None
+        y = assemble(spec, real, prep.parts, None if spec.kind == 'baseline' else prep, rd,
+                     check_weights=None if base is None else Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt')
         prep_s = round(time.time() - t0, 1)
         counts = json.loads((rd/'counts.json').read_text())
         dc = spec.detect_config()
@@ -524,7 +570,8 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
                    n_train_synth_distinct=counts['train']['distinct_synthetic'], n_val_real=counts['val']['real'],
                    n_val_synth=counts['val']['synthetic'], epochs=run.budget['epochs'], steps=run.budget['steps'], budget=config.budget,
                    start=start_key or 'scratch', eval_imgsz=dc.eval_imgsz or dc.imgsz, train_seconds=run.seconds, prep_seconds=prep_s,
-                   key=run_key(spec), run_dir=str(rd), synth_dir=';'.join(synth))
+                   key=run_key(spec), run_dir=str(rd), synth_dir=';'.join(synth), **({'label_check_kept': counts['label_check']['kept'],
+                   'label_check_checked': counts['label_check']['checked']} if 'label_check' in counts else {}))
         write_json(rd/'spec.json', spec.key_fields())
         write_json(rd/'result.json', row)   # written last: its presence means the run is complete
         rows.append(row)

@@ -244,3 +244,24 @@ def test_a_start_for_other_classes_is_refused(toy, tmp_path):
     with pytest.raises(SynthkitError, match=r"built for classes \['boat'\], the data has \['ship'\]"):
         run_grid(toy, replace(CFG, start=str(run.weights)), tmp_path/'g', split_fn=deal, progress=False)
     assert not (tmp_path/'g'/'runs').exists()
+
+
+def test_checked_condition_drops_what_the_baseline_detector_cannot_find(toy, tmp_path):
+    "+N:checked keeps only variations in which the baseline detector of the same split and seed finds the boxes, refilling from more outputs."
+    cfg = replace(CFG, conditions=('+2:checked', 'baseline'), tiles=dict(size=32, overlap=8), label_check=dict(conf=0.99, recall=1.0))
+    rows = run_grid(toy, cfg, tmp_path, split_fn=deal, generator_factory=Copier(), progress=False)
+    assert [r['condition'] for r in rows] == ['baseline', '+2:checked']                 # the baseline runs first
+    r = rows[1]
+    # a 2-step detector finds nothing at conf 0.99: every variation with a box is dropped (empty tiles pass: nothing to find),
+    # so the grid generated and checked more variations than the 5 synthetic entries the run needs, until 5 passed
+    assert r['label_check_checked'] > 5 and r['label_check_kept'] >= 5
+    verdicts, = [json.loads(f.read_text()) for f in (tmp_path/'synth').rglob('labelcheck-*.json')]   # cached per detector and settings
+    for p, (keep, why) in verdicts.items():
+        has_boxes = bool(Path(p.replace('/images/', '/labels/')).with_suffix('.txt').read_text().strip())
+        assert keep != has_boxes, (p, why)
+    kept = {p for p, (keep, _) in verdicts.items() if keep}
+    synth = [l for l in (Path(r['run_dir'])/'train.txt').read_text().split() if '/synth/' in l]
+    assert len(synth) == r['n_train_synth'] == 5 and set(synth) <= kept              # 2/3 of 8 entries, drawn from the kept ones
+    assert 'label_check' in json.loads((Path(r['run_dir'])/'spec.json').read_text())
+    with pytest.raises(SynthkitError, match="a :checked condition uses the baseline"):
+        replace(cfg, conditions=('+2:checked',)).check()
