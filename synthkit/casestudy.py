@@ -13,7 +13,7 @@ import numpy as np
 from .errors import SynthkitError, check
 from .files import write_json
 from .detect import DetectConfig
-from .experiment import GridConfig, run_grid, fingerprint, _hash, _done, _mark_done, default_split_fn
+from .experiment import GridConfig, run_grid, fingerprint, _hash, _done, _mark_done, default_split_fn, start_of
 from .report import write_report
 
 # %% auto #0
@@ -31,7 +31,7 @@ PRESETS = {
     'standard': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2, 3, 4),
                            generator='ddpm', strength=0.3, gen_steps=10,
                            ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=60, minutes=None, warmup=10),
-                           budget='steps', steps=150, passes=3, warmup_steps=30, tiles=dict(size=160, overlap=32, keep_empty=0.25),
+                           budget='steps', steps=150, passes=5, warmup_steps=30, tiles=dict(size=160, overlap=32, keep_empty=0.25),
                            start='pretrained', pretrain=dict(scenes=300, steps=1200), detect=DetectConfig(imgsz=160, batch=16)),
     # the reference protocol at full size, for a GPU: equal epochs, 640 px, the default DDPM trained for longer
     'paper': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2),
@@ -219,8 +219,12 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
     if len(rows) < n_total: notes += f'\n\nThe grid stopped after {len(rows)} of {n_total} runs: run the same command again to finish it.'
     _write_settings(out, preset, data, config, settings)
     quality = image_quality(rows, out, imgsz=config.tiling.size if config.tiles is not None else config.detect.imgsz)
+    note = ''
+    if str(config.start) == 'pretrained':
+        from synthkit.pretrain import start_note
+        note = start_note(start_of(ds, config, out, default_split_fn)[2])
     return write_report(rows, out, config=config, title=f'synthkit case study ({preset})', timings=timings, notes=notes,
-                        quality=quality)
+                        quality=quality, start_note=note)
 
 def _write_settings(out, preset, data, config, settings):
     write_json(out/'settings.json', dict(preset=preset, data=None if data is None else str(data), data_settings=settings, grid=asdict(config)))

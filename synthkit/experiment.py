@@ -71,8 +71,13 @@ class GridConfig:
         check(isinstance(self.steps, int) and self.steps >= 1, f'steps={self.steps!r} must be an integer ≥ 1')
         check(set(self.augment_parts) <= {'train', 'val'}, f'augment_parts={self.augment_parts!r}', "test images never get variations: use ('train', 'val') or ('train',)")
         if self.tiles is not None:
-            try: self.tiling.check()
+            try: t = self.tiling.check()
             except TypeError as e: raise SynthkitError(f'tiles={self.tiles!r}: {e}', 'use Tiling fields: size, overlap, min_visible, keep_empty')
+            check(t.size % 32 == 0, f'tiles size={t.size} is not a multiple of 32 (the detector trains at the tile size)', 'use e.g. tiles.size=160')
+        if self.generator == 'ddpm':
+            from synthkit.ddpm import DDPMConfig
+            try: DDPMConfig(**{**GRID_DDPM, **self.ddpm}).check()
+            except TypeError as e: raise SynthkitError(f'ddpm={self.ddpm!r}: {e}', 'use DDPMConfig fields, e.g. ddpm.steps=300')
         st = str(self.start)
         check(st in ('scratch', 'pretrained') or st.endswith('.pt'), f'start={self.start!r}', "use 'scratch', 'pretrained' or the path of a local .pt")
         if st == 'pretrained':
@@ -170,9 +175,9 @@ def generation_fields(c: GridConfig) -> dict:
     opts = dict(c.generator_options)
     dtype = opts.pop('dtype', None)
     if opts: d['options'] = opts
-    if c.generator == 'ddpm':
-        from synthkit.ddpm import DDPMConfig, LEGACY
-        d['ddpm'] = without_legacy({k: getattr(DDPMConfig, k) for k in LEGACY} | dict(c.ddpm))   # a changed default is a new key
+    if c.generator == 'ddpm':   # the whole DDPM configuration the grid trains (a changed default is a new key), less the per-seed seed
+        from synthkit.ddpm import DDPMConfig
+        d['ddpm'] = {k: v for k, v in without_legacy(asdict(DDPMConfig(**{**GRID_DDPM, **c.ddpm}))).items() if k != 'seed'}
     if c.generator.partition(':')[0] == 'ddpm':   # the grid's own DDPM or a given model folder: both default to auto
         from synthkit.ddpm import resolve_dtype
         dtype = resolve_dtype(dtype, c.generator_options.get('device') or 'cpu')   # what this machine will run
@@ -260,19 +265,22 @@ class _Prep:
         self.ds, self.spec, self.parts, self.out, self.factory, self.progress = dataset, spec, parts, out, generator_factory, progress
         self.config = spec.config
         self.tag = f'{spec.split}-s{spec.seed}'
-        self.split_key = _hash(dict(data=spec.data, parts=parts) | ({} if self.config.tiles is None else dict(tiles=asdict(self.config.tiling))))
+        self.split_key = _hash(dict(data=spec.data, parts=parts) | ({} if self.config.tiles is None else dict(tiles=asdict(self.config.tiling), v=2)))
+        self.train_key = _hash(dict(data=spec.data, train=parts['train']))   # what the DDPM learns from: neither tiles nor the test parts
         self.seconds, self._sources, self._gen = {}, None, None
 
     def real(self) -> Path:
-        "The real parts in the Ultralytics layout (train/val tiled when `tiles` is set; test and extra whole); returns its folder."
+        "The real parts in the Ultralytics layout (train/val tiled when `tiles` is set; test and extra whole, padded to one size); returns its folder."
         from synthkit.data.formats import export_yolo, write_data_yaml
         d = self.out/'data'/f'{self.tag}-{self.split_key[:8]}'
         if not _done(d):
             tiling = self.config.tiling
-            whole = {p: ids for p, ids in self.parts.items() if tiling is None or p in ('test', 'extra')}
-            export_yolo(self.ds, d, whole, link=True, overwrite=True)
+            export_yolo(self.ds, d, {p: ids for p, ids in self.parts.items() if tiling is None}, link=True, overwrite=True)
             if tiling is not None:
                 for p in ('train', 'val'): tile_dataset(self.ds, d, tiling, ids=self.parts[p], part=p)
+                canvas = Tiling(size=self.spec.eval_imgsz or native_imgsz(self.ds), overlap=0)   # one window per image: padded, never scaled
+                for p in ('test', 'extra'):
+                    if p in self.parts: tile_dataset(self.ds, d, canvas, ids=self.parts[p], part=p)
             write_data_yaml(d, self.ds.names, {p: f'images/{p}' for p in ('train', 'val', 'test')}, 'the real parts of one split')
             write_json(d/'parts.json', self.parts); _mark_done(d)
         return d
@@ -295,11 +303,11 @@ class _Prep:
         cfg = DDPMConfig(**{**GRID_DDPM, **c.ddpm, 'seed': self.spec.seed})
         device = c.generator_options.get('device') or 'cpu'
         dtype = resolve_dtype(c.generator_options.get('dtype'), device)
-        key = dict(split=self.split_key, cfg=without_legacy(asdict(cfg))) | ({} if dtype == 'fp32' else {'dtype': dtype})   # fp32 keeps its old keys
+        key = dict(split=self.train_key, cfg=without_legacy(asdict(cfg))) | ({} if dtype == 'fp32' else {'dtype': dtype})   # fp32 keeps its old keys
         d = self.out/'ddpm'/f'{self.tag}-{_hash(key, 8)}'
         if not _done(d):
             t = time.time()
-            ids = [i for p in ('train',) + tuple(p for p in c.augment_parts if p != 'train' and c.budget == 'epochs') for i in self.parts[p]]
+            ids = self.parts['train']
             train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=device, dtype=dtype)
             meta = read_meta(d)
             check(meta.get('complete', True), f'the DDPM of {self.tag} stopped at {meta.get("step")} of {cfg.steps} steps: '
@@ -336,14 +344,13 @@ class _Prep:
         found = {}
         for strength, ids in sorted(groups.items(), key=lambda kv: str(kv[0])):
             d = self.folder(kind, strength)
-            done = _done(d) or {}
-            have = {(s, k) for _, s, k, _ in manifest_records(d)} if done.get('entries', 0) < m else None
-            if have is not None and any((s, k) not in have for s in ids for k in range(counts[s])):
+            have = {(s, k): p for p, s, k, _ in manifest_records(d)}
+            missing = [s for s in ids if any((s, k) not in have for k in range(counts[s]))]
+            if missing:
                 gen = self.generator() if kind == 'diffusion' else None   # trains the DDPM first (timed on its own)
                 t = time.time()
-                for n in sorted({counts[s] for s in ids}):
-                    sub = [s for s in ids if counts[s] == n and any((s, k) not in have for k in range(n))]
-                    if not sub: continue
+                for n in sorted({counts[s] for s in missing}):
+                    sub = [s for s in missing if counts[s] == n]
                     src = self.sources().subset(sub)   # training sources only: test images never reach a generator
                     if kind == 'classic':
                         from synthkit.augment import classic_variations
@@ -352,11 +359,11 @@ class _Prep:
                         from synthkit.synthesize import synthesize
                         synthesize(src, gen, n, GenParams(strength=strength, steps=c.gen_steps, seed=self.spec.seed), d,
                                    parts={'train': sub}, progress=self.progress)
-                done = dict(entries=max(m, done.get('entries', 0)), seconds=round(done.get('seconds', 0) + time.time() - t, 1))
-                _mark_done(d, **done)
-            elif have is not None: _mark_done(d, **{**done, 'entries': max(m, done.get('entries', 0))})
+                _mark_done(d, seconds=round(((_done(d) or {}).get('seconds', 0)) + time.time() - t, 1))
+                have = {(s, k): p for p, s, k, _ in manifest_records(d)}
             self.seconds[kind] = self.seconds.get(kind, 0) + (_done(d) or {}).get('seconds', 0)
-            found.update({(s, k): p for p, s, k, _ in manifest_records(d)})
+            mine = set(ids)
+            found.update({sk: p for sk, p in have.items() if sk[0] in mine and sk[1] < counts[sk[0]]})   # this group's sources only
         return found
 
     def checked(self, paths: list, weights, settings: dict) -> list:
@@ -425,7 +432,9 @@ def entries_of(spec: RunSpec, n_real: int, n_sources: int) -> tuple:
 def _sequence(spec: RunSpec, prep: '_Prep', order: list, m: int) -> list:
     "The first `m` entries of the run's variation sequence (output 0 of every source in `order`, then output 1, …), as paths."
     made = prep.need(spec.kind, spec.strengths, m)
-    return [made[(s, k)] for k in range(spec.n_per_image) for s in order if (s, k) in made][:m], made
+    seq = [made[(s, k)] for k in range(spec.n_per_image) for s in order if (s, k) in made][:m]
+    check(len(seq) == m, f'{m} variations were asked of {prep.tag} but {len(seq)} exist', 'delete the synth folder of this split and seed so it is made again')
+    return seq, made
 
 def assemble(spec: RunSpec, real: Path, parts: dict, prep: '_Prep | None', run_dir: Path, check_weights=None) -> Path:
     "Write `run_dir/data.yaml` with train/val lists for this run (`check_weights`: the detector of a :checked run); returns its path."
@@ -449,7 +458,7 @@ def assemble(spec: RunSpec, real: Path, parts: dict, prep: '_Prep | None', run_d
                     kept = prep.checked(seq, check_weights, dict(spec.config.label_check))
                 info['label_check'] = dict(checked=len(seq), kept=len(kept))
                 seq = kept
-            if c.budget == 'steps': entries = draw_training_list(real_files, seq, n, n_syn if seq else 0, run_key(spec))
+            if c.budget == 'steps': entries = draw_training_list(real_files, seq, n, n_syn if seq else 0, f'{spec.split}-{spec.seed}')
             else:
                 if c.synth_share is not None: seq = seq[:round(c.synth_share / (1 - c.synth_share) * len(real_files))]
                 entries = real_files + seq
@@ -457,11 +466,12 @@ def assemble(spec: RunSpec, real: Path, parts: dict, prep: '_Prep | None', run_d
             sources = {p: s for (s, _), p in made.items()}
         else:
             entries = real_files if c.budget == 'epochs' or part == 'val' else \
-                draw_training_list(real_files, [], entries_of(spec, len(real_files), 0)[0], 0, run_key(spec))
+                draw_training_list(real_files, [], entries_of(spec, len(real_files), 0)[0], 0, f'{spec.split}-{spec.seed}')
         ids = [Path(f).stem for f in entries if f not in sources]
         check_lineage({part: ids + [e for e in entries if e in sources]}, parts['test'], sources)
         lists[part] = entries
-        info[part] = dict(real=len(entries) - len(syn), synthetic=len(syn), distinct_synthetic=len(set(syn)))
+        info[part] = dict(real=len(entries) - len(syn), synthetic=len(syn), distinct_synthetic=len(set(syn)),
+                          distinct_real=len(set(entries) - set(syn)))
         write_text(run_dir/f'{part}.txt', '\n'.join(entries) + '\n')
     names = [n for _, n in sorted(_names(real/'data.yaml').items())]
     ys = {'train': str((run_dir/'train.txt').resolve()), 'val': str((run_dir/'val.txt').resolve()), 'test': str((real/'images'/'test').resolve())}
@@ -498,7 +508,7 @@ def start_of(dataset, config: GridConfig, out, split_fn) -> tuple:
 # %% ../nbs/24_experiment.ipynb #c6d70bff
 METRICS = ('map50', 'map50_95', 'precision', 'recall')
 ROW_FIELDS = ['split', 'condition', 'kind', 'n_per_image', 'seed', *METRICS, *[f'extra_{m}' for m in METRICS],
-              'n_train_real', 'n_train_synth', 'n_train_synth_distinct', 'n_val_real', 'n_val_synth', 'epochs', 'steps', 'budget',
+              'n_train_real', 'n_train_real_distinct', 'n_train_synth', 'n_train_synth_distinct', 'n_val_real', 'n_val_synth', 'epochs', 'steps', 'budget',
               'start', 'eval_imgsz', 'train_seconds', 'prep_seconds', 'key', 'run_dir', 'synth_dir']
 
 def write_table(rows: list, out, name: str = 'results'):
@@ -567,7 +577,8 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
         synth = sorted({str(prep.folder(spec.kind, s)) for s in (spec.strengths if spec.kind == 'diffusion' else (None,))}) if spec.kind != 'baseline' else []
         row = dict(split=spec.split, condition=spec.condition, kind=spec.kind, n_per_image=spec.n_per_image, seed=spec.seed,
                    **run.metrics, **extra, n_train_real=counts['train']['real'], n_train_synth=counts['train']['synthetic'],
-                   n_train_synth_distinct=counts['train']['distinct_synthetic'], n_val_real=counts['val']['real'],
+                   n_train_synth_distinct=counts['train']['distinct_synthetic'], n_train_real_distinct=counts['train']['distinct_real'],
+                   n_val_real=counts['val']['real'],
                    n_val_synth=counts['val']['synthetic'], epochs=run.budget['epochs'], steps=run.budget['steps'], budget=config.budget,
                    start=start_key or 'scratch', eval_imgsz=dc.eval_imgsz or dc.imgsz, train_seconds=run.seconds, prep_seconds=prep_s,
                    key=run_key(spec), run_dir=str(rd), synth_dir=';'.join(synth), **({'label_check_kept': counts['label_check']['kept'],

@@ -14,7 +14,7 @@ from .data.tiles import Tiling, tile_dataset
 from .detect import DetectConfig, train_detector
 
 # %% auto #0
-__all__ = ['PretrainConfig', 'StartPlan', 'plan_start', 'pretrain', 'start_record', 'check_start_names']
+__all__ = ['PretrainConfig', 'StartPlan', 'plan_start', 'pretrain', 'start_note', 'check_start_names']
 
 # %% ../nbs/20a_pretrain.ipynb #e7d1dcb7
 @dataclass(frozen=True)
@@ -88,16 +88,21 @@ def pretrain(plan: StartPlan, *, progress: bool = False, verbose: bool = False) 
         tile_dataset(sim, data, plan.tiling, ids=train_ids, part='train')
         tile_dataset(sim, data, plan.tiling, ids=val_ids, part='val')
     y = write_data_yaml(data, plan.names, {'train': 'images/train', 'val': 'images/val'}, 'simulated SAR scenes for the pretrained start')
+    if (d/'detector').exists(): shutil.rmtree(d/'detector')   # an interrupted attempt starts over (Ultralytics would append to its logs)
     run = train_detector(y, d/'detector', plan.detect, verbose=verbose)
     shutil.copyfile(run.weights, plan.weights)
     write_json(d/'done.json', dict(key=plan.key, seconds=round(time.time() - t0, 1), val_metrics=run.metrics, fitted_on=plan.fitted_on,
                                    params=plan.params.asdict(), detect=asdict(plan.detect), scenes=c.scenes, steps=run.budget['steps']))
     return plan.weights
 
-def start_record(plan: StartPlan) -> dict:
-    "What the report says about a start: its key, time, steps, validation on simulated tiles and what it was fitted to."
+def start_note(plan: StartPlan) -> str:
+    "One line for the report: what the start was fitted to, how long it trained, how well it does on simulated tiles."
     f = plan.folder/'done.json'
-    return json.loads(f.read_text()) if f.is_file() else dict(key=plan.key)
+    d = json.loads(f.read_text()) if f.is_file() else {}
+    fit = (f'simulator fitted to the {plan.fitted_on} images that are no test image of any seed' if plan.fitted_on
+           else "the simulator's SSDD-like defaults (too few never-test images to fit)")
+    made = f"; {d['steps']} batches on {plan.config.scenes} scenes in {d['seconds']:.0f} s, mAP50 {d['val_metrics']['map50']:.2f} on simulated validation tiles" if d else ''
+    return fit + made
 
 # %% ../nbs/20a_pretrain.ipynb #d4d8c3da
 def check_start_names(weights, names):

@@ -163,7 +163,7 @@ def plot_samples(rows: list, path, n: int = 3) -> Path | None:
 # %% ../nbs/25_report.ipynb #6d28437d
 def comparisons(rows: list, metric: str = 'map50') -> list:
     "Paired differences per split: each `+N` against baseline and against `classic+N` (same split and seed)."
-    by = {(r['split'], r['condition'], r['seed']): r[metric] for r in rows}
+    by = {(r['split'], r['condition'], r['seed']): r[metric] for r in rows if metric in r}   # extra-pool metrics exist only where a split has one
     out = []
     for sp in _order(rows, 'split'):
         for cond in [c for c in _order([r for r in rows if r['split'] == sp], 'condition') if c != 'baseline']:
@@ -182,7 +182,7 @@ def _verdict(c) -> str:
     if c['ci_lo'] > 0: return s + ' — **better**'
     if c['ci_hi'] < 0: return s + ' — **worse**'
     mdd = c.get('mdd', math.nan)
-    return s + ' — no clear difference' + ('' if math.isnan(mdd) else f' (none larger than {mdd:.3f} would likely have been missed)')
+    return s + ' — no clear difference' + ('' if math.isnan(mdd) else f' (an effect larger than about {mdd:.3f}, the MDD estimated from these seeds, would likely have shown)')
 
 # %% ../nbs/25_report.ipynb #f7eeb12e
 def _fmt(m, lo, hi, sd):
@@ -190,7 +190,7 @@ def _fmt(m, lo, hi, sd):
     return f'{m:.3f}' + ('' if math.isnan(sd) else f' ± {sd:.3f} [{lo:.3f}, {hi:.3f}]')
 
 def write_report(rows: list, out, *, config=None, title: str = 'synthkit case study', notes: str = '',
-                 timings: dict | None = None, metric: str = 'map50', quality: list | None = None) -> Path:
+                 timings: dict | None = None, metric: str = 'map50', quality: list | None = None, start_note: str = '') -> Path:
     "Figures under `out/figures/`, `summary.csv/json`, `comparisons.json` and `out/report.md`; returns the report path."
     check(rows, 'no finished runs to report on', 'run the grid first (or let it finish at least one run)')
     out = Path(out); fig_dir = out/'figures'
@@ -205,10 +205,12 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
     L = [f'# {title}', '', f'_written {time.strftime("%Y-%m-%d %H:%M")}, {len(rows)} runs_', '']
     if config is not None:
         c = config
-        budget = (f'{rows[0]["steps"]} optimizer steps per run, exactly equal across conditions ({c.passes} passes over a drawn list; '
-                  f'warm-up {c.warmup_steps} steps)' if c.budget == 'steps' else f'{c.epochs} epochs per run (equal epochs: larger training sets get more steps)')
+        budget = (f'{rows[0]["steps"]} batches of {c.detect.batch} per run, exactly equal across conditions ({c.passes} passes over a drawn list; '
+                  f'warm-up {c.warmup_steps} batches; Ultralytics accumulates batches to 64 images per optimizer update)' if c.budget == 'steps'
+                  else f'{c.epochs} epochs per run (equal epochs: larger training sets get more steps)')
         share = ('N / (N + 1) of the training entries synthetic (plain adding)' if c.synth_share is None else f'{c.synth_share:.0%} of the training entries synthetic')
-        start = {'scratch': 'from random weights', 'pretrained': f'from one detector pretrained on simulated SAR scenes fitted to the data (`{rows[0].get("start", "")}`), shared by every run'}.get(str(c.start), f'from `{c.start}`')
+        start = {'scratch': 'from random weights', 'pretrained': f'from one detector pretrained on simulated SAR scenes (`{rows[0].get("start", "")}`), shared by every run'
+                 + (f', {start_note}' if start_note else '')}.get(str(c.start), f'from `{c.start}`')
         scale = (f'native-resolution tiles of {c.tiling.size} px (overlap {c.tiling.overlap}, a cut box kept when ≥ {c.tiling.min_visible:.0%} inside, '
                  f'{c.tiling.keep_empty:.0%} of empty tiles kept)' if c.tiles is not None else f'whole images at {c.detect.imgsz} px')
         evals = rows[0].get('eval_imgsz', c.detect.imgsz)
@@ -220,7 +222,8 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
               ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}, {c.gen_steps} sampler steps; {share}; '
                                   if any(parse_condition(k)[0] == 'diffusion' for k in c.conditions) else f'classic augmentation only; {share}; ')
                + 'made of training images only (test images never reach a generator)'),
-              f'- metrics: Ultralytics validation (last weights) on the whole held-out test images at {evals} px'
+              (f'- metrics: Ultralytics validation (last weights) on the whole held-out test images, each padded (not scaled) to {evals} px'
+               if c.tiles is not None else f'- metrics: Ultralytics validation (last weights) on the held-out test images at {evals} px')
               + ('; and on the extra pool: the real images in no part of the split' if any('extra_map50' in r for r in rows) else ''), '']
     if timings: L += ['## Time', ''] + [f'- {k}: {v}' for k, v in timings.items()] + ['']
     extra = any('extra_map50_mean' in s for s in summ)
