@@ -194,10 +194,11 @@ def run_key(spec: RunSpec) -> str:
     return _hash(spec.key_fields())
 
 def plan(config: GridConfig, data: str = '', **fill) -> list:
-    "Every run of the grid, grouped by split and seed so each DDPM is trained once, baseline first (a :checked run uses its detector); `fill` sets RunSpec fields."
+    """Every run of the grid, seed by seed (an interrupted grid has whole seeds to report), grouped by split so each DDPM
+    is trained once, baseline first (a :checked run uses its detector); `fill` sets RunSpec fields."""
     config = config.check()
     conds = sorted(config.conditions, key=lambda c: c != 'baseline')
-    return [RunSpec(sp, s, c, config, data, **fill) for sp in config.splits for s in config.seeds for c in conds]
+    return [RunSpec(sp, s, c, config, data, **fill) for s in config.seeds for sp in config.splits for c in conds]
 
 # %% ../nbs/24_experiment.ipynb #c966d2a9
 def fingerprint(dataset) -> str:
