@@ -60,7 +60,7 @@ def check_out_folder(out, inputs=(), writes=None, what: str = '--out') -> Path:
     folder holding an input where this command writes (`writes`: the names it writes at the top of `out`, None: anywhere);
     a place this user can't write. Creates nothing; returns `Path(out)`."""
     out = Path(out).expanduser()
-    check(out.is_dir() or not out.exists(), f'{what} {out} is a file, not a folder', 'pass a folder (it is created if missing)', path=out)
+    check(out.is_dir() or not out.exists(), f'{what} is a file, not a folder', 'pass a folder (it is created if missing)', path=out)
     o = out.resolve()
     for inp in inputs:
         i = Path(inp).expanduser().resolve()
