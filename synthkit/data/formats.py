@@ -233,6 +233,28 @@ def _rel(p: Path, root: Path) -> str:
     try: return Path(p).relative_to(root).as_posix()
     except ValueError: return str(p)
 
+def _manifest_parts(folder: Path) -> dict:
+    "{output path relative to `folder`: the part it was made for} from `folder/manifest.jsonl` (written by synthesize)."
+    f, out = folder/'manifest.jsonl', {}
+    if not f.is_file(): return out
+    for ln in f.read_text(errors='replace').splitlines():
+        try: r = json.loads(ln)
+        except ValueError: continue   # a torn line: synthesize reports it where it matters
+        if isinstance(r, dict) and r.get('path') and r.get('part'): out[str(r['path'])] = str(r['part'])
+    return out
+
+def _attach_origins(ds: Dataset):
+    "Images listed in the manifest.jsonl of the folder above their `images/` get `meta['origin']`: the part they were made for."
+    cache = {}
+    for it in ds:
+        ps = Path(it.path).absolute().parts
+        idx = max((i for i, p in enumerate(ps[:-1]) if p == 'images'), default=None)
+        if idx is None: continue
+        folder = Path(*ps[:idx])
+        if folder not in cache: cache[folder] = _manifest_parts(folder)
+        part = cache[folder].get(Path(*ps[idx:]).as_posix())
+        if part: it.meta['origin'] = part
+
 def load_yolo(path, *, out_of_bounds='clip', check_pixels=True, names=None, missing_labels='empty') -> Dataset:
     "Import an Ultralytics YOLO dataset (a data.yaml, or a folder with images/ + labels/)."
     path = Path(path)
@@ -270,6 +292,7 @@ def load_yolo(path, *, out_of_bounds='clip', check_pixels=True, names=None, miss
         names = [f'class{i}' for i in range(n)]
         report.add(root, f'no class names (no data.yaml names: or classes.txt); called them {names}', 'note')
     ds = _finish(cands, names, root, report, out_of_bounds=out_of_bounds, check_pixels=check_pixels, fmt='yolo')
+    _attach_origins(ds)
     if (root/'labels').is_dir():
         for lab in sorted((root/'labels').rglob('*.txt')):
             if lab.resolve() not in used_labels and lab.name != 'classes.txt':
