@@ -55,13 +55,16 @@ def _nearest_existing(p: Path) -> Path:
     while not p.exists() and p != p.parent: p = p.parent
     return p
 
-def check_out_folder(out, inputs=(), writes=None, what: str = '--out') -> Path:
+def check_out_folder(out, inputs=(), writes=None, what: str = '--out', same=()) -> Path:
     """Refuse an output folder before any work is done: an existing file; an input folder or a folder inside one; a
     folder holding an input where this command writes (`writes`: the names it writes at the top of `out`, None: anywhere);
-    a place this user can't write. Creates nothing; returns `Path(out)`."""
+    one of the folders `same` (inputs it may sit inside); a place this user can't write. Creates nothing; returns `Path(out)`."""
     out = Path(out).expanduser()
     check(out.is_dir() or not out.exists(), f'{what} is a file, not a folder', 'pass a folder (it is created if missing)', path=out)
     o = out.resolve()
+    for inp in same:
+        check(o != Path(inp).expanduser().resolve(), f'{what} is the input folder {inp}: the outputs would mix with the files they are made from',
+              'write into another folder', path=out)
     for inp in inputs:
         i = Path(inp).expanduser().resolve()
         if not i.is_dir(): continue

@@ -174,10 +174,12 @@ def _shard_from_env():
 
 WRITES = ('images', 'labels', 'data.yaml', MANIFEST, REJECTED)   # what synthesize writes at the top of `out`
 
-def _source_folders(dataset: Dataset, plan: list) -> list:
-    "The dataset's root and the folders of its source images: the output folder must stay out of them."
-    roots = [] if dataset.root is None else [Path(dataset.root)]
-    return list(dict.fromkeys(roots + [Path(it.path).parent for it, _ in plan]))
+def _check_out(out, dataset: Dataset, plan: list) -> Path:
+    """The output guard for a dataset: `out` may not be its root or a source image folder, nor lie inside an `images/`
+    part folder (an importer would take the outputs for real images); a loose folder of images may hold it."""
+    dirs = list(dict.fromkeys(Path(it.path).parent.resolve() for it, _ in plan))
+    parts = [d for d in dirs if 'images' in d.parts]
+    return check_out_folder(out, parts, WRITES, same=dirs + ([] if dataset.root is None else [Path(dataset.root)]))
 
 def _check_sizes(plan: list, generator: Generator):
     "Refuse, before anything is written, a source smaller than the generator can take, naming its file."
@@ -207,7 +209,7 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
     params = params.check(generator.knobs)
     check(isinstance(n_per_image, (int, np.integer)) and n_per_image >= 1, f'n_per_image={n_per_image!r} must be an integer ≥ 1')
     plan = _plan(dataset, parts, into)
-    out = check_out_folder(out, _source_folders(dataset, plan), WRITES)   # before anything is written
+    out = _check_out(out, dataset, plan)   # before anything is written
     _check_sizes(plan, generator)
     bs = max(1, int(batch_size or generator.batch_size))
     rank, world = shard or _shard_from_env()
