@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SynthkitError, check
-from .files import write_json
+from .files import write_json, umask
 from .images import to_unit, save_image
 from .data.items import Item, Dataset, check_origins
 from .offline import setup_offline
@@ -216,15 +216,21 @@ def _convert_old_state(folder: Path):
     old = folder/OLD_STATE_FILE
     try: st = torch.load(old, weights_only=True, map_location='cpu')
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError) as e:
-        raise SynthkitError(f'{OLD_STATE_FILE} holds more than tensors ({str(e).splitlines()[0][:120]}), so it was not loaded: '
-                            'resuming from it could run code hidden in it', "if you didn't make this folder, delete it; else train "
-                            f'again with --no-resume (resume=False), which replaces it', path=old)
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise SynthkitError(f'{OLD_STATE_FILE} is not tensors only ({first}); it was not loaded: unpickling anything more could run '
+                            "code hidden in it", "if you didn't make this folder, delete it; else train again with --no-resume "
+                            '(resume=False), which replaces it', path=old)
     try: st = dict(opt=st['opt'], gen=st['gen'], rng=st['rng'], step=st['step'])
     except (KeyError, TypeError): raise SynthkitError(f'{OLD_STATE_FILE} is not a synthkit resume state', 'train again with --no-resume', path=old)
     with tempfile.TemporaryDirectory(dir=folder, prefix='.tmp-') as tmp:
-        _write_state(Path(tmp), st)
+        _write_state(Path(tmp), st); _umask_modes(Path(tmp))
         for f in (STATE_JSON, STATE_FILE): os.replace(Path(tmp)/f, folder/f)
     old.unlink()
+
+def _umask_modes(folder: Path):
+    "Give the files under `folder` the modes the umask gives new files (safetensors writes 0600, like a temp file)."
+    for f in folder.rglob('*'):
+        if f.is_file(): f.chmod(0o666 & ~umask())
 
 def _has_state(folder: Path) -> bool: return (folder/STATE_FILE).is_file() or (folder/OLD_STATE_FILE).is_file()
 
@@ -233,6 +239,7 @@ def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rn
         unet.save_pretrained(Path(tmp)/'unet', safe_serialization=True)
         sched.save_pretrained(Path(tmp)/'scheduler')
         _write_state(Path(tmp), dict(opt=opt.state_dict(), gen=gen.get_state(), rng=rng.bit_generator.state, step=step))
+        _umask_modes(Path(tmp))
         for sub in ('unet', 'scheduler'):
             (out/sub).mkdir(exist_ok=True)
             for f in (Path(tmp)/sub).iterdir(): os.replace(f, out/sub/f.name)
