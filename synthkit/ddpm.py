@@ -176,7 +176,8 @@ def resolve_dtype(dtype: str | None, device='cpu') -> str:
     "'fp32' or 'bf16': what `dtype` ('auto' or None, 'fp32', 'bf16') means on `device`."
     check(dtype is None or dtype in DTYPES, f'dtype={dtype!r} is not one of {", ".join(DTYPES)}',
           "leave it out (auto: bf16 where the hardware has it) or use 'fp32' for full precision")
-    check_device(device)
+    try: torch.device(device)
+    except (RuntimeError, TypeError): raise SynthkitError(f'device={device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
     if dtype in ('fp32', 'bf16'): return dtype
     return 'bf16' if native_bf16(device) else 'fp32'
 
@@ -256,6 +257,7 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     "Train (or resume training) the in-domain DDPM on the training split of `dataset` on `device` (`dtype`: see `resolve_dtype`); returns the model folder `out`."
     from tqdm.auto import tqdm
     config = config.check()
+    check_device(device)
     bf16 = resolve_dtype(dtype, device) == 'bf16'
     used = set()
     images, boxes, n_skipped = _train_pool(dataset)   # before anything is written: a refused dataset leaves no folder
@@ -367,6 +369,7 @@ class DDPMGenerator(Generator):
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64, channels_last: bool = True,
                  dtype: str | None = 'auto'):
+        check_device(device)
         self.folder, self.bf16 = Path(model_folder), resolve_dtype(dtype, device) == 'bf16'
         self.meta = _read_meta(self.folder)
         check(self.meta.get('step', 1) >= 1, f'the DDPM in {self.folder} was never trained (0 iterations): its "variations" would be noise',
@@ -475,7 +478,7 @@ def cli_args(parser):
 
 def cli_run(args) -> int:
     from synthkit.data.formats import load_reported
-    resolve_dtype(args.dtype, args.device)   # a device this machine lacks is refused before anything is read or removed
+    check_device(args.device); resolve_dtype(args.dtype, args.device)   # refused before anything is read or removed
     ds = load_reported(args.data)
     minutes = args.minutes if args.minutes is not None else None if args.steps else DDPMConfig.minutes
     head_dim, meta = args.head_dim, Path(args.out)/CONFIG_FILE

@@ -18,11 +18,18 @@ from .offline import setup_offline
 setup_offline()  # before diffusers / transformers are imported anywhere
 
 # %% auto #0
-__all__ = ['KNOBS', 'DTYPE_ARGS', 'GENERATORS', 'min_strength', 'GenParams', 'derive_seed', 'torch_generators', 'check_device',
-           'torch_threads', 'Generator', 'load_pretrained', 'weights_hash', 'generator_class', 'load_generator']
+__all__ = ['KNOBS', 'DTYPE_ARGS', 'GENERATORS', 'min_steps', 'min_strength', 'GenParams', 'derive_seed', 'torch_generators',
+           'check_device', 'torch_threads', 'Generator', 'load_pretrained', 'weights_hash', 'generator_class',
+           'load_generator']
 
 # %% ../nbs/10_generators.ipynb #2b8a8ba1
 KNOBS = ('strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt')
+
+def min_steps(strength: float) -> int:
+    "The fewest sampler steps that give `strength` at least one denoising step."
+    n = max(1, math.ceil(1 / float(strength)))
+    while int(n * float(strength)) < 1: n += 1
+    return n
 
 def min_strength(steps: int) -> float:
     "The smallest strength (4 significant digits, rounded up) that gives `steps` sampler steps at least one denoising step."
@@ -49,8 +56,9 @@ class GenParams:
         check(isinstance(self.guidance, (int, float)) and self.guidance >= 0, f'guidance={self.guidance!r} must be ≥ 0', 'use e.g. 7.5, or 1 for none')
         check(isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63, f'seed={self.seed!r} must be an integer in [0, 2**63)')
         if knobs is None or {'strength', 'steps'} <= set(knobs):
-            check(self.denoising_steps >= 1, f'strength={s!r} × steps={self.steps} gives {self.denoising_steps} denoising steps: '
-                  'every "variation" would be a copy of its source', f'use strength ≥ {min_strength(self.steps)} with steps={self.steps}, or more steps')
+            check(self.denoising_steps >= 1, f'strength={s!r} with steps={self.steps} runs {self.denoising_steps} denoising steps',
+                  f'use steps ≥ {min_steps(s)} for this strength, or strength ≥ {min_strength(self.steps)} with steps={self.steps} '
+                  '(with no step, every "variation" would be a copy of its source)')
         return self
 
     @property
