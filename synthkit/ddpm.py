@@ -366,6 +366,7 @@ class DDPMGenerator(Generator):
     name, version = 'ddpm', '1'
     knobs = frozenset({'strength', 'steps', 'seed'})
     channels, min_size, batch_size = 1, 16, 8
+    img2img_steps = True   # SDEdit runs the last int(strength × steps) steps
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64, channels_last: bool = True,
                  dtype: str | None = 'auto'):
@@ -402,7 +403,7 @@ class DDPMGenerator(Generator):
     def sdedit(self, x: np.ndarray, strength: float, steps: int, seeds: list) -> list:
         "Variations of the grey float image `x` (HxW in [0, 1]), one per seed, as float arrays."
         ts = sdedit_timesteps(self.scheduler, strength, steps)
-        GenParams(strength=strength, steps=steps).check(self.knobs)   # no step to run: refused, never a copy of the source
+        GenParams(strength=strength, steps=steps).check(img2img=True)   # no step to run: refused, never a copy of the source
         h, w = x.shape; m = self.multiple
         ph, pw = -h % m, -w % m
         src = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None] * 2 - 1

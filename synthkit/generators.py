@@ -47,15 +47,15 @@ class GenParams:
     prompt: str = ''
     negative_prompt: str = ''
 
-    def check(self, knobs=None) -> 'GenParams':
-        "Raise `SynthkitError` for values no backend can use (or, with `knobs`, the backend that honours those); returns self."
+    def check(self, img2img: bool = False) -> 'GenParams':
+        "Raise `SynthkitError` for values no backend can use, and with `img2img` a strength × steps that runs no step; returns self."
         s = self.strength
         check(isinstance(s, (int, float)) and 0 < s <= 1, f'strength={s!r} is outside (0, 1]',
               'use e.g. 0.2 for close variations, 0.6 for freer ones')
         check(isinstance(self.steps, (int, np.integer)) and self.steps >= 1, f'steps={self.steps!r} must be an integer ≥ 1', 'use e.g. 25')
         check(isinstance(self.guidance, (int, float)) and self.guidance >= 0, f'guidance={self.guidance!r} must be ≥ 0', 'use e.g. 7.5, or 1 for none')
         check(isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63, f'seed={self.seed!r} must be an integer in [0, 2**63)')
-        if knobs is None or {'strength', 'steps'} <= set(knobs):
+        if img2img:
             check(self.denoising_steps >= 1, f'strength={s!r} with steps={self.steps} runs {self.denoising_steps} denoising steps',
                   f'use steps ≥ {min_steps(s)} for this strength, or strength ≥ {min_strength(self.steps)} with steps={self.steps} '
                   '(with no step, every "variation" would be a copy of its source)')
@@ -117,6 +117,7 @@ class Generator:
     model_id: str = ''          # hub id or local folder it was loaded from
     weights_hash: str = ''      # sha256 (first 16 hex digits) of the weight files
     batch_size: int = 4         # outputs computed per model call by default
+    img2img_steps: bool = False # runs the last int(strength × steps) sampler steps (img2img, SDEdit): 0 is refused up front
 
     def _run(self, x: np.ndarray, boxes: np.ndarray, cls: np.ndarray, params: GenParams, seeds: list) -> list:
         raise NotImplementedError
@@ -129,7 +130,7 @@ class Generator:
     def generate(self, image: np.ndarray, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
                  seeds=None, source_id: str = 'image', batch_size: int | None = None) -> list:
         "`n` variations of `image` (same dtype, range and channels). Seeds default to `derive_seed(params.seed, source_id, k)`."
-        params = params.check(self.knobs)
+        params = params.check(self.img2img_steps)
         check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
         image = np.asarray(image)
         check(image.ndim in (2, 3), f'image of shape {image.shape} is not HxW or HxWxC')

@@ -206,7 +206,7 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
     "Write `n_per_image` variations of each source with labels and a manifest into `out`; resumable. Returns a summary."
     from tqdm.auto import tqdm
     from synthkit.data.formats import write_data_yaml
-    params = params.check(generator.knobs)
+    params = params.check(getattr(generator, 'img2img_steps', False))
     check(isinstance(n_per_image, (int, np.integer)) and n_per_image >= 1, f'n_per_image={n_per_image!r} must be an integer ≥ 1')
     plan = _plan(dataset, parts, into)
     out = _check_out(out, dataset, plan)   # before anything is written
