@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse, importlib, sys
 
 from .errors import SynthkitError
+from .files import check_out_folder
 
 # %% auto #0
-__all__ = ['COMMANDS', 'main']
+__all__ = ['COMMANDS', 'WRITES', 'main']
 
 # %% ../nbs/90_cli.ipynb #597363b6
 COMMANDS = {
@@ -19,6 +20,21 @@ COMMANDS = {
     'generate':   ('synthkit.synthesize', 'make diffusion variations of a dataset, with a manifest; resumable'),
     'case-study': ('synthkit.casestudy', 'run the experiment grid (baseline vs diffusion vs classic augmentation) and write the report'),
 }
+
+# What each command writes at the top of its --out: the output guard refuses an input folder there (None: anywhere).
+WRITES = {
+    'convert':    ('images', 'labels', 'data.yaml', 'splits.json', 'import_report.txt'),
+    'simulate':   ('images', 'labels', 'data.yaml', 'sarsim.json'),
+    'train-ddpm': ('unet', 'scheduler', 'synthkit_ddpm.json', 'training_state.safetensors', 'training_state.json', 'training_state.pth'),
+    'generate':   ('images', 'labels', 'data.yaml', 'manifest.jsonl', 'rejected.jsonl'),
+    'case-study': None,
+}
+
+def _inputs(mod, args) -> list:
+    "The folders a command reads: its module's `cli_inputs(args)`, else those of the dataset in `data` / `src`."
+    if hasattr(mod, 'cli_inputs'): return mod.cli_inputs(args)
+    from synthkit.data.formats import dataset_folders
+    return [f for a in ('data', 'src') if getattr(args, a, None) for f in dataset_folders(getattr(args, a))]
 
 def _usage() -> str:
     w = max(map(len, COMMANDS))
@@ -40,9 +56,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=f'synthkit {cmd}', description=COMMANDS[cmd][1])
     mod.cli_args(parser)
     args = parser.parse_args(rest)
-    try: return mod.cli_run(args) or 0
+    try:
+        if getattr(args, 'out', None): check_out_folder(args.out, _inputs(mod, args), WRITES.get(cmd))
+        return mod.cli_run(args) or 0
     except SynthkitError as e:
         print(f'synthkit {cmd}: error: {e}', file=sys.stderr); return 2
+    except OSError as e:   # the file system said no where no check could foresee it (permissions, disk full, a vanished path)
+        where = f'{e.filename}: ' if e.filename else ''
+        print(f'synthkit {cmd}: error: {where}{e.strerror or e} — check the path, its permissions and the free space', file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f'synthkit {cmd}: interrupted; finished outputs are kept, run the same command again to resume', file=sys.stderr)
         return 130

@@ -11,25 +11,27 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SynthkitError, check
-from .files import write_json
+from .files import write_json, umask
 from .images import to_unit, save_image
-from .data.items import Item, Dataset
+from .data.items import Item, Dataset, check_origins
 from .offline import setup_offline
-from .generators import Generator, GenParams, load_pretrained, weights_hash
+from .generators import Generator, GenParams, load_pretrained, weights_hash, check_device
 
 setup_offline()  # before diffusers is imported
 import torch
 from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'STATE_FILE', 'LEGACY', 'DTYPES', 'DDPMConfig', 'read_meta', 'built_model', 'build_unet',
-           'build_scheduler', 'sample_crops', 'speckle_toy', 'native_bf16', 'resolve_dtype', 'train_ddpm',
-           'training_history', 'plot_losses', 'sdedit_timesteps', 'DDPMGenerator', 'strength_grid', 'cli_args',
-           'cli_run']
+__all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LEGACY', 'DTYPES', 'DDPMConfig', 'read_meta',
+           'built_model', 'build_unet', 'build_scheduler', 'sample_crops', 'speckle_toy', 'native_bf16',
+           'resolve_dtype', 'train_ddpm', 'training_history', 'plot_losses', 'sdedit_timesteps', 'DDPMGenerator',
+           'strength_grid', 'cli_args', 'cli_run']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
-STATE_FILE = 'training_state.pth'   # optimizer and RNG states for resuming (not part of the weights hash)
+STATE_FILE = 'training_state.safetensors'   # optimizer and RNG tensors for resuming (not part of the weights hash)
+STATE_JSON = 'training_state.json'          # the rest of the resume state: step, optimizer settings, numpy RNG
+OLD_STATE_FILE = 'training_state.pth'       # the pickle older versions wrote: read as tensors only, then re-saved
 
 @dataclass
 class DDPMConfig:
@@ -58,6 +60,8 @@ class DDPMConfig:
               f'channels={self.channels} must have ≥ 2 levels, each a multiple of norm_groups={self.norm_groups}')
         check(isinstance(self.head_dim, int) and self.head_dim >= 1, f'head_dim={self.head_dim!r} must be an integer ≥ 1', 'use e.g. 64')
         check(self.batch >= 1 and self.lr > 0, f'batch={self.batch} and lr={self.lr} must be positive')
+        check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1), f'steps={self.steps!r} must be None or an integer ≥ 1',
+              'an untrained model only returns noise: use e.g. --steps 2000')
         check(self.minutes is None or self.minutes > 0, f'minutes={self.minutes!r} must be > 0 or None', 'use None (no cap) with steps, or e.g. 5')
         check(self.minutes or self.steps, 'no training budget: minutes=None and steps=None', 'set steps (reproducible), or minutes for a timed interactive run')
         check(0 <= self.object_weight <= 1, f'object_weight={self.object_weight} is outside [0, 1]')
@@ -108,6 +112,7 @@ def _train_pool(dataset: Dataset):
     "Grey float images in [0, 1] and their boxes, for the items of the training split."
     items = [it for it in dataset if it.meta.get('split', 'train') == 'train']
     check(items, f'no training images among the {len(dataset)} given', 'pass the training split (items with split "train")')
+    check_origins([(it, 'train') for it in items])   # no variations of val/test images, wherever data.yaml points
     imgs = [to_unit(it.read(), grey=True)[0] for it in items]
     return imgs, [it.boxes for it in items], len(dataset) - len(items)
 
@@ -177,15 +182,70 @@ def resolve_dtype(dtype: str | None, device='cpu') -> str:
     return 'bf16' if native_bf16(device) else 'fp32'
 
 # %% ../nbs/11_ddpm.ipynb #84a4bafa
+def _write_state(folder: Path, st: dict):
+    "Write a resume state `{'opt': optimizer state_dict, 'gen': torch RNG state, 'rng': numpy bit-generator state, 'step'}` as tensors + JSON."
+    from safetensors.torch import save_file
+    tensors, scalars = {'gen': st['gen'].contiguous()}, {}
+    for i, d in st['opt']['state'].items():
+        for k, v in d.items():
+            if torch.is_tensor(v): tensors[f'opt/{i}/{k}'] = v.detach().cpu().contiguous()
+            else: scalars[f'{i}/{k}'] = v
+    save_file(tensors, str(folder/STATE_FILE))
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in st['opt']['param_groups']]
+    (folder/STATE_JSON).write_text(json.dumps(dict(step=int(st['step']), param_groups=groups, opt_scalars=scalars, rng=st['rng'])))
+
+def _read_state(folder: Path) -> dict:
+    "The resume state of a model folder, read as tensors and JSON only; an older pickled one is read weights-only and re-saved."
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    if not (folder/STATE_FILE).is_file() and (folder/OLD_STATE_FILE).is_file(): _convert_old_state(folder)
+    try:
+        t, j = load_file(str(folder/STATE_FILE)), json.loads((folder/STATE_JSON).read_text())
+        state = {}
+        for key, v in t.items():
+            if key.startswith('opt/'): _, i, k = key.split('/', 2); state.setdefault(int(i), {})[k] = v
+        for key, v in j['opt_scalars'].items(): i, k = key.split('/', 1); state.setdefault(int(i), {})[k] = v
+        groups = [{k: tuple(v) if k == 'betas' else v for k, v in g.items()} for g in j['param_groups']]
+        return dict(opt=dict(state=state, param_groups=groups), gen=t['gen'], rng=j['rng'], step=int(j['step']))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SynthkitError(f'the resume state ({STATE_FILE} + {STATE_JSON}) is damaged or missing ({type(e).__name__}: {e})',
+                            'train again with --no-resume (resume=False), or restore the folder', path=folder)
+
+def _convert_old_state(folder: Path):
+    "Read an older `training_state.pth` with `weights_only=True` (tensors and plain containers; runs nothing), re-save it safely, remove it."
+    import pickle
+    old = folder/OLD_STATE_FILE
+    try: st = torch.load(old, weights_only=True, map_location='cpu')
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise SynthkitError(f'{OLD_STATE_FILE} is not tensors only ({first}); it was not loaded: unpickling anything more could run '
+                            "code hidden in it", "if you didn't make this folder, delete it; else train again with --no-resume "
+                            '(resume=False), which replaces it', path=old)
+    try: st = dict(opt=st['opt'], gen=st['gen'], rng=st['rng'], step=st['step'])
+    except (KeyError, TypeError): raise SynthkitError(f'{OLD_STATE_FILE} is not a synthkit resume state', 'train again with --no-resume', path=old)
+    with tempfile.TemporaryDirectory(dir=folder, prefix='.tmp-') as tmp:
+        _write_state(Path(tmp), st); _umask_modes(Path(tmp))
+        for f in (STATE_JSON, STATE_FILE): os.replace(Path(tmp)/f, folder/f)
+    old.unlink()
+
+def _umask_modes(folder: Path):
+    "Give the files under `folder` the modes the umask gives new files (safetensors writes 0600, like a temp file)."
+    for f in folder.rglob('*'):
+        if f.is_file(): f.chmod(0o666 & ~umask())
+
+def _has_state(folder: Path) -> bool: return (folder/STATE_FILE).is_file() or (folder/OLD_STATE_FILE).is_file()
+
 def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rng, n_images, seconds, precision, complete=False, stopped_by=None):
     with tempfile.TemporaryDirectory(dir=out, prefix='.tmp-') as tmp:
         unet.save_pretrained(Path(tmp)/'unet', safe_serialization=True)
         sched.save_pretrained(Path(tmp)/'scheduler')
-        torch.save(dict(opt=opt.state_dict(), gen=gen.get_state(), rng=rng.bit_generator.state, step=step), Path(tmp)/STATE_FILE)
+        _write_state(Path(tmp), dict(opt=opt.state_dict(), gen=gen.get_state(), rng=rng.bit_generator.state, step=step))
+        _umask_modes(Path(tmp))
         for sub in ('unet', 'scheduler'):
             (out/sub).mkdir(exist_ok=True)
             for f in (Path(tmp)/sub).iterdir(): os.replace(f, out/sub/f.name)
-        os.replace(Path(tmp)/STATE_FILE, out/STATE_FILE)
+        for f in (STATE_JSON, STATE_FILE): os.replace(Path(tmp)/f, out/f)
+        (out/OLD_STATE_FILE).unlink(missing_ok=True)
     meta = dict(config={**asdict(config), 'channels': list(config.channels)}, model=config.model_dict(), step=step,
                 n_train_images=n_images, train_seconds=round(seconds, 1), target_steps=config.steps, complete=bool(complete),
                 stopped_by=stopped_by, train_dtype=precision, history=history)
@@ -197,10 +257,11 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     "Train (or resume training) the in-domain DDPM on the training split of `dataset` on `device` (`dtype`: see `resolve_dtype`); returns the model folder `out`."
     from tqdm.auto import tqdm
     config = config.check()
+    check_device(device)
     bf16 = resolve_dtype(dtype, device) == 'bf16'
     used = set()
+    images, boxes, n_skipped = _train_pool(dataset)   # before anything is written: a refused dataset leaves no folder
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    images, boxes, n_skipped = _train_pool(dataset)
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[]):   # the initial weights depend on the seed only, not on the caller's RNG
         torch.manual_seed(config.seed); unet = build_unet(config).to(dev)
@@ -208,13 +269,13 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4)
     gen, rng = torch.Generator().manual_seed(config.seed), np.random.default_rng(config.seed)
     step, history, seconds0 = 0, [], 0.0
-    if resume and (out/STATE_FILE).exists() and (out/CONFIG_FILE).exists():
+    if resume and _has_state(out) and (out/CONFIG_FILE).exists():
         meta = read_meta(out)
         built = built_model(meta)
         check(built == config.model_dict(), f'the checkpoint there was built with {built}, not {config.model_dict()}',
               'train with the same model settings, pass resume=False (--no-resume) to start over, or use another folder', path=out)
         unet = UNet2DModel.from_pretrained(out/'unet', use_safetensors=True).to(dev)
-        st = torch.load(out/STATE_FILE, weights_only=False, map_location='cpu')
+        st = _read_state(out)
         opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4); opt.load_state_dict(st['opt'])
         gen.set_state(st['gen']); rng.bit_generator.state = st['rng']
         step, history, seconds0 = st['step'], meta['history'], meta.get('train_seconds', 0.0)
@@ -305,11 +366,15 @@ class DDPMGenerator(Generator):
     name, version = 'ddpm', '1'
     knobs = frozenset({'strength', 'steps', 'seed'})
     channels, min_size, batch_size = 1, 16, 8
+    img2img_steps = True   # SDEdit runs the last int(strength × steps) steps
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64, channels_last: bool = True,
                  dtype: str | None = 'auto'):
+        check_device(device)
         self.folder, self.bf16 = Path(model_folder), resolve_dtype(dtype, device) == 'bf16'
         self.meta = _read_meta(self.folder)
+        check(self.meta.get('step', 1) >= 1, f'the DDPM in {self.folder} was never trained (0 iterations): its "variations" would be noise',
+              'train it first: synthkit train-ddpm DATA --out FOLDER --steps N', path=self.folder)
         self.unet = load_pretrained(UNet2DModel, self.folder/'unet', 'DDPM UNet').to(device).eval()
         if channels_last: self.unet = self.unet.to(memory_format=torch.channels_last)
         self.scheduler = DDIMScheduler.from_config(DDPMScheduler.load_config(self.folder/'scheduler'),
@@ -318,7 +383,7 @@ class DDPMGenerator(Generator):
         self.multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
         m = self.multiple
         self.tile, self.overlap = max(m, tile // m * m), overlap // m * m
-        self.model_id, self.weights_hash = str(self.folder), weights_hash(self.folder)
+        self.model_id, self.weights_hash = str(self.folder), weights_hash(self.folder, skip=(STATE_FILE,))
         self.unet_evals = 0   # counts UNet evaluations (per image), for benchmarks
 
     def _unet(self, x, t):
@@ -338,7 +403,7 @@ class DDPMGenerator(Generator):
     def sdedit(self, x: np.ndarray, strength: float, steps: int, seeds: list) -> list:
         "Variations of the grey float image `x` (HxW in [0, 1]), one per seed, as float arrays."
         ts = sdedit_timesteps(self.scheduler, strength, steps)
-        if not ts: return [x.copy() for _ in seeds]
+        GenParams(strength=strength, steps=steps).check(img2img=True)   # no step to run: refused, never a copy of the source
         h, w = x.shape; m = self.multiple
         ph, pw = -h % m, -w % m
         src = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None] * 2 - 1
@@ -413,15 +478,16 @@ def cli_args(parser):
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 def cli_run(args) -> int:
-    from synthkit.data.formats import load_dataset
-    ds = load_dataset(args.data)
+    from synthkit.data.formats import load_reported
+    check_device(args.device); resolve_dtype(args.dtype, args.device)   # refused before anything is read or removed
+    ds = load_reported(args.data)
     minutes = args.minutes if args.minutes is not None else None if args.steps else DDPMConfig.minutes
     head_dim, meta = args.head_dim, Path(args.out)/CONFIG_FILE
     if head_dim is None:   # resuming: the folder's own (models from before head_dim was a setting: LEGACY's)
         head_dim = built_model(read_meta(args.out))['head_dim'] if meta.is_file() and not args.no_resume else DDPMConfig.head_dim
-    cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr, head_dim=head_dim)
+    cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr, head_dim=head_dim).check()
     if args.no_resume and Path(args.out).exists():
-        for f in (STATE_FILE, CONFIG_FILE): (Path(args.out)/f).unlink(missing_ok=True)
+        for f in (STATE_FILE, STATE_JSON, OLD_STATE_FILE, CONFIG_FILE): (Path(args.out)/f).unlink(missing_ok=True)
     out = train_ddpm(ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, device=args.device,
                      dtype=args.dtype)
     h = training_history(out)

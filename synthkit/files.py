@@ -7,15 +7,27 @@ from __future__ import annotations
 import hashlib, json, os, tempfile
 from pathlib import Path
 
+from .errors import SynthkitError, check
+
 # %% auto #0
-__all__ = ['atomic_write', 'write_text', 'write_json', 'sha256_file']
+__all__ = ['umask', 'atomic_write', 'write_text', 'write_json', 'sha256_file', 'check_out_folder']
 
 # %% ../nbs/02a_files.ipynb #bb20ed83
+def umask() -> int:
+    "This process's umask, read without changing it where Linux shows it in /proc (else set and restored at once)."
+    try:
+        for ln in Path('/proc/self/status').read_text().splitlines():
+            if ln.startswith('Umask:'): return int(ln.split()[1], 8)
+    except (OSError, ValueError): pass
+    m = os.umask(0o022); os.umask(m)
+    return m
+
 def atomic_write(path, write) -> Path:
     "Call `write(tmp_path)` on a hidden temp file next to `path`, then rename it to `path`. Nothing half-written is ever visible."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask())   # mkstemp makes 0600: the finished file gets the modes any other new file would
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -37,3 +49,36 @@ def sha256_file(path, n: int | None = None) -> str:
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()[:n] if n else h.hexdigest()
+
+# %% ../nbs/02a_files.ipynb #bca80915
+def _nearest_existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent: p = p.parent
+    return p
+
+def check_out_folder(out, inputs=(), writes=None, what: str = '--out', same=()) -> Path:
+    """Refuse an output folder before any work is done: an existing file; an input folder or a folder inside one; a
+    folder holding an input where this command writes (`writes`: the names it writes at the top of `out`, None: anywhere);
+    one of the folders `same` (inputs it may sit inside); a place this user can't write. Creates nothing; returns `Path(out)`."""
+    out = Path(out).expanduser()
+    check(out.is_dir() or not out.exists(), f'{what} is a file, not a folder', 'pass a folder (it is created if missing)', path=out)
+    o = out.resolve()
+    for inp in same:
+        check(o != Path(inp).expanduser().resolve(), f'{what} is the input folder {inp}: the outputs would mix with the files they are made from',
+              'write into another folder', path=out)
+    for inp in inputs:
+        i = Path(inp).expanduser().resolve()
+        if not i.is_dir(): continue
+        if o == i or i in o.parents:
+            where = 'is the input folder' if o == i else f'is inside the input folder {inp}'
+            raise SynthkitError(f'{what} {where}: the outputs would mix with (or replace) the files they are made from',
+                                'write into a folder outside the input', path=out)
+        if o in i.parents and (writes is None or i.relative_to(o).parts[0] in writes):
+            raise SynthkitError(f'the input {inp} is inside {what}, where this command writes {i.relative_to(o).parts[0]}: '
+                                'it would overwrite its own input', "write into a folder that doesn't hold the input", path=out)
+    base = _nearest_existing(o)
+    check(base.is_dir(), f'{what} cannot be created: {base} is a file', 'pass a folder path', path=out)
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.tmp-probe-', dir=base); os.close(fd); os.unlink(probe)
+    except OSError as e:
+        raise SynthkitError(f'cannot write in {base} ({e.strerror or e})', 'choose a folder you can write to, or fix its permissions', path=out)
+    return out

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_generators.ipynb #d4aa6c40
 from __future__ import annotations
-import hashlib, importlib, inspect, warnings
+import hashlib, importlib, inspect, math, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
@@ -18,11 +18,24 @@ from .offline import setup_offline
 setup_offline()  # before diffusers / transformers are imported anywhere
 
 # %% auto #0
-__all__ = ['KNOBS', 'DTYPE_ARGS', 'GENERATORS', 'GenParams', 'derive_seed', 'torch_generators', 'torch_threads', 'Generator',
-           'load_pretrained', 'weights_hash', 'generator_class', 'load_generator']
+__all__ = ['KNOBS', 'DTYPE_ARGS', 'GENERATORS', 'min_steps', 'min_strength', 'GenParams', 'derive_seed', 'torch_generators',
+           'check_device', 'torch_threads', 'Generator', 'load_pretrained', 'weights_hash', 'generator_class',
+           'load_generator']
 
 # %% ../nbs/10_generators.ipynb #2b8a8ba1
 KNOBS = ('strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt')
+
+def min_steps(strength: float) -> int:
+    "The fewest sampler steps that give `strength` at least one denoising step."
+    n = max(1, math.ceil(1 / float(strength)))
+    while int(n * float(strength)) < 1: n += 1
+    return n
+
+def min_strength(steps: int) -> float:
+    "The smallest strength (4 significant digits, rounded up) that gives `steps` sampler steps at least one denoising step."
+    s = math.ceil(1e4 / int(steps)) / 1e4
+    while int(int(steps) * s) < 1: s = round(s + 1e-4, 4)
+    return s
 
 @dataclass(frozen=True)
 class GenParams:
@@ -34,15 +47,24 @@ class GenParams:
     prompt: str = ''
     negative_prompt: str = ''
 
-    def check(self) -> 'GenParams':
-        "Raise `SynthkitError` for values no backend can use; returns self."
+    def check(self, img2img: bool = False) -> 'GenParams':
+        "Raise `SynthkitError` for values no backend can use, and with `img2img` a strength × steps that runs no step; returns self."
         s = self.strength
         check(isinstance(s, (int, float)) and 0 < s <= 1, f'strength={s!r} is outside (0, 1]',
               'use e.g. 0.2 for close variations, 0.6 for freer ones')
         check(isinstance(self.steps, (int, np.integer)) and self.steps >= 1, f'steps={self.steps!r} must be an integer ≥ 1', 'use e.g. 25')
         check(isinstance(self.guidance, (int, float)) and self.guidance >= 0, f'guidance={self.guidance!r} must be ≥ 0', 'use e.g. 7.5, or 1 for none')
         check(isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63, f'seed={self.seed!r} must be an integer in [0, 2**63)')
+        if img2img:
+            check(self.denoising_steps >= 1, f'strength={s!r} with steps={self.steps} runs {self.denoising_steps} denoising steps',
+                  f'use steps ≥ {min_steps(s)} for this strength, or strength ≥ {min_strength(self.steps)} with steps={self.steps} '
+                  '(with no step, every "variation" would be a copy of its source)')
         return self
+
+    @property
+    def denoising_steps(self) -> int:
+        "Sampler steps an img2img / SDEdit run takes: the last `int(strength * steps)` of the schedule (diffusers' rule)."
+        return min(int(int(self.steps) * float(self.strength)), int(self.steps))
 
     def asdict(self) -> dict: return asdict(self)
     def replace(self, **kw) -> 'GenParams': return replace(self, **kw)
@@ -61,6 +83,19 @@ def torch_generators(seeds, device='cpu') -> list:
 
 # %% ../nbs/10_generators.ipynb #35cc2396
 DTYPE_ARGS = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}   # describe()'s dtype -> the `dtype=` that asks for it
+
+def check_device(device):
+    "`torch.device(device)`, refused in one line when it isn't a device name or this machine has no such device."
+    import torch
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError): raise SynthkitError(f'device={device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
+    if dev.type == 'cuda':
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        check(n, f'device={device!r}, but torch sees no CUDA GPU on this machine', 'use --device cpu, or run where a GPU is visible')
+        check(dev.index is None or dev.index < n, f'device={device!r}, but this machine has {n} CUDA GPU(s)', f'use cuda:0 … cuda:{n - 1}')
+    elif dev.type == 'mps':
+        check(torch.backends.mps.is_available(), f'device={device!r}, but this machine has no Apple GPU', 'use --device cpu')
+    return dev
 
 @contextmanager
 def torch_threads(n: int | None):
@@ -82,6 +117,7 @@ class Generator:
     model_id: str = ''          # hub id or local folder it was loaded from
     weights_hash: str = ''      # sha256 (first 16 hex digits) of the weight files
     batch_size: int = 4         # outputs computed per model call by default
+    img2img_steps: bool = False # runs the last int(strength × steps) sampler steps (img2img, SDEdit): 0 is refused up front
 
     def _run(self, x: np.ndarray, boxes: np.ndarray, cls: np.ndarray, params: GenParams, seeds: list) -> list:
         raise NotImplementedError
@@ -94,7 +130,7 @@ class Generator:
     def generate(self, image: np.ndarray, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
                  seeds=None, source_id: str = 'image', batch_size: int | None = None) -> list:
         "`n` variations of `image` (same dtype, range and channels). Seeds default to `derive_seed(params.seed, source_id, k)`."
-        params = params.check()
+        params = params.check(self.img2img_steps)
         check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
         image = np.asarray(image)
         check(image.ndim in (2, 3), f'image of shape {image.shape} is not HxW or HxWxC')
@@ -147,12 +183,12 @@ def load_pretrained(cls, id_or_path, what: str = 'model', **kw):
                 if not looks_local and not online_allowed() else 'check that the folder holds a complete diffusers/transformers model in safetensors format')
         raise SynthkitError(f'could not load {what} {str(id_or_path)!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})', hint)
 
-def weights_hash(folder) -> str:
-    "sha256 (first 16 hex digits) over the weight files under `folder`, in path order; '' when there are none."
+def weights_hash(folder, skip=()) -> str:
+    "sha256 (first 16 hex digits) over the weight files under `folder` (not those named in `skip`), in path order; '' when there are none."
     folder = Path(folder)
     if not folder.is_dir(): return ''
     h = hashlib.sha256()
-    files = sorted(p for p in folder.rglob('*') if p.suffix in ('.safetensors', '.bin', '.pt', '.ckpt') and p.is_file())
+    files = sorted(p for p in folder.rglob('*') if p.suffix in ('.safetensors', '.bin', '.pt', '.ckpt') and p.is_file() and p.name not in skip)
     for f in files:
         h.update(f.relative_to(folder).as_posix().encode())
         with open(f, 'rb') as fh:

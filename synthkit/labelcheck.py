@@ -7,13 +7,14 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .errors import SynthkitError, check
 
 # %% auto #0
-__all__ = ['match_boxes', 'LabelVerdict', 'LabelCheck']
+__all__ = ['WEIGHTS_FIX', 'match_boxes', 'LabelVerdict', 'LabelCheck', 'check_yolo_weights']
 
 # %% ../nbs/21_labelcheck.ipynb #306257e0
 def match_boxes(src_boxes, src_cls, det_boxes, det_cls, iou: float = 0.5, class_aware: bool = True) -> list:
@@ -59,9 +60,16 @@ class LabelCheck:
 
     @classmethod
     def from_weights(cls, weights, imgsz: int = 320, device: str = 'cpu', **kw) -> 'LabelCheck':
-        "A label check with `synthkit.detect.Detector(weights)` (a YOLO trained on the real training images)."
+        "A label check with `synthkit.detect.Detector(weights)` (a YOLO trained on the real training images), vetted by `check_yolo_weights`."
         from synthkit.detect import Detector
-        return cls(Detector(weights, imgsz=imgsz, device=device), **kw)
+        from synthkit.generators import check_device
+        p = check_yolo_weights(weights); check_device(device)
+        try: det = Detector(p, imgsz=imgsz, device=device)
+        except SynthkitError: raise
+        except Exception as e:   # Ultralytics' own failures come in many types; each is about this file
+            raise SynthkitError(f'could not load the YOLO weights ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""})',
+                                WEIGHTS_FIX, path=p)
+        return cls(det, **kw)
 
     def _detect(self, image):
         out = self.detector.predict(image, conf=self.conf) if self._pass_conf else self.detector.predict(image)
@@ -100,3 +108,29 @@ class LabelCheck:
 
     def __repr__(self):
         return f'LabelCheck(iou={self.iou}, recall={self.recall}, conf={self.conf}, mode={self.mode!r}, precision={self.precision})'
+
+# %% ../nbs/21_labelcheck.ipynb #5ef8363f
+WEIGHTS_FIX = 'pass the best.pt / last.pt of a YOLO trained on the real training images (synthkit.detect.train_detector)'
+
+def _is_layer(name: str) -> bool:
+    "Whether a pickle global `module.Name` is a torch / Ultralytics network layer class (imports only those two libraries)."
+    import importlib, torch
+    mod, _, attr = name.rpartition('.')
+    if not mod.startswith(('ultralytics.nn.', 'torch.nn.modules.')): return False
+    try: obj = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError): return False
+    return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+
+def check_yolo_weights(weights) -> Path:
+    "`weights` as a Path if it is a PyTorch checkpoint whose pickle names nothing but tensors and network layers; else one clear error. Nothing is unpickled."
+    import zipfile, torch
+    p = Path(weights).expanduser()
+    check(p.is_file(), 'label-check weights not found', WEIGHTS_FIX, path=p)
+    check(zipfile.is_zipfile(p), 'not YOLO weights (not a PyTorch .pt checkpoint)', WEIGHTS_FIX, path=p)
+    try: names = torch.serialization.get_unsafe_globals_in_checkpoint(p)
+    except Exception as e: raise SynthkitError(f'not YOLO weights ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""})', WEIGHTS_FIX, path=p)
+    bad = [n for n in names if not _is_layer(n)]
+    if bad: raise SynthkitError(f'the checkpoint names {bad[0]!r}, which is not a network layer: loading it could run code, so it '
+                                'was not loaded', 'use weights you trained yourself, or from a source you trust', path=p)
+    check(any(n.startswith('ultralytics.nn.tasks.') for n in names), 'not YOLO weights (no Ultralytics model in the checkpoint)', WEIGHTS_FIX, path=p)
+    return p

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SynthkitError, check
-from .files import atomic_write, sha256_file
+from .files import atomic_write, sha256_file, check_out_folder
 from .images import save_image, read_image
-from .data.items import Item, Dataset
+from .data.items import Item, Dataset, check_origins
 from .generators import Generator, GenParams, derive_seed, torch_threads, DTYPE_ARGS
 
 # %% auto #0
-__all__ = ['MANIFEST', 'REJECTED', 'Manifest', 'output_name', 'write_variation', 'SynthSummary', 'synthesize', 'regenerate',
-           'cli_args', 'cli_run']
+__all__ = ['MANIFEST', 'REJECTED', 'WRITES', 'Manifest', 'output_name', 'write_variation', 'SynthSummary', 'synthesize',
+           'regenerate', 'cli_args', 'cli_run']
 
 # %% ../nbs/13_synthesize.ipynb #c27f6755
 MANIFEST, REJECTED = 'manifest.jsonl', 'rejected.jsonl'
@@ -102,7 +102,7 @@ def write_variation(out, source_item: Item, k: int, image: np.ndarray, record: d
     cls = source_item.cls if cls is None else np.asarray(cls, np.int64).reshape(-1)
     write_yolo_label(lab_path, Item(img_path, w, h, boxes, cls, stem))
     rec = dict(record, source=source_item.id, k=int(k), part=str(part), path=img_path.relative_to(out).as_posix(),
-               label=lab_path.relative_to(out).as_posix(), sha256=sha256_file(img_path), width=int(w), height=int(h),
+               label=lab_path.relative_to(out).as_posix(), sha256=sha256_file(img_path), label_sha256=sha256_file(lab_path), width=int(w), height=int(h),
                boxes=np.round(boxes, 3).tolist(), cls=[int(c) for c in cls], source_path=str(Path(source_item.path).resolve()))
     if manifest: Manifest(out).append(rec)
     return rec
@@ -121,13 +121,14 @@ def _plan(dataset: Dataset, parts: dict | None, into: str | None) -> list:
             seen[i] = p
     if into is not None:
         bad = [i for i, p in seen.items() if p != into]
-        if into == 'train' and bad:
-            raise SynthkitError(f'lineage guard: {len(bad)} sources are not training images (e.g. {bad[0]!r} is in {seen[bad[0]]!r}), '
-                                'but into="train" would put their variations into the training set',
-                                'generate training data from the training images only (e.g. parts={"train": train_ids}), '
+        if bad:
+            raise SynthkitError(f'lineage guard: {len(bad)} sources are not {into} images (e.g. {bad[0]!r} is in {seen[bad[0]]!r}), '
+                                f'but into={into!r} would put their variations into the {into} part',
+                                f'generate {into} data from the {into} images only (e.g. --parts {into}, parts={{"{into}": ids}}), '
                                 "or leave into unset so each variation keeps its source's part")
-        seen = {i: into for i in seen}
-    return [(dataset[i], p) for i, p in seen.items()]
+    plan = [(dataset[i], p) for i, p in seen.items()]
+    check_origins(plan, 'generated into')
+    return plan
 
 # %% ../nbs/13_synthesize.ipynb #f1404b56
 @dataclass
@@ -143,6 +144,7 @@ class SynthSummary:
     unet_evals: int | None = None
     parts: dict = field(default_factory=dict)   # part -> outputs written in this call
     checked: int = 0           # outputs the label check looked at (0: none was asked for)
+    remade: int = 0            # recorded outputs whose files were gone or changed, made again
 
     @property
     def kept(self) -> int: return self.written
@@ -151,6 +153,7 @@ class SynthSummary:
 
     def __str__(self):
         s = f'{self.written} written ({", ".join(f"{p} {n}" for p, n in self.parts.items()) or "none"}), {self.skipped} already there'
+        if self.remade: s += f' ({self.remade} of the written were recorded but missing or changed on disk: made again)'
         if self.checked: s += f', {self.dropped} dropped by the label check, {self.relabelled} relabelled'
         s += f'; {self.seconds:.1f} s'
         if self.written + self.dropped: s += f' ({self.images_per_s:.2f} images/s)'
@@ -169,30 +172,65 @@ def _shard_from_env():
     n = int(os.environ.get('WORLD_SIZE', '1') or 1)
     return (int(os.environ.get('RANK', '0') or 0), n) if n > 1 else (0, 1)
 
+WRITES = ('images', 'labels', 'data.yaml', MANIFEST, REJECTED)   # what synthesize writes at the top of `out`
+
+def _check_out(out, dataset: Dataset, plan: list) -> Path:
+    """The output guard for a dataset: `out` may not be its root or a source image folder, nor lie inside an `images/`
+    part folder (an importer would take the outputs for real images); a loose folder of images may hold it."""
+    dirs = list(dict.fromkeys(Path(it.path).parent.resolve() for it, _ in plan))
+    parts = [d for d in dirs if 'images' in d.parts]
+    return check_out_folder(out, parts, WRITES, same=dirs + ([] if dataset.root is None else [Path(dataset.root)]))
+
+def _check_sizes(plan: list, generator: Generator):
+    "Refuse, before anything is written, a source smaller than the generator can take, naming its file."
+    small = [it for it, _ in plan if min(it.width, it.height) < generator.min_size]
+    if small:
+        it = small[0]
+        raise SynthkitError(f'image is {it.width}x{it.height} px, smaller than the {generator.min_size} px the {generator.name} generator '
+                            f'needs ({len(small)} such images)', 'remove such images from the dataset, or upscale them', path=it.path)
+
+def _stale(out: Path, recs: list, ours: set, n: int) -> set:
+    "(source, k) whose last record names a file that is gone or has other bytes (sha256) than recorded: made again."
+    last = {(r['source'], int(r['k'])): r for r in recs if r.get('source') in ours and int(r.get('k', -1)) < n}
+    bad = set()
+    for key, r in last.items():
+        img, lab = out/r['path'], out/r.get('label', '')
+        ok = img.is_file() and sha256_file(img) == r.get('sha256') and lab.is_file()
+        if ok and r.get('label_sha256'): ok = sha256_file(lab) == r['label_sha256']
+        if not ok: bad.add(key)
+    return bad
+
 def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params: GenParams, out, *, parts: dict | None = None,
                into: str | None = None, batch_size: int | None = None, label_check=None, progress: bool = True,
                shard: tuple | None = None) -> SynthSummary:
     "Write `n_per_image` variations of each source with labels and a manifest into `out`; resumable. Returns a summary."
     from tqdm.auto import tqdm
     from synthkit.data.formats import write_data_yaml
-    params = params.check()
+    params = params.check(getattr(generator, 'img2img_steps', False))
     check(isinstance(n_per_image, (int, np.integer)) and n_per_image >= 1, f'n_per_image={n_per_image!r} must be an integer ≥ 1')
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
     plan = _plan(dataset, parts, into)
+    out = _check_out(out, dataset, plan)   # before anything is written
+    _check_sizes(plan, generator)
     bs = max(1, int(batch_size or generator.batch_size))
     rank, world = shard or _shard_from_env()
     mine = plan[rank::world]
     settings = _settings(generator, params)
     man, rej = Manifest(out), Manifest(out/REJECTED)
     ours = {it.id for it, _ in plan}
-    old = man.read() + rej.read()
+    recs, old = man.read(), man.read() + rej.read()
     for r in old:
         if r.get('source') in ours and int(r.get('k', -1)) < n_per_image:
             theirs = {k: r.get(k) for k in ('generator', 'generator_version', 'weights_hash', 'dtype')}
             theirs['params'] = {k: v for k, v in (r.get('params') or {}).items() if k in settings['params']}
             check(theirs == settings, f'{out} already holds outputs of {r["source"]!r} made with other settings ({theirs} vs {settings})',
                   'write into a new folder, or delete that one to start over', path=out/MANIFEST)
-    done = {(r['source'], int(r['k'])) for r in old}
+            asked = r.get('batch_size_asked', bs)
+            check(asked == bs, f'{out} holds outputs computed {asked} per model call, but this run would compute {bs}: the batch '
+                  'changes the pixels (by rounding), so the folder would mix two results', f'resume with batch_size={asked} '
+                  f'(--batch-size {asked}), or write into a new folder', path=out/MANIFEST)
+    stale = _stale(out, recs, ours, n_per_image)   # recorded, but the file is gone or is not the one recorded
+    done = {(r['source'], int(r['k'])) for r in old} - stale
+    out.mkdir(parents=True, exist_ok=True)
     summ = SynthSummary(out, planned=len(mine) * n_per_image)
     todo = [(it, p, k) for it, p in mine for k in range(n_per_image) if (it.id, k) not in done]
     summ.skipped = summ.planned - len(todo)
@@ -212,7 +250,7 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
                                                    batch_size=len(ks))
                 for k, sd, (y, gb, gc) in zip(ks, seeds, outs):
                     if (it.id, k) in done: continue
-                    rec = dict(base, seed=int(sd), batch_size=len(ks), source_part=it.meta.get('split') or part)
+                    rec = dict(base, seed=int(sd), batch_size=len(ks), batch_size_asked=bs, source_part=it.meta.get('split') or part)
                     boxes, cls = gb, gc
                     if label_check is not None:   # a real check of the output and the boxes it came with
                         v = label_check(y, gb, gc); summ.checked += 1
@@ -223,7 +261,7 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
                         changed = len(boxes) != len(gb) or not np.allclose(boxes, gb) or not np.array_equal(cls, gc)
                         rec['label_check']['relabelled'] = bool(changed); summ.relabelled += bool(changed)
                     write_variation(out, it, k, y, rec, part, boxes, cls)
-                    summ.written += 1; summ.parts[part] = summ.parts.get(part, 0) + 1
+                    summ.written += 1; summ.parts[part] = summ.parts.get(part, 0) + 1; summ.remade += (it.id, k) in stale
                     bar.update(1)
     finally:
         bar.close()
@@ -248,7 +286,7 @@ def _finish(out: Path, plan: list, names: list, n: int):
     with open(man.path, 'a+b') as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            recs = man.read()
+            recs = list({(r['source'], int(r['k'])): r for r in man.read()}.values())   # an output made again: its last record
             order = {it.id: i for i, (it, _) in enumerate(plan)}
             recs.sort(key=lambda r: (order.get(r['source'], len(order)), r['source'] if r['source'] not in order else '', int(r['k'])))
             man.rewrite(recs)
@@ -301,10 +339,9 @@ def cli_args(parser):
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 def cli_run(args) -> int:
-    from synthkit.data.formats import load_dataset, source_parts
+    from synthkit.data.formats import load_reported, source_parts
     from synthkit.generators import load_generator
-    ds = load_dataset(args.data)
-    check(len(ds), 'no usable images', 'see `synthkit convert` for what the importer found', path=args.data)
+    ds = load_reported(args.data)   # unreadable or skipped images are listed, not dropped silently
     parts = source_parts(ds) or {'train': ds.ids}
     if args.parts:
         want = [p.strip() for p in args.parts.split(',') if p.strip()]

@@ -43,13 +43,16 @@ def test_convert_reports_problems_and_strict_fails(tmp_path):
     src = _bad_yolo(tmp_path/'src')
     r = run(src, '--out', tmp_path/'y')
     assert r.returncode == 0, r.stderr
-    assert 'report: 1 clipped box, 1 note, 1 skipped image' in r.stdout and 'counted once' in r.stdout
-    assert 'labels/a.txt:2: box' in r.stdout and 'images/b.png: no label file' in r.stdout
+    assert 'report: 1 background image, 1 clipped box, 1 note' in r.stdout and 'counted once' in r.stdout
+    assert 'labels/a.txt:2: box' in r.stdout and 'images/b.png: no label file labels/b.txt; read as a background image' in r.stdout
+    assert 'b.txt' in {p.name for p in (tmp_path/'y/labels/train').iterdir()}
     assert 'clipped box' in (tmp_path/'y/import_report.txt').read_text()
     r = run(src, '--out', tmp_path/'y', '--strict')
     assert r.returncode == 1
     r = run(src, '--out', tmp_path/'y2', '--out-of-bounds', 'reject')
     assert 'dropped box' in r.stdout
+    r = run(src, '--out', tmp_path/'y3', '--missing-labels', 'skip')
+    assert r.returncode == 0 and 'images/b.png: no label file labels/b.txt (an empty file means "no objects") [skipped image]' in r.stdout
 
 
 def test_convert_errors_are_one_line_exit_2(tmp_path):
@@ -60,5 +63,5 @@ def test_convert_errors_are_one_line_exit_2(tmp_path):
     r = run(tmp_path/'e', '--out', tmp_path/'y')
     assert r.returncode == 2 and 'cannot tell the dataset format' in r.stderr and 'Traceback' not in r.stderr
     save_image(np.zeros((40, 64), np.uint8), tmp_path/'e/images/a.png'); (tmp_path/'e/labels').mkdir()
-    r = run(tmp_path/'e', '--out', tmp_path/'y')
+    r = run(tmp_path/'e', '--out', tmp_path/'y', '--missing-labels', 'skip')   # its only image has no label file
     assert r.returncode == 2 and 'no usable images' in r.stderr

@@ -135,12 +135,13 @@ def test_unreadable_image_and_check_pixels_false(tmp_path):
 
 
 # ---------------------------------------------------------------- labels
-def test_empty_label_is_background_missing_label_is_skipped(tmp_path):
+def test_empty_label_is_background_missing_label_is_background_by_default(tmp_path):
     ds = load_yolo(yolo(tmp_path, {'a': '', 'b': None}))
-    assert ds.ids == ['a'] and ds['a'].n_boxes == 0
-    assert msgs(ds) == ['images/b.png: no label file labels/b.txt (an empty file means "no objects") [skipped image]']
-    ds = load_yolo(tmp_path, missing_labels='empty')
-    assert ds.ids == ['a', 'b'] and ds.report.problems[0].action == 'note'
+    assert ds.ids == ['a', 'b'] and ds['a'].n_boxes == 0 and ds['b'].n_boxes == 0
+    assert msgs(ds) == ['images/b.png: no label file labels/b.txt; read as a background image (no objects) [background image]']
+    assert ds.report.summary().startswith('1 background image\n')
+    ds = load_yolo(tmp_path, missing_labels='skip')
+    assert ds.ids == ['a'] and msgs(ds) == ['images/b.png: no label file labels/b.txt (an empty file means "no objects") [skipped image]']
 
 
 @pytest.mark.parametrize('text,line,what', [

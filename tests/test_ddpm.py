@@ -69,8 +69,10 @@ def test_sdedit_shapes_seeds_and_odd_sizes(model):
     p = GenParams(strength=0.5, steps=6, seed=1)
     a, b = g.generate(src, n=2, params=p, source_id='s'), g.generate(src, n=2, params=p, source_id='s')
     assert a[0].shape == src.shape and a[0].dtype == np.uint16 and np.array_equal(a[0], b[0]) and not np.array_equal(a[0], a[1])
-    # tiny strength runs no step: the source comes back
-    assert np.array_equal(g.generate(src, params=GenParams(strength=0.05, steps=6))[0], src)
+    # a strength too small for one step would return the source as its "variation": refused, naming the smallest that works
+    with pytest.raises(SynthkitError, match=r'strength=0.05 with steps=6 runs 0 denoising steps — use steps ≥ 20 for this strength, or strength ≥ 0.1667 with steps=6'):
+        g.generate(src, params=GenParams(strength=0.05, steps=6))
+    assert not np.array_equal(g.generate(src, params=GenParams(strength=0.1667, steps=6))[0], src)
 
 
 def test_crops_are_seeded_and_object_weighted(toy):

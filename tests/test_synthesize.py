@@ -79,6 +79,38 @@ def test_kill_and_resume_gives_the_uninterrupted_files(setup, reference, tmp_pat
     assert _files(out) == _files(reference)   # same images, labels and manifest, byte for byte; no temp files
 
 
+def _check_consistent(out: Path):
+    "What a kill at any moment may leave: records only of complete outputs (image and label with their sha256), no duplicates."
+    from synthkit.files import sha256_file
+    recs = Manifest(out).read()
+    keys = [(r['source'], r['k']) for r in recs]
+    assert len(keys) == len(set(keys)), 'duplicate records'
+    for r in recs:
+        assert sha256_file(out/r['path']) == r['sha256'] and sha256_file(out/r['label']) == r['label_sha256'], r['path']
+    return len(recs)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_kill_at_random_points_then_resume(setup, reference, tmp_path, seed):
+    "Two kills at seeded random moments (before the first output, between outputs, during the final rewrite), then a resume."
+    import random
+    rng, out, total = random.Random(seed), tmp_path/'killed', N_IMG * N_VAR
+    for _ in range(2):
+        target, extra = rng.randint(0, total), rng.uniform(0, 0.4)
+        p = subprocess.Popen(_cmd(setup, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            if target == 0 or ((out/'manifest.jsonl').exists() and len(Manifest(out).read()) >= target): break
+            time.sleep(0.02)
+        time.sleep(extra)
+        p.send_signal(signal.SIGKILL); p.wait()
+        _check_consistent(out)
+    r = subprocess.run(_cmd(setup, out), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert _check_consistent(out) == total
+    assert _files(out) == _files(reference)   # byte for byte, no temp files left
+
+
 def test_two_accelerate_processes_give_the_single_process_files(setup, reference, tmp_path):
     out = tmp_path/'acc'
     cmd = [str(BIN/'accelerate'), 'launch', '--cpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',

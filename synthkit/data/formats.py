@@ -21,7 +21,8 @@ from .items import Item, Dataset, ImportReport, find_dev_data
 # %% auto #0
 __all__ = ['FORMATS', 'probe_image', 'clean_boxes', 'label_path_for', 'read_yolo_label', 'load_yolo', 'yolo_lines',
            'write_yolo_label', 'write_data_yaml', 'export_yolo', 'load_coco', 'glob_escape', 'load_voc',
-           'detect_format', 'load_dataset', 'cli_args', 'source_parts', 'cli_run']
+           'detect_format', 'load_dataset', 'load_reported', 'dataset_folders', 'cli_args', 'source_parts', 'cli_run',
+           'cli_inputs']
 
 # %% ../../nbs/04_data_formats.ipynb #c94ccbb2
 def probe_image(path, decode: bool = True) -> tuple[int, int]:
@@ -167,6 +168,17 @@ def _yaml_names(names, where) -> list:
     check(isinstance(names, (list, tuple)), f'names must be a list or a {{index: name}} mapping, not {names!r}', path=where)
     return [str(n) for n in names]
 
+def _refuse_copied_path(cfg: dict, root: Path, yml: Path):
+    "A data.yaml whose `path:` is another folder that holds the same relative parts as its own folder: a copied dataset."
+    if root.resolve() == yml.parent.resolve(): return
+    rel = [e for part in ('train', 'val', 'test') for e in (cfg.get(part) if isinstance(cfg.get(part), list) else [cfg.get(part)])
+           if e and not Path(str(e)).is_absolute()]
+    both = [e for e in rel if (yml.parent/str(e)).exists() and (root/str(e)).exists()]
+    if both:
+        raise SynthkitError(f'path: {cfg.get("path")} is another folder than this data.yaml\'s own, and both hold {both[0]}: '
+                            'this looks like a copied dataset that would silently read the original',
+                            f'to read this copy, set "path: ." (or delete the path: line); to read the original, pass {root}', path=yml)
+
 def _yolo_sources(path: Path, report: ImportReport):
     "(root, names or None, [(part or None, image folder or None, [image paths])]) for a YOLO dataset at `path`."
     yml = path if path.is_file() else _find_yaml(path)
@@ -188,6 +200,7 @@ def _yolo_sources(path: Path, report: ImportReport):
     if not root.is_dir():
         report.add(yml, f'path: {cfg.get("path")} does not exist; reading the parts relative to {yml.parent} (moved dataset?)', 'note')
         root = yml.parent
+    _refuse_copied_path(cfg, root, yml)
     names = _yaml_names(cfg['names'], yml) if cfg.get('names') is not None else None
     sources = []
     for part in ('train', 'val', 'test'):
@@ -220,7 +233,29 @@ def _rel(p: Path, root: Path) -> str:
     try: return Path(p).relative_to(root).as_posix()
     except ValueError: return str(p)
 
-def load_yolo(path, *, out_of_bounds='clip', check_pixels=True, names=None, missing_labels='skip') -> Dataset:
+def _manifest_parts(folder: Path) -> dict:
+    "{output path relative to `folder`: the part it was made for} from `folder/manifest.jsonl` (written by synthesize)."
+    f, out = folder/'manifest.jsonl', {}
+    if not f.is_file(): return out
+    for ln in f.read_text(errors='replace').splitlines():
+        try: r = json.loads(ln)
+        except ValueError: continue   # a torn line: synthesize reports it where it matters
+        if isinstance(r, dict) and r.get('path') and r.get('part'): out[str(r['path'])] = str(r['part'])
+    return out
+
+def _attach_origins(ds: Dataset):
+    "Images listed in the manifest.jsonl of the folder above their `images/` get `meta['origin']`: the part they were made for."
+    cache = {}
+    for it in ds:
+        ps = Path(it.path).absolute().parts
+        idx = max((i for i, p in enumerate(ps[:-1]) if p == 'images'), default=None)
+        if idx is None: continue
+        folder = Path(*ps[:idx])
+        if folder not in cache: cache[folder] = _manifest_parts(folder)
+        part = cache[folder].get(Path(*ps[idx:]).as_posix())
+        if part: it.meta['origin'] = part
+
+def load_yolo(path, *, out_of_bounds='clip', check_pixels=True, names=None, missing_labels='empty') -> Dataset:
     "Import an Ultralytics YOLO dataset (a data.yaml, or a folder with images/ + labels/)."
     path = Path(path)
     check(path.exists(), 'dataset not found', 'check the path', path=path)
@@ -243,7 +278,7 @@ def load_yolo(path, *, out_of_bounds='clip', check_pixels=True, names=None, miss
                 if missing_labels == 'skip':
                     report.add(img, f'no label file {_rel(lab, root)} (an empty file means "no objects")',
                                'skipped image'); continue
-                report.add(img, f'no label file {_rel(lab, root)}; kept as an image with no objects', 'note')
+                report.add(img, f'no label file {_rel(lab, root)}; read as a background image (no objects)', 'background image')
             else:
                 used_labels.add(lab.resolve())
                 try: c['boxes'], c['cls'], c['lines'] = read_yolo_label(lab)
@@ -257,6 +292,7 @@ def load_yolo(path, *, out_of_bounds='clip', check_pixels=True, names=None, miss
         names = [f'class{i}' for i in range(n)]
         report.add(root, f'no class names (no data.yaml names: or classes.txt); called them {names}', 'note')
     ds = _finish(cands, names, root, report, out_of_bounds=out_of_bounds, check_pixels=check_pixels, fmt='yolo')
+    _attach_origins(ds)
     if (root/'labels').is_dir():
         for lab in sorted((root/'labels').rglob('*.txt')):
             if lab.resolve() not in used_labels and lab.name != 'classes.txt':
@@ -352,6 +388,31 @@ def _coco_image_dir(js: Path, file_names, images) -> Path:
         if c.is_dir() and any((c/f).is_file() for f in probe): return c
     return next((c for c in cands if c.is_dir()), js.parent)
 
+def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def _check_coco(d: dict, js: Path):
+    "One clear error for what would otherwise be a traceback or a silent mix-up: unnamed categories, duplicate ids, bad bboxes."
+    for c in d['categories']:
+        check(isinstance(c, dict) and 'id' in c and isinstance(c.get('name'), str) and c['name'].strip(),
+              f'category {c!r} has no name (or no id)', 'give every category an "id" and a "name"', path=js)
+    ids = [c['id'] for c in d['categories']]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    check(dup is None, f'category id {dup!r} is used twice', 'give each category its own id', path=js)
+    seen = {}
+    for im in d['images']:
+        check(isinstance(im, dict) and 'id' in im and isinstance(im.get('file_name'), str),
+              f'image entry {str(im)[:80]} has no id or file_name', 'give every image an "id" and a "file_name"', path=js)
+        check(im['id'] not in seen, f"image id {im['id']!r} is used by both {seen.get(im['id'])} and {im['file_name']}: "
+              'their annotations cannot be told apart', 'give each image its own id', path=js)
+        seen[im['id']] = im['file_name']
+    for a in d['annotations']:
+        check(isinstance(a, dict), f'annotation {str(a)[:80]} is not an object', path=js)
+        b = a.get('bbox')
+        check(isinstance(b, (list, tuple)) and len(b) == 4 and all(_num(v) for v in b),
+              f"annotation {a.get('id')} (image_id {a.get('image_id')}): bbox {b!r} is not 4 numbers [x, y, width, height]",
+              'fix or remove the annotation', path=js)
+        check('category_id' in a, f"annotation {a.get('id')} has no category_id", 'fix or remove the annotation', path=js)
+
 def load_coco(path, *, out_of_bounds='clip', check_pixels=True, names=None, images=None) -> Dataset:
     "Import COCO json: one file, or a folder whose `annotations/` (or itself) holds `*.json` (one per part)."
     path = Path(path)
@@ -368,6 +429,7 @@ def load_coco(path, *, out_of_bounds='clip', check_pixels=True, names=None, imag
                                 path=js, line=getattr(e, 'lineno', None))
         check(isinstance(d, dict) and isinstance(d.get('images'), list) and isinstance(d.get('annotations'), list)
               and isinstance(d.get('categories'), list), 'not a COCO detection file (needs images, annotations, categories lists)', path=js)
+        _check_coco(d, js)
         cats = sorted(d['categories'], key=lambda c: c['id'])
         these = [str(c['name']) for c in cats]
         check(cat_names is None or these == cat_names, f'categories {these} differ from {cat_names} in {files[0].name}',
@@ -388,7 +450,7 @@ def load_coco(path, *, out_of_bounds='clip', check_pixels=True, names=None, imag
             for a in by_img[im['id']]:
                 if a.get('iscrowd'):
                     report.add(js, f"crowd annotation {a.get('id')} of {im['file_name']} (a region, not an object)", 'dropped box'); continue
-                x, y, w, h = (a.get('bbox') or [0, 0, 0, 0])[:4]
+                x, y, w, h = a['bbox']
                 boxes.append([x, y, x + w, y + h]); cls.append(cat_index.get(a['category_id'], -1))
                 labels.append(a['category_id'])
             cands.append(dict(id=Path(im['file_name']).with_suffix('').as_posix(), path=p, split=part, boxes=boxes, cls=cls,
@@ -488,7 +550,30 @@ def load_dataset(path, format='auto', *, out_of_bounds='clip', check_pixels=True
     loader = {'yolo': load_yolo, 'coco': load_coco, 'voc': load_voc}[fmt]
     return loader(path, out_of_bounds=out_of_bounds, check_pixels=check_pixels, names=names, **kw)
 
-# %% ../../nbs/04_data_formats.ipynb #ec668810
+def load_reported(path, *, verbose: bool = False, **kw) -> Dataset:
+    """`load_dataset` for the commands: prints what was imported and the report whenever it found something (every
+    unreadable or skipped image by name; always with `verbose`), and refuses a dataset with no usable image."""
+    ds = load_dataset(path, **kw)
+    if verbose or ds.report.problems or not len(ds):
+        print(f'imported {ds}'); print(f'report: {ds.report.summary()}')
+    check(len(ds), 'no usable images', 'see the report above', path=path)
+    return ds
+
+def dataset_folders(path) -> list:
+    "The folders a dataset at `path` reads (its own, and the ones its data.yaml names), for the output guard; [] if it doesn't exist."
+    p = Path(path).expanduser()
+    if not p.exists(): return []
+    base = p if p.is_dir() else p.parent
+    if base.name == 'annotations': base = base.parent   # COCO's layout: the dataset is the folder above
+    out = [base]
+    yml = p if p.is_file() and p.suffix.lower() in ('.yaml', '.yml') else _find_yaml(p) if p.is_dir() else None
+    if yml is not None:
+        try: root, _, sources = _yolo_sources(yml, ImportReport())
+        except SynthkitError: return out   # the import itself will say what is wrong
+        out += [root] + [f for _, f, _ in sources if f is not None]
+    return list(dict.fromkeys(Path(f).resolve() for f in out))
+
+# %% ../../nbs/04_data_formats.ipynb #5663c436
 def cli_args(parser):
     from synthkit.data.splits import SPLIT_SIZES
     parser.add_argument('src', help='dataset: a data.yaml or YOLO folder, a COCO .json or folder, a VOC folder')
@@ -502,6 +587,8 @@ def cli_args(parser):
     parser.add_argument('--link', action='store_true', help='hard-link images instead of copying')
     parser.add_argument('--overwrite', action='store_true', help='remove other images/labels already in --out')
     parser.add_argument('--strict', action='store_true', help='exit 1 if the import found any problem')
+    parser.add_argument('--missing-labels', default='empty', choices=('empty', 'skip'),
+                        help='YOLO images with no label file: empty = background images (default), skip = leave them out')
 
 def source_parts(ds: Dataset) -> dict | None:
     "The parts recorded in `item.meta['split']`, or None when the source had none. Items without one go to 'train'."
@@ -513,10 +600,9 @@ def source_parts(ds: Dataset) -> dict | None:
 def cli_run(args) -> int:
     from synthkit.data.splits import make_splits
     names = [n.strip() for n in args.names.split(',')] if args.names else None
-    ds = load_dataset(args.src, args.format, out_of_bounds=args.out_of_bounds, check_pixels=not args.no_check_pixels, names=names)
-    print(f'imported {ds}')
-    print(f'report: {ds.report.summary()}')
-    check(len(ds), 'no usable images', 'see the report above', path=args.src)
+    kw = {} if args.format not in ('auto', 'yolo') or detect_format(args.src) != 'yolo' else {'missing_labels': args.missing_labels}
+    ds = load_reported(args.src, verbose=True, format=args.format, out_of_bounds=args.out_of_bounds,
+                       check_pixels=not args.no_check_pixels, names=names, **kw)
     out = Path(args.out)
     if args.split_seed is not None:
         splits = make_splits(ds, seed=args.split_seed)
@@ -530,3 +616,7 @@ def cli_run(args) -> int:
     atomic_write(out/'import_report.txt', lambda p: p.write_text(text))
     print(f'wrote {yml}')
     return 1 if args.strict and [p for p in ds.report.problems if p.action != 'note'] else 0
+
+def cli_inputs(args) -> list:
+    "What the output guard must keep `--out` away from: the folders the source dataset reads."
+    return dataset_folders(args.src)

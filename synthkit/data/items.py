@@ -13,7 +13,7 @@ from ..errors import SynthkitError, check
 from ..images import read_image
 
 # %% auto #0
-__all__ = ['Item', 'Problem', 'ImportReport', 'Dataset', 'find_dev_data']
+__all__ = ['Item', 'Problem', 'ImportReport', 'Dataset', 'check_origins', 'find_dev_data']
 
 # %% ../../nbs/03_data_items.ipynb #cfee05f0
 @dataclass
@@ -46,7 +46,7 @@ class Problem:
     "One thing the importer found: where (file, line), what, and what it did about it."
     path: str
     what: str
-    action: str  # 'skipped image' | 'dropped box' | 'clipped box' | 'note'
+    action: str  # 'skipped image' | 'dropped box' | 'clipped box' | 'background image' | 'note'
     line: int | None = None
 
     def __str__(self):
@@ -105,6 +105,17 @@ class Dataset:
 
     def __repr__(self):
         return f'Dataset({len(self)} images, {self.n_boxes} boxes, classes={self.names}, root={self.root})'
+
+# %% ../../nbs/03_data_items.ipynb #73945ea8
+def check_origins(pairs, use: str = 'used as') -> None:
+    "Lineage guard: refuse `(item, part)` pairs where the item is a variation made for another part (`item.meta['origin']`)."
+    bad = [(it, p) for it, p in pairs if it.meta.get('origin') not in (None, p)]
+    if bad:
+        it, p = bad[0]
+        raise SynthkitError(f"lineage guard: {len(bad)} images are variations made for another part (e.g. this one was made from a "
+                            f"{it.meta['origin']!r} image, per its folder's manifest.jsonl) but would be {use} {p!r}",
+                            "use variations only in the part their sources come from: point data.yaml's parts at the matching "
+                            'images/<part> folders of the variations', path=it.path)
 
 # %% ../../nbs/03_data_items.ipynb #e442d63e
 def find_dev_data(name: str = 'ssdd-dev') -> Path | None:
