@@ -67,6 +67,10 @@ class GridConfig:
         check(self.synth_share is None or 0 <= self.synth_share < 1, f'synth_share={self.synth_share!r} must be in [0, 1) or None',
               'use e.g. 0.5 (half of each batch synthetic, on average)')
         for s in self.strengths: check(isinstance(s, (int, float)) and 0 < s <= 1, f'strength={self.strength!r} is outside (0, 1]', 'use e.g. 0.3 or (0.2, 0.4)')
+        if self.generator.partition(':')[0] == 'ddpm':   # SDEdit runs int(strength × gen_steps) steps: refuse a grid that would make copies
+            from synthkit.generators import GenParams
+            for s in set(self.strengths) | {condition_parts(c)[2] for c in self.conditions if condition_parts(c)[2] is not None}:
+                GenParams(strength=s, steps=self.gen_steps).check(img2img=True)
         check(isinstance(self.passes, int) and self.passes >= 1, f'passes={self.passes!r} must be an integer ≥ 1', 'use e.g. 3')
         check(isinstance(self.steps, int) and self.steps >= 1, f'steps={self.steps!r} must be an integer ≥ 1')
         check(set(self.augment_parts) <= {'train', 'val'}, f'augment_parts={self.augment_parts!r}', "test images never get variations: use ('train', 'val') or ('train',)")
