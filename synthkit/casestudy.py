@@ -218,7 +218,7 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
              + (f'; simulated scenes of {settings["sim_size"]} px' if data is None and settings.get('sim_size') else '') + '.')
     if len(rows) < n_total: notes += f'\n\nThe grid stopped after {len(rows)} of {n_total} runs: run the same command again to finish it.'
     _write_settings(out, preset, data, config, settings)
-    quality = image_quality(rows, out, imgsz=config.tiling.size if config.tiles is not None else config.detect.imgsz)
+    quality = image_quality(rows, out, imgsz=config.train_imgsz)
     note = ''
     if str(config.start) == 'pretrained':
         from synthkit.pretrain import start_note

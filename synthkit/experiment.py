@@ -4,7 +4,7 @@
 
 # %% ../nbs/24_experiment.ipynb #306d3f0a
 from __future__ import annotations
-import hashlib, json, math, random, time
+import hashlib, json, math, random, re, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
@@ -40,7 +40,6 @@ class GridConfig:
     gen_steps: int = 25
     ddpm: dict = field(default_factory=dict)  # DDPMConfig overrides for the per-split DDPM (e.g. steps, channels); see GRID_DDPM
     generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's)
-    augment_parts: tuple = ('train',)    # budget='epochs': which real parts get variations (budget='steps': train only)
     synth_share: float | None = None     # share of a run's training entries that are synthetic (None: N / (N + 1), plain adding)
     budget: str = 'steps'                # 'steps': exactly equal optimizer steps per run; 'epochs': equal epochs
     steps: int = 600                     # budget='steps': optimizer steps per run
@@ -73,7 +72,6 @@ class GridConfig:
                 GenParams(strength=s, steps=self.gen_steps).check(img2img=True)
         check(isinstance(self.passes, int) and self.passes >= 1, f'passes={self.passes!r} must be an integer ≥ 1', 'use e.g. 3')
         check(isinstance(self.steps, int) and self.steps >= 1, f'steps={self.steps!r} must be an integer ≥ 1')
-        check(set(self.augment_parts) <= {'train', 'val'}, f'augment_parts={self.augment_parts!r}', "test images never get variations: use ('train', 'val') or ('train',)")
         if self.tiles is not None:
             try: t = self.tiling.check()
             except TypeError as e: raise SynthkitError(f'tiles={self.tiles!r}: {e}', 'use Tiling fields: size, overlap, min_visible, keep_empty')
@@ -95,6 +93,10 @@ class GridConfig:
     def strengths(self) -> tuple: return tuple(self.strength) if isinstance(self.strength, (tuple, list)) else (self.strength,)
     @property
     def tiling(self) -> Tiling | None: return None if self.tiles is None else Tiling(**self.tiles)
+    @property
+    def train_imgsz(self) -> int:
+        "The size the detector trains at: the tile size, or `detect.imgsz` for whole images."
+        return self.detect.imgsz if self.tiles is None else self.tiling.size
     def replace(self, **kw) -> 'GridConfig': return replace(self, **kw)
 
 def conditions_for(variations=(2, 10), controls: bool = True, baseline: bool = True) -> tuple:
@@ -150,7 +152,7 @@ class RunSpec:
         "The detector settings of this run: the grid's, with this run's seed, budget, start and test size."
         c, d = self.config, self.config.detect
         d = d.replace(seed=self.seed, warmup_steps=c.warmup_steps)
-        if c.tiles is not None: d = d.replace(imgsz=c.tiling.size, eval_imgsz=d.eval_imgsz or self.eval_imgsz)
+        if c.tiles is not None: d = d.replace(imgsz=c.train_imgsz, eval_imgsz=d.eval_imgsz or self.eval_imgsz)
         if self.start_weights: d = d.replace(model=self.start_weights)
         if c.budget == 'steps': return d.replace(steps=None, epochs=min(c.passes, c.steps))
         return d.replace(steps=None, epochs=c.epochs)
@@ -162,7 +164,7 @@ class RunSpec:
         d = dict(v=2, data=self.data, split=self.split, seed=self.seed, condition=self.condition, detect=det, budget=c.budget,
                  tiles=None if c.tiles is None else asdict(c.tiling), extra_test=c.extra_test)
         if c.budget == 'steps': d.update(steps=c.steps)
-        if self.kind != 'baseline': d.update(synth_share=c.synth_share, augment_parts=list(c.augment_parts))
+        if self.kind != 'baseline': d.update(synth_share=c.synth_share, augment_parts=['train'])   # variations are made of training images only
         if c.split_sizes is not None: d['split_sizes'] = {k: list(v) for k, v in sorted(c.split_sizes.items())}
         if self.kind == 'diffusion': d.update(generation_fields(c), strengths=list(self.strengths))
         if self.checked: d['label_check'] = dict(c.label_check, baseline=run_key(replace(self, condition='baseline')))   # its detector
@@ -229,14 +231,15 @@ def default_split_fn(dataset, seed: int, sizes: dict | None = None) -> dict:
     from synthkit.data.splits import make_splits
     return make_splits(dataset, seed=seed) if sizes is None else make_splits(dataset, seed=seed, sizes=sizes)
 
+_TILE = re.compile(r'@x\d+y\d+$')
+
 def source_image(item_id: str) -> str:
-    "The image a tile id (`<image id>@x<x0>y<y0>`, '/' written as '__' in file names) was cut from; other ids are their own source."
-    head, at, _ = str(item_id).rpartition('@')
-    return head.replace('__', '/') if at else str(item_id)
+    "The image a tile id (`<image id>@x<x0>y<y0>`) was cut from; other ids are their own source. In file names '/' is '__'."
+    return _TILE.sub('', str(item_id))
 
 def check_lineage(parts: dict, test_ids, sources: dict | None = None):
     "Raise `SynthkitError` if a test image, a tile of one, or a variation of either is in `parts['train']` or `parts['val']`."
-    test = set(test_ids)
+    test = set(test_ids) | {str(t).replace('/', '__') for t in test_ids}   # ids, and ids as written in tile file names
     for part in ('train', 'val'):
         for i in parts.get(part, []):
             src = source_image((sources or {}).get(i, i))
@@ -381,8 +384,7 @@ class _Prep:
         verdicts = json.loads(f.read_text()) if f.is_file() else {}
         todo = [p for p in dict.fromkeys(paths) if p not in verdicts]
         if todo:
-            imgsz = self.config.tiling.size if self.config.tiles is not None else self.config.detect.imgsz
-            lc = LabelCheck.from_weights(weights, imgsz=imgsz, device=self.config.detect.device, **settings)
+            lc = LabelCheck.from_weights(weights, imgsz=self.config.train_imgsz, device=self.config.detect.device, **settings)
             recs = {str((Path(m.path).parent/r['path']).resolve()): r for folder in {str(Path(p).parents[2]) for p in todo}
                     for m in [Manifest(Path(folder)/'manifest.jsonl')] for r in m.read()}
             for p in todo:
@@ -449,8 +451,8 @@ def assemble(spec: RunSpec, real: Path, parts: dict, prep: '_Prep | None', run_d
     for part in ('train', 'val'):
         real_files = [str(f.resolve()) for f in split_images(real/'data.yaml', part)]
         syn, sources = [], {}
-        if prep is not None and (part == 'train' or (c.budget == 'epochs' and part in c.augment_parts)):
-            order = prep.order() if part == 'train' else []
+        if prep is not None and part == 'train':   # variations of the training images only; val stays real
+            order = prep.order()
             total = spec.n_per_image * len(order)
             n, n_syn = entries_of(spec, len(real_files), len(order)) if c.budget == 'steps' else (None, total)
             m = min(n_syn, total)
@@ -503,7 +505,7 @@ def start_of(dataset, config: GridConfig, out, split_fn) -> tuple:
     from synthkit.pretrain import PretrainConfig, plan_start
     tests = set()
     for s in config.seeds:
-        splits = split_fn(dataset, s) if config.split_sizes is None else split_fn(dataset, s, config.split_sizes)
+        splits = _splits_of(dataset, config, split_fn, s)
         for sp in config.splits: tests |= set(_parts_of(splits[sp])['test'])
     never_test = dataset.subset([i for i in dataset.ids if i not in tests])
     p = plan_start(Path(out)/'pretrain', dataset.names, fit_to=never_test, config=PretrainConfig(**config.pretrain),
