@@ -13,7 +13,8 @@ import numpy as np
 from .errors import SynthkitError, check
 from .files import write_json
 from .detect import DetectConfig
-from .experiment import GridConfig, run_grid, fingerprint, _hash, _done, _mark_done, default_split_fn, start_of
+from .files import config_hash, read_done, mark_done
+from .experiment import GridConfig, run_grid, fingerprint, default_split_fn, start_of
 from .report import write_report
 
 # %% auto #0
@@ -88,7 +89,7 @@ def shrink(dataset, max_side: int, out) -> 'Dataset':
     from synthkit.data.formats import write_yolo_label, write_data_yaml, load_dataset
     from synthkit.data.items import Item
     out = Path(out)
-    if _done(out): return load_dataset(out)
+    if read_done(out): return load_dataset(out)
     for it in dataset:
         s = min(1.0, max_side / max(it.width, it.height))
         w, h = max(1, round(it.width * s)), max(1, round(it.height * s))
@@ -100,7 +101,7 @@ def shrink(dataset, max_side: int, out) -> 'Dataset':
         b = it.boxes * np.array([w / it.width, h / it.height] * 2, np.float32)
         write_yolo_label(out/'labels'/'train'/f'{it.id}.txt', Item(p, w, h, b, it.cls, it.id))
     write_data_yaml(out, dataset.names, {'train': 'images/train'}, f'{len(dataset)} images shrunk to at most {max_side} px')
-    _mark_done(out, max_side=max_side, images=len(dataset))
+    mark_done(out, max_side=max_side, images=len(dataset))
     return load_dataset(out)
 
 def check_split_sizes(ds, config: GridConfig):
@@ -124,11 +125,11 @@ def prepare_data(data, out, settings: dict, progress: bool = True):
         params = SceneParams() if size is None else SceneParams(width=(size, size), aspect=(1.0, 1.0), height=(size, size),
                                                                 ship_length_range=(4.0, size / 2))
         folder = out/'data'/f'sim-{n}-{seed}-{size or "full"}'
-        if _done(folder):
+        if read_done(folder):
             from synthkit.data.formats import load_dataset
             return load_dataset(folder)
         ds = simulate(folder, n=n, seed=seed, params=params, progress=progress, overwrite=True)
-        _mark_done(folder, n=n, seed=seed, size=size)
+        mark_done(folder, n=n, seed=seed, size=size)
         return ds
     from synthkit.data.formats import load_dataset
     check(Path(data).exists(), 'data folder not found', 'pass a YOLO, COCO or Pascal VOC dataset folder', path=data)
@@ -167,8 +168,8 @@ def image_quality(rows, out, *, imgsz: int = 320, max_sources: int = 12, max_k: 
         if not cell or weights is None: continue
         for kind in sorted({r['kind'] for r in cell}):
             folder = max((r for r in cell if r['kind'] == kind), key=lambda r: r['n_per_image'])['synth_dir'].split(';')[0]
-            if not _done(folder): continue   # still being generated (an interrupted grid): measure it when complete
-            key = _hash(dict(folder=str(folder), weights=str(weights), imgsz=imgsz, max_sources=max_sources, max_k=max_k))
+            if not read_done(folder): continue   # still being generated (an interrupted grid): measure it when complete
+            key = config_hash(dict(folder=str(folder), weights=str(weights), imgsz=imgsz, max_sources=max_sources, max_k=max_k))
             if key not in cache:
                 recs = _sample_records(folder, max_sources, max_k)
                 if not recs: continue

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SynthkitError, check
-from .files import write_json, write_text
+from .files import write_json, write_text, config_hash, read_done, mark_done
 from .detect import DetectConfig, train_detector, split_images, evaluate
 from .data.tiles import Tiling, tile_dataset, native_imgsz, check_tiling
 from .data.splits import hash_order
@@ -192,12 +192,9 @@ def generation_fields(c: GridConfig) -> dict:
     if dtype not in (None, 'float32'): d['dtype'] = dtype
     return d
 
-def _hash(d, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:n]
-
 def run_key(spec: RunSpec) -> str:
     "The cache key of a run: a hash of its full configuration (and of the dataset's content)."
-    return _hash(spec.key_fields())
+    return config_hash(spec.key_fields())
 
 def plan(config: GridConfig, data: str = '', **fill) -> list:
     """Every run of the grid, seed by seed (an interrupted grid has whole seeds to report), grouped by split so each DDPM
@@ -249,13 +246,6 @@ def check_lineage(parts: dict, test_ids, sources: dict | None = None):
                   'test images and their variations must never be trained on: check the split and the variation folders')
 
 # %% ../nbs/24_experiment.ipynb #9bdbcc91
-def _done(folder) -> dict | None:
-    f = Path(folder)/'done.json'
-    return json.loads(f.read_text()) if f.is_file() else None
-
-def _mark_done(folder, **info):
-    write_json(Path(folder)/'done.json', dict(info, finished=time.strftime('%Y-%m-%d %H:%M:%S')))
-
 def _as_train(dataset, ids):
     "The items `ids` with their split set to 'train' (what the DDPM trainer and synthesize read)."
     return replace(dataset, items=[replace(dataset[i], meta={**dataset[i].meta, 'split': 'train'}) for i in ids])
@@ -273,15 +263,15 @@ class _Prep:
         self.ds, self.spec, self.parts, self.out, self.factory, self.progress = dataset, spec, parts, out, generator_factory, progress
         self.config = spec.config
         self.tag = f'{spec.split}-s{spec.seed}'
-        self.split_key = _hash(dict(data=spec.data, parts=parts) | ({} if self.config.tiles is None else dict(tiles=asdict(self.config.tiling), v=2)))
-        self.train_key = _hash(dict(data=spec.data, train=parts['train']))   # what the DDPM learns from: neither tiles nor the test parts
+        self.split_key = config_hash(dict(data=spec.data, parts=parts) | ({} if self.config.tiles is None else dict(tiles=asdict(self.config.tiling), v=2)))
+        self.train_key = config_hash(dict(data=spec.data, train=parts['train']))   # what the DDPM learns from: neither tiles nor the test parts
         self.seconds, self._sources, self._gen = {}, None, None
 
     def real(self) -> Path:
         "The real parts in the Ultralytics layout (train/val tiled when `tiles` is set; test and extra whole, padded to one size); returns its folder."
         from synthkit.data.formats import export_yolo, write_data_yaml
         d = self.out/'data'/f'{self.tag}-{self.split_key[:8]}'
-        if not _done(d):
+        if not read_done(d):
             tiling = self.config.tiling
             export_yolo(self.ds, d, {p: ids for p, ids in self.parts.items() if tiling is None}, link=True, overwrite=True)
             if tiling is not None:
@@ -290,7 +280,7 @@ class _Prep:
                 for p in ('test', 'extra'):
                     if p in self.parts: tile_dataset(self.ds, d, canvas, ids=self.parts[p], part=p)
             write_data_yaml(d, self.ds.names, {p: f'images/{p}' for p in ('train', 'val', 'test')}, 'the real parts of one split')
-            write_json(d/'parts.json', self.parts); _mark_done(d)
+            write_json(d/'parts.json', self.parts); mark_done(d)
         return d
 
     def sources(self):
@@ -312,8 +302,8 @@ class _Prep:
         device = c.generator_options.get('device') or 'cpu'
         dtype = resolve_dtype(c.generator_options.get('dtype'), device)
         key = dict(split=self.train_key, cfg=without_legacy(asdict(cfg))) | ({} if dtype == 'fp32' else {'dtype': dtype})   # fp32 keeps its old keys
-        d = self.out/'ddpm'/f'{self.tag}-{_hash(key, 8)}'
-        if not _done(d):
+        d = self.out/'ddpm'/f'{self.tag}-{config_hash(key, 8)}'
+        if not read_done(d):
             t = time.time()
             ids = self.parts['train']
             train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=device, dtype=dtype)
@@ -322,8 +312,8 @@ class _Prep:
                   f'its minutes={cfg.minutes} cap ran out, so it is not the model the configuration asks for',
                   "set ddpm minutes=None so it trains by steps alone (the result then doesn't depend on machine speed), "
                   'or run again to resume it', path=d)
-            _mark_done(d, seconds=round(time.time() - t, 1), images=len(ids))
-        self.seconds['ddpm'] = _done(d).get('seconds', 0)
+            mark_done(d, seconds=round(time.time() - t, 1), images=len(ids))
+        self.seconds['ddpm'] = read_done(d).get('seconds', 0)
         return d
 
     def generator(self):
@@ -338,7 +328,7 @@ class _Prep:
 
     def folder(self, kind: str, strength: float | None) -> Path:
         fields = dict(generation_fields(self.config), strength=strength) if kind == 'diffusion' else dict(classic=1)
-        return self.out/'synth'/self.tag/f'{kind}-{_hash(dict(v=2, split=self.split_key, seed=self.spec.seed, gen=fields), 8)}'
+        return self.out/'synth'/self.tag/f'{kind}-{config_hash(dict(v=2, split=self.split_key, seed=self.spec.seed, gen=fields), 8)}'
 
     def need(self, kind: str, strengths: tuple, m: int) -> dict:
         """Make sure the first `m` entries of the variation sequence exist (source j of the order at strength[j % len]);
@@ -367,9 +357,9 @@ class _Prep:
                         from synthkit.synthesize import synthesize
                         synthesize(src, gen, n, GenParams(strength=strength, steps=c.gen_steps, seed=self.spec.seed), d,
                                    parts={'train': sub}, progress=self.progress)
-                _mark_done(d, seconds=round(((_done(d) or {}).get('seconds', 0)) + time.time() - t, 1))
+                mark_done(d, seconds=round(((read_done(d) or {}).get('seconds', 0)) + time.time() - t, 1))
                 have = {(s, k): p for p, s, k, _ in manifest_records(d)}
-            self.seconds[kind] = self.seconds.get(kind, 0) + (_done(d) or {}).get('seconds', 0)
+            self.seconds[kind] = self.seconds.get(kind, 0) + (read_done(d) or {}).get('seconds', 0)
             mine = set(ids)
             found.update({sk: p for sk, p in have.items() if sk[0] in mine and sk[1] < counts[sk[0]]})   # this group's sources only
         return found
@@ -380,7 +370,7 @@ class _Prep:
         from synthkit.labelcheck import LabelCheck
         from synthkit.synthesize import Manifest
         from synthkit.images import read_image
-        f = self.out/'synth'/self.tag/f'labelcheck-{_hash(dict(weights=sha256_file(weights), settings=settings), 10)}.json'
+        f = self.out/'synth'/self.tag/f'labelcheck-{config_hash(dict(weights=sha256_file(weights), settings=settings), 10)}.json'
         verdicts = json.loads(f.read_text()) if f.is_file() else {}
         todo = [p for p in dict.fromkeys(paths) if p not in verdicts]
         if todo:

@@ -10,7 +10,8 @@ from pathlib import Path
 from .errors import SynthkitError, check
 
 # %% auto #0
-__all__ = ['umask', 'atomic_write', 'write_text', 'write_json', 'sha256_file', 'check_out_folder']
+__all__ = ['umask', 'atomic_write', 'write_text', 'write_json', 'sha256_file', 'config_hash', 'read_done', 'mark_done',
+           'check_out_folder']
 
 # %% ../nbs/02a_files.ipynb #bb20ed83
 def umask() -> int:
@@ -49,6 +50,20 @@ def sha256_file(path, n: int | None = None) -> str:
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()[:n] if n else h.hexdigest()
+
+def config_hash(d, n: int = 16) -> str:
+    "A short sha256 of a JSON-able configuration (keys sorted, other values via `str`): the cache key of whatever it decides."
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+def read_done(folder) -> dict | None:
+    "The `done.json` marker of a cached product (what `mark_done` wrote), or None while the product is unfinished."
+    f = Path(folder)/'done.json'
+    return json.loads(f.read_text()) if f.is_file() else None
+
+def mark_done(folder, **info) -> Path:
+    "Mark a cached product finished: `done.json` with `info` and the time, written last and atomically."
+    import time
+    return write_json(Path(folder)/'done.json', dict(info, finished=time.strftime('%Y-%m-%d %H:%M:%S')))
 
 # %% ../nbs/02a_files.ipynb #bca80915
 def _nearest_existing(p: Path) -> Path:

@@ -4,12 +4,12 @@
 
 # %% ../nbs/20a_pretrain.ipynb #3c8a416d
 from __future__ import annotations
-import hashlib, json, shutil, time
+import json, shutil, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 
 from .errors import SynthkitError, check
-from .files import write_json
+from .files import write_json, config_hash
 from .data.tiles import Tiling, tile_dataset
 from .detect import DetectConfig, train_detector
 
@@ -32,8 +32,7 @@ class PretrainConfig:
         check(isinstance(self.seed, int) and self.seed >= 0, f'pretrain seed={self.seed!r} must be an integer ≥ 0')
         return self
 
-def _hash(d, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
 
 # %% ../nbs/20a_pretrain.ipynb #5cd76816
 @dataclass
@@ -66,7 +65,7 @@ def plan_start(out, names, *, fit_to=None, config: PretrainConfig = PretrainConf
     det = detect.replace(model=detect.model if str(detect.model).endswith(('.yaml', '.yml')) else 'yolov8n.yaml',
                          imgsz=tiling.size if tiling is not None else detect.imgsz, seed=config.seed, steps=config.steps,
                          warmup_steps=min(100, config.steps // 5), eval_imgsz=None)
-    key = _hash(dict(v=1, params=params.asdict(), config=asdict(config), tiling=None if tiling is None else asdict(tiling),
+    key = config_hash(dict(v=1, params=params.asdict(), config=asdict(config), tiling=None if tiling is None else asdict(tiling),
                      detect=asdict(det), names=names))
     return StartPlan(key, Path(out)/f'start-{key[:12]}', params, det, tiling, config, names, n_fit if params != SceneParams() else 0)
 
