@@ -73,13 +73,8 @@ def resolve(preset: str = 'quick', **overrides) -> tuple:
 
 def parse_sets(pairs) -> dict:
     "`['imgsz=160', 'seeds=(0,1)']` → `{'imgsz': 160, 'seeds': (0, 1)}` (Python literals; bare words stay strings)."
-    out = {}
-    for p in pairs or []:
-        k, eq, v = str(p).partition('=')
-        check(eq and k.strip(), f'--set {p!r} is not KEY=VALUE', 'write e.g. --set imgsz=160')
-        try: out[k.strip()] = ast.literal_eval(v.strip())
-        except (ValueError, SyntaxError): out[k.strip()] = v.strip()
-    return out
+    from synthkit.generators import parse_assignments
+    return parse_assignments(pairs, '--set')
 
 # %% ../nbs/26_casestudy.ipynb #a15b3ad0
 def shrink(dataset, max_side: int, out) -> 'Dataset':

@@ -20,7 +20,7 @@ setup_offline()  # before diffusers / transformers are imported anywhere
 # %% auto #0
 __all__ = ['KNOBS', 'DTYPE_ARGS', 'GENERATORS', 'min_steps', 'min_strength', 'GenParams', 'derive_seed', 'torch_generators',
            'check_device', 'torch_threads', 'Generator', 'load_pretrained', 'weights_hash', 'generator_class',
-           'load_generator']
+           'load_generator', 'parse_assignments']
 
 # %% ../nbs/10_generators.ipynb #2b8a8ba1
 KNOBS = ('strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt')
@@ -227,3 +227,15 @@ def load_generator(spec: str, **options) -> Generator:
               (', e.g. made by `synthkit train-ddpm DATA --out FOLDER`)' if name == 'ddpm' else ' or a hub id)'))
         return cls(**options)
     return cls(model, **options)
+
+# %% ../nbs/10_generators.ipynb #5f483bd1
+def parse_assignments(pairs, flag: str = '--option') -> dict:
+    "`['condition=boxes', 'conditioning_scale=0.5']` → `{'condition': 'boxes', 'conditioning_scale': 0.5}` (Python literals; bare words stay strings)."
+    import ast
+    out = {}
+    for p in pairs or []:
+        k, eq, v = str(p).partition('=')
+        check(eq and k.strip(), f'{flag} {p!r} is not KEY=VALUE', f'write e.g. {flag} ' + ('imgsz=160' if flag == '--set' else 'condition=boxes'))
+        try: out[k.strip()] = ast.literal_eval(v.strip())
+        except (ValueError, SyntaxError): out[k.strip()] = v.strip()
+    return out

@@ -336,11 +336,13 @@ def cli_args(parser):
     parser.add_argument('--device', default=None, help='torch device (default: cpu, or the process\'s GPU under accelerate)')
     parser.add_argument('--dtype', default=None, help='model precision: ddpm auto (default: bf16 where the CPU/GPU has it) | fp32 | bf16; '
                                                       'diffusers backends fp32 (default) | fp16 | bf16')
+    parser.add_argument('--option', dest='options', action='append', metavar='KEY=VALUE', default=[],
+                        help="a generator option (Python literal), e.g. --option condition=boxes --option conditioning_scale=0.5")
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 def cli_run(args) -> int:
     from synthkit.data.formats import load_reported, source_parts
-    from synthkit.generators import load_generator
+    from synthkit.generators import load_generator, parse_assignments
     ds = load_reported(args.data)   # unreadable or skipped images are listed, not dropped silently
     parts = source_parts(ds) or {'train': ds.ids}
     if args.parts:
@@ -354,7 +356,10 @@ def cli_run(args) -> int:
         from accelerate import PartialState
         device = str(PartialState().device)
     opts = ({} if device in (None, 'cpu') else {'device': device}) | ({} if args.dtype is None else {'dtype': args.dtype})
-    gen = load_generator(args.generator, **opts)
+    extra = parse_assignments(getattr(args, 'options', []), '--option')
+    both = sorted(set(extra) & set(opts))
+    check(not both, f'--option {both[0] if both else ""}=... repeats --{both[0] if both else ""}', 'give it once')
+    gen = load_generator(args.generator, **opts, **extra)
     params = GenParams(strength=args.strength, steps=args.steps, guidance=args.guidance, seed=args.seed,
                        prompt=args.prompt, negative_prompt=args.negative_prompt)
     lc = None

@@ -177,3 +177,17 @@ def test_dtype_option(setup, tmp_path):
     r = subprocess.run([str(BIN/'synthkit'), 'generate', str(setup[0]/'data'), '--generator', 'classic', '--dtype', 'fp32',
                         '--out', str(tmp_path/'c'), '--quiet'], capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "generator 'classic' has no option 'dtype'" in r.stderr and 'Traceback' not in r.stderr, r.stderr
+
+
+def test_generator_options_from_the_command_line(setup, tmp_path):
+    "`synthkit generate --option KEY=VALUE` reaches the generator's constructor; an option it doesn't take is one line."
+    root, _ = setup
+    base = [str(BIN/'synthkit'), 'generate', str(root/'data'), '--generator', 'classic', '--n', '1', '--quiet']
+    r = subprocess.run(base + ['--out', str(tmp_path/'a'), '--option', 'looks=None', '--option', 'turns=False'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    rec = Manifest(tmp_path/'a').read()[0]
+    assert rec['generator'] == 'classic' and '"looks": null' in json.dumps(rec) and '"turns": false' in json.dumps(rec), rec   # recorded
+    bad = subprocess.run(base + ['--out', str(tmp_path/'b'), '--option', 'speckle=3'], capture_output=True, text=True, env=ENV)
+    err = [l for l in bad.stderr.splitlines() if l.strip()]
+    assert bad.returncode == 2 and len(err) == 1 and "generator 'classic' has no option 'speckle'" in err[0], bad.stderr
+    assert not (tmp_path/'b').exists()
