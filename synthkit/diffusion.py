@@ -16,9 +16,8 @@ from .offline import setup_offline
 setup_offline()  # before diffusers / transformers are imported
 
 # %% auto #0
-__all__ = ['CONDITIONS', 'pad_to_multiple', 'box_condition', 'canny_condition', 'check_img2img_steps', 'encode_once',
-           'DiffusersGenerator', 'SDImg2ImgGenerator', 'UnCLIPGenerator', 'ImageVariationGenerator',
-           'ControlNetGenerator']
+__all__ = ['CONDITIONS', 'pad_to_multiple', 'box_condition', 'canny_condition', 'encode_once', 'DiffusersGenerator',
+           'SDImg2ImgGenerator', 'UnCLIPGenerator', 'ImageVariationGenerator', 'ControlNetGenerator']
 
 # %% ../nbs/12_diffusion.ipynb #d9b462c0
 def pad_to_multiple(x: np.ndarray, m: int = 8) -> np.ndarray:
@@ -72,12 +71,6 @@ def _dtype_key() -> str:
     "diffusers ≥ 0.36 calls the `from_pretrained` argument `dtype` (and deprecates `torch_dtype`); older ones only know `torch_dtype`."
     import diffusers.pipelines.pipeline_utils as pu
     return 'dtype' if hasattr(pu, '_resolve_dtype') else 'torch_dtype'
-
-def check_img2img_steps(params: GenParams):
-    "img2img runs `int(strength * steps)` denoising steps: raise a clear error when that is 0."
-    run = int(params.steps * params.strength)
-    check(run >= 1, f'strength={params.strength} with steps={params.steps} runs {run} denoising steps',
-          f'use steps ≥ {int(np.ceil(1 / params.strength))} for this strength, or a higher strength')
 
 @contextlib.contextmanager
 def encode_once(vae):
@@ -187,12 +180,12 @@ class SDImg2ImgGenerator(DiffusersGenerator):
     "Stable Diffusion (1.x / 2.x / SDXL) img2img: prompt, negative prompt, strength, guidance, steps, seed."
     name = 'sd-img2img'
     knobs = frozenset({'strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt'})
+    img2img_steps = True   # runs the last int(strength × steps) steps: GenParams.check refuses 0 before anything is written
     default_model = 'stable-diffusion-v1-5/stable-diffusion-v1-5'
     classes = {c: 'StableDiffusionImg2ImgPipeline' for c in ('StableDiffusionPipeline', 'StableDiffusionImg2ImgPipeline')}
     classes |= {c: 'StableDiffusionXLImg2ImgPipeline' for c in ('StableDiffusionXLPipeline', 'StableDiffusionXLImg2ImgPipeline')}
 
     def _call(self, xp, boxes, params, gens):
-        check_img2img_steps(params)
         n = len(gens)
         return self.pipe(prompt=[params.prompt] * n, negative_prompt=[params.negative_prompt] * n, image=self._tensor(xp, n),
                          strength=params.strength, guidance_scale=params.guidance, num_inference_steps=params.steps,
@@ -235,6 +228,7 @@ class ControlNetGenerator(DiffusersGenerator):
     "ControlNet img2img with a box-mask or Canny-edge condition, so objects stay where the labels say."
     name = 'controlnet'
     knobs = frozenset({'strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt'})
+    img2img_steps = True
     default_model = 'stable-diffusion-v1-5/stable-diffusion-v1-5'
     default_controlnet = 'lllyasviel/sd-controlnet-canny'
     fallback_class = 'StableDiffusionControlNetImg2ImgPipeline'   # an SD base folder + a separate ControlNet
@@ -267,7 +261,6 @@ class ControlNetGenerator(DiffusersGenerator):
         return box_condition(x.shape, boxes) if self.condition == 'boxes' else canny_condition(x, *self.canny)
 
     def _call(self, xp, boxes, params, gens):
-        check_img2img_steps(params)
         n = len(gens)
         return self.pipe(prompt=[params.prompt] * n, negative_prompt=[params.negative_prompt] * n, image=self._tensor(xp, n),
                          control_image=self._tensor(self.control_image(xp, boxes), n), strength=params.strength,
