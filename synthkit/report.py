@@ -167,7 +167,8 @@ def comparisons(rows: list, metric: str = 'map50') -> list:
     out = []
     for sp in _order(rows, 'split'):
         for cond in [c for c in _order([r for r in rows if r['split'] == sp], 'condition') if c != 'baseline']:
-            for ref in ('baseline', f"classic+{parse_condition(cond)[1]}" if parse_condition(cond)[0] == 'diffusion' else None):
+            plain = cond.partition(':')[0] if condition_parts(cond)[3] else None   # a :checked condition against the same one unchecked
+            for ref in ('baseline', f"classic+{parse_condition(cond)[1]}" if parse_condition(cond)[0] == 'diffusion' else None, plain):
                 if ref is None: continue
                 d = [v - by[(sp, ref, s)] for (p, c, s), v in by.items() if p == sp and c == cond and (sp, ref, s) in by]
                 if not d: continue
@@ -248,6 +249,8 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
         L += ['', 'On the extra pool (a second, independent set of real test images):', '']
         for c in comparisons(rows, f'extra_{metric}'): L.append(f"- {c['split']}, `{c['condition']}` vs `{c['versus']}`: {_verdict(c)}")
     if not comps: L.append('- only one condition ran: nothing to compare')
+    empty = sorted({r['condition'] for r in rows if r.get('label_check_checked') and not r.get('label_check_kept')})
+    if empty: L.append(f"- note: in some runs of {', '.join(f'`{c}`' for c in empty)} the label check kept no variation, so those runs trained on real images only")
     L += ['', 'Only `+N` vs `classic+N` separates diffusion from having more (augmented) copies of the same images.', '']
     if quality:
         write_table(quality, out, 'quality')
