@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_widgets.ipynb #ef7cf208
 from __future__ import annotations
-import io, shlex, threading, time, traceback
+import io, json, shlex, threading, time, traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -552,7 +552,7 @@ class CaseStudyPanel:
                               W.HBox([self.b_run, self.b_stop, self.w_progress, self.w_status]),
                               W.HBox([self.w_table, self.w_plot])])
         self.widget.add_class('synthkit-casestudy-panel')
-        self.rows, self.error, self._thread, self._stop = [], '', None, threading.Event()
+        self.rows, self.error, self._thread, self._stop, self.report = [], '', None, threading.Event(), None
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
     def _status(self, text, error=False):
@@ -580,20 +580,26 @@ class CaseStudyPanel:
         return _grid_config(self.w_preset.value, splits=list(self.w_splits.value), conditions=list(self.w_conditions.value),
                             seeds=self.seeds)
 
+    def data(self) -> Path | None:
+        "The data folder the panel points at (None: the built-in simulator)."
+        if self.w_source.value == 'simulator': return None
+        folder = self.w_folder.value.strip()
+        check(folder, 'no data folder given', 'type the path of a YOLO / COCO / VOC dataset, or pick "simulator"')
+        check(Path(folder).expanduser().is_dir(), 'data folder does not exist', 'check the path', path=folder)
+        return Path(folder).expanduser()
+
+    def overrides(self) -> dict:
+        "The panel's choices as `case_study` overrides (what `synthkit case-study --set` would say)."
+        ov = dict(splits=tuple(self.w_splits.value), conditions=tuple(self.w_conditions.value), seeds=tuple(self.seeds))
+        if self.w_source.value == 'simulator': ov.update(sim_n=int(self.w_sim_n.value), sim_seed=int(self.w_sim_seed.value))
+        return ov
+
     def dataset(self):
         """The data the panel points at, prepared exactly as `synthkit case-study` prepares it for the chosen preset
-        (the simulator's scenes at the preset's size, or a folder's images shrunk to its `max_side`); made once under
-        `out/data/`, loaded from there on the next Run."""
-        out = Path(self.w_out.value).expanduser()
-        data = None
-        if self.w_source.value != 'simulator':
-            folder = self.w_folder.value.strip()
-            check(folder, 'no data folder given', 'type the path of a YOLO / COCO / VOC dataset, or pick "simulator"')
-            check(Path(folder).expanduser().is_dir(), 'data folder does not exist', 'check the path', path=folder)
-            data = Path(folder).expanduser()
+        (the simulator's scenes at the preset's size, or a folder's images); made once under `out/data/`."""
         from synthkit.casestudy import resolve, prepare_data
-        _, settings = resolve(self.w_preset.value, sim_n=int(self.w_sim_n.value), sim_seed=int(self.w_sim_seed.value))
-        return prepare_data(data, out, settings, progress=False)
+        _, settings = resolve(self.w_preset.value, **{k: v for k, v in self.overrides().items() if k.startswith('sim_')})
+        return prepare_data(self.data(), Path(self.w_out.value).expanduser(), settings, progress=False)
 
     def run(self):
         "Start the grid in a background thread (returns at once; `wait()` joins it)."
@@ -609,7 +615,7 @@ class CaseStudyPanel:
         self.w_table.value, self.b_stop.disabled, self.b_run.disabled = '', False, True
         self._status(f'0 / {total} runs')
         self._t0 = time.time()
-        self._thread = threading.Thread(target=self._work, args=(config, total), daemon=True, name='synthkit-casestudy-panel')
+        self._thread = threading.Thread(target=self._work, args=(total,), daemon=True, name='synthkit-casestudy-panel')
         self._thread.start()
 
     def _on_result(self, row: dict, total: int):
@@ -622,14 +628,14 @@ class CaseStudyPanel:
         self.w_table.value = rows_html(self.rows)
         self.w_plot.value = results_plot_png(self.rows)
 
-    def _work(self, config, total):
+    def _work(self, total):
         try:
-            from synthkit import experiment
+            from synthkit.casestudy import case_study
             self._status('preparing data …')
-            ds = self.dataset()
-            self._status(f'0 / {total} runs')
-            rows = experiment.run_grid(ds, config, Path(self.w_out.value).expanduser(), progress=False,
-                                       on_result=lambda r: self._on_result(r, total), should_stop=self._stop.is_set)
+            out = Path(self.w_out.value).expanduser()
+            self.report = case_study(self.w_preset.value, self.data(), None, out, progress=False, on_result=lambda r: self._on_result(r, total),
+                                     should_stop=self._stop.is_set, **self.overrides())
+            rows = json.loads((out/'results.json').read_text())
             if len(rows) != len(self.rows):   # runs found in the cache come back without a callback
                 self.rows = [dict(r) for r in rows]
                 self.w_progress.value = min(len(rows), self.w_progress.max)
@@ -640,7 +646,7 @@ class CaseStudyPanel:
         self.b_stop.disabled, self.b_run.disabled = True, False
         if self.error: self.w_progress.bar_style = 'danger'; self._status(self.error, error=True)
         elif self._stop.is_set(): self.w_progress.bar_style = 'warning'; self._status(f'stopped after {len(self.rows)} of {total} runs (finished runs are cached)')
-        else: self.w_progress.bar_style = 'success'; self._status(f'{len(self.rows)} runs in {(time.time() - self._t0) / 60:.1f} min')
+        else: self.w_progress.bar_style = 'success'; self._status(f'{len(self.rows)} runs in {(time.time() - self._t0) / 60:.1f} min; report: {self.report}')
 
     def stop(self):
         "End after the run in flight; finished runs stay in the experiment cache."

@@ -61,9 +61,16 @@ def fake_run_grid(dataset, config, out, *, progress=True, on_result=None, should
         if on_result: on_result(rows[-1])
     return rows
 
-E.run_grid = fake_run_grid
+import json, synthkit.casestudy as C
+def fake_case_study(preset, data, generator, out, *, progress=True, on_result=None, should_stop=None, **ov):
+    "Stands in for synthkit.casestudy.case_study (what the panel's Run calls): the fake grid, results.json, a report path."
+    config, _ = C.resolve(preset, **{k: v for k, v in ov.items() if not k.startswith('sim_')})
+    rows = fake_run_grid(None, config, out, on_result=on_result, should_stop=should_stop)
+    Path(out).mkdir(parents=True, exist_ok=True); (Path(out) / 'results.json').write_text(json.dumps(rows))
+    return Path(out) / 'report.md'
+
+C.case_study = fake_case_study
 study = CaseStudyPanel(out=folder / 'cs', data=str(folder), seeds=(0,))
-study.dataset = lambda: ds
 study''',
 ]
 

@@ -1,5 +1,6 @@
 """The panels' logic without a browser: set widget values, press buttons, check what the outputs hold."""
 import dataclasses
+import json
 import sys
 import threading
 import time
@@ -305,7 +306,17 @@ def fake_grid(monkeypatch):
 
     exp = types.ModuleType('synthkit.experiment'); exp.run_grid, exp.plan, exp.GridConfig = run_grid, plan, FakeGridConfig
     cs = types.ModuleType('synthkit.casestudy'); cs.PRESETS = {'quick': FakeGridConfig(), 'standard': FakeGridConfig(epochs=30)}
-    cs.resolve = lambda preset, **ov: (dataclasses.replace(cs.PRESETS[preset], **{k: tuple(v) for k, v in ov.items()}), {})
+    cs.resolve = lambda preset, **ov: (dataclasses.replace(cs.PRESETS[preset], **{k: tuple(v) for k, v in ov.items() if not k.startswith('sim_')}), {})
+
+    def case_study(preset, data, generator, out, *, progress=True, on_result=None, should_stop=None, **ov):
+        "What the panel's Run calls: the preset with the panel's overrides, the (fake) grid, results.json and a report."
+        calls['case_study'] = dict(preset=preset, data=data, overrides=ov)
+        config, _ = cs.resolve(preset, **ov)
+        rows = exp.run_grid(data, config, out, progress=progress, on_result=on_result, should_stop=should_stop)
+        Path(out).mkdir(parents=True, exist_ok=True); (Path(out) / 'results.json').write_text(json.dumps(rows))
+        (Path(out) / 'report.md').write_text('# report\n')
+        return Path(out) / 'report.md'
+    cs.case_study = case_study
     monkeypatch.setitem(sys.modules, 'synthkit.experiment', exp)
     monkeypatch.setitem(sys.modules, 'synthkit.casestudy', cs)
     import synthkit
@@ -316,7 +327,6 @@ def fake_grid(monkeypatch):
 
 def test_case_study_panel_runs_grid_and_fills_table_and_plot(fake_grid, ds, tmp_path, monkeypatch):
     p = CaseStudyPanel(out=tmp_path / 'cs', data=str(ds.root))
-    monkeypatch.setattr(p, 'dataset', lambda: ds)
     assert list(p.w_preset.options) == ['quick', 'standard'] and p.w_source.value == 'folder'
     assert list(p.w_conditions.options) == ['baseline', 'diffusion', 'classic']
     p.w_preset.value = 'standard'
@@ -331,6 +341,9 @@ def test_case_study_panel_runs_grid_and_fills_table_and_plot(fake_grid, ds, tmp_
     assert len(rows) == 4 and p.w_progress.value == p.w_progress.max == 4 and p.w_progress.bar_style == 'success'
     assert p.w_table.value.count('<tr>') == 5 and 'diffusion' in p.w_table.value and '0.610' in p.w_table.value
     assert bytes(p.w_plot.value).startswith(b'\x89PNG') and not p.b_run.disabled and p.b_stop.disabled
+    call = fake_grid['case_study']    # one library call, the same as `synthkit case-study --preset standard --set ...`
+    assert call['preset'] == 'standard' and Path(call['data']) == Path(ds.root) and call['overrides'] == dict(splits=('split_1',), conditions=('baseline', 'diffusion'), seeds=(0, 1))
+    assert p.report == tmp_path / 'cs' / 'report.md' and p.report.is_file() and 'report.md' in p.w_status.value
 
 
 def calls_started(calls): return calls['started']
@@ -338,7 +351,6 @@ def calls_started(calls): return calls['started']
 
 def test_case_study_stop_ends_after_run_in_flight(fake_grid, ds, tmp_path, monkeypatch):
     p = CaseStudyPanel(out=tmp_path / 'cs')
-    monkeypatch.setattr(p, 'dataset', lambda: ds)
     p.w_seeds.value = '0'
     p.b_run.click()                          # 2 splits x 3 conditions x 1 seed = 6 runs
     assert p.busy and p.w_progress.max == 6 and p.b_run.disabled
@@ -370,7 +382,6 @@ def test_case_study_panel_shows_cached_rows_and_real_grid_config(fake_grid, ds, 
     cached = [dict(split='split_1', condition='baseline', seed=0, map50=0.4), dict(split='split_1', condition='+2', seed=0, map50=0.5)]
     monkeypatch.setattr(exp, 'run_grid', lambda *a, **kw: cached)   # everything came from the cache: no callbacks
     p = CaseStudyPanel(out=tmp_path / 'cs')
-    monkeypatch.setattr(p, 'dataset', lambda: ds)
     p.run(); rows = p.wait(timeout=20)
     assert rows == cached and '0.500' in p.w_table.value and bytes(p.w_plot.value).startswith(b'\x89PNG')
 
