@@ -19,7 +19,7 @@ from .report import write_report
 
 # %% auto #0
 __all__ = ['PRESETS', 'DATA_PRESETS', 'resolve', 'parse_sets', 'shrink', 'check_split_sizes', 'prepare_data', 'image_quality',
-           'case_study', 'cli_args', 'cli_run']
+           'case_study', 'cli_args', 'result_line', 'cli_run']
 
 # %% ../nbs/26_casestudy.ipynb #2c225c8b
 PRESETS = {
@@ -237,17 +237,21 @@ def cli_args(parser):
                         help='override any preset value: a GridConfig / DetectConfig field, tiles.KEY / pretrain.KEY / ddpm.KEY, or a data setting (Python literal)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
+def result_line(row: dict) -> str:
+    "The CLI's line for one finished run: every shown metric (`synthkit.detect.METRICS`), on the extra pool too, and the time."
+    from synthkit.detect import METRICS
+    ms = [m for m in METRICS if m.shown and m.name in row]
+    extra = ''.join(f"  extra pool {m.label} {row['extra_' + m.name]:.3f}" for m in ms[:1] if 'extra_' + m.name in row)
+    return (f"  {row['split']} {row['condition']:<11} seed {row['seed']}: " + '  '.join(f'{m.label} {row[m.name]:.3f}' for m in ms)
+            + f"{extra}  ({row.get('train_seconds', 0):.0f} s)")
+
 def cli_run(args) -> int:
     ov = parse_sets(args.sets)
     if args.seeds: 
         try: ov['seeds'] = tuple(int(s) for s in args.seeds.split(','))
         except ValueError: raise SynthkitError(f'--seeds {args.seeds!r} is not a comma-separated list of integers', 'write e.g. --seeds 0,1,2')
     if args.device: ov['device'] = args.device
-    def line(row):
-        if args.quiet: return
-        extra = f"  extra pool {row['extra_map50']:.3f}" if 'extra_map50' in row else ''
-        print(f"  {row['split']} {row['condition']:<11} seed {row['seed']}: mAP50 {row['map50']:.3f}  mAP50-95 {row['map50_95']:.3f}{extra}  "
-              f"({row['train_seconds']:.0f} s)", flush=True)
-    p = case_study(args.preset, args.data, args.generator, args.out, progress=not args.quiet, on_result=line, **ov)
+    p = case_study(args.preset, args.data, args.generator, args.out, progress=not args.quiet,
+                   on_result=None if args.quiet else lambda row: print(result_line(row), flush=True), **ov)
     print(f'report: {p}')
     return 0

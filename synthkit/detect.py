@@ -15,8 +15,8 @@ from .images import is_image_file, to_unit
 from .offline import ultralytics_settings
 
 # %% auto #0
-__all__ = ['METRIC_KEYS', 'DetectConfig', 'split_images', 'toy_dataset', 'plan_budget', 'DetectRun', 'train_detector', 'evaluate',
-           'Detector']
+__all__ = ['METRICS', 'DetectConfig', 'split_images', 'toy_dataset', 'plan_budget', 'DetectRun', 'train_detector', 'Metric',
+           'metric_names', 'evaluate', 'Detector']
 
 # %% ../nbs/20_detect.ipynb #2c9bd37d
 @dataclass(frozen=True)
@@ -204,12 +204,25 @@ def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *,
     return run
 
 # %% ../nbs/20_detect.ipynb #ed1c2aa8
-METRIC_KEYS = {'map50': 'metrics/mAP50(B)', 'map50_95': 'metrics/mAP50-95(B)',
-               'precision': 'metrics/precision(B)', 'recall': 'metrics/recall(B)'}
+@dataclass(frozen=True)
+class Metric:
+    "One detector metric, declared once: its row key, its label, where Ultralytics' validator reports it, its direction, and whether tables show it."
+    name: str                       # the key in result rows ('map50'); 'extra_' + name on the extra pool
+    label: str                      # how tables, plots and the CLI line name it
+    source: str                     # the key in Ultralytics' `results_dict`
+    higher_is_better: bool = True
+    shown: bool = True              # a column of the report's table, the panel's table and the CLI line
+
+METRICS = [Metric('map50', 'mAP50', 'metrics/mAP50(B)'), Metric('map50_95', 'mAP50-95', 'metrics/mAP50-95(B)'),
+           Metric('precision', 'precision', 'metrics/precision(B)', shown=False), Metric('recall', 'recall', 'metrics/recall(B)', shown=False)]
+
+def metric_names(shown: bool = False) -> tuple:
+    "The names of the declared metrics (only those tables show, with `shown`)."
+    return tuple(m.name for m in METRICS if m.shown or not shown)
 
 def evaluate(weights, data_yaml, split: str = 'test', *, imgsz: int = 320, batch: int = 16, device: str = 'cpu',
              out_dir=None, verbose: bool = False, **kw) -> dict:
-    "mAP50, mAP50-95, precision and recall of `weights` on one split of `data_yaml`, from Ultralytics' validator."
+    "Every declared metric (`METRICS`: mAP50, mAP50-95, precision, recall) of `weights` on one split of `data_yaml`, from Ultralytics' validator."
     ultralytics_settings()
     from ultralytics import YOLO
     import tempfile
@@ -222,7 +235,9 @@ def evaluate(weights, data_yaml, split: str = 'test', *, imgsz: int = 320, batch
                                workers=0, plots=False, project=str(Path(out_dir).resolve()), name=split, exist_ok=True,
                                verbose=verbose, **kw)
     rd = res.results_dict
-    return {k: float(rd[v]) for k, v in METRIC_KEYS.items()}
+    missing = [m.source for m in METRICS if m.source not in rd]
+    check(not missing, f'Ultralytics reports no {missing[0]!r}' if missing else '', f'declare metrics by keys it reports: {", ".join(rd)}')
+    return {m.name: float(rd[m.source]) for m in METRICS}
 
 # %% ../nbs/20_detect.ipynb #afb4ac7a
 class Detector:

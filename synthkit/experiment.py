@@ -12,15 +12,15 @@ import numpy as np
 
 from .errors import SynthkitError, check
 from .files import write_json, write_text, config_hash, read_done, mark_done
-from .detect import DetectConfig, train_detector, split_images, evaluate
+from .detect import DetectConfig, train_detector, split_images, evaluate, metric_names
 from .data.tiles import Tiling, tile_dataset, native_imgsz, check_tiling
 from .data.splits import hash_order
 
 # %% auto #0
-__all__ = ['GRID_DDPM', 'METRICS', 'ROW_FIELDS', 'GridConfig', 'conditions_for', 'condition_parts', 'parse_condition', 'RunSpec',
-           'without_legacy', 'generation_fields', 'run_key', 'plan', 'fingerprint', 'default_split_fn', 'source_image',
-           'check_lineage', 'sequence_counts', 'draw_training_list', 'synthetic_entries', 'manifest_records',
-           'manifest_sources', 'entries_of', 'assemble', 'start_of', 'write_table', 'run_dir_of', 'run_grid', 'mean_ci',
+__all__ = ['GRID_DDPM', 'GridConfig', 'conditions_for', 'condition_parts', 'parse_condition', 'RunSpec', 'without_legacy',
+           'generation_fields', 'run_key', 'plan', 'fingerprint', 'default_split_fn', 'source_image', 'check_lineage',
+           'sequence_counts', 'draw_training_list', 'synthetic_entries', 'manifest_records', 'manifest_sources',
+           'entries_of', 'assemble', 'start_of', 'row_fields', 'write_table', 'run_dir_of', 'run_grid', 'mean_ci',
            'min_detectable_difference', 'summarize']
 
 # %% ../nbs/24_experiment.ipynb #876dc071
@@ -503,17 +503,19 @@ def start_of(dataset, config: GridConfig, out, split_fn) -> tuple:
     return f'pretrained:{p.key}', str(p.weights), p
 
 # %% ../nbs/24_experiment.ipynb #c6d70bff
-METRICS = ('map50', 'map50_95', 'precision', 'recall')
-ROW_FIELDS = ['split', 'condition', 'kind', 'n_per_image', 'seed', *METRICS, *[f'extra_{m}' for m in METRICS],
-              'n_train_real', 'n_train_real_distinct', 'n_train_synth', 'n_train_synth_distinct', 'n_val_real', 'n_val_synth', 'epochs', 'steps', 'budget',
-              'start', 'eval_imgsz', 'train_seconds', 'prep_seconds', 'key', 'run_dir', 'synth_dir']
+def row_fields() -> list:
+    "The columns of `results.csv`, in order (the metrics are `synthkit.detect.METRICS`)."
+    ms = metric_names()
+    return ['split', 'condition', 'kind', 'n_per_image', 'seed', *ms, *[f'extra_{m}' for m in ms], 'n_train_real', 'n_train_real_distinct',
+            'n_train_synth', 'n_train_synth_distinct', 'n_val_real', 'n_val_synth', 'epochs', 'steps', 'budget', 'start', 'eval_imgsz',
+            'train_seconds', 'prep_seconds', 'key', 'run_dir', 'synth_dir']
 
 def write_table(rows: list, out, name: str = 'results'):
     "Write rows as `out/name.csv` and `out/name.json` (atomically)."
     import csv, io
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     write_json(out/f'{name}.json', rows)
-    cols = list(dict.fromkeys([k for k in ROW_FIELDS if any(k in r for r in rows)] + [k for r in rows for k in r]))
+    cols = list(dict.fromkeys([k for k in row_fields() if any(k in r for r in rows)] + [k for r in rows for k in r]))
     buf = io.StringIO(); w = csv.DictWriter(buf, cols, extrasaction='ignore'); w.writeheader(); w.writerows(rows)
     write_text(out/f'{name}.csv', buf.getvalue())
 
@@ -524,6 +526,18 @@ def _splits_of(dataset, config, split_fn, seed):
     splits = split_fn(dataset, seed) if config.split_sizes is None else split_fn(dataset, seed, config.split_sizes)
     for sp in config.splits: check(sp in splits, f'split {sp!r} is not one of {sorted(splits)}', 'choose splits the splitter makes')
     return splits
+
+def _with_new_metrics(row: dict, rd: Path) -> dict:
+    "A cached row, with any metric declared since it was made computed from the run's saved weights (no retraining)."
+    missing = [m for m in metric_names() if m not in row]
+    if not missing: return row
+    w, y = rd/'detector'/'train'/'weights'/'last.pt', rd/'data.yaml'
+    check(w.is_file() and y.is_file(), f'the cached run lacks {missing[0]!r} and its weights are gone', 'delete its folder to run it again', path=rd)
+    row = {**row, **{k: v for k, v in evaluate(w, y, 'test', imgsz=row.get('eval_imgsz', 320), out_dir=rd/'detector'/'eval').items() if k in missing}}
+    if 'extra_map50' in row:
+        row.update({f'extra_{k}': v for k, v in evaluate(w, y, 'extra', imgsz=row.get('eval_imgsz', 320), out_dir=rd/'detector'/'eval').items() if k in missing})
+    write_json(rd/'result.json', row)
+    return row
 
 def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_result=None, should_stop=None,
              split_fn=None, generator_factory=None, verbose: bool = False) -> list:
@@ -545,7 +559,7 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
     for spec in specs:
         rd = run_dir_of(spec, out)
         if (rd/'result.json').is_file():
-            rows.append(json.loads((rd/'result.json').read_text())); continue
+            rows.append(_with_new_metrics(json.loads((rd/'result.json').read_text()), rd)); continue
         if should_stop is not None and should_stop(): break
         bar.set_postfix_str(spec.name)
         if start_plan is not None and not start_plan.done:
@@ -608,8 +622,9 @@ def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: flo
     if n < 2 or sd is None or math.isnan(sd): return math.nan
     return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
 
-def summarize(rows: list, metrics=METRICS) -> list:
+def summarize(rows: list, metrics=None) -> list:
     "One row per (split, condition): n, mean ± std and 95 % CI per metric (and on the extra pool), the paired difference to baseline and its MDD."
+    metrics = metric_names() if metrics is None else metrics
     order = list(dict.fromkeys((r['split'], r['condition']) for r in rows))
     base = {(r['split'], r['seed']): r for r in rows if r['condition'] == 'baseline'}
     ms = [m for m in metrics] + [f'extra_{m}' for m in metrics if any(f'extra_{m}' in r for r in rows)]

@@ -12,6 +12,7 @@ import numpy as np
 from .errors import SynthkitError, check
 from .files import write_text
 from .experiment import summarize, mean_ci, parse_condition, condition_parts, write_table, manifest_sources, min_detectable_difference
+from .detect import METRICS
 
 # %% auto #0
 __all__ = ['COLORS', 'plot_map', 'plot_vs_strength', 'plot_vs_variations', 'plot_curves', 'plot_samples', 'comparisons',
@@ -190,6 +191,11 @@ def _fmt(m, lo, hi, sd):
     if math.isnan(m): return '–'
     return f'{m:.3f}' + ('' if math.isnan(sd) else f' ± {sd:.3f} [{lo:.3f}, {hi:.3f}]')
 
+def _cell(s: dict, k: str, diff: bool = False) -> str:
+    "Mean ± std [CI] of metric `k` in a summary row, or of its paired difference to baseline."
+    p = f'{k}_diff' if diff else k
+    return _fmt(*(s.get(x, math.nan) for x in (p if diff else f'{k}_mean', f'{p}_ci_lo', f'{p}_ci_hi', f'{p}_std')))
+
 def write_report(rows: list, out, *, config=None, title: str = 'synthkit case study', notes: str = '',
                  timings: dict | None = None, metric: str = 'map50', quality: list | None = None, start_note: str = '') -> Path:
     "Figures under `out/figures/`, `summary.csv/json`, `comparisons.json` and `out/report.md`; returns the report path."
@@ -227,21 +233,20 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
                if c.tiles is not None else f'- metrics: Ultralytics validation (last weights) on the held-out test images at {evals} px')
               + ('; and on the extra pool: the real images in no part of the split' if any('extra_map50' in r for r in rows) else ''), '']
     if timings: L += ['## Time', ''] + [f'- {k}: {v}' for k, v in timings.items()] + ['']
-    extra = any('extra_map50_mean' in s for s in summ)
+    shown, label = [m for m in METRICS if m.shown], {m.name: m.label for m in METRICS}
+    lab = label.get(metric, metric)
+    extra = any(f'extra_{metric}_mean' in s for s in summ)
     L += ['## Results', '', f'Mean ± std [95 % CI] over seeds, on the test split' + (' and on the extra pool' if extra else '')
           + '. Paired differences are per seed; MDD is the smallest paired difference the seeds\' spread would detect (α 0.05, power 0.8).', '',
-          '| split | condition | runs | mAP50 | mAP50-95 | Δ mAP50 vs baseline | MDD |' + (' mAP50, extra pool | Δ extra pool |' if extra else ''),
-          '|---|---|---|---|---|---|---|' + ('---|---|' if extra else '')]
+          '| split | condition | runs | ' + ' | '.join(m.label for m in shown) + f' | Δ {lab} vs baseline | MDD |'
+          + (f' {lab}, extra pool | Δ extra pool |' if extra else ''),
+          '|---|---|---|' + '---|' * len(shown) + '---|---|' + ('---|---|' if extra else '')]
     for s in summ:
         base = s['condition'] == 'baseline'
-        d = '' if base else _fmt(s['map50_diff'], s['map50_diff_ci_lo'], s['map50_diff_ci_hi'], s['map50_diff_std'])
-        mdd = '' if base or math.isnan(s.get('map50_mdd', math.nan)) else f"{s['map50_mdd']:.3f}"
-        row = (f"| {s['split']} | {s['condition']} | {s['n_runs']} | {_fmt(s['map50_mean'], s['map50_ci_lo'], s['map50_ci_hi'], s['map50_std'])} | "
-               f"{_fmt(s['map50_95_mean'], s['map50_95_ci_lo'], s['map50_95_ci_hi'], s['map50_95_std'])} | {d} | {mdd} |")
-        if extra:
-            e = (s.get(k, math.nan) for k in ('extra_map50_mean', 'extra_map50_ci_lo', 'extra_map50_ci_hi', 'extra_map50_std'))
-            ed = '' if base else _fmt(*(s.get(k, math.nan) for k in ('extra_map50_diff', 'extra_map50_diff_ci_lo', 'extra_map50_diff_ci_hi', 'extra_map50_diff_std')))
-            row += f' {_fmt(*e)} | {ed} |'
+        d = '' if base else _cell(s, metric, diff=True)
+        mdd = '' if base or math.isnan(s.get(f'{metric}_mdd', math.nan)) else f"{s[f'{metric}_mdd']:.3f}"
+        row = f"| {s['split']} | {s['condition']} | {s['n_runs']} | " + ' | '.join(_cell(s, m.name) for m in shown) + f' | {d} | {mdd} |'
+        if extra: row += f" {_cell(s, f'extra_{metric}')} | {'' if base else _cell(s, f'extra_{metric}', diff=True)} |"
         L.append(row)
     L += ['', '### Does it help?', '']
     for c in comps: L.append(f"- {c['split']}, `{c['condition']}` vs `{c['versus']}`: {metric} {_verdict(c)}")

@@ -512,9 +512,11 @@ def results_plot_png(rows: list, metric: str | None = None, dpi: int = 80) -> by
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
 
-def rows_html(rows: list, cols=('split', 'condition', 'seed', 'map50', 'map50_95', 'n_train_real', 'n_train_synth', 'train_seconds')) -> str:
-    "A small HTML table of result rows (columns that no row has are left out)."
+def rows_html(rows: list, cols=None) -> str:
+    "A small HTML table of result rows: split, condition, seed, the shown metrics (`synthkit.detect.METRICS`), counts, time; columns no row has are left out."
     import html
+    from synthkit.detect import metric_names
+    cols = cols or ('split', 'condition', 'seed', *metric_names(shown=True), 'n_train_real', 'n_train_synth', 'train_seconds')
     cols = [c for c in cols if any(c in r for r in rows)] or sorted({k for r in rows for k in r})[:6]
     fmt = lambda v: f'{v:.3f}' if isinstance(v, float) else html.escape(str(v))
     head = ''.join(f'<th style="padding:2px 8px">{c}</th>' for c in cols)

@@ -265,3 +265,27 @@ def test_checked_condition_drops_what_the_baseline_detector_cannot_find(toy, tmp
     assert 'label_check' in json.loads((Path(r['run_dir'])/'spec.json').read_text())
     with pytest.raises(SynthkitError, match="a :checked condition uses the baseline"):
         replace(cfg, conditions=('+2:checked',)).check()
+
+
+def test_a_new_metric_is_one_declaration(grid, toy, tmp_path, monkeypatch):
+    "One Metric(...) in synthkit.detect.METRICS: cached runs get it from their saved weights (no retraining); table, summary, panel and CLI show it."
+    import shutil
+    import synthkit.detect as det
+    from synthkit.report import write_report
+    from synthkit.casestudy import result_line
+    from synthkit.widgets import rows_html
+    out = tmp_path/'grid'; shutil.copytree(grid[0], out)
+    monkeypatch.setattr(ex, 'train_detector', lambda *a, **k: pytest.fail('a cached run was retrained for a new metric'))
+    fitness = det.Metric('fitness', 'fitness', 'fitness')
+    det.METRICS.append(fitness)
+    try:
+        rows = run_grid(toy, CFG, out, split_fn=deal, generator_factory=Copier(), progress=False)
+        assert all(0 <= r['fitness'] <= 1 for r in rows)
+        assert all('fitness' in json.loads(f.read_text()) for f in out.glob('runs/*/result.json'))    # stored: computed once
+        assert 'fitness_mean' in summarize(rows)[0]
+        text = write_report(rows, out, config=CFG).read_text()
+        assert '| mAP50 | mAP50-95 | fitness |' in text
+        assert f"fitness {rows[0]['fitness']:.3f}" in result_line(rows[0]) and '<th style="padding:2px 8px">fitness</th>' in rows_html(rows)
+        assert 'fitness' in ex.row_fields()
+    finally:
+        det.METRICS.remove(fitness)
