@@ -206,9 +206,11 @@ GENERATORS = {
 }
 
 def generator_class(name: str):
-    "The class registered under `name`."
+    "The class registered under `name`: a `'module:Class'` string (imported when first used) or the class itself."
     check(name in GENERATORS, f'unknown generator {name!r}', f'use one of {", ".join(GENERATORS)}')
-    mod, attr = GENERATORS[name].split(':')
+    entry = GENERATORS[name]
+    if not isinstance(entry, str): return entry
+    mod, attr = entry.split(':')
     return getattr(importlib.import_module(mod), attr)
 
 def load_generator(spec: str, **options) -> Generator:
