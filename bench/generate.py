@@ -46,7 +46,7 @@ def bench_data(folder: Path, sources: int, size: int) -> Dataset:
     "`sources` grey size×size crops around ships of ssdd-dev images (toy speckle images when it is absent)."
     dev = find_dev_data()
     if dev is None:
-        from synthkit.ddpm import speckle_toy
+        from synthkit.testing import speckle_toy
         return speckle_toy(folder, n=sources, size=size)
     from synthkit.data.formats import load_dataset
     ds = load_dataset(dev)
@@ -188,7 +188,7 @@ def main(argv=None):
             t = best(fn); print(f'  {name:<40} {t:6.2f} s  ({t / base:4.2f}x the time)')
 
     if not a.skip_sd:
-        from synthkit.tiny import build_tiny_sd_img2img
+        from synthkit.testing import build_tiny_sd_img2img
         from synthkit.diffusion import SDImg2ImgGenerator
         from diffusers import StableDiffusionImg2ImgPipeline
         sd_dir = build_tiny_sd_img2img(tmp/'tiny-sd')

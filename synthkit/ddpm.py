@@ -23,9 +23,9 @@ from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 
 # %% auto #0
 __all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LEGACY', 'DTYPES', 'DDPMConfig', 'read_meta',
-           'built_model', 'build_unet', 'build_scheduler', 'sample_crops', 'speckle_toy', 'native_bf16',
-           'resolve_dtype', 'train_ddpm', 'training_history', 'plot_losses', 'sdedit_timesteps', 'DDPMGenerator',
-           'strength_grid', 'cli_args', 'cli_run']
+           'built_model', 'build_unet', 'build_scheduler', 'sample_crops', 'native_bf16', 'resolve_dtype', 'train_ddpm',
+           'training_history', 'plot_losses', 'sdedit_timesteps', 'DDPMGenerator', 'strength_grid', 'cli_args',
+           'cli_run']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
@@ -137,23 +137,6 @@ def sample_crops(images, boxes, n: int, crop: int, rng: np.random.Generator, obj
         if rng.random() < 0.5: c = c[:, ::-1]
         out[j] = c
     return out
-
-# %% ../nbs/11_ddpm.ipynb #dae2ad49
-def speckle_toy(folder, n: int = 6, size: int = 48, seed: int = 0, splits=None) -> Dataset:
-    "Write `n` toy SAR-like grey PNGs with 1–2 bright boxes each to `folder`; returns their `Dataset` (`splits`: one per image)."
-    folder = Path(folder); rng = np.random.default_rng(seed); items = []
-    for i in range(n):
-        sea = rng.gamma(2.0, 20.0, (size, size))
-        bx = []
-        for _ in range(int(rng.integers(1, 3))):
-            w, h = int(rng.integers(4, size // 4)), int(rng.integers(3, 6))
-            if rng.random() < 0.5: w, h = h, w
-            x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
-            sea[y0:y0 + h, x0:x0 + w] += rng.gamma(6.0, 30.0, (h, w)); bx.append([x0, y0, x0 + w, y0 + h])
-        p = save_image(np.clip(sea, 0, 255).astype(np.uint8), folder/f'toy{i:03d}.png')
-        meta = {} if splits is None else {'split': splits[i]}
-        items.append(Item(p, size, size, bx, [0] * len(bx), f'toy{i:03d}', meta))
-    return Dataset(items, ['ship'], root=folder)
 
 # %% ../nbs/11_ddpm.ipynb #7f6b71a8
 DTYPES = ('auto', 'fp32', 'bf16')

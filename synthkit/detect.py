@@ -15,8 +15,8 @@ from .images import is_image_file, to_unit
 from .offline import ultralytics_settings
 
 # %% auto #0
-__all__ = ['METRICS', 'DetectConfig', 'split_images', 'toy_dataset', 'plan_budget', 'DetectRun', 'train_detector', 'Metric',
-           'metric_names', 'evaluate', 'Detector']
+__all__ = ['METRICS', 'DetectConfig', 'split_images', 'plan_budget', 'DetectRun', 'train_detector', 'Metric', 'metric_names',
+           'evaluate', 'Detector']
 
 # %% ../nbs/20_detect.ipynb #2c9bd37d
 @dataclass(frozen=True)
@@ -85,27 +85,6 @@ def split_images(data_yaml, part: str = 'train') -> list[Path]:
         else: raise SynthkitError(f'{part} entry {str(e)!r} is neither a folder nor a .txt list', 'check the paths in data.yaml', path=data_yaml)
     check(out, f'the {part} part has no images', 'check the paths in data.yaml', path=data_yaml)
     return out
-
-# %% ../nbs/20_detect.ipynb #a9e854a1
-def toy_dataset(out, n: int = 24, size: int = 64, seed: int = 0, parts=(('train', .5), ('val', .25), ('test', .25))) -> Path:
-    "Write `n` tiny grey images with 1-2 bright boxes each, in the Ultralytics layout; returns the data.yaml path."
-    from PIL import Image
-    out = Path(out); rng = np.random.default_rng(seed)
-    bounds = np.cumsum([0] + [round(f * n) for _, f in parts]); bounds[-1] = n
-    for (part, _), a, b in zip(parts, bounds[:-1], bounds[1:]):
-        (out/'images'/part).mkdir(parents=True, exist_ok=True); (out/'labels'/part).mkdir(parents=True, exist_ok=True)
-        for i in range(a, b):
-            img = rng.gamma(2.0, 20.0, (size, size)).clip(0, 255)
-            lines = []
-            for _ in range(rng.integers(1, 3)):
-                w, h = rng.integers(size // 8, size // 3, 2); x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
-                img[y0:y0 + h, x0:x0 + w] = rng.uniform(200, 255)
-                lines.append(f'0 {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}')
-            Image.fromarray(img.astype(np.uint8)).save(out/'images'/part/f'toy{i:04d}.png')
-            (out/'labels'/part/f'toy{i:04d}.txt').write_text('\n'.join(lines) + '\n')
-    y = out/'data.yaml'
-    y.write_text(f'path: {out.resolve()}\n' + ''.join(f'{p}: images/{p}\n' for p, _ in parts) + 'names:\n  0: ship\n')
-    return y
 
 # %% ../nbs/20_detect.ipynb #db076128
 def _model_source(model: str) -> str:

@@ -69,7 +69,7 @@ def test_tiny_case_study_end_to_end_then_cached(tmp_path):
 
 
 def test_shrink_scales_images_and_boxes(tmp_path):
-    from synthkit.detect import toy_dataset
+    from synthkit.testing import toy_dataset
     from synthkit.data.formats import load_dataset
     ds = load_dataset(toy_dataset(tmp_path/'toy', n=4, size=64, parts=(('train', 1.0),)).parent)
     small = shrink(ds, 32, tmp_path/'small')
@@ -86,7 +86,7 @@ def test_real_data_is_shrunk(ssdd_dev, tmp_path):
 
 
 def _toy_data(tmp_path, n):
-    from synthkit.detect import toy_dataset
+    from synthkit.testing import toy_dataset
     return toy_dataset(tmp_path/'toy', n=n, size=64, parts=(('train', 1.0),)).parent
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from synthkit.errors import SynthkitError
 from synthkit.generators import GenParams, load_generator
-from synthkit.ddpm import DDPMConfig, DDPMGenerator, speckle_toy, train_ddpm, training_history, sample_crops
+from synthkit.ddpm import DDPMConfig, DDPMGenerator, train_ddpm, training_history, sample_crops
+from synthkit.testing import speckle_toy
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from synthkit.errors import SynthkitError
-from synthkit.detect import DetectConfig, plan_budget, split_images, toy_dataset, train_detector, evaluate, Detector
+from synthkit.detect import DetectConfig, plan_budget, split_images, train_detector, evaluate, Detector
+from synthkit.testing import toy_dataset
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,4 @@
-"""The four diffusers backends through `Generator.generate`, on tiny offline pipelines (synthkit.tiny): dtype / shape
+"""The four diffusers backends through `Generator.generate`, on tiny offline pipelines (synthkit.testing): dtype / shape
 preservation, seeds, knob validation, offline error messages, ControlNet conditions."""
 import json
 import warnings
@@ -17,7 +17,7 @@ P = GenParams(strength=0.5, steps=2, seed=3, prompt='a ship')   # img2img: 1 ste
 
 @pytest.fixture(scope='module')
 def folders(tmp_path_factory):
-    from synthkit import tiny
+    from synthkit import testing as tiny
     d = tmp_path_factory.mktemp('tiny')
     return {'sd-img2img': tiny.build_tiny_sd_img2img(d/'sd'), 'sdxl-img2img': tiny.build_tiny_sdxl_img2img(d/'sdxl'),
             'unclip': tiny.build_tiny_unclip(d/'unclip'),
@@ -135,7 +135,8 @@ def test_ddpm_on_gpu(tmp_path):
     "The in-domain DDPM trains and generates on CUDA (bf16 where the GPU has it natively)."
     import torch
     if not torch.cuda.is_available(): pytest.skip('needs a CUDA GPU')
-    from synthkit.ddpm import DDPMConfig, speckle_toy, train_ddpm, resolve_dtype
+    from synthkit.ddpm import DDPMConfig, train_ddpm, resolve_dtype
+    from synthkit.testing import speckle_toy
     toy = speckle_toy(tmp_path/'toy', n=3, size=40)
     m = train_ddpm(toy, tmp_path/'m', DDPMConfig(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2, steps=3),
                    progress=False, device='cuda')

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from synthkit.errors import SynthkitError
-from synthkit.detect import DetectConfig, toy_dataset
+from synthkit.detect import DetectConfig
+from synthkit.testing import toy_dataset
 from synthkit.experiment import GridConfig, RunSpec, plan, run_key, run_grid, summarize, check_lineage, parse_condition
 import synthkit.experiment as ex
 

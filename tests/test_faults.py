@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from synthkit.cli import main
-from synthkit.ddpm import DDPMConfig, speckle_toy, train_ddpm, CONFIG_FILE, STATE_FILE, STATE_JSON, OLD_STATE_FILE
+from synthkit.ddpm import DDPMConfig, train_ddpm, CONFIG_FILE, STATE_FILE, STATE_JSON, OLD_STATE_FILE
+from synthkit.testing import speckle_toy
 from synthkit.data.formats import export_yolo, load_dataset
 from synthkit.images import save_image
 from synthkit.synthesize import Manifest

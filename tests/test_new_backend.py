@@ -24,7 +24,7 @@ def registered(monkeypatch):
 
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory):
-    from synthkit.detect import toy_dataset
+    from synthkit.testing import toy_dataset
     from synthkit.data.formats import load_dataset
     return load_dataset(toy_dataset(tmp_path_factory.mktemp('toy')/'toy', n=16, size=64, seed=4).parent)
 

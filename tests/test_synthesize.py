@@ -8,7 +8,8 @@ import pytest
 from synthkit.errors import SynthkitError
 from synthkit.generators import GenParams, Generator
 from synthkit.images import read_image
-from synthkit.ddpm import DDPMConfig, DDPMGenerator, speckle_toy, train_ddpm
+from synthkit.ddpm import DDPMConfig, DDPMGenerator, train_ddpm
+from synthkit.testing import speckle_toy
 from synthkit.synthesize import Manifest, synthesize, regenerate, write_variation
 
 BIN = Path(sys.executable).parent

@@ -443,8 +443,8 @@ def test_case_study_panel_simulator_data_is_made_once(tmp_path):
 
 
 def test_tuning_panel_drives_a_real_diffusers_backend(tmp_path, ds):
-    "A tiny offline SD img2img pipeline (synthkit.tiny) behind the panel: every knob live, prompt included, seeds honoured."
-    tiny = pytest.importorskip('synthkit.tiny')
+    "A tiny offline SD img2img pipeline (synthkit.testing) behind the panel: every knob live, prompt included, seeds honoured."
+    tiny = pytest.importorskip('synthkit.testing')
     folder = tiny.build_tiny_sd_img2img(tmp_path / 'sd')
     big = Dataset([Item(save_image(np.kron(ds[0].read(), np.ones((2, 2), np.uint8)), tmp_path / 'big' / 'b.png'), 128, 96,
                         [[40, 20, 68, 32]], [0], 'b')], ['ship'], root=tmp_path / 'big')
