@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import ipywidgets as W
 
+from fastcore.basics import patch
+
 from .errors import SynthkitError, check
 from .offline import setup_offline
 from .generators import Generator, GenParams, KNOBS, DTYPE_ARGS, derive_seed, load_generator
@@ -192,7 +194,6 @@ class TuningPanel:
     @staticmethod
     def _label(g) -> str: return g if isinstance(g, str) else generator_spec(g)
 
-    # ---- widgets -----------------------------------------------------------------
     def _build(self, n, params, sweep_strengths, out):
         L = lambda **kw: W.Layout(**kw)
         st = {'description_width': '90px'}
@@ -254,226 +255,244 @@ class TuningPanel:
         try: fn()
         except SynthkitError as e: self._status(str(e), error=True)
 
-    # ---- state ---------------------------------------------------------------------
-    @property
-    def generator(self) -> Generator:
-        "The generator picked now (a spec string is loaded the first time)."
-        label = self.w_generator.value
-        g = self.generators[label]
-        if isinstance(g, str):
-            self._status(f'loading {g} …')
-            g = self.generators[label] = load_generator(g)
-            self._status('')
-        return g
+# %% ../nbs/30_widgets.ipynb #99ad07ab
+@patch(as_prop=True)
+def generator(self: TuningPanel) -> Generator:
+    "The generator picked now (a spec string is loaded the first time)."
+    label = self.w_generator.value
+    g = self.generators[label]
+    if isinstance(g, str):
+        self._status(f'loading {g} …')
+        g = self.generators[label] = load_generator(g)
+        self._status('')
+    return g
 
-    @property
-    def item(self): return self.dataset[self.w_image.value]
+@patch(as_prop=True)
+def item(self: TuningPanel): return self.dataset[self.w_image.value]
 
-    @property
-    def params(self) -> GenParams:
-        "The knob values now in the panel."
-        return GenParams(strength=float(self.w_strength.value), guidance=float(self.w_guidance.value),
-                         steps=int(self.w_steps.value), seed=int(self.w_seed.value),
-                         prompt=self.w_prompt.value, negative_prompt=self.w_negative.value).check()
+@patch(as_prop=True)
+def params(self: TuningPanel) -> GenParams:
+    "The knob values now in the panel."
+    return GenParams(strength=float(self.w_strength.value), guidance=float(self.w_guidance.value),
+                     steps=int(self.w_steps.value), seed=int(self.w_seed.value),
+                     prompt=self.w_prompt.value, negative_prompt=self.w_negative.value).check()
 
-    def set(self, **kw) -> 'TuningPanel':
-        "Set knobs by name (`strength`, `guidance`, `steps`, `seed`, `prompt`, `negative_prompt`, `n`, `image`, `generator`, `mode`)."
-        ws = dict(strength=self.w_strength, guidance=self.w_guidance, steps=self.w_steps, seed=self.w_seed, n=self.w_n,
-                  prompt=self.w_prompt, negative_prompt=self.w_negative, image=self.w_image, generator=self.w_generator,
-                  mode=self.w_mode, sweep=self.w_sweep, out=self.w_out)
-        for k, v in kw.items():
-            check(k in ws, f'unknown panel setting {k!r}', f'use one of {", ".join(ws)}')
-            ws[k].value = v
-        return self
+@patch
+def set(self: TuningPanel, **kw) -> 'TuningPanel':
+    "Set knobs by name (`strength`, `guidance`, `steps`, `seed`, `prompt`, `negative_prompt`, `n`, `image`, `generator`, `mode`)."
+    ws = dict(strength=self.w_strength, guidance=self.w_guidance, steps=self.w_steps, seed=self.w_seed, n=self.w_n,
+              prompt=self.w_prompt, negative_prompt=self.w_negative, image=self.w_image, generator=self.w_generator,
+              mode=self.w_mode, sweep=self.w_sweep, out=self.w_out)
+    for k, v in kw.items():
+        check(k in ws, f'unknown panel setting {k!r}', f'use one of {", ".join(ws)}')
+        ws[k].value = v
+    return self
 
-    def _source(self, item):
-        if item.id not in self._sources: self._sources = {item.id: item.read()}  # keep one decoded image
-        return self._sources[item.id]
+@patch
+def _source(self: TuningPanel, item):
+    if item.id not in self._sources: self._sources = {item.id: item.read()}  # keep one decoded image
+    return self._sources[item.id]
 
-    def _on_generator(self):
-        knobs = self.generator.knobs
-        for k, w in [('strength', self.w_strength), ('guidance', self.w_guidance), ('steps', self.w_steps), ('seed', self.w_seed),
-                     ('prompt', self.w_prompt), ('negative_prompt', self.w_negative)]:
-            w.disabled = k not in knobs
-        self.b_new_seed.disabled = 'seed' not in knobs
+@patch
+def _on_generator(self: TuningPanel):
+    knobs = self.generator.knobs
+    for k, w in [('strength', self.w_strength), ('guidance', self.w_guidance), ('steps', self.w_steps), ('seed', self.w_seed),
+                 ('prompt', self.w_prompt), ('negative_prompt', self.w_negative)]:
+        w.disabled = k not in knobs
+    self.b_new_seed.disabled = 'seed' not in knobs
 
-    def _on_mode(self):
-        self.w_sweep.layout.display = None if self.w_mode.value == 'sweep' else 'none'
+@patch
+def _on_mode(self: TuningPanel):
+    self.w_sweep.layout.display = None if self.w_mode.value == 'sweep' else 'none'
 
-    def _show_source(self):
-        it = self.item
-        self.w_source.value = grid_png([[self._source(it)]], it.boxes, it.cls, names=self.dataset.names,
-                                       col_labels=[f'{it.id}  ({it.n_boxes} boxes)'], cell_px=256)
+@patch
+def _show_source(self: TuningPanel):
+    it = self.item
+    self.w_source.value = grid_png([[self._source(it)]], it.boxes, it.cls, names=self.dataset.names,
+                                   col_labels=[f'{it.id}  ({it.n_boxes} boxes)'], cell_px=256)
 
-    def new_seed(self) -> int:
-        "Draw a fresh base seed (from the panel's own seeded generator) into the seed box."
-        self.w_seed.value = int(self._rng.integers(0, 2**31 - 1))
-        return self.w_seed.value
+@patch
+def new_seed(self: TuningPanel) -> int:
+    "Draw a fresh base seed (from the panel's own seeded generator) into the seed box."
+    self.w_seed.value = int(self._rng.integers(0, 2**31 - 1))
+    return self.w_seed.value
 
-    # ---- generation ----------------------------------------------------------------
-    def run(self):
-        "What the Preview button does: `preview()` or `sweep()`, by the mode picked."
-        return self.sweep() if self.w_mode.value == 'sweep' else self.preview()
+# %% ../nbs/30_widgets.ipynb #78990427
+@patch
+def run(self: TuningPanel):
+    "What the Preview button does: `preview()` or `sweep()`, by the mode picked."
+    return self.sweep() if self.w_mode.value == 'sweep' else self.preview()
 
-    def preview(self, n: int | None = None) -> PreviewResult:
-        "Start computing the source + `n` variations (in a background thread; `wait()` for it). Returns the result being filled."
-        if n is not None: self.w_n.value = n
-        p = self.params
-        return self._start('variations', [p.strength], p)
+@patch
+def preview(self: TuningPanel, n: int | None = None) -> PreviewResult:
+    "Start computing the source + `n` variations (in a background thread; `wait()` for it). Returns the result being filled."
+    if n is not None: self.w_n.value = n
+    p = self.params
+    return self._start('variations', [p.strength], p)
 
-    def sweep(self, strengths=None) -> PreviewResult:
-        "Start a sweep: one row per strength, one column per output seed (k = 0 … n-1)."
-        if strengths is not None: self.w_sweep.value = ', '.join(f'{s:g}' for s in strengths)
-        vals = _parse_floats(self.w_sweep.value, 'sweep strengths')
-        return self._start('sweep', vals, self.params)
+@patch
+def sweep(self: TuningPanel, strengths=None) -> PreviewResult:
+    "Start a sweep: one row per strength, one column per output seed (k = 0 … n-1)."
+    if strengths is not None: self.w_sweep.value = ', '.join(f'{s:g}' for s in strengths)
+    vals = _parse_floats(self.w_sweep.value, 'sweep strengths')
+    return self._start('sweep', vals, self.params)
 
-    def _start(self, mode, strengths, p: GenParams) -> PreviewResult:
-        self.cancel()  # a run still going stops after its output in flight; we don't wait for it here
-        gen, it, n = self.generator, self.item, int(self.w_n.value)
-        ks = list(range(n))
-        res = PreviewResult(mode, it.id, self.w_generator.value, p, list(strengths), ks,
-                            [derive_seed(p.seed, it.id, k) for k in ks], [[None] * n for _ in strengths],
-                            [[(it.boxes, it.cls)] * n for _ in strengths])
-        self.result, self._cancel = res, threading.Event()
-        self.w_progress.max, self.w_progress.value = max(1, res.total), 0
-        self.w_progress.bar_style = ''
-        self.b_cancel.disabled, self.b_keep.disabled = False, True
-        self._status(f'{mode}: 0 / {res.total}')
-        self._thread = threading.Thread(target=self._work, args=(res, gen, it, self._cancel), daemon=True,
-                                        name='synthkit-tuning-panel')
-        self._thread.start()
-        return res
+@patch
+def _start(self: TuningPanel, mode, strengths, p: GenParams) -> PreviewResult:
+    self.cancel()  # a run still going stops after its output in flight; we don't wait for it here
+    gen, it, n = self.generator, self.item, int(self.w_n.value)
+    ks = list(range(n))
+    res = PreviewResult(mode, it.id, self.w_generator.value, p, list(strengths), ks,
+                        [derive_seed(p.seed, it.id, k) for k in ks], [[None] * n for _ in strengths],
+                        [[(it.boxes, it.cls)] * n for _ in strengths])
+    self.result, self._cancel = res, threading.Event()
+    self.w_progress.max, self.w_progress.value = max(1, res.total), 0
+    self.w_progress.bar_style = ''
+    self.b_cancel.disabled, self.b_keep.disabled = False, True
+    self._status(f'{mode}: 0 / {res.total}')
+    self._thread = threading.Thread(target=self._work, args=(res, gen, it, self._cancel), daemon=True,
+                                    name='synthkit-tuning-panel')
+    self._thread.start()
+    return res
 
-    def _work(self, res: PreviewResult, gen, it, cancel: threading.Event):
-        t0 = time.time()
-        try:
-            src = self._source(it)
-            self._render(res)  # the grid frame at once, cells fill in as outputs arrive
-            for i, s in enumerate(res.strengths):
-                p = res.params.replace(strength=s)
-                for j, (k, seed) in enumerate(zip(res.ks, res.seeds)):
-                    if cancel.is_set(): res.cancelled = True; break
-                    key = output_key(it.id, gen, p, seed)
-                    out = self.cache.get(key)
-                    if out is None:
-                        with self._gen_lock:  # one model call at a time (schedulers keep state), even across runs
-                            out = _generate_one(gen, src, it, p, seed)
-                        self.cache.put(key, out)
-                    res.labels[i][j] = out[1:]
-                    res.images[i][j] = out[0]
-                    if self.result is not res: continue  # superseded by a newer Preview: leave the widgets alone
-                    self.w_progress.value = res.done
-                    self._status(f'{res.mode}: {res.done} / {res.total}')
-                    if time.time() - self._last_render > max(0.5, 4 * self._render_s): self._render(res)
-                if res.cancelled: break
-        except SynthkitError as e: res.error = str(e)
-        except Exception as e:
-            res.error = f'{type(e).__name__}: {e}'
-            traceback.print_exc()
-        if self.result is not res: return
-        self._render(res)
-        self.b_cancel.disabled = True
-        self.b_keep.disabled = not (res.mode == 'variations' and res.done and not res.error)
-        self.w_which.options = [k for k, a in zip(res.ks, res.images[0]) if a is not None] if res.mode == 'variations' else []
-        self.w_which.value = tuple(self.w_which.options)
-        if res.error: self.w_progress.bar_style = 'danger'; self._status(res.error, error=True)
-        elif res.cancelled: self.w_progress.bar_style = 'warning'; self._status(f'cancelled after {res.done} of {res.total}')
-        else: self.w_progress.bar_style = 'success'; self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s')
-
-    def _render(self, res: PreviewResult):
-        t0 = time.time()
-        it = self.dataset[res.item_id]
+@patch
+def _work(self: TuningPanel, res: PreviewResult, gen, it, cancel: threading.Event):
+    t0 = time.time()
+    try:
         src = self._source(it)
-        labels = [[(it.boxes, it.cls)] + list(r) for r in res.labels]
-        g = self.generators.get(res.generator)
-        knob = not isinstance(g, str) and 'strength' in getattr(g, 'knobs', ())
-        cols = ['source'] + [f'k={k}' for k in res.ks]
-        rows = [f'strength {s:g}' for s in res.strengths] if knob else None
-        if res.mode == 'variations': cells = [[src] + res.images[0]]
-        else: cells = [[src if i == 0 else None] + r for i, r in enumerate(res.images)]
-        blank = np.zeros_like(src)  # cells still being computed show black
-        cells = [[(blank if a is None and j > 0 else a) for j, a in enumerate(r)] for r in cells]
-        self.grid_png = grid_png(cells, it.boxes, it.cls, scale=display_scale(src), row_labels=rows, col_labels=cols,
-                                 names=self.dataset.names, cell_labels=labels)
-        self.w_grid.value = self.grid_png
-        self._last_render, self._render_s = time.time(), time.time() - t0
-        p = res.params
-        self.w_caption.value = (f'{res.mode}: {res.item_id} · {res.generator} · strength {" / ".join(f"{s:g}" for s in res.strengths)} '
-                               f'· seed {p.seed} · steps {p.steps} · {res.done}/{res.total}{" (cancelled)" if res.cancelled else ""}')
+        self._render(res)  # the grid frame at once, cells fill in as outputs arrive
+        for i, s in enumerate(res.strengths):
+            p = res.params.replace(strength=s)
+            for j, (k, seed) in enumerate(zip(res.ks, res.seeds)):
+                if cancel.is_set(): res.cancelled = True; break
+                key = output_key(it.id, gen, p, seed)
+                out = self.cache.get(key)
+                if out is None:
+                    with self._gen_lock:  # one model call at a time (schedulers keep state), even across runs
+                        out = _generate_one(gen, src, it, p, seed)
+                    self.cache.put(key, out)
+                res.labels[i][j] = out[1:]
+                res.images[i][j] = out[0]
+                if self.result is not res: continue  # superseded by a newer Preview: leave the widgets alone
+                self.w_progress.value = res.done
+                self._status(f'{res.mode}: {res.done} / {res.total}')
+                if time.time() - self._last_render > max(0.5, 4 * self._render_s): self._render(res)
+            if res.cancelled: break
+    except SynthkitError as e: res.error = str(e)
+    except Exception as e:
+        res.error = f'{type(e).__name__}: {e}'
+        traceback.print_exc()
+    if self.result is not res: return
+    self._render(res)
+    self.b_cancel.disabled = True
+    self.b_keep.disabled = not (res.mode == 'variations' and res.done and not res.error)
+    self.w_which.options = [k for k, a in zip(res.ks, res.images[0]) if a is not None] if res.mode == 'variations' else []
+    self.w_which.value = tuple(self.w_which.options)
+    if res.error: self.w_progress.bar_style = 'danger'; self._status(res.error, error=True)
+    elif res.cancelled: self.w_progress.bar_style = 'warning'; self._status(f'cancelled after {res.done} of {res.total}')
+    else: self.w_progress.bar_style = 'success'; self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s')
 
-    def cancel(self):
-        "Ask the worker to stop after the output in flight (finished outputs stay in the grid and the cache)."
-        self._cancel.set()
+@patch
+def _render(self: TuningPanel, res: PreviewResult):
+    t0 = time.time()
+    it = self.dataset[res.item_id]
+    src = self._source(it)
+    labels = [[(it.boxes, it.cls)] + list(r) for r in res.labels]
+    g = self.generators.get(res.generator)
+    knob = not isinstance(g, str) and 'strength' in getattr(g, 'knobs', ())
+    cols = ['source'] + [f'k={k}' for k in res.ks]
+    rows = [f'strength {s:g}' for s in res.strengths] if knob else None
+    if res.mode == 'variations': cells = [[src] + res.images[0]]
+    else: cells = [[src if i == 0 else None] + r for i, r in enumerate(res.images)]
+    blank = np.zeros_like(src)  # cells still being computed show black
+    cells = [[(blank if a is None and j > 0 else a) for j, a in enumerate(r)] for r in cells]
+    self.grid_png = grid_png(cells, it.boxes, it.cls, scale=display_scale(src), row_labels=rows, col_labels=cols,
+                             names=self.dataset.names, cell_labels=labels)
+    self.w_grid.value = self.grid_png
+    self._last_render, self._render_s = time.time(), time.time() - t0
+    p = res.params
+    self.w_caption.value = (f'{res.mode}: {res.item_id} · {res.generator} · strength {" / ".join(f"{s:g}" for s in res.strengths)} '
+                           f'· seed {p.seed} · steps {p.steps} · {res.done}/{res.total}{" (cancelled)" if res.cancelled else ""}')
 
-    def wait(self, timeout: float | None = None, raise_error: bool = True) -> PreviewResult | None:
-        "Block until the worker thread is done; re-raise its error as `SynthkitError` (for tests and scripts)."
-        if self._thread is not None: self._thread.join(timeout)
-        if raise_error and self.result is not None and self.result.error: raise SynthkitError(self.result.error)
-        return self.result
+@patch
+def cancel(self: TuningPanel):
+    "Ask the worker to stop after the output in flight (finished outputs stay in the grid and the cache)."
+    self._cancel.set()
 
-    @property
-    def busy(self) -> bool: return self._thread is not None and self._thread.is_alive()
+@patch
+def wait(self: TuningPanel, timeout: float | None = None, raise_error: bool = True) -> PreviewResult | None:
+    "Block until the worker thread is done; re-raise its error as `SynthkitError` (for tests and scripts)."
+    if self._thread is not None: self._thread.join(timeout)
+    if raise_error and self.result is not None and self.result.error: raise SynthkitError(self.result.error)
+    return self.result
 
-    # ---- keep and code --------------------------------------------------------------
-    def keep(self, which=None, out=None) -> list:
-        "Write variations `which` (output indices k; default those picked, else all) of the last preview into `out`."
-        res = self.result
-        check(res is not None and res.mode == 'variations' and res.done, 'there is no finished preview of variations to keep',
-              'press Preview in "variations" mode first')
-        check(not self.busy, 'the preview is still running', 'wait for it to finish or cancel it')
-        ks = list(which) if which is not None else (list(self.w_which.value) or res.ks)
-        have = {k: a for k, a in zip(res.ks, res.images[0]) if a is not None}
-        for k in ks: check(k in have, f'variation k={k} is not in the last preview', f'pick one of {sorted(have)}')
-        out = Path(out if out is not None else self.w_out.value).expanduser()
-        check(str(out).strip() and not out.is_file(), 'the keep folder is a file or empty', 'type a folder name into "into folder"', path=out)
-        from synthkit.synthesize import write_variation, Manifest
-        from synthkit.data.formats import write_data_yaml
-        gen = self.generators[res.generator]
-        it = self.dataset[res.item_id]
-        part = it.meta.get('split') or self.part  # variations inherit their source's part
-        old = {(r['source'], int(r['k'])): r for r in Manifest(out).read()}
-        written, already = [], 0
-        for k in ks:
-            rec = keep_record(gen, res.params, it, k, part)
-            if (it.id, k) in old:
-                check(_same_output(old[(it.id, k)], rec), f'{out} already holds variation k={k} of {it.id!r}, made with other settings',
-                      'keep into another folder, or pick another seed so the outputs get other k', path=out)
-                already += 1; continue
-            boxes, cls = res.labels[0][res.ks.index(k)]
-            written.append(write_variation(out, it, k, have[k], rec, part, boxes, cls))
-        parts = sorted({r['part'] for r in Manifest(out).read()})
-        if parts: write_data_yaml(out, self.dataset.names, {p: f'images/{p}' for p in parts}, 'variations kept in the synthkit tuning panel')
-        self.kept += written
-        self._status(f'kept {len(written)} variation(s) of {it.id} in {out}' + (f' ({already} were there already)' if already else ''))
-        return written
+@patch(as_prop=True)
+def busy(self: TuningPanel) -> bool: return self._thread is not None and self._thread.is_alive()
 
-    def code(self) -> tuple[str, str]:
-        "The current settings as (Python call, CLI line) that make the same outputs for the whole dataset / this image."
-        p, gen, it, n = self.params, self.generator, self.item, int(self.w_n.value)
-        kw = ', '.join(f'{k}={getattr(p, k)!r}' for k in KNOBS if k in gen.knobs)
-        spec, root = generator_spec(gen), self.dataset.root
-        dtype = DTYPE_ARGS.get(gen.describe().get('dtype'))   # explicit, so the code gives the same pixels on another machine
-        py = '\n'.join([
-            'from synthkit.generators import load_generator, GenParams',
-            'from synthkit.data.formats import load_dataset',
-            f'dataset = load_dataset({str(root)!r})' if root else '# dataset = load_dataset(FOLDER)',
-            f'item = dataset[{it.id!r}]',
-            f'gen = load_generator({spec!r}' + (f', dtype={dtype!r})' if dtype else ')'),
-            f'params = GenParams({kw})',
-            f'outputs = gen.generate_labelled(item.read(), item.boxes, item.cls, n={n}, params=params, source_id=item.id)  # (image, boxes, cls)',
-            f'# the whole dataset: synthkit.synthesize.synthesize(dataset, gen, {n}, params, {str(self.w_out.value)!r})'])
-        cli = ['synthkit', 'generate', str(root) if root else 'DATA', '--generator', spec, '--n', str(n)] + (['--dtype', dtype] if dtype else [])
-        for k in KNOBS:  # `synthkit generate` takes every knob as --name (ignored ones left out)
-            if k in gen.knobs:
-                v = getattr(p, k)
-                cli += [f'--{k.replace("_", "-")}', f'{v:g}' if isinstance(v, float) else str(v)]
-        cli += ['--out', str(self.w_out.value)]
-        return py, shlex.join(cli)
+# %% ../nbs/30_widgets.ipynb #96cafe9d
+@patch
+def keep(self: TuningPanel, which=None, out=None) -> list:
+    "Write variations `which` (output indices k; default those picked, else all) of the last preview into `out`."
+    res = self.result
+    check(res is not None and res.mode == 'variations' and res.done, 'there is no finished preview of variations to keep',
+          'press Preview in "variations" mode first')
+    check(not self.busy, 'the preview is still running', 'wait for it to finish or cancel it')
+    ks = list(which) if which is not None else (list(self.w_which.value) or res.ks)
+    have = {k: a for k, a in zip(res.ks, res.images[0]) if a is not None}
+    for k in ks: check(k in have, f'variation k={k} is not in the last preview', f'pick one of {sorted(have)}')
+    out = Path(out if out is not None else self.w_out.value).expanduser()
+    check(str(out).strip() and not out.is_file(), 'the keep folder is a file or empty', 'type a folder name into "into folder"', path=out)
+    from synthkit.synthesize import write_variation, Manifest
+    from synthkit.data.formats import write_data_yaml
+    gen = self.generators[res.generator]
+    it = self.dataset[res.item_id]
+    part = it.meta.get('split') or self.part  # variations inherit their source's part
+    old = {(r['source'], int(r['k'])): r for r in Manifest(out).read()}
+    written, already = [], 0
+    for k in ks:
+        rec = keep_record(gen, res.params, it, k, part)
+        if (it.id, k) in old:
+            check(_same_output(old[(it.id, k)], rec), f'{out} already holds variation k={k} of {it.id!r}, made with other settings',
+                  'keep into another folder, or pick another seed so the outputs get other k', path=out)
+            already += 1; continue
+        boxes, cls = res.labels[0][res.ks.index(k)]
+        written.append(write_variation(out, it, k, have[k], rec, part, boxes, cls))
+    parts = sorted({r['part'] for r in Manifest(out).read()})
+    if parts: write_data_yaml(out, self.dataset.names, {p: f'images/{p}' for p in parts}, 'variations kept in the synthkit tuning panel')
+    self.kept += written
+    self._status(f'kept {len(written)} variation(s) of {it.id} in {out}' + (f' ({already} were there already)' if already else ''))
+    return written
 
-    def _show_code(self):
-        py, cli = self.code()
-        self.w_code.value = py + '\n\n# command line:\n' + cli
-        self.w_code.layout.display = None
+# %% ../nbs/30_widgets.ipynb #fb729204
+@patch
+def code(self: TuningPanel) -> tuple[str, str]:
+    "The current settings as (Python call, CLI line) that make the same outputs for the whole dataset / this image."
+    p, gen, it, n = self.params, self.generator, self.item, int(self.w_n.value)
+    kw = ', '.join(f'{k}={getattr(p, k)!r}' for k in KNOBS if k in gen.knobs)
+    spec, root = generator_spec(gen), self.dataset.root
+    dtype = DTYPE_ARGS.get(gen.describe().get('dtype'))   # explicit, so the code gives the same pixels on another machine
+    py = '\n'.join([
+        'from synthkit.generators import load_generator, GenParams',
+        'from synthkit.data.formats import load_dataset',
+        f'dataset = load_dataset({str(root)!r})' if root else '# dataset = load_dataset(FOLDER)',
+        f'item = dataset[{it.id!r}]',
+        f'gen = load_generator({spec!r}' + (f', dtype={dtype!r})' if dtype else ')'),
+        f'params = GenParams({kw})',
+        f'outputs = gen.generate_labelled(item.read(), item.boxes, item.cls, n={n}, params=params, source_id=item.id)  # (image, boxes, cls)',
+        f'# the whole dataset: synthkit.synthesize.synthesize(dataset, gen, {n}, params, {str(self.w_out.value)!r})'])
+    cli = ['synthkit', 'generate', str(root) if root else 'DATA', '--generator', spec, '--n', str(n)] + (['--dtype', dtype] if dtype else [])
+    for k in KNOBS:  # `synthkit generate` takes every knob as --name (ignored ones left out)
+        if k in gen.knobs:
+            v = getattr(p, k)
+            cli += [f'--{k.replace("_", "-")}', f'{v:g}' if isinstance(v, float) else str(v)]
+    cli += ['--out', str(self.w_out.value)]
+    return py, shlex.join(cli)
+
+@patch
+def _show_code(self: TuningPanel):
+    py, cli = self.code()
+    self.w_code.value = py + '\n\n# command line:\n' + cli
+    self.w_code.layout.display = None
 
 # %% ../nbs/30_widgets.ipynb #eace5d78
 def grid_presets() -> dict:
