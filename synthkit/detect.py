@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_detect.ipynb #68b93326
 from __future__ import annotations
-import json, logging, math, time
+import contextlib, json, logging, math, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
@@ -37,6 +37,7 @@ class DetectConfig:
     val_every_epoch: bool = False # validate after every epoch (slower); the final epoch is always validated
     eval_imgsz: int | None = None # inference size of the test evaluation (None: imgsz); whole native images need their own size
     extra: tuple = ()             # more Ultralytics train arguments as (key, value) pairs
+    dtype: str = 'fp32'           # training precision: 'fp32', 'bf16' (autocast), or 'auto' (bf16 where the device has it natively)
 
     def check(self) -> 'DetectConfig':
         "Raise `SynthkitError` for values Ultralytics can't use; returns self."
@@ -49,7 +50,23 @@ class DetectConfig:
         check(isinstance(self.batch, int) and self.batch >= 1, f'batch={self.batch!r} must be an integer ≥ 1', 'use e.g. 16')
         check(str(self.model).endswith(('.yaml', '.yml', '.pt')), f'model={self.model!r} is neither a .yaml architecture nor a .pt file',
               'use e.g. yolov8n.yaml (trained from scratch) or the path of a local .pt')
+        check(self.dtype in ('fp32', 'bf16', 'auto'), f'dtype={self.dtype!r} is not one of fp32, bf16, auto',
+              "use 'fp32' (full precision), 'bf16' or 'auto' (bf16 where the hardware has it)")
         return self
+
+    @property
+    def resolved_dtype(self) -> str:
+        "'fp32' or 'bf16': what `dtype` means on this machine's `device`."
+        from synthkit.ddpm import resolve_dtype
+        return resolve_dtype(None if self.dtype == 'auto' else self.dtype, 'cuda' if str(self.device).isdigit() else self.device)
+
+    def key(self) -> dict:
+        "The fields as a cache key: `dtype` as this machine resolves it, and left out at fp32 (keys made before it existed stay valid)."
+        d = asdict(self)
+        dt = self.resolved_dtype
+        if dt == 'fp32': d.pop('dtype')
+        else: d['dtype'] = dt
+        return d
 
     def asdict(self) -> dict: return asdict(self)
     def replace(self, **kw) -> 'DetectConfig': return replace(self, **kw)
@@ -150,6 +167,23 @@ def _quiet(verbose: bool):
     for h in LOGGER.handlers:
         if not isinstance(h, logging.FileHandler): h.setLevel(logging.INFO if verbose else logging.WARNING)
 
+@contextlib.contextmanager
+def _cpu_compute(dtype: str = 'fp32'):
+    """Inside: Ultralytics uses as many threads as torch had (it would keep one core free for loader workers, which
+    synthkit does not use), and bf16 autocast works on a CPU (Ultralytics allows it on CUDA only). Restored after."""
+    import torch
+    import ultralytics.utils.torch_utils as tu, ultralytics.engine.trainer as tr
+    threads, saved = torch.get_num_threads(), (tu.NUM_THREADS, tr.autocast)
+    def autocast(enabled, device: str = 'cuda'):
+        if device == 'cpu' and enabled is torch.bfloat16: return torch.amp.autocast('cpu', dtype=torch.bfloat16)
+        return saved[1](enabled, device)
+    tu.NUM_THREADS = threads
+    if dtype == 'bf16': tr.autocast = autocast
+    try: yield
+    finally:
+        tu.NUM_THREADS, tr.autocast = saved
+        torch.set_num_threads(threads)
+
 def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *, verbose: bool = False) -> DetectRun:
     "Train YOLO on `data_yaml` under `config`, keep logs in `out_dir`, evaluate on the test split; returns a `DetectRun`."
     config = config.check()
@@ -161,13 +195,13 @@ def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *,
     out_dir.mkdir(parents=True, exist_ok=True)
     model_src = _model_source(config.model)
     args = dict(data=str(data_yaml), epochs=budget['epochs'], imgsz=config.imgsz, batch=config.batch, seed=config.seed,
-                deterministic=True, device=config.device, workers=config.workers, amp=False, plots=False,
+                deterministic=True, device=config.device, workers=config.workers, amp=config.resolved_dtype == 'bf16' and 'bf16', plots=False,
                 val=config.val_every_epoch, project=str(out_dir), name='train', exist_ok=True, verbose=verbose,
                 warmup_epochs=budget['warmup_epochs'], mosaic=config.mosaic, close_mosaic=config.close_mosaic,
                 lr0=config.lr0, patience=0, save=True, cache=False, pretrained=model_src.endswith('.pt'))
     args.update(dict(config.extra))
     t0 = time.time()
-    with _LogToFile(out_dir/'train.log', verbose):
+    with _LogToFile(out_dir/'train.log', verbose), _cpu_compute(config.resolved_dtype):
         try:
             model = YOLO(model_src)
             model.train(**args)
@@ -209,7 +243,7 @@ def evaluate(weights, data_yaml, split: str = 'test', *, imgsz: int = 320, batch
     w = Path(_model_source(str(weights)))
     out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix='synthkit-eval-'))
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _LogToFile(out_dir/'eval.log', verbose):
+    with _LogToFile(out_dir/'eval.log', verbose), _cpu_compute():
         res = YOLO(str(w)).val(data=str(Path(data_yaml).resolve()), split=split, imgsz=imgsz, batch=batch, device=device,
                                workers=0, plots=False, project=str(Path(out_dir).resolve()), name=split, exist_ok=True,
                                verbose=verbose, **kw)
@@ -232,6 +266,7 @@ class Detector:
         "Boxes `(N, 4)` float32 xyxy pixels, scores `(N,)` float32, class ids `(N,)` int64."
         x, _ = to_unit(np.asarray(image), grey=False)           # HxWx3 floats in [0, 1]
         bgr = np.ascontiguousarray((x * 255).round().astype(np.uint8)[..., ::-1])
-        r = self.model.predict(bgr, imgsz=self.imgsz, conf=self.conf if conf is None else conf, device=self.device, verbose=False)[0]
+        with _cpu_compute():
+            r = self.model.predict(bgr, imgsz=self.imgsz, conf=self.conf if conf is None else conf, device=self.device, verbose=False)[0]
         b = r.boxes
         return (b.xyxy.cpu().numpy().astype(np.float32), b.conf.cpu().numpy().astype(np.float32), b.cls.cpu().numpy().astype(np.int64))

@@ -159,7 +159,7 @@ class RunSpec:
 
     def key_fields(self) -> dict:
         c = self.config
-        det = asdict(self.detect_config())
+        det = self.detect_config().key()   # dtype as this machine resolves it
         if self.start_key: det['model'] = self.start_key
         d = dict(v=2, data=self.data, split=self.split, seed=self.seed, condition=self.condition, detect=det, budget=c.budget,
                  tiles=None if c.tiles is None else asdict(c.tiling), extra_test=c.extra_test)

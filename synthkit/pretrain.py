@@ -66,7 +66,7 @@ def plan_start(out, names, *, fit_to=None, config: PretrainConfig = PretrainConf
                          imgsz=tiling.size if tiling is not None else detect.imgsz, seed=config.seed, steps=config.steps,
                          warmup_steps=min(100, config.steps // 5), eval_imgsz=None)
     key = config_hash(dict(v=1, params=params.asdict(), config=asdict(config), tiling=None if tiling is None else asdict(tiling),
-                     detect=asdict(det), names=names))
+                     detect=det.key(), names=names))
     return StartPlan(key, Path(out)/f'start-{key[:12]}', params, det, tiling, config, names, n_fit if params != SceneParams() else 0)
 
 # %% ../nbs/20a_pretrain.ipynb #d5050e17
