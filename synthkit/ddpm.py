@@ -385,17 +385,22 @@ class DDPMGenerator(Generator):
 
     def sdedit(self, x: np.ndarray, strength: float, steps: int, seeds: list) -> list:
         "Variations of the grey float image `x` (HxW in [0, 1]), one per seed, as float arrays."
+        return self.sdedit_many([x], strength, steps, [seeds])
+
+    def sdedit_many(self, xs: list, strength: float, steps: int, seeds: list) -> list:
+        "Variations of grey float images of one shape (`seeds[i]` for `xs[i]`) as rows of one batch; the outputs flat, in order."
         ts = sdedit_timesteps(self.scheduler, strength, steps)
         GenParams(strength=strength, steps=steps).check(img2img=True)   # no step to run: refused, never a copy of the source
-        h, w = x.shape; m = self.multiple
+        h, w = xs[0].shape; m = self.multiple
         ph, pw = -h % m, -w % m
-        src = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None] * 2 - 1
+        src = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in xs]))[:, None] * 2 - 1
         if ph or pw: src = torch.nn.functional.pad(src, (0, pw, 0, ph), mode='reflect' if min(h, w) > max(ph, pw) else 'replicate')
         H, W = src.shape[-2:]
-        noise = torch.cat([torch.randn((1, 1, H, W), generator=torch.Generator().manual_seed(int(sd))) for sd in seeds])
+        flat = [int(sd) for sd in sum(seeds, [])]
+        noise = torch.cat([torch.randn((1, 1, H, W), generator=torch.Generator().manual_seed(sd)) for sd in flat])
         src, noise = src.to(self.device), noise.to(self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            x0 = src.expand(len(seeds), -1, -1, -1)
+            x0 = src.repeat_interleave(torch.tensor([len(sd) for sd in seeds], device=self.device), dim=0)
             if H <= self.tile and W <= self.tile: y = self._denoise(x0, noise, ts)
             else:
                 y = torch.zeros_like(noise); wsum = torch.zeros((1, 1, H, W), device=self.device)
@@ -416,6 +421,10 @@ class DDPMGenerator(Generator):
 
     def _run(self, x, boxes, cls, params, seeds):
         return self.sdedit(x, params.strength, params.steps, seeds)
+
+    cross_source = True
+    def _run_many(self, xs, params, seeds):
+        return self.sdedit_many(xs, params.strength, params.steps, seeds)
 
     def evals_per_image(self, shape, params: GenParams) -> int:
         "UNet evaluations one output of an image of `shape` (h, w) costs: SDEdit steps × tiles."

@@ -107,6 +107,13 @@ def torch_threads(n: int | None):
     finally: torch.set_num_threads(before)
 
 # %% ../nbs/10_generators.ipynb #764dd66f
+def _labels(boxes, cls) -> tuple:
+    "Boxes as (N, 4) float32 and class ids as (N,) int64 (none given: an empty label)."
+    boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
+    cls = np.zeros(len(boxes), np.int64) if cls is None else np.asarray(cls, np.int64).reshape(-1)
+    check(len(boxes) == len(cls), f'{len(boxes)} boxes but {len(cls)} class ids', 'give one class id per box')
+    return boxes, cls
+
 class Generator:
     "Base class of every variation backend. Subclasses implement `_run`."
     name: str = 'base'
@@ -118,8 +125,13 @@ class Generator:
     weights_hash: str = ''      # sha256 (first 16 hex digits) of the weight files
     batch_size: int = 4         # outputs computed per model call by default
     img2img_steps: bool = False # runs the last int(strength × steps) sampler steps (img2img, SDEdit): 0 is refused up front
+    cross_source: bool = False  # `_run_many` computes outputs of several same-shape sources in one model call
 
     def _run(self, x: np.ndarray, boxes: np.ndarray, cls: np.ndarray, params: GenParams, seeds: list) -> list:
+        raise NotImplementedError
+
+    def _run_many(self, xs: list, params: GenParams, seeds: list) -> list:
+        "One model call for same-shape sources `xs` (`seeds[i]`: a list, the seeds of `xs[i]`); the outputs flat, in order."
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -132,34 +144,48 @@ class Generator:
         "`n` variations of `image` (same dtype, range and channels). Seeds default to `derive_seed(params.seed, source_id, k)`."
         params = params.check(self.img2img_steps)
         check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
+        seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
+        check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
+        x, scale = self._unit(image)
+        boxes, cls = _labels(boxes, cls)
+        bs = max(1, int(batch_size or self.batch_size))
+        return [self._back(y, scale) for i in range(0, n, bs) for y in self._run(x, boxes, cls, params, seeds[i:i + bs])]
+
+    def _unit(self, image) -> tuple:
+        "The source as the model's float input in [0, 1], and how to convert back; refuses shapes and sizes it can't take."
         image = np.asarray(image)
         check(image.ndim in (2, 3), f'image of shape {image.shape} is not HxW or HxWxC')
         h, w = image.shape[:2]
         check(min(h, w) >= self.min_size, f'image is {w}x{h} px, smaller than the {self.min_size} px the {self.name} generator needs',
               'use a larger image or crop less')
-        seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
-        check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
-        boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
-        cls = np.zeros(len(boxes), np.int64) if cls is None else np.asarray(cls, np.int64)
-        x, scale = to_unit(image, grey=self.channels == 1)
-        bs = max(1, int(batch_size or self.batch_size))
-        out = []
-        for i in range(0, n, bs):
-            ys = self._run(x, boxes, cls, params, seeds[i:i + bs])
-            for y in ys:
-                y = np.asarray(y, np.float32)
-                if self.channels == 3 and scale.channels == 1: y = y.mean(axis=2)  # grey source: back to one channel
-                out.append(from_unit(y, scale))
-        return out
+        return to_unit(image, grey=self.channels == 1)
+
+    def _back(self, y, scale) -> np.ndarray:
+        y = np.asarray(y, np.float32)
+        if self.channels == 3 and scale.channels == 1: y = y.mean(axis=2)  # grey source: back to one channel
+        return from_unit(y, scale)
 
     def generate_labelled(self, image: np.ndarray, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
                           seeds=None, source_id: str = 'image', batch_size: int | None = None) -> list:
         "`n` outputs as `(image, boxes, cls)`, what `synthesize` writes: each inherits a copy of the source's labels (box-moving generators override this)."
-        boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
-        cls = np.zeros(len(boxes), np.int64) if cls is None else np.asarray(cls, np.int64).reshape(-1)
-        check(len(boxes) == len(cls), f'{len(boxes)} boxes but {len(cls)} class ids', 'give one class id per box')
+        boxes, cls = _labels(boxes, cls)
         outs = self.generate(image, boxes, cls, n=n, params=params, seeds=seeds, source_id=source_id, batch_size=batch_size)
         return [(y, boxes.copy(), cls.copy()) for y in outs]
+
+    def generate_many(self, jobs: list, params: GenParams = GenParams()) -> list:
+        """One model call for several sources of one shape, `jobs` = [(image, boxes, cls, seeds)] (a `cross_source`
+        backend only): per job, its outputs as `(image, boxes, cls)`, each inheriting a copy of its source's labels."""
+        check(self.cross_source, f'the {self.name} generator computes one source per model call', 'call generate_labelled per source')
+        params = params.check(self.img2img_steps)
+        units = [self._unit(im) for im, *_ in jobs]
+        check(len({x.shape for x, _ in units}) == 1, f'one model call needs sources of one shape, got {sorted({x.shape for x, _ in units})}',
+              'group the sources by shape')
+        ys = iter(self._run_many([x for x, _ in units], params, [[int(s) for s in sd] for *_, sd in jobs]))
+        out = []
+        for (x, scale), (_, boxes, cls, sd) in zip(units, jobs):
+            boxes, cls = _labels(boxes, cls)
+            out.append([(self._back(next(ys), scale), boxes.copy(), cls.copy()) for _ in sd])
+        return out
 
     def __repr__(self): return f'{self.__class__.__name__}(model_id={str(self.model_id)!r})'
 

@@ -200,6 +200,30 @@ def _stale(out: Path, recs: list, ours: set, n: int) -> set:
         if not ok: bad.add(key)
     return bad
 
+def _calls(plan: list, n: int, bs: int, cross: bool) -> list:
+    """The model calls, as lists of (item, part, k), fixed by the plan alone so that a resumed run, or one spread over
+    processes (each takes whole calls), makes the calls one uninterrupted process makes: chunks of ≤ `bs` outputs of
+    one source, or (`cross`) of consecutive sources of one shape."""
+    if not cross: return [[(it, p, k) for k in range(c, min(c + bs, n))] for it, p in plan for c in range(0, n, bs)]
+    calls, cur = [], []
+    for it, p in plan:
+        for k in range(n):
+            if cur and (len(cur) == bs or (cur[0][0].height, cur[0][0].width) != (it.height, it.width)): calls.append(cur); cur = []
+            cur.append((it, p, k))
+    return calls + [cur] if cur else calls
+
+def _compute(generator: Generator, batch: list, seeds: list, params: GenParams) -> list:
+    "(image, boxes, cls) of every output of one call, in order."
+    jobs = []   # consecutive outputs of one source: (item, seeds)
+    for (it, _, _), sd in zip(batch, seeds):
+        if jobs and jobs[-1][0] is it: jobs[-1][1].append(sd)
+        else: jobs.append((it, [sd]))
+    if len(jobs) == 1:
+        it, sds = jobs[0]
+        return generator.generate_labelled(it.read(), it.boxes, it.cls, n=len(sds), params=params, seeds=sds, source_id=it.id,
+                                           batch_size=len(sds))
+    return [o for per in generator.generate_many([(it.read(), it.boxes, it.cls, sds) for it, sds in jobs], params) for o in per]
+
 def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params: GenParams, out, *, parts: dict | None = None,
                into: str | None = None, batch_size: int | None = None, label_check=None, progress: bool = True,
                shard: tuple | None = None) -> SynthSummary:
@@ -213,7 +237,7 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
     _check_sizes(plan, generator)
     bs = max(1, int(batch_size or generator.batch_size))
     rank, world = shard or _shard_from_env()
-    mine = plan[rank::world]
+    calls = _calls(plan, n_per_image, bs, getattr(generator, 'cross_source', False))[rank::world]   # whole calls per process
     settings = _settings(generator, params)
     man, rej = Manifest(out), Manifest(out/REJECTED)
     ours = {it.id for it, _ in plan}
@@ -231,38 +255,33 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
     stale = _stale(out, recs, ours, n_per_image)   # recorded, but the file is gone or is not the one recorded
     done = {(r['source'], int(r['k'])) for r in old} - stale
     out.mkdir(parents=True, exist_ok=True)
-    summ = SynthSummary(out, planned=len(mine) * n_per_image)
-    todo = [(it, p, k) for it, p in mine for k in range(n_per_image) if (it.id, k) not in done]
+    summ = SynthSummary(out, planned=sum(map(len, calls)))
+    todo = [(it, p, k) for c in calls for it, p, k in c if (it.id, k) not in done]
     summ.skipped = summ.planned - len(todo)
     evals0 = getattr(generator, 'unet_evals', None)
     t0 = time.monotonic()
     bar = tqdm(total=len(todo), disable=not progress, desc=f'generate {generator.name}' + (f' [{rank + 1}/{world}]' if world > 1 else ''), unit='img')
     base = dict(generator.describe(), params=params.asdict())
     try:
-        for it, part in mine:
-            chunks = [list(range(c, min(c + bs, n_per_image))) for c in range(0, n_per_image, bs)]
-            chunks = [ks for ks in chunks if any((it.id, k) not in done for k in ks)]
-            if not chunks: continue
-            image = it.read()
-            for ks in chunks:
-                seeds = [derive_seed(params.seed, it.id, k) for k in ks]
-                outs = generator.generate_labelled(image, it.boxes, it.cls, n=len(ks), params=params, seeds=seeds, source_id=it.id,
-                                                   batch_size=len(ks))
-                for k, sd, (y, gb, gc) in zip(ks, seeds, outs):
-                    if (it.id, k) in done: continue
-                    rec = dict(base, seed=int(sd), batch_size=len(ks), batch_size_asked=bs, source_part=it.meta.get('split') or part)
-                    boxes, cls = gb, gc
-                    if label_check is not None:   # a real check of the output and the boxes it came with
-                        v = label_check(y, gb, gc); summ.checked += 1
-                        rec['label_check'] = dict(keep=bool(v.keep), reason=str(getattr(v, 'reason', '')))
-                        if not v.keep:
-                            rej.append(dict(rec, source=it.id, k=int(k), part=part)); summ.dropped += 1; bar.update(1); continue
-                        boxes, cls = np.asarray(v.boxes, np.float32).reshape(-1, 4), np.asarray(v.cls, np.int64).reshape(-1)
-                        changed = len(boxes) != len(gb) or not np.allclose(boxes, gb) or not np.array_equal(cls, gc)
-                        rec['label_check']['relabelled'] = bool(changed); summ.relabelled += bool(changed)
-                    write_variation(out, it, k, y, rec, part, boxes, cls)
-                    summ.written += 1; summ.parts[part] = summ.parts.get(part, 0) + 1; summ.remade += (it.id, k) in stale
-                    bar.update(1)
+        for batch in calls:
+            if all((it.id, k) in done for it, _, k in batch): continue
+            seeds = [derive_seed(params.seed, it.id, k) for it, _, k in batch]
+            outs = _compute(generator, batch, seeds, params)
+            for (it, part, k), sd, (y, gb, gc) in zip(batch, seeds, outs):
+                if (it.id, k) in done: continue
+                rec = dict(base, seed=int(sd), batch_size=len(batch), batch_size_asked=bs, source_part=it.meta.get('split') or part)
+                boxes, cls = gb, gc
+                if label_check is not None:   # a real check of the output and the boxes it came with
+                    v = label_check(y, gb, gc); summ.checked += 1
+                    rec['label_check'] = dict(keep=bool(v.keep), reason=str(getattr(v, 'reason', '')))
+                    if not v.keep:
+                        rej.append(dict(rec, source=it.id, k=int(k), part=part)); summ.dropped += 1; bar.update(1); continue
+                    boxes, cls = np.asarray(v.boxes, np.float32).reshape(-1, 4), np.asarray(v.cls, np.int64).reshape(-1)
+                    changed = len(boxes) != len(gb) or not np.allclose(boxes, gb) or not np.array_equal(cls, gc)
+                    rec['label_check']['relabelled'] = bool(changed); summ.relabelled += bool(changed)
+                write_variation(out, it, k, y, rec, part, boxes, cls)
+                summ.written += 1; summ.parts[part] = summ.parts.get(part, 0) + 1; summ.remade += (it.id, k) in stale
+                bar.update(1)
     finally:
         bar.close()
         summ.seconds = time.monotonic() - t0
