@@ -191,15 +191,20 @@ def _piece_seconds(out: Path) -> dict:
 
 def case_study(preset: str = 'quick', data=None, generator: str | None = None, out='results/casestudy', *, progress: bool = True,
                on_result=None, should_stop=None, **overrides) -> Path:
-    "Run the case-study grid for `preset` on `data` (None: the simulator) and write `out/report.md`; returns its path."
+    """Run the case-study grid for `preset` on `data` (None: the simulator) and write `out/report.md`; returns its path.
+    Under a launcher every process runs its share of the grid and rank 0 writes the report; the others return None."""
+    from synthkit.experiment import process_share, exclusive
     if generator is not None: overrides['generator'] = generator
     config, settings = resolve(preset, **overrides)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    ds = prepare_data(data, out, settings, progress)
+    rank, world = process_share()
+    with exclusive(out/'data'/'prepare.lock', world):   # several processes: the first prepares the data, the others then find it
+        ds = prepare_data(data, out, settings, progress and rank == 0)
     t_data = time.time() - t0
     check_split_sizes(ds, config)
     rows = run_grid(ds, config, out, progress=progress, on_result=on_result, should_stop=should_stop)
+    if rank != 0: return None   # its runs are in the cache; rank 0 gathered every row and writes the report
     wall = time.time() - t0
     pieces = _piece_seconds(out)
     n_total = len(config.splits) * len(config.seeds) * len(config.conditions)
@@ -251,7 +256,10 @@ def cli_run(args) -> int:
         try: ov['seeds'] = tuple(int(s) for s in args.seeds.split(','))
         except ValueError: raise SynthkitError(f'--seeds {args.seeds!r} is not a comma-separated list of integers', 'write e.g. --seeds 0,1,2')
     if args.device: ov['device'] = args.device
+    from synthkit.experiment import process_share
+    rank, world = process_share()
+    who = f'[{rank + 1}/{world}]' if world > 1 else ''   # several processes: each line says which one trained the run
     p = case_study(args.preset, args.data, args.generator, args.out, progress=not args.quiet,
-                   on_result=None if args.quiet else lambda row: print(result_line(row), flush=True), **ov)
-    print(f'report: {p}')
+                   on_result=None if args.quiet else lambda row: print(who + result_line(row), flush=True), **ov)
+    if p is not None: print(f'report: {p}')
     return 0

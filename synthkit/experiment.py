@@ -4,7 +4,8 @@
 
 # %% ../nbs/24_experiment.ipynb #306d3f0a
 from __future__ import annotations
-import hashlib, json, math, random, re, time
+import hashlib, json, math, os, random, re, time
+from contextlib import contextmanager, ExitStack
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from .data.splits import hash_order
 __all__ = ['GRID_DDPM', 'GridConfig', 'conditions_for', 'condition_parts', 'parse_condition', 'RunSpec', 'without_legacy',
            'generation_fields', 'run_key', 'plan', 'fingerprint', 'default_split_fn', 'source_image', 'check_lineage',
            'sequence_counts', 'draw_training_list', 'synthetic_entries', 'manifest_records', 'manifest_sources',
-           'entries_of', 'assemble', 'start_of', 'row_fields', 'write_table', 'run_dir_of', 'run_grid', 'mean_ci',
-           'min_detectable_difference', 'summarize']
+           'entries_of', 'assemble', 'start_of', 'row_fields', 'write_table', 'run_dir_of', 'run_grid', 'process_share',
+           'group_owners', 'exclusive', 'mean_ci', 'min_detectable_difference', 'summarize']
 
 # %% ../nbs/24_experiment.ipynb #876dc071
 # A grid's DDPM trains a fixed number of iterations with no wall-clock cap, so a cached model never depends on how
@@ -352,11 +353,11 @@ class _Prep:
                     src = self.sources().subset(sub)   # training sources only: test images never reach a generator
                     if kind == 'classic':
                         from synthkit.augment import classic_variations
-                        classic_variations(src, n, d, parts={'train': sub}, seed=self.spec.seed, progress=self.progress)
+                        classic_variations(src, n, d, parts={'train': sub}, seed=self.spec.seed, progress=self.progress, shard=(0, 1))
                     else:
                         from synthkit.synthesize import synthesize
                         synthesize(src, gen, n, GenParams(strength=strength, steps=c.gen_steps, seed=self.spec.seed), d,
-                                   parts={'train': sub}, progress=self.progress)
+                                   parts={'train': sub}, progress=self.progress, shard=(0, 1))   # the group's own: never split by a launcher
                 mark_done(d, seconds=round(((read_done(d) or {}).get('seconds', 0)) + time.time() - t, 1))
                 have = {(s, k): p for p, s, k, _ in manifest_records(d)}
             self.seconds[kind] = self.seconds.get(kind, 0) + (read_done(d) or {}).get('seconds', 0)
@@ -540,11 +541,15 @@ def _with_new_metrics(row: dict, rd: Path) -> dict:
     return row
 
 def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_result=None, should_stop=None,
-             split_fn=None, generator_factory=None, verbose: bool = False) -> list:
-    "Run (or load from the cache) every run of the grid; returns the tidy rows, one per run."
+             split_fn=None, generator_factory=None, verbose: bool = False, share: tuple | None = None, grace: float = 120.0) -> list:
+    """Run (or load from the cache) every run of the grid; returns the tidy rows, one per run. Under a launcher (or with
+    `share=(rank, world)`) this process runs its share of the groups; rank 0 then waits for the others, writes the tables
+    and returns every row, the other processes return their own rows."""
     from tqdm.auto import tqdm
     config = config.check()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    rank, world = share or process_share()
+    if world > 1: _own_gpu(); _ultralytics_alone()
     split_fn = split_fn or default_split_fn
     fill = {}
     if config.tiles is not None:
@@ -552,58 +557,186 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
         fill['eval_imgsz'] = native_imgsz(dataset)
     start_key, start_weights, start_plan = start_of(dataset, config, out, split_fn)
     specs = plan(config, fingerprint(dataset), start_key=start_key, start_weights=start_weights, **fill)
-    write_json(out/'grid.json', dict(config=asdict(config), runs=[s.name for s in specs], dataset=specs[0].data if specs else '', start=start_key))
+    if rank == 0:
+        write_json(out/'grid.json', dict(config=asdict(config), runs=[s.name for s in specs], dataset=specs[0].data if specs else '', start=start_key))
+    owners = group_owners(specs, world)
     cached = [s for s in specs if (run_dir_of(s, out)/'result.json').is_file()]
-    bar = tqdm(total=len(specs), initial=len(cached), desc='experiment grid', unit='run', disable=not progress)
-    rows, preps = [], {}
-    for spec in specs:
-        rd = run_dir_of(spec, out)
-        if (rd/'result.json').is_file():
-            rows.append(_with_new_metrics(json.loads((rd/'result.json').read_text()), rd)); continue
-        if should_stop is not None and should_stop(): break
-        bar.set_postfix_str(spec.name)
-        if start_plan is not None and not start_plan.done:
-            bar.set_postfix_str('pretraining the start')
-            from synthkit.pretrain import pretrain
-            pretrain(start_plan, progress=verbose, verbose=verbose)
-        t0 = time.time()
-        tag = (spec.split, spec.seed)
-        if tag not in preps:
-            parts = _parts_of(_splits_of(dataset, config, split_fn, spec.seed)[spec.split], dataset, config.extra_test)
-            preps[tag] = _Prep(dataset, spec, parts, out, generator_factory, progress=verbose)
-        prep = preps[tag]
-        real = prep.real()
-        if rd.exists(): import shutil; shutil.rmtree(rd)   # a run interrupted in flight starts over
-        base = next((r for r in rows if (r['split'], r['seed'], r['condition']) == (spec.split, spec.seed, 'baseline')), None) if spec.checked else None
-        y = assemble(spec, real, prep.parts, None if spec.kind == 'baseline' else prep, rd,
-                     check_weights=None if base is None else Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt')
-        prep_s = round(time.time() - t0, 1)
-        counts = json.loads((rd/'counts.json').read_text())
-        dc = spec.detect_config()
-        run = train_detector(y, rd/'detector', dc, verbose=verbose)
-        extra = {}
-        if 'extra' in prep.parts:
-            m = evaluate(run.weights, y, 'extra', imgsz=dc.eval_imgsz or dc.imgsz, batch=dc.batch, device=dc.device, out_dir=rd/'detector'/'eval')
-            extra = {f'extra_{k}': v for k, v in m.items()}
-        synth = sorted({str(prep.folder(spec.kind, s)) for s in (spec.strengths if spec.kind == 'diffusion' else (None,))}) if spec.kind != 'baseline' else []
-        row = dict(split=spec.split, condition=spec.condition, kind=spec.kind, n_per_image=spec.n_per_image, seed=spec.seed,
-                   **run.metrics, **extra, n_train_real=counts['train']['real'], n_train_synth=counts['train']['synthetic'],
-                   n_train_synth_distinct=counts['train']['distinct_synthetic'], n_train_real_distinct=counts['train']['distinct_real'],
-                   n_val_real=counts['val']['real'],
-                   n_val_synth=counts['val']['synthetic'], epochs=run.budget['epochs'], steps=run.budget['steps'], budget=config.budget,
-                   start=start_key or 'scratch', eval_imgsz=dc.eval_imgsz or dc.imgsz, train_seconds=run.seconds, prep_seconds=prep_s,
-                   key=run_key(spec), run_dir=str(rd), synth_dir=';'.join(synth), **({'label_check_kept': counts['label_check']['kept'],
-                   'label_check_checked': counts['label_check']['checked']} if 'label_check' in counts else {}))
-        write_json(rd/'spec.json', spec.key_fields())
-        write_json(rd/'result.json', row)   # written last: its presence means the run is complete
-        rows.append(row)
-        write_table(rows, out)
-        bar.update(1)
-        if on_result is not None: on_result(row)
+    bar = tqdm(total=len(specs), initial=len(cached), desc='experiment grid', unit='run', disable=not progress or rank != 0)
+    rows, preps, ran, made, stopped = [], {}, [], [], False
+    with ExitStack() as held:
+        if world > 1: held.enter_context(_own_share(out, rank, world))
+        for spec in [s for s, o in zip(specs, owners) if o == rank]:
+            rd = run_dir_of(spec, out)
+            if (rd/'result.json').is_file():
+                rows.append(_with_new_metrics(json.loads((rd/'result.json').read_text()), rd)); continue
+            if should_stop is not None and should_stop(): stopped = True; break
+            bar.set_postfix_str(spec.name)
+            if start_plan is not None and not start_plan.done:
+                with exclusive(start_plan.folder.with_suffix('.lock'), world):   # made once: another process waits here, then finds it made
+                    if not start_plan.done:
+                        bar.set_postfix_str('pretraining the start')
+                        from synthkit.pretrain import pretrain
+                        pretrain(start_plan, progress=verbose, verbose=verbose)
+                        made.append(f'start {start_key}')
+            t0 = time.time()
+            tag = (spec.split, spec.seed)
+            if tag not in preps:
+                parts = _parts_of(_splits_of(dataset, config, split_fn, spec.seed)[spec.split], dataset, config.extra_test)
+                preps[tag] = _Prep(dataset, spec, parts, out, generator_factory, progress=verbose)
+            prep = preps[tag]
+            real = prep.real()
+            if rd.exists(): import shutil; shutil.rmtree(rd)   # a run interrupted in flight starts over
+            base = next((r for r in rows if (r['split'], r['seed'], r['condition']) == (spec.split, spec.seed, 'baseline')), None) if spec.checked else None
+            y = assemble(spec, real, prep.parts, None if spec.kind == 'baseline' else prep, rd,
+                         check_weights=None if base is None else Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt')
+            prep_s = round(time.time() - t0, 1)
+            counts = json.loads((rd/'counts.json').read_text())
+            dc = spec.detect_config()
+            run = train_detector(y, rd/'detector', dc, verbose=verbose)
+            extra = {}
+            if 'extra' in prep.parts:
+                m = evaluate(run.weights, y, 'extra', imgsz=dc.eval_imgsz or dc.imgsz, batch=dc.batch, device=dc.device, out_dir=rd/'detector'/'eval')
+                extra = {f'extra_{k}': v for k, v in m.items()}
+            synth = sorted({str(prep.folder(spec.kind, s)) for s in (spec.strengths if spec.kind == 'diffusion' else (None,))}) if spec.kind != 'baseline' else []
+            row = dict(split=spec.split, condition=spec.condition, kind=spec.kind, n_per_image=spec.n_per_image, seed=spec.seed,
+                       **run.metrics, **extra, n_train_real=counts['train']['real'], n_train_synth=counts['train']['synthetic'],
+                       n_train_synth_distinct=counts['train']['distinct_synthetic'], n_train_real_distinct=counts['train']['distinct_real'],
+                       n_val_real=counts['val']['real'],
+                       n_val_synth=counts['val']['synthetic'], epochs=run.budget['epochs'], steps=run.budget['steps'], budget=config.budget,
+                       start=start_key or 'scratch', eval_imgsz=dc.eval_imgsz or dc.imgsz, train_seconds=run.seconds, prep_seconds=prep_s,
+                       key=run_key(spec), run_dir=str(rd), synth_dir=';'.join(synth), **({'label_check_kept': counts['label_check']['kept'],
+                       'label_check_checked': counts['label_check']['checked']} if 'label_check' in counts else {}))
+            write_json(rd/'spec.json', spec.key_fields())
+            write_json(rd/'result.json', row)   # written last: its presence means the run is complete
+            rows.append(row); ran.append(spec.name)
+            if world == 1: write_table(rows, out); bar.update(1)
+            else:   # rank 0 keeps the table of every process's finished runs; the bar counts them all
+                if rank == 0: write_table(_finished_rows(specs, out), out)
+                bar.n = sum((run_dir_of(s, out)/'result.json').is_file() for s in specs); bar.refresh()
+            if on_result is not None: on_result(row)
+        if world > 1:
+            import socket
+            write_json(_rank_file(out, rank, world, '.json'), dict(host=socket.gethostname(), pid=os.getpid(), stopped=stopped, made=made, ran=ran,
+                                                                   share=[s.name for s, o in zip(specs, owners) if o == rank]))
+    if world > 1 and rank == 0: rows = _finished_rows(specs, out) if stopped else _gather(specs, owners, out, world, bar, grace=grace)
     bar.close()
+    if rank != 0: return rows
     write_table(rows, out)
     if len(rows) == len(specs): write_table(summarize(rows), out, 'summary')
     return rows
+
+# %% ../nbs/24_experiment.ipynb #da89ae79
+_LAUNCHERS = (('RANK', 'WORLD_SIZE'), ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE'), ('PMI_RANK', 'PMI_SIZE'))
+
+def process_share() -> tuple:
+    "(rank, world) of this process under torchrun / `accelerate launch` (`RANK`, `WORLD_SIZE`) or mpirun; else (0, 1)."
+    for r, w in _LAUNCHERS:
+        n = int(os.environ.get(w) or 1)
+        if n > 1: return int(os.environ.get(r) or 0), n
+    return 0, 1
+
+def group_owners(specs: list, world: int) -> list:
+    "The process that runs each spec: whole (split, seed) groups dealt in plan order, group j to process j mod `world`."
+    groups = list(dict.fromkeys((s.split, s.seed) for s in specs))
+    return [groups.index((s.split, s.seed)) % world for s in specs]
+
+@contextmanager
+def exclusive(path, world: int = 1):
+    "Hold an exclusive `fcntl` lock on the file `path` while several processes share a grid (`world` > 1; one process takes none)."
+    if world <= 1:
+        yield; return
+    import fcntl
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)   # released when the process ends, however it ends
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def _held(path) -> bool:
+    "Whether some process holds the lock on `path` (False when there is no such file)."
+    import fcntl
+    try: f = open(path)
+    except FileNotFoundError: return False
+    with f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError: return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+def _rank_file(out, rank: int, world: int, suffix: str) -> Path:
+    return Path(out)/'processes'/f'rank-{rank}-of-{world}{suffix}'
+
+@contextmanager
+def _own_share(out, rank: int, world: int):
+    "Hold this process's share lock while it works (rank 0 watches it); a second process for the same share is refused."
+    import fcntl
+    f = _rank_file(out, rank, world, '.lock'); f.parent.mkdir(parents=True, exist_ok=True)
+    with open(f, 'a') as fh:
+        try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SynthkitError(f'another process is already running share {rank} of {world} of this grid', 'wait for it to end or stop it', path=out)
+        try: yield
+        finally: fcntl.flock(fh, fcntl.LOCK_UN)
+
+_DDP_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE')
+
+def _ultralytics_alone():
+    "Import Ultralytics as a lone process: it reads its DDP rank from `RANK` / `WORLD_SIZE` once, at import."
+    import sys
+    u = sys.modules.get('ultralytics.utils')
+    if u is not None:
+        check(getattr(u, 'RANK', -1) == -1, f'Ultralytics was imported under the launcher (RANK={getattr(u, "RANK", "?")}) before the grid '
+              'started: it would train every run as one rank of a DDP job', 'start the grid before anything imports ultralytics')
+        return
+    saved = {k: os.environ.pop(k) for k in _DDP_VARS if k in os.environ}
+    try:
+        from synthkit.offline import ultralytics_settings
+        ultralytics_settings()
+    finally: os.environ.update(saved)
+
+def _own_gpu():
+    """With several processes on this machine and at least as many GPUs, let each see only its own (the `LOCAL_RANK`-th
+    visible one) before CUDA starts: `device='0'` / `'cuda'` then means this process's GPU in every process."""
+    local = int(os.environ.get('LOCAL_RANK') or os.environ.get('OMPI_COMM_WORLD_LOCAL_RANK') or -1)
+    n = int(os.environ.get('LOCAL_WORLD_SIZE') or os.environ.get('OMPI_COMM_WORLD_LOCAL_SIZE') or 1)
+    if local < 0 or n < 2: return
+    import torch
+    if torch.cuda.is_initialized(): return   # too late to choose: the processes share what they see
+    vis = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if vis is not None: ids = [i for i in vis.split(',') if i.strip()]
+    else:
+        count = getattr(torch.cuda, '_device_count_nvml', lambda: -1)()   # counts without starting CUDA
+        ids = [str(i) for i in range(max(count, 0))]
+    if len(ids) >= n: os.environ['CUDA_VISIBLE_DEVICES'] = ids[local]
+
+def _finished_row(rd: Path):
+    "The row of a finished run, or None: `result.json` is there with every declared metric (its owner may still be adding one)."
+    f = Path(rd)/'result.json'
+    if not f.is_file(): return None
+    row = json.loads(f.read_text())
+    return row if all(m in row for m in metric_names()) else None
+
+def _finished_rows(specs: list, out) -> list:
+    "The rows of every finished run of `specs`, whichever process ran it, in plan order."
+    return [r for r in (_finished_row(run_dir_of(s, out)) for s in specs) if r is not None]
+
+def _gather(specs: list, owners: list, out, world: int, bar=None, poll: float = 2.0, grace: float = 120.0) -> list:
+    "Rank 0, its share done: wait until every run is finished and return all rows in plan order; a process gone without its runs is an error."
+    gone = {}
+    while True:
+        rows = [_finished_row(run_dir_of(s, out)) for s in specs]
+        missing = [(s, o) for s, o, r in zip(specs, owners, rows) if r is None]
+        if bar is not None: bar.n = len(specs) - len(missing); bar.refresh()
+        if not missing: return rows
+        for r in sorted({o for _, o in missing}):
+            if _held(_rank_file(out, r, world, '.lock')): gone.pop(r, None); continue
+            if time.time() - gone.setdefault(r, time.time()) > grace:
+                names = [s.name for s, o in missing if o == r]
+                raise SynthkitError(f'process {r} of {world} is not running and {len(names)} of its runs are missing '
+                                    f'({", ".join(names[:3])}{", ..." if len(names) > 3 else ""})',
+                                    "see that process's output for its error, then run the same command again: finished runs are kept", path=out)
+        if bar is not None: bar.set_postfix_str('waiting for the other processes')
+        time.sleep(poll)
 
 # %% ../nbs/24_experiment.ipynb #c07cb20e
 def mean_ci(values, level: float = 0.95) -> tuple:
