@@ -293,8 +293,12 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
 
 # %% ../nbs/13_synthesize.ipynb #3484a938
 def _barrier():
+    """Wait for every process of the launch. `PartialState().wait_for_everyone()` is no wait on CPUs (accelerate counts
+    one process there), but the launch's process group exists: its barrier is."""
+    import torch.distributed as dist
     from accelerate import PartialState
-    PartialState().wait_for_everyone()
+    PartialState()   # joins the launch's process group (gloo on CPUs) if not yet
+    if dist.is_initialized(): dist.barrier()
 
 def _finish(out: Path, plan: list, names: list, n: int):
     "Remove temp files a killed run left, put the manifest in canonical order (plan order, then k) and write data.yaml."

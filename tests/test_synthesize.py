@@ -115,10 +115,12 @@ def test_kill_at_random_points_then_resume(setup, reference, tmp_path, seed):
 
 def test_two_accelerate_processes_give_the_single_process_files(setup, reference, tmp_path):
     out = tmp_path/'acc'
-    cmd = [str(BIN/'accelerate'), 'launch', '--cpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
+    # --multi_gpu: torchrun's 2 processes, CPUs too (with --cpu accelerate 1.x starts one process where MPI is absent)
+    cmd = [str(BIN/'accelerate'), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
            '--dynamo_backend', 'no', '--num_cpu_threads_per_process', '1'] + _cmd(setup, out)
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('synthesize:') == 2, r.stdout   # two processes, each with its share
     assert _files(out) == _files(reference)
 
 
