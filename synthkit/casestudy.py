@@ -33,7 +33,7 @@ PRESETS = {
                            generator='ddpm', strength=0.3, gen_steps=10,
                            ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=60, minutes=None, warmup=10),
                            budget='steps', steps=150, passes=5, warmup_steps=30, tiles=dict(size=160, overlap=32, keep_empty=0.25),
-                           start='pretrained', pretrain=dict(scenes=300, steps=1200), detect=DetectConfig(imgsz=160, batch=16)),
+                           start='pretrained', pretrain=dict(scenes=300, steps=1200), detect=DetectConfig(imgsz=160, batch=16, dtype='auto')),
     # the reference protocol at full size, for a GPU: equal epochs, 640 px, the default DDPM trained for longer
     'paper': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2),
                         generator='ddpm', strength=0.3, gen_steps=25, ddpm=dict(steps=20000, minutes=None),
