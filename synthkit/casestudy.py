@@ -27,18 +27,19 @@ PRESETS = {
     'quick': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0,),
                         generator='ddpm', strength=0.3, gen_steps=10,
                         ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=40, minutes=None, warmup=10),
-                        budget='steps', steps=200, warmup_steps=20, detect=DetectConfig(imgsz=96, batch=8)),
+                        budget='steps', detect=DetectConfig(imgsz=96, batch=8, steps=200, warmup_steps=20)),
     # the full protocol (5 seeds, all conditions and controls) on real data at native resolution: tiles, a pretrained start, ≤ 60 min on 2 CPU cores
     'standard': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2, 3, 4),
                            generator='ddpm', strength=0.3, gen_steps=10,
                            ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=60, minutes=None, warmup=10),
-                           budget='steps', steps=150, passes=5, warmup_steps=30, tiles=dict(size=160, overlap=32, keep_empty=0.25),
-                           start='pretrained', pretrain=dict(scenes=300, steps=1200), detect=DetectConfig(imgsz=160, batch=16, dtype='auto')),
+                           budget='steps', passes=5, tiles=dict(size=160, overlap=32, keep_empty=0.25),
+                           start='pretrained', pretrain=dict(scenes=300, steps=1200),
+                           detect=DetectConfig(imgsz=160, batch=16, steps=150, warmup_steps=30, dtype='auto')),
     # the reference protocol at full size, for a GPU: equal epochs, 640 px, the default DDPM trained for longer
     'paper': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2),
                         generator='ddpm', strength=0.3, gen_steps=25, ddpm=dict(steps=20000, minutes=None),
                         generator_options=dict(device='cuda'),
-                        budget='epochs', epochs=100, warmup_steps=100, detect=DetectConfig(imgsz=640, batch=16, device='0')),
+                        budget='epochs', detect=DetectConfig(imgsz=640, batch=16, device='0', epochs=100, warmup_steps=100)),
 }
 DATA_PRESETS = {          # how the images are prepared: the simulator when no data is given, and the side they are shrunk to
     'quick': dict(sim_n=200, sim_seed=0, sim_size=96, max_side=96),

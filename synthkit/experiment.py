@@ -22,7 +22,7 @@ __all__ = ['GRID_DDPM', 'GridConfig', 'conditions_for', 'condition_parts', 'pars
            'generation_fields', 'run_key', 'plan', 'fingerprint', 'default_split_fn', 'source_image', 'check_lineage',
            'sequence_counts', 'draw_training_list', 'synthetic_entries', 'manifest_records', 'manifest_sources',
            'entries_of', 'assemble', 'start_of', 'row_fields', 'write_table', 'run_dir_of', 'run_grid', 'process_share',
-           'group_owners', 'exclusive', 'mean_ci', 'min_detectable_difference', 'summarize']
+           'group_owners', 'exclusive']
 
 # %% ../nbs/24_experiment.ipynb #876dc071
 # A grid's DDPM trains a fixed number of iterations with no wall-clock cap, so a cached model never depends on how
@@ -42,17 +42,14 @@ class GridConfig:
     ddpm: dict = field(default_factory=dict)  # DDPMConfig overrides for the per-split DDPM (e.g. steps, channels); see GRID_DDPM
     generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's)
     synth_share: float | None = None     # share of a run's training entries that are synthetic (None: N / (N + 1), plain adding)
-    budget: str = 'steps'                # 'steps': exactly equal optimizer steps per run; 'epochs': equal epochs
-    steps: int = 600                     # budget='steps': optimizer steps per run
+    budget: str = 'steps'                # 'steps': every run trains detect.steps batches exactly; 'epochs': detect.epochs epochs each
     passes: int = 3                      # budget='steps': passes over the run's drawn training list (the LR schedule's epochs)
-    epochs: int = 60                     # budget='epochs': epochs per run
-    warmup_steps: int = 60
     tiles: dict | None = None            # Tiling fields, e.g. {'size': 160}: train on native-resolution tiles (None: whole images at detect.imgsz)
     start: str = 'scratch'               # 'scratch', 'pretrained' (synthkit.pretrain, cached) or the path of a local .pt
     pretrain: dict = field(default_factory=dict)  # PretrainConfig fields for start='pretrained'
     extra_test: bool = True              # also evaluate on the real images in no part of the split (when there are any)
     label_check: dict = field(default_factory=dict)  # LabelCheck settings (iou, recall, conf) for ':checked' conditions
-    detect: DetectConfig = DetectConfig()
+    detect: DetectConfig = DetectConfig(steps=600, warmup_steps=60)   # the detector and its budget: steps, epochs, warmup_steps
 
     def check(self) -> 'GridConfig':
         check(self.budget in ('steps', 'epochs'), f'budget={self.budget!r}', "use 'steps' (equal optimizer steps) or 'epochs'")
@@ -72,7 +69,9 @@ class GridConfig:
             for s in set(self.strengths) | {condition_parts(c)[2] for c in self.conditions if condition_parts(c)[2] is not None}:
                 GenParams(strength=s, steps=self.gen_steps).check(img2img=True)
         check(isinstance(self.passes, int) and self.passes >= 1, f'passes={self.passes!r} must be an integer ≥ 1', 'use e.g. 3')
-        check(isinstance(self.steps, int) and self.steps >= 1, f'steps={self.steps!r} must be an integer ≥ 1')
+        if self.budget == 'steps':
+            check(isinstance(self.detect.steps, int) and self.detect.steps >= 1, f"budget='steps' needs detect.steps (batches per run), not {self.detect.steps!r}",
+                  "set it, e.g. --set steps=150, or use budget='epochs' (detect.epochs per run)")
         if self.tiles is not None:
             try: t = self.tiling.check()
             except TypeError as e: raise SynthkitError(f'tiles={self.tiles!r}: {e}', 'use Tiling fields: size, overlap, min_visible, keep_empty')
@@ -152,11 +151,11 @@ class RunSpec:
     def detect_config(self) -> DetectConfig:
         "The detector settings of this run: the grid's, with this run's seed, budget, start and test size."
         c, d = self.config, self.config.detect
-        d = d.replace(seed=self.seed, warmup_steps=c.warmup_steps)
+        d = d.replace(seed=self.seed)
         if c.tiles is not None: d = d.replace(imgsz=c.train_imgsz, eval_imgsz=d.eval_imgsz or self.eval_imgsz)
         if self.start_weights: d = d.replace(model=self.start_weights)
-        if c.budget == 'steps': return d.replace(steps=None, epochs=min(c.passes, c.steps))
-        return d.replace(steps=None, epochs=c.epochs)
+        if c.budget == 'steps': return d.replace(steps=None, epochs=min(c.passes, d.steps))   # the drawn list makes the steps exact
+        return d.replace(steps=None)
 
     def key_fields(self) -> dict:
         c = self.config
@@ -164,7 +163,7 @@ class RunSpec:
         if self.start_key: det['model'] = self.start_key
         d = dict(v=2, data=self.data, split=self.split, seed=self.seed, condition=self.condition, detect=det, budget=c.budget,
                  tiles=None if c.tiles is None else asdict(c.tiling), extra_test=c.extra_test)
-        if c.budget == 'steps': d.update(steps=c.steps)
+        if c.budget == 'steps': d.update(steps=c.detect.steps)
         if self.kind != 'baseline': d.update(synth_share=c.synth_share, augment_parts=['train'])   # variations are made of training images only
         if c.split_sizes is not None: d['split_sizes'] = {k: list(v) for k, v in sorted(c.split_sizes.items())}
         if self.kind == 'diffusion': d.update(generation_fields(c), strengths=list(self.strengths))
@@ -424,7 +423,7 @@ def manifest_sources(folder) -> dict:
 def entries_of(spec: RunSpec, n_real: int, n_sources: int) -> tuple:
     "(entries in the training list, synthetic entries among them) of a run under budget='steps'."
     c, b = spec.config, spec.config.detect.batch
-    n = math.ceil(c.steps / min(c.passes, c.steps)) * b
+    n = math.ceil(c.detect.steps / min(c.passes, c.detect.steps)) * b
     return n, synthetic_entries(n, spec.n_per_image, n_sources, c.synth_share)
 
 def _sequence(spec: RunSpec, prep: '_Prep', order: list, m: int) -> list:
@@ -622,7 +621,9 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
     bar.close()
     if rank != 0: return rows
     write_table(rows, out)
-    if len(rows) == len(specs): write_table(summarize(rows), out, 'summary')
+    if len(rows) == len(specs):
+        from synthkit.stats import summarize
+        write_table(summarize(rows), out, 'summary')
     return rows
 
 # %% ../nbs/24_experiment.ipynb #da89ae79
@@ -737,40 +738,3 @@ def _gather(specs: list, owners: list, out, world: int, bar=None, poll: float = 
                                     "see that process's output for its error, then run the same command again: finished runs are kept", path=out)
         if bar is not None: bar.set_postfix_str('waiting for the other processes')
         time.sleep(poll)
-
-# %% ../nbs/24_experiment.ipynb #c07cb20e
-def mean_ci(values, level: float = 0.95) -> tuple:
-    "(mean, std, lo, hi): the t-interval of the mean; std and interval are nan for fewer than 2 values."
-    from scipy import stats
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    if len(v) == 0: return (math.nan,) * 4
-    m = float(v.mean())
-    if len(v) < 2: return m, math.nan, math.nan, math.nan
-    s = float(v.std(ddof=1)); h = float(stats.t.ppf((1 + level) / 2, len(v) - 1) * s / math.sqrt(len(v)))
-    return m, s, m - h, m + h
-
-def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    "The smallest true mean paired difference a two-sided paired t-test on `n` pairs with spread `sd` finds with `power`."
-    from scipy import stats
-    if n < 2 or sd is None or math.isnan(sd): return math.nan
-    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
-
-def summarize(rows: list, metrics=None) -> list:
-    "One row per (split, condition): n, mean ± std and 95 % CI per metric (and on the extra pool), the paired difference to baseline and its MDD."
-    metrics = metric_names() if metrics is None else metrics
-    order = list(dict.fromkeys((r['split'], r['condition']) for r in rows))
-    base = {(r['split'], r['seed']): r for r in rows if r['condition'] == 'baseline'}
-    ms = [m for m in metrics] + [f'extra_{m}' for m in metrics if any(f'extra_{m}' in r for r in rows)]
-    out = []
-    for split, cond in order:
-        rs = [r for r in rows if r['split'] == split and r['condition'] == cond]
-        s = dict(split=split, condition=cond, kind=rs[0].get('kind', ''), n_per_image=rs[0].get('n_per_image', 0), n_runs=len(rs))
-        for m in ms:
-            s[f'{m}_mean'], s[f'{m}_std'], s[f'{m}_ci_lo'], s[f'{m}_ci_hi'] = mean_ci([r.get(m, math.nan) for r in rs])
-            if cond != 'baseline':
-                d = [r[m] - base[(split, r['seed'])][m] for r in rs if (split, r['seed']) in base and m in r and m in base[(split, r['seed'])]]
-                s[f'{m}_diff'], s[f'{m}_diff_std'], s[f'{m}_diff_ci_lo'], s[f'{m}_diff_ci_hi'] = mean_ci(d)
-                s[f'{m}_diff_n'] = len(d)
-                s[f'{m}_mdd'] = min_detectable_difference(s[f'{m}_diff_std'], len(d))
-        out.append(s)
-    return out

@@ -11,12 +11,12 @@ import numpy as np
 
 from .errors import SynthkitError, check
 from .files import write_text
-from .experiment import summarize, mean_ci, parse_condition, condition_parts, write_table, manifest_sources, min_detectable_difference
+from .experiment import parse_condition, condition_parts, write_table, manifest_sources
+from .stats import summarize, comparisons, mean_ci
 from .detect import METRICS
 
 # %% auto #0
-__all__ = ['COLORS', 'plot_map', 'plot_vs_strength', 'plot_vs_variations', 'plot_curves', 'plot_samples', 'comparisons',
-           'write_report']
+__all__ = ['COLORS', 'plot_map', 'plot_vs_strength', 'plot_vs_variations', 'plot_curves', 'plot_samples', 'write_report']
 
 # %% ../nbs/25_report.ipynb #3ccef93f
 COLORS = {'baseline': '#636363', 'diffusion': '#3182bd', 'classic': '#e6550d'}
@@ -162,22 +162,6 @@ def plot_samples(rows: list, path, n: int = 3) -> Path | None:
     return _save(fig, path)
 
 # %% ../nbs/25_report.ipynb #6d28437d
-def comparisons(rows: list, metric: str = 'map50') -> list:
-    "Paired differences per split: each `+N` against baseline and against `classic+N` (same split and seed)."
-    by = {(r['split'], r['condition'], r['seed']): r[metric] for r in rows if metric in r}   # extra-pool metrics exist only where a split has one
-    out = []
-    for sp in _order(rows, 'split'):
-        for cond in [c for c in _order([r for r in rows if r['split'] == sp], 'condition') if c != 'baseline']:
-            plain = cond.partition(':')[0] if condition_parts(cond)[3] else None   # a :checked condition against the same one unchecked
-            for ref in ('baseline', f"classic+{parse_condition(cond)[1]}" if parse_condition(cond)[0] == 'diffusion' else None, plain):
-                if ref is None: continue
-                d = [v - by[(sp, ref, s)] for (p, c, s), v in by.items() if p == sp and c == cond and (sp, ref, s) in by]
-                if not d: continue
-                m, sd, lo, hi = mean_ci(d)
-                out.append(dict(split=sp, condition=cond, versus=ref, metric=metric, n=len(d), diff=m, ci_lo=lo, ci_hi=hi,
-                                wins=sum(x > 0 for x in d), mdd=min_detectable_difference(sd, len(d))))
-    return out
-
 def _verdict(c) -> str:
     if c['n'] < 2: return f"{c['diff']:+.3f} (one seed: no interval, no conclusion)"
     s = f"{c['diff']:+.3f} [95 % CI {c['ci_lo']:+.3f}, {c['ci_hi']:+.3f}], better in {c['wins']}/{c['n']} seeds"
@@ -213,8 +197,8 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
     if config is not None:
         c = config
         budget = (f'{rows[0]["steps"]} batches of {c.detect.batch} per run, exactly equal across conditions ({c.passes} passes over a drawn list; '
-                  f'warm-up {c.warmup_steps} batches; Ultralytics accumulates batches to 64 images per optimizer update)' if c.budget == 'steps'
-                  else f'{c.epochs} epochs per run (equal epochs: larger training sets get more steps)')
+                  f'warm-up {c.detect.warmup_steps} batches; Ultralytics accumulates batches to 64 images per optimizer update)' if c.budget == 'steps'
+                  else f'{c.detect.epochs} epochs per run (equal epochs: larger training sets get more steps)')
         share = ('N / (N + 1) of the training entries synthetic (plain adding)' if c.synth_share is None else f'{c.synth_share:.0%} of the training entries synthetic')
         start = {'scratch': 'from random weights', 'pretrained': f'from one detector pretrained on simulated SAR scenes (`{rows[0].get("start", "")}`), shared by every run'
                  + (f', {start_note}' if start_note else '')}.get(str(c.start), f'from `{c.start}`')

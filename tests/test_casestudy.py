@@ -32,6 +32,9 @@ def test_every_value_can_be_overridden():
     g, d = resolve('standard', seeds=[4], imgsz=160, model='yolo11n.yaml', strength=0.2, budget='epochs', max_side=256, ddpm={'steps': 7})
     assert (g.seeds, g.detect.imgsz, g.detect.model, g.strength, g.budget, d['max_side']) == ((4,), 160, 'yolo11n.yaml', 0.2, 'epochs', 256)
     assert g.ddpm['steps'] == 7 and g.ddpm['channels'] == PRESETS['standard'].ddpm['channels']
+    g, _ = resolve('standard', steps=99, **{'detect.warmup_steps': 9, 'pretrain.steps': 5})   # each "steps" in its own section
+    assert (g.detect.steps, g.detect.warmup_steps, g.pretrain['steps'], g.ddpm['steps']) == (99, 9, 5, 60)
+    assert not any(hasattr(g, k) for k in ('steps', 'epochs', 'warmup_steps'))             # the detector's length lives in detect only
     assert parse_sets(['x=1', 'y=a b', 'z=[1, 2]']) == {'x': 1, 'y': 'a b', 'z': [1, 2]}
 
 

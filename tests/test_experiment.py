@@ -9,7 +9,8 @@ import pytest
 from synthkit.errors import SynthkitError
 from synthkit.detect import DetectConfig
 from synthkit.testing import toy_dataset
-from synthkit.experiment import GridConfig, RunSpec, plan, run_key, run_grid, summarize, check_lineage, parse_condition
+from synthkit.experiment import GridConfig, RunSpec, plan, run_key, run_grid, check_lineage, parse_condition
+from synthkit.stats import summarize
 import synthkit.experiment as ex
 
 
@@ -33,8 +34,8 @@ class Copier:
         return Copy()
 
 
-CFG = GridConfig(splits=('split_1',), conditions=('baseline', '+2', 'classic+2'), seeds=(0,), steps=2, warmup_steps=0,
-                 generator='stub', detect=DetectConfig(imgsz=64, batch=8))
+CFG = GridConfig(splits=('split_1',), conditions=('baseline', '+2', 'classic+2'), seeds=(0,),
+                 generator='stub', detect=DetectConfig(imgsz=64, batch=8, steps=2, warmup_steps=0))
 
 
 @pytest.fixture(scope='module')
@@ -55,14 +56,14 @@ def test_keys_cover_the_configuration_and_nothing_else():
     assert len({run_key(s) for s in specs}) == len(specs) == 30
     base = next(s for s in specs if s.condition == 'baseline')
     assert run_key(replace(base, config=GridConfig(strength=0.6, ddpm={'steps': 9}))) == run_key(base)
-    assert run_key(replace(base, config=GridConfig(steps=601))) != run_key(base)
+    assert run_key(replace(base, config=GridConfig(detect=DetectConfig(steps=601, warmup_steps=60)))) != run_key(base)
     assert run_key(replace(base, seed=7)) != run_key(base)
 
 
 def test_equal_steps_budget_in_the_plan_and_the_runs(grid):
     "Every condition takes exactly the same optimizer steps: a drawn list of ceil(steps / passes) batches, walked `passes` times."
-    assert {s.detect_config().epochs for s in plan(GridConfig(steps=500, passes=4))} == {4}
-    assert {s.detect_config().epochs for s in plan(GridConfig(budget='epochs', epochs=7))} == {7}
+    assert {s.detect_config().epochs for s in plan(GridConfig(passes=4, detect=DetectConfig(steps=500)))} == {4}
+    assert {s.detect_config().epochs for s in plan(GridConfig(budget='epochs', detect=DetectConfig(epochs=7)))} == {7}
     _, rows, _ = grid
     assert {r['steps'] for r in rows} == {2} and {r['epochs'] for r in rows} == {2}     # steps=2, passes=min(3, 2)
     for r in rows:
@@ -75,7 +76,7 @@ def test_equal_steps_budget_in_the_plan_and_the_runs(grid):
 def test_equal_steps_hold_when_ultralytics_counts_them(toy, tmp_path):
     "Ultralytics walks the drawn list with its duplicates: its own batch count per epoch is the one planned."
     import re
-    cfg = replace(CFG, conditions=('baseline', 'classic+2'), steps=6, passes=2)
+    cfg = replace(CFG, conditions=('baseline', 'classic+2'), passes=2, detect=CFG.detect.replace(steps=6))
     rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
     for r in rows:
         log = re.sub(r'\x1b\[[0-9;]*[A-Za-z]', '', (Path(r['run_dir'])/'detector'/'console.log').read_text().replace('\r', '\n'))
@@ -131,10 +132,10 @@ def test_stop_then_resume_trains_only_what_is_missing(toy, tmp_path, monkeypatch
 
 def test_synthetic_share_of_the_training_entries(toy, tmp_path):
     "synth_share sets the share of synthetic entries; by default it is N / (N + 1), what plain adding gives; val stays real."
-    rows = run_grid(toy, replace(CFG, conditions=('classic+2', 'classic+10'), steps=4, passes=1), tmp_path, split_fn=deal, progress=False)
+    rows = run_grid(toy, replace(CFG, conditions=('classic+2', 'classic+10'), passes=1, detect=CFG.detect.replace(steps=4)), tmp_path, split_fn=deal, progress=False)
     assert [(r['n_train_real'], r['n_train_synth']) for r in rows] == [(11, 21), (3, 29)]       # 32 entries: 2/3 and 10/11 synthetic
     assert all(r['n_val_synth'] == 0 for r in rows)
-    r, = run_grid(toy, replace(CFG, conditions=('classic+10',), steps=4, passes=1, synth_share=0.25), tmp_path/'b', split_fn=deal, progress=False)
+    r, = run_grid(toy, replace(CFG, conditions=('classic+10',), passes=1, synth_share=0.25, detect=CFG.detect.replace(steps=4)), tmp_path/'b', split_fn=deal, progress=False)
     assert (r['n_train_real'], r['n_train_synth']) == (24, 8)
     assert r['n_train_synth_distinct'] == 8      # output 0 of 8 different sources before any source's output 1
 
@@ -148,7 +149,7 @@ def test_a_changed_generator_option_is_a_new_key():
 
 
 def test_minimum_detectable_difference_known_answer():
-    from synthkit.experiment import min_detectable_difference
+    from synthkit.stats import min_detectable_difference
     from scipy import stats
     # two-sided alpha 0.05, power 0.8, 5 pairs: (t_.975,4 + t_.8,4) * sd / sqrt(5) = (2.7764 + 0.9410) * sd / 2.2361
     assert min_detectable_difference(0.02, 5) == pytest.approx(0.033249, abs=2e-6)
@@ -162,6 +163,8 @@ def test_minimum_detectable_difference_known_answer():
 def test_grid_errors(toy, tmp_path):
     with pytest.raises(SynthkitError, match="condition 'x\\+2'"): GridConfig(conditions=('x+2',)).check()
     with pytest.raises(SynthkitError, match="budget='time'"): GridConfig(budget='time').check()
+    with pytest.raises(SynthkitError, match="budget='steps' needs detect.steps"): GridConfig(detect=DetectConfig()).check()
+    GridConfig(budget='epochs', detect=DetectConfig()).check()   # the epochs budget needs no steps
     with pytest.raises(SynthkitError, match="split 'split_2' is not one of"):
         run_grid(toy, replace(CFG, splits=('split_2',)), tmp_path, split_fn=deal, progress=False)
 

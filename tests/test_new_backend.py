@@ -48,8 +48,8 @@ def test_the_grid_caches_the_new_backend_by_its_settings(registered, toy, tmp_pa
     def deal(ds, seed, sizes=None):
         ids = sorted(ds.ids); random.Random(seed).shuffle(ids)
         return {'split_1': dict(train=ids[:8], val=ids[8:12], test=ids[12:])}
-    cfg = GridConfig(splits=('split_1',), conditions=('baseline', '+1'), seeds=(0,), steps=2, passes=1, warmup_steps=0,
-                     generator=registered, strength=0.4, detect=DetectConfig(imgsz=64, batch=8))
+    cfg = GridConfig(splits=('split_1',), conditions=('baseline', '+1'), seeds=(0,), passes=1,
+                     generator=registered, strength=0.4, detect=DetectConfig(imgsz=64, batch=8, steps=2, warmup_steps=0))
     rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
     from pathlib import Path
     assert rows[1]['n_train_synth'] > 0 and json.loads((Path(rows[1]['run_dir'])/'spec.json').read_text())['generator'] == 'brighten'
