@@ -419,6 +419,11 @@ class DDPMGenerator(Generator):
     def describe(self) -> dict:
         return {**super().describe(), 'dtype': 'bfloat16' if self.bf16 else 'float32', 'threads': torch.get_num_threads()}
 
+    @classmethod
+    def resolve_precision(cls, dtype='auto', device=None) -> str:
+        "'bfloat16' or 'float32': what `dtype=` runs in on `device` (the name `describe` records)."
+        return 'bfloat16' if resolve_dtype(dtype, device or 'cpu') == 'bf16' else 'float32'
+
     def _run(self, x, boxes, cls, params, seeds):
         return self.sdedit(x, params.strength, params.steps, seeds)
 
