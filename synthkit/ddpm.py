@@ -350,6 +350,7 @@ class DDPMGenerator(Generator):
     knobs = frozenset({'strength', 'steps', 'seed'})
     channels, min_size, batch_size = 1, 16, 8
     img2img_steps = True   # SDEdit runs the last int(strength × steps) steps
+    model_arg = 'model_folder'
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64, channels_last: bool = True,
                  dtype: str | None = 'auto'):

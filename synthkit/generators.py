@@ -18,9 +18,9 @@ from .offline import setup_offline
 setup_offline()  # before diffusers / transformers are imported anywhere
 
 # %% auto #0
-__all__ = ['KNOBS', 'DTYPE_ARGS', 'OWN_FIELDS', 'GENERATORS', 'min_steps', 'min_strength', 'GenParams', 'derive_seed',
-           'torch_generators', 'check_device', 'torch_threads', 'constructor_options', 'Generator', 'load_pretrained',
-           'weights_hash', 'generator_class', 'load_generator', 'parse_assignments']
+__all__ = ['KNOBS', 'DTYPE_ARGS', 'OWN_FIELDS', 'WEIGHT_FILES', 'GENERATORS', 'min_steps', 'min_strength', 'GenParams',
+           'derive_seed', 'torch_generators', 'check_device', 'torch_threads', 'constructor_options', 'Generator',
+           'load_pretrained', 'weight_files', 'weights_hash', 'generator_class', 'load_generator', 'parse_assignments']
 
 # %% ../nbs/10_generators.ipynb #2b8a8ba1
 KNOBS = ('strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt')
@@ -133,11 +133,6 @@ def _recording(init):
         init(self, *args, **kw)
     return __init__
 
-def _model_param(cls) -> str | None:
-    "The name of the constructor's first parameter, the model `load_generator('NAME:MODEL')` passes (None: it takes none)."
-    ps = list(inspect.signature(cls.__init__).parameters.values())[1:2]
-    return ps[0].name if ps and ps[0].kind is ps[0].POSITIONAL_OR_KEYWORD else None
-
 def constructor_options(cls, given: dict | None = None, with_model: bool = False) -> dict:
     "The options `cls(**given)` runs with: its constructors' defaults (along the class tree) updated by `given`, less `OWN_FIELDS` and (unless `with_model`) the model."
     opts = {}
@@ -147,7 +142,7 @@ def constructor_options(cls, given: dict | None = None, with_model: bool = False
         for p in list(inspect.signature(init).parameters.values())[1:]:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.default is not p.empty: opts[p.name] = p.default
     opts.update(given or {})
-    skip = set(OWN_FIELDS) | ({_model_param(cls)} if not with_model else set())
+    skip = set(OWN_FIELDS) | ({getattr(cls, 'model_arg', 'model')} if not with_model else set())
     return {k: opts[k] for k in sorted(opts) if k not in skip}
 
 class Generator:
@@ -163,6 +158,7 @@ class Generator:
     img2img_steps: bool = False # runs the last int(strength × steps) sampler steps (img2img, SDEdit): 0 is refused up front
     cross_source: bool = False  # `_run_many` computes outputs of several same-shape sources in one model call
     batch_invariant: bool = False  # no batched model: an output's pixels don't depend on the batch size
+    model_arg: str = 'model'    # the constructor parameter that names the model (the weights name it in a recipe)
     device: str = 'cpu'
 
     def __init_subclass__(cls, **kw):
@@ -269,12 +265,18 @@ def load_pretrained(cls, id_or_path, what: str = 'model', **kw):
                 if not looks_local and not online_allowed() else 'check that the folder holds a complete diffusers/transformers model in safetensors format')
         raise SynthkitError(f'could not load {what} {str(id_or_path)!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})', hint)
 
+WEIGHT_FILES = ('.safetensors', '.bin', '.pt', '.ckpt')
+
+def weight_files(folder, skip=()) -> list:
+    "The weight files under `folder` (not those named in `skip`), in path order."
+    return sorted(p for p in Path(folder).rglob('*') if p.suffix in WEIGHT_FILES and p.is_file() and p.name not in skip)
+
 def weights_hash(folder, skip=()) -> str:
     "sha256 (first 16 hex digits) over the weight files under `folder` (not those named in `skip`), in path order; '' when there are none."
     folder = Path(folder)
     if not folder.is_dir(): return ''
     h = hashlib.sha256()
-    files = sorted(p for p in folder.rglob('*') if p.suffix in ('.safetensors', '.bin', '.pt', '.ckpt') and p.is_file() and p.name not in skip)
+    files = weight_files(folder, skip)
     for f in files:
         h.update(f.relative_to(folder).as_posix().encode())
         with open(f, 'rb') as fh:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10a_recipe.ipynb #521bb5b8
 from __future__ import annotations
-import json
+import functools, json
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
@@ -12,10 +12,10 @@ from fastcore.basics import patch
 
 from .errors import SynthkitError, check
 from .files import config_hash
-from .generators import GenParams, DTYPE_ARGS, constructor_options, generator_class, weights_hash
+from .generators import GENERATORS, OWN_FIELDS, GenParams, DTYPE_ARGS, constructor_options, generator_class, weights_hash, weight_files
 
 # %% auto #0
-__all__ = ['Recipe']
+__all__ = ['Recipe', 'folder_weights']
 
 # %% ../nbs/10a_recipe.ipynb #4f9e4274
 def _plain(v):
@@ -73,17 +73,27 @@ def of(cls: Recipe, gen, params: GenParams = GenParams(), batch_size: int | None
                gen.resolve_device(gen.device), _knobs(params, gen.knobs), _batch(gen, batch_size))
 
 # %% ../nbs/10a_recipe.ipynb #f9720e71
+@functools.lru_cache(maxsize=32)
+def _hash_once(folder: str, stamp: tuple) -> str: return weights_hash(folder)
+
+def folder_weights(folder) -> str:
+    "`weights_hash(folder)`, computed once per process while its weight files keep their names, sizes and times (a grid asks for it per run)."
+    return _hash_once(str(folder), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(folder)))
+
 @patch(cls_method=True)
 def planned(cls: Recipe, spec: str, options: dict | None = None, params: GenParams = GenParams(), *, trains: dict | None = None,
              batch_size: int | None = None) -> Recipe:
     "The recipe `load_generator(spec, **options)` would have, without loading it; `trains`: the configuration of a model still to be trained."
     name, _, model = str(spec).partition(':')
-    g, options = generator_class(name), dict(options or {})
+    options = dict(options or {})
     if trains is not None: ident = f'trains:{config_hash(_plain(trains))}'
     elif model:
-        h = weights_hash(Path(model).expanduser()) if Path(model).expanduser().is_dir() else ''
+        h = folder_weights(Path(model).expanduser()) if Path(model).expanduser().is_dir() else ''
         ident = f'spec:{model}' + (f'@{h}' if h else '')
     else: ident = ''
-    dev = options.get('device')
+    if name not in GENERATORS:
+        return cls(name, '', ident, _plain({k: v for k, v in options.items() if k not in OWN_FIELDS}), options.get('dtype'),
+                   str(options.get('device') or 'cpu').split(':')[0], _plain(params.asdict()), batch_size or options.get('batch_size'))
+    g, dev = generator_class(name), options.get('device')
     return cls(name, str(g.version), ident, _plain(constructor_options(g, options, with_model=not model)), g.resolve_precision(options.get('dtype'), dev),
                g.resolve_device(dev), _knobs(params, g.knobs), _batch(g, batch_size or options.get('batch_size')))
