@@ -10,9 +10,8 @@ from pathlib import Path
 
 from fastcore.basics import patch
 
-from .errors import SynthkitError, check
 from .files import config_hash
-from .generators import GENERATORS, OWN_FIELDS, GenParams, DTYPE_ARGS, constructor_options, generator_class, weights_hash, weight_files
+from .generators import GENERATORS, OWN_FIELDS, GenParams, constructor_options, generator_class, weights_hash, weight_files
 
 # %% auto #0
 __all__ = ['Recipe', 'folder_weights']
