@@ -72,6 +72,8 @@ class ClassicGenerator(Generator):
     "Classic augmentation (flip / 90° turn / gamma speckle) behind the `Generator` interface; outputs carry moved boxes."
     name, version, knobs = 'classic', '1', frozenset({'seed'})
     channels, min_size, batch_size = 1, 1, 64
+    batch_invariant = True   # each copy is made alone: the batch size decides nothing
+    model_arg = 'spec'
 
     def __init__(self, spec: str = '', flips: bool = True, turns: bool = True, looks: float | None = 8.0):
         "`spec`: the `model_id` form `'flips=True,turns=False,looks=4'` (any subset), so `load_generator('classic:looks=4')` works."

@@ -350,6 +350,7 @@ class DDPMGenerator(Generator):
     knobs = frozenset({'strength', 'steps', 'seed'})
     channels, min_size, batch_size = 1, 16, 8
     img2img_steps = True   # SDEdit runs the last int(strength × steps) steps
+    model_arg = 'model_folder'
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64, channels_last: bool = True,
                  dtype: str | None = 'auto'):
@@ -418,6 +419,11 @@ class DDPMGenerator(Generator):
 
     def describe(self) -> dict:
         return {**super().describe(), 'dtype': 'bfloat16' if self.bf16 else 'float32', 'threads': torch.get_num_threads()}
+
+    @classmethod
+    def resolve_precision(cls, dtype='auto', device=None) -> str:
+        "'bfloat16' or 'float32': what `dtype=` runs in on `device` (the name `describe` records)."
+        return 'bfloat16' if resolve_dtype(dtype, device or 'cpu') == 'bf16' else 'float32'
 
     def _run(self, x, boxes, cls, params, seeds):
         return self.sdedit(x, params.strength, params.steps, seeds)

@@ -106,13 +106,12 @@ class DiffusersGenerator(Generator):
         model = str(model or self.default_model)
         check(model != '', f'no model given for the {self.name} generator', 'pass a local pipeline folder or a hub id')
         check(dtype in _DTYPES, f'dtype={dtype!r} is not one of fp32, fp16, bf16', "use 'fp16' on a CUDA GPU, else leave it out")
-        self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        self.device = device or self.resolve_device()
         try: torch.device(self.device)
         except (RuntimeError, TypeError): raise SynthkitError(f'device={self.device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
         on_cuda = torch.device(self.device).type == 'cuda'
         check(not on_cuda or torch.cuda.is_available(), f'device={self.device!r} asked for, but torch sees no CUDA GPU', "use device='cpu'")
-        want = _DTYPES[dtype]
-        self.dtype = want if (want == 'float32' or on_cuda) else 'float32'
+        want, self.dtype = _DTYPES[dtype], self.resolve_precision(dtype, self.device)
         self.options_applied = dict(device=self.device, dtype=self.dtype)
         if self.dtype != want: warnings.warn(f'{want} needs a CUDA GPU; running in float32 on {self.device}')
         if batch_size: self.batch_size = int(batch_size)
@@ -131,6 +130,17 @@ class DiffusersGenerator(Generator):
         self._apply_options(on_cuda, attention_slicing, vae_slicing, cpu_offload)
 
     def _load_extra(self, index: dict, kw: dict) -> dict: return {}
+
+    @classmethod
+    def resolve_device(cls, device=None) -> str:
+        import torch
+        return str(device or ('cuda' if torch.cuda.is_available() else 'cpu')).split(':')[0]
+
+    @classmethod
+    def resolve_precision(cls, dtype=None, device=None) -> str:
+        "The precision `dtype=` runs in: fp16 / bf16 on a CUDA GPU only, else float32."
+        want = _DTYPES.get(dtype, 'float32')
+        return want if want == 'float32' or cls.resolve_device(device) == 'cuda' else 'float32'
 
     @staticmethod
     def _cached_hash(model) -> str:
@@ -250,7 +260,15 @@ class ControlNetGenerator(DiffusersGenerator):
         if 'controlnet' in index and self.controlnet_id is None: return {}
         from diffusers import ControlNetModel
         cn = self.controlnet_id or self.default_controlnet
+        h = weights_hash(cn) or self._cached_hash(cn)
+        self.controlnet_weights = f'weights:{h}' if h else f'id:{cn}'
         return dict(controlnet=load_pretrained(ControlNetModel, cn, 'ControlNet', **{_dtype_key(): kw[_dtype_key()]}))
+
+    controlnet_weights = ''   # what names a ControlNet loaded apart from the pipeline ('': the pipeline's own)
+
+    def options(self) -> dict:
+        "The constructor's options, with the ControlNet named by its weights rather than by where it was loaded from."
+        return {**super().options(), 'controlnet': self.controlnet_weights}
 
     def describe(self) -> dict:
         return {**super().describe(), 'condition': self.condition, 'conditioning_scale': self.conditioning_scale,

@@ -19,10 +19,10 @@ from .data.splits import hash_order
 
 # %% auto #0
 __all__ = ['GRID_DDPM', 'GridConfig', 'conditions_for', 'condition_parts', 'parse_condition', 'RunSpec', 'without_legacy',
-           'generation_fields', 'run_key', 'plan', 'fingerprint', 'default_split_fn', 'source_image', 'check_lineage',
-           'sequence_counts', 'draw_training_list', 'synthetic_entries', 'manifest_records', 'manifest_sources',
-           'entries_of', 'assemble', 'start_of', 'row_fields', 'write_table', 'run_dir_of', 'run_grid', 'process_share',
-           'group_owners', 'exclusive']
+           'generation_params', 'generation_recipe', 'classic_recipe', 'run_key', 'plan', 'fingerprint',
+           'default_split_fn', 'source_image', 'check_lineage', 'sequence_counts', 'draw_training_list',
+           'synthetic_entries', 'manifest_records', 'manifest_sources', 'entries_of', 'assemble', 'start_of',
+           'row_fields', 'write_table', 'run_dir_of', 'run_grid', 'process_share', 'group_owners', 'exclusive']
 
 # %% ../nbs/24_experiment.ipynb #876dc071
 # A grid's DDPM trains a fixed number of iterations with no wall-clock cap, so a cached model never depends on how
@@ -166,7 +166,8 @@ class RunSpec:
         if c.budget == 'steps': d.update(steps=c.detect.steps)
         if self.kind != 'baseline': d.update(synth_share=c.synth_share, augment_parts=['train'])   # variations are made of training images only
         if c.split_sizes is not None: d['split_sizes'] = {k: list(v) for k, v in sorted(c.split_sizes.items())}
-        if self.kind == 'diffusion': d.update(generation_fields(c), strengths=list(self.strengths))
+        if self.kind == 'diffusion': d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
+        if self.kind == 'classic': d['recipes'] = [classic_recipe(self.seed).fields()]
         if self.checked: d['label_check'] = dict(c.label_check, baseline=run_key(replace(self, condition='baseline')))   # its detector
         return d
 
@@ -175,22 +176,28 @@ def without_legacy(d: dict) -> dict:
     from synthkit.ddpm import LEGACY
     return {k: v for k, v in d.items() if k not in LEGACY or LEGACY[k] != v}
 
-def generation_fields(c: GridConfig) -> dict:
-    "What decides the diffusion variations (and the DDPM behind them) apart from the strength: generator, sampler steps, every option, precision."
-    d = dict(generator=c.generator, gen_steps=c.gen_steps)
-    opts = dict(c.generator_options)
-    dtype = opts.pop('dtype', None)
-    if opts: d['options'] = opts
-    if c.generator == 'ddpm':   # the whole DDPM configuration the grid trains (a changed default is a new key), less the per-seed seed
+def generation_params(c: GridConfig, strength: float, seed: int):
+    "The knobs of the grid's diffusion variations at `strength` for seed `seed`."
+    from synthkit.generators import GenParams
+    return GenParams(strength=strength, steps=c.gen_steps, seed=seed)
+
+def generation_recipe(c: GridConfig, strength: float, seed: int):
+    """The planned recipe of the grid's diffusion variations at `strength` for seed `seed`: the grid's own DDPM (trained
+    per split and seed, the seed being the recipe's) named by its whole configuration (a changed default is a new key), or
+    the `generator` spec; every option; precision and device as this machine resolves them."""
+    from synthkit.recipe import Recipe
+    trains = None
+    if c.generator == 'ddpm':
         from synthkit.ddpm import DDPMConfig
-        d['ddpm'] = {k: v for k, v in without_legacy(asdict(DDPMConfig(**{**GRID_DDPM, **c.ddpm}))).items() if k != 'seed'}
-    if c.generator.partition(':')[0] == 'ddpm':   # the grid's own DDPM or a given model folder: both default to auto
-        from synthkit.ddpm import resolve_dtype
-        dtype = resolve_dtype(dtype, c.generator_options.get('device') or 'cpu')   # what this machine will run
-    from synthkit.generators import DTYPE_ARGS
-    dtype = {arg: name for name, arg in DTYPE_ARGS.items()}.get(dtype, dtype)   # 'bf16' and 'bfloat16' are one key
-    if dtype not in (None, 'float32'): d['dtype'] = dtype
-    return d
+        trains = dict(ddpm={k: v for k, v in without_legacy(asdict(DDPMConfig(**{**GRID_DDPM, **c.ddpm}))).items() if k != 'seed'})
+    return Recipe.planned(c.generator, c.generator_options, generation_params(c, strength, seed), trains=trains)
+
+def classic_recipe(seed: int):
+    "The recipe of the grid's classic control copies (`classic_variations` at its defaults) for seed `seed`."
+    from synthkit.augment import ClassicGenerator
+    from synthkit.generators import GenParams
+    from synthkit.recipe import Recipe
+    return Recipe.of(ClassicGenerator(), GenParams(seed=seed))
 
 def run_key(spec: RunSpec) -> str:
     "The cache key of a run: a hash of its full configuration (and of the dataset's content)."
@@ -327,13 +334,13 @@ class _Prep:
         return self._gen
 
     def folder(self, kind: str, strength: float | None) -> Path:
-        fields = dict(generation_fields(self.config), strength=strength) if kind == 'diffusion' else dict(classic=1)
-        return self.out/'synth'/self.tag/f'{kind}-{config_hash(dict(v=2, split=self.split_key, seed=self.spec.seed, gen=fields), 8)}'
+        "The variation folder of `kind` at `strength`, named by the split and the variations' recipe (seed included)."
+        r = generation_recipe(self.config, strength, self.spec.seed) if kind == 'diffusion' else classic_recipe(self.spec.seed)
+        return self.out/'synth'/self.tag/f'{kind}-{config_hash(dict(v=3, split=self.split_key, recipe=r.key()), 8)}'
 
     def need(self, kind: str, strengths: tuple, m: int) -> dict:
         """Make sure the first `m` entries of the variation sequence exist (source j of the order at strength[j % len]);
         returns {(source id, k): image path} of everything made so far."""
-        from synthkit.generators import GenParams
         c, order = self.config, self.order()
         counts = sequence_counts(order, m) if m else {}
         groups = {}
@@ -355,7 +362,7 @@ class _Prep:
                         classic_variations(src, n, d, parts={'train': sub}, seed=self.spec.seed, progress=self.progress, shard=(0, 1))
                     else:
                         from synthkit.synthesize import synthesize
-                        synthesize(src, gen, n, GenParams(strength=strength, steps=c.gen_steps, seed=self.spec.seed), d,
+                        synthesize(src, gen, n, generation_params(c, strength, self.spec.seed), d,
                                    parts={'train': sub}, progress=self.progress, shard=(0, 1))   # the group's own: never split by a launcher
                 mark_done(d, seconds=round(((read_done(d) or {}).get('seconds', 0)) + time.time() - t, 1))
                 have = {(s, k): p for p, s, k, _ in manifest_records(d)}

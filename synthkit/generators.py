@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_generators.ipynb #d4aa6c40
 from __future__ import annotations
-import hashlib, importlib, inspect, math, warnings
+import functools, hashlib, importlib, inspect, math, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
@@ -18,9 +18,9 @@ from .offline import setup_offline
 setup_offline()  # before diffusers / transformers are imported anywhere
 
 # %% auto #0
-__all__ = ['KNOBS', 'DTYPE_ARGS', 'GENERATORS', 'min_steps', 'min_strength', 'GenParams', 'derive_seed', 'torch_generators',
-           'check_device', 'torch_threads', 'Generator', 'load_pretrained', 'weights_hash', 'generator_class',
-           'load_generator', 'parse_assignments']
+__all__ = ['KNOBS', 'DTYPE_ARGS', 'OWN_FIELDS', 'WEIGHT_FILES', 'GENERATORS', 'min_steps', 'min_strength', 'GenParams',
+           'derive_seed', 'torch_generators', 'check_device', 'torch_threads', 'constructor_options', 'Generator',
+           'load_pretrained', 'weight_files', 'weights_hash', 'generator_class', 'load_generator', 'parse_assignments']
 
 # %% ../nbs/10_generators.ipynb #2b8a8ba1
 KNOBS = ('strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt')
@@ -114,6 +114,37 @@ def _labels(boxes, cls) -> tuple:
     check(len(boxes) == len(cls), f'{len(boxes)} boxes but {len(cls)} class ids', 'give one class id per box')
     return boxes, cls
 
+OWN_FIELDS = ('device', 'dtype', 'batch_size')   # constructor options a Recipe holds in fields of their own
+
+def _recording(init):
+    "Wrap a backend's `__init__` so that the outermost call records its arguments as `self.given_options`."
+    sig = inspect.signature(init)
+    @functools.wraps(init)
+    def __init__(self, *args, **kw):
+        if 'given_options' not in self.__dict__:   # a subclass's super().__init__(…) call records nothing more
+            ps = list(sig.parameters.values())
+            bound = sig.bind(self, *args, **kw).arguments
+            given = {}
+            for p in ps[1:]:
+                if p.name not in bound: continue
+                if p.kind is p.VAR_KEYWORD: given.update(bound[p.name])
+                elif p.kind is not p.VAR_POSITIONAL: given[p.name] = bound[p.name]
+            self.given_options = given
+        init(self, *args, **kw)
+    return __init__
+
+def constructor_options(cls, given: dict | None = None, with_model: bool = False) -> dict:
+    "The options `cls(**given)` runs with: its constructors' defaults (along the class tree) updated by `given`, less `OWN_FIELDS` and (unless `with_model`) the model."
+    opts = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get('__init__')
+        if init is None or klass is object: continue
+        for p in list(inspect.signature(init).parameters.values())[1:]:
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.default is not p.empty: opts[p.name] = p.default
+    opts.update(given or {})
+    skip = set(OWN_FIELDS) | ({getattr(cls, 'model_arg', 'model')} if not with_model else set())
+    return {k: opts[k] for k in sorted(opts) if k not in skip}
+
 class Generator:
     "Base class of every variation backend. Subclasses implement `_run`."
     name: str = 'base'
@@ -126,6 +157,31 @@ class Generator:
     batch_size: int = 4         # outputs computed per model call by default
     img2img_steps: bool = False # runs the last int(strength × steps) sampler steps (img2img, SDEdit): 0 is refused up front
     cross_source: bool = False  # `_run_many` computes outputs of several same-shape sources in one model call
+    batch_invariant: bool = False  # no batched model: an output's pixels don't depend on the batch size
+    model_arg: str = 'model'    # the constructor parameter that names the model (the weights name it in a recipe)
+    device: str = 'cpu'
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if '__init__' in cls.__dict__: cls.__init__ = _recording(cls.__dict__['__init__'])
+
+    def options(self) -> dict:
+        "The constructor options that decide this generator's pixels (defaults filled in), less the model and `OWN_FIELDS`."
+        return constructor_options(type(self), getattr(self, 'given_options', {}), with_model=not self.identity())
+
+    @classmethod
+    def resolve_device(cls, device=None) -> str:
+        "The device type (`cpu`, `cuda`, `mps`) the constructor's `device=` runs on."
+        return str(device or 'cpu').split(':')[0]
+
+    @classmethod
+    def resolve_precision(cls, dtype=None, device=None) -> str | None:
+        "The precision (`float32`, `bfloat16`, …; None: not a torch model) the constructor's `dtype=` runs in on `device`."
+        return None
+
+    def identity(self) -> str:
+        "What names this generator's model: `weights:<hash>` of its weight files, else `id:<model id>`, else '' (the code is the model)."
+        return f'weights:{self.weights_hash}' if self.weights_hash else f'id:{self.model_id}' if str(self.model_id) else ''
 
     def _run(self, x: np.ndarray, boxes: np.ndarray, cls: np.ndarray, params: GenParams, seeds: list) -> list:
         raise NotImplementedError
@@ -209,12 +265,18 @@ def load_pretrained(cls, id_or_path, what: str = 'model', **kw):
                 if not looks_local and not online_allowed() else 'check that the folder holds a complete diffusers/transformers model in safetensors format')
         raise SynthkitError(f'could not load {what} {str(id_or_path)!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})', hint)
 
+WEIGHT_FILES = ('.safetensors', '.bin', '.pt', '.ckpt')
+
+def weight_files(folder, skip=()) -> list:
+    "The weight files under `folder` (not those named in `skip`), in path order."
+    return sorted(p for p in Path(folder).rglob('*') if p.suffix in WEIGHT_FILES and p.is_file() and p.name not in skip)
+
 def weights_hash(folder, skip=()) -> str:
     "sha256 (first 16 hex digits) over the weight files under `folder` (not those named in `skip`), in path order; '' when there are none."
     folder = Path(folder)
     if not folder.is_dir(): return ''
     h = hashlib.sha256()
-    files = sorted(p for p in folder.rglob('*') if p.suffix in ('.safetensors', '.bin', '.pt', '.ckpt') and p.is_file() and p.name not in skip)
+    files = weight_files(folder, skip)
     for f in files:
         h.update(f.relative_to(folder).as_posix().encode())
         with open(f, 'rb') as fh:

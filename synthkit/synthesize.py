@@ -15,6 +15,7 @@ from .files import atomic_write, sha256_file, check_out_folder
 from .images import save_image, read_image
 from .data.items import Item, Dataset, check_origins
 from .generators import Generator, GenParams, derive_seed, torch_threads, DTYPE_ARGS
+from .recipe import Recipe
 
 # %% auto #0
 __all__ = ['MANIFEST', 'REJECTED', 'WRITES', 'Manifest', 'output_name', 'write_variation', 'SynthSummary', 'synthesize',
@@ -81,6 +82,12 @@ class Manifest:
     def __repr__(self): return f'Manifest({str(self.path)!r}, {len(self)} records)'
 
 # %% ../nbs/13_synthesize.ipynb #6136eb0d
+def _pixels(image) -> np.ndarray:
+    "An output as the PNG stores it: 8 or 16 bits (floats rounded and clipped to 8), 16-bit RGB as grey (PIL has no 16-bit RGB PNG; SAR is grey)."
+    image = np.asarray(image)
+    if image.dtype not in (np.uint8, np.uint16): image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return image[..., 0] if image.ndim == 3 and image.dtype == np.uint16 else image
+
 def output_name(source_id: str, k: int) -> str:
     "File stem of output `k` of a source (source ids may contain '/': they become subfolders)."
     return f'{source_id}_v{int(k):03d}'
@@ -93,9 +100,7 @@ def write_variation(out, source_item: Item, k: int, image: np.ndarray, record: d
     check(part and '/' not in str(part) and str(part) not in ('.', '..'), f'part {part!r} is not a folder name', 'use train, val or test')
     stem = output_name(source_item.id, k)
     img_path, lab_path = out/'images'/part/f'{stem}.png', out/'labels'/part/f'{stem}.txt'
-    image = np.asarray(image)
-    if image.dtype not in (np.uint8, np.uint16): image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    if image.ndim == 3 and image.dtype == np.uint16: image = image[..., 0]  # PNG has no 16-bit RGB in PIL: SAR is grey
+    image = _pixels(image)
     save_image(image, img_path)
     h, w = image.shape[:2]
     boxes = source_item.boxes if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -160,11 +165,6 @@ class SynthSummary:
         return s + f' → {self.out}'
 
 
-def _settings(generator: Generator, params: GenParams) -> dict:
-    "The part of a record that must match for outputs to belong to the same run."
-    d = generator.describe()
-    return dict(generator=d['generator'], generator_version=d['generator_version'], weights_hash=d['weights_hash'], dtype=d.get('dtype'),
-                params={k: v for k, v in params.asdict().items() if k in generator.knobs})
 
 # %% ../nbs/13_synthesize.ipynb #a6a09cdd
 def _shard_from_env():
@@ -212,8 +212,35 @@ def _calls(plan: list, n: int, bs: int, cross: bool) -> list:
             cur.append((it, p, k))
     return calls + [cur] if cur else calls
 
-def _compute(generator: Generator, batch: list, seeds: list, params: GenParams) -> list:
-    "(image, boxes, cls) of every output of one call, in order."
+def _check_recipe(out: Path, old: list, ours: set, n: int, recipe: Recipe):
+    "Refuse to add to `out` when its records of these sources (k < n) were made by another recipe, or predate recorded recipes."
+    key = recipe.key()
+    for r in old:
+        if r.get('source') not in ours or int(r.get('k', -1)) >= n: continue
+        theirs = Recipe.from_record(r)
+        check(theirs is not None, f'{out} holds outputs written before synthkit recorded their whole recipe (every generator option, '
+              'the precision, the batch size), so a resumed run cannot tell whether it would make them the same way',
+              'write into a new folder, or delete this one to start over (regenerate() still recomputes its outputs)', path=out/MANIFEST)
+        if theirs.key() == key: continue
+        diff = theirs.differences(recipe)
+        check(theirs.replace(batch_size=recipe.batch_size).key() != key, f'{out} holds outputs computed {theirs.batch_size} per model call, but '
+              f'this run would compute {recipe.batch_size}: the batch changes the pixels (by rounding), so the folder would mix two results',
+              f'resume with batch_size={theirs.batch_size} (--batch-size {theirs.batch_size}), or write into a new folder', path=out/MANIFEST)
+        raise SynthkitError(f'{out} already holds variation k={r["k"]} of {r["source"]!r}, made with other settings ({"; ".join(diff)})',
+                            'write into a new folder, or delete that one to start over', path=out/MANIFEST)
+
+def _compute(generator: Generator, batch: list, seeds: list, params: GenParams, recipe: Recipe | None = None, cache=None) -> list:
+    "(image, boxes, cls) of every output of one call, in order; from `cache` when it holds them all (then no model runs)."
+    keys = None if cache is None else [recipe.replace(batch_size=recipe.batch_size and len(batch)).output_key(it.id, sd)
+                                       for (it, _, _), sd in zip(batch, seeds)]   # the call's own batch size decides the pixels
+    if keys:
+        got = [cache.get(k) for k in keys]
+        if all(g is not None for g in got): return got
+    outs = _run_call(generator, batch, seeds, params)
+    for k, o in zip(keys or [], outs): cache.put(k, o)
+    return outs
+
+def _run_call(generator: Generator, batch: list, seeds: list, params: GenParams) -> list:
     jobs = []   # consecutive outputs of one source: (item, seeds)
     for (it, _, _), sd in zip(batch, seeds):
         if jobs and jobs[-1][0] is it: jobs[-1][1].append(sd)
@@ -226,50 +253,44 @@ def _compute(generator: Generator, batch: list, seeds: list, params: GenParams) 
 
 def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params: GenParams, out, *, parts: dict | None = None,
                into: str | None = None, batch_size: int | None = None, label_check=None, progress: bool = True,
-               shard: tuple | None = None) -> SynthSummary:
-    "Write `n_per_image` variations of each source with labels and a manifest into `out`; resumable. Returns a summary."
+               shard: tuple | None = None, ks=None, cache=None) -> SynthSummary:
+    "Write `n_per_image` variations of each source (`ks`: only these k) with labels and a manifest into `out`; resumable. Returns a summary."
     from tqdm.auto import tqdm
     from synthkit.data.formats import write_data_yaml
     params = params.check(getattr(generator, 'img2img_steps', False))
     check(isinstance(n_per_image, (int, np.integer)) and n_per_image >= 1, f'n_per_image={n_per_image!r} must be an integer ≥ 1')
+    want = set(range(n_per_image)) if ks is None else {int(k) for k in ks}
+    check(want and want <= set(range(n_per_image)), f'ks={sorted(want)} must name outputs 0 … {n_per_image - 1}', 'pick some of them')
     plan = _plan(dataset, parts, into)
     out = _check_out(out, dataset, plan)   # before anything is written
     _check_sizes(plan, generator)
     bs = max(1, int(batch_size or generator.batch_size))
     rank, world = shard or _shard_from_env()
     calls = _calls(plan, n_per_image, bs, getattr(generator, 'cross_source', False))[rank::world]   # whole calls per process
-    settings = _settings(generator, params)
+    recipe = Recipe.of(generator, params, bs)
     man, rej = Manifest(out), Manifest(out/REJECTED)
     ours = {it.id for it, _ in plan}
     recs, old = man.read(), man.read() + rej.read()
-    for r in old:
-        if r.get('source') in ours and int(r.get('k', -1)) < n_per_image:
-            theirs = {k: r.get(k) for k in ('generator', 'generator_version', 'weights_hash', 'dtype')}
-            theirs['params'] = {k: v for k, v in (r.get('params') or {}).items() if k in settings['params']}
-            check(theirs == settings, f'{out} already holds outputs of {r["source"]!r} made with other settings ({theirs} vs {settings})',
-                  'write into a new folder, or delete that one to start over', path=out/MANIFEST)
-            asked = r.get('batch_size_asked', bs)
-            check(asked == bs, f'{out} holds outputs computed {asked} per model call, but this run would compute {bs}: the batch '
-                  'changes the pixels (by rounding), so the folder would mix two results', f'resume with batch_size={asked} '
-                  f'(--batch-size {asked}), or write into a new folder', path=out/MANIFEST)
+    _check_recipe(out, old, ours, n_per_image, recipe)
     stale = _stale(out, recs, ours, n_per_image)   # recorded, but the file is gone or is not the one recorded
     done = {(r['source'], int(r['k'])) for r in old} - stale
+    done |= {(it.id, k) for c in calls for it, _, k in c if k not in want}   # not asked for: computed with their call, never written
     out.mkdir(parents=True, exist_ok=True)
-    summ = SynthSummary(out, planned=sum(map(len, calls)))
+    summ = SynthSummary(out, planned=sum(k in want for c in calls for _, _, k in c))
     todo = [(it, p, k) for c in calls for it, p, k in c if (it.id, k) not in done]
     summ.skipped = summ.planned - len(todo)
     evals0 = getattr(generator, 'unet_evals', None)
     t0 = time.monotonic()
     bar = tqdm(total=len(todo), disable=not progress, desc=f'generate {generator.name}' + (f' [{rank + 1}/{world}]' if world > 1 else ''), unit='img')
-    base = dict(generator.describe(), params=params.asdict())
+    base = dict(generator.describe(), params=params.asdict(), **recipe.record())
     try:
         for batch in calls:
             if all((it.id, k) in done for it, _, k in batch): continue
             seeds = [derive_seed(params.seed, it.id, k) for it, _, k in batch]
-            outs = _compute(generator, batch, seeds, params)
+            outs = _compute(generator, batch, seeds, params, recipe, cache)
             for (it, part, k), sd, (y, gb, gc) in zip(batch, seeds, outs):
                 if (it.id, k) in done: continue
-                rec = dict(base, seed=int(sd), batch_size=len(batch), batch_size_asked=bs, source_part=it.meta.get('split') or part)
+                rec = dict(base, seed=int(sd), batch_size=len(batch), source_part=it.meta.get('split') or part)
                 boxes, cls = gb, gc
                 if label_check is not None:   # a real check of the output and the boxes it came with
                     v = label_check(y, gb, gc); summ.checked += 1
@@ -327,7 +348,11 @@ def regenerate(record: dict, generator: Generator, dataset: Dataset | None = Non
               'load the generator (and weights) named in the record')
     check(record.get('dtype') in (None, d.get('dtype')), f'the record was computed in {record.get("dtype")}, this generator runs in {d.get("dtype")}',
           f"load the generator with dtype={DTYPE_ARGS.get(record.get('dtype'), record.get('dtype'))!r}")
-    params = GenParams(**record['params'])
+    params, theirs = GenParams(**record['params']), Recipe.from_record(record)
+    if theirs is not None:
+        diff = theirs.differences(Recipe.of(generator, params, theirs.batch_size))
+        check(not diff, f'the record was made with other settings than this generator has ({"; ".join(diff)})',
+              "load the generator with the options named in the record's recipe")
     if dataset is not None: it = dataset[record['source']]; image, boxes, cls = it.read(), it.boxes, it.cls
     else:
         src = Path(record['source_path'])
@@ -337,7 +362,16 @@ def regenerate(record: dict, generator: Generator, dataset: Dataset | None = Non
     seeds = [int(record['seed'])] + [derive_seed(params.seed, f'{record["source"]}#filler', j) for j in range(bs - 1)]
     with torch_threads(record.get('threads')):   # reduced precision rounds differently with another thread count
         out = generator.generate_labelled(image, boxes, cls, n=bs, params=params, seeds=seeds, source_id=record['source'], batch_size=bs)[0]
+    if theirs is None and record.get('sha256'):
+        check(_written_sha(out[0]) == record['sha256'], 'the record predates recorded generator options, and the output recomputed from it '
+              'is not the one it names: this generator was loaded with other options than the run\'s',
+              "load it with the options the run used (a record of this synthkit names them all, in its 'recipe')")
     return out if labels else out[0]
+
+def _written_sha(image) -> str:
+    "The sha256 of `image` written as `synthesize` writes it."
+    import tempfile
+    with tempfile.TemporaryDirectory() as d: return sha256_file(save_image(_pixels(image), Path(d)/'x.png'))
 
 # %% ../nbs/13_synthesize.ipynb #5b3bf74f
 def cli_args(parser):

@@ -17,12 +17,13 @@ from fastcore.basics import patch
 from .errors import SynthkitError, check
 from .offline import setup_offline
 from .generators import Generator, GenParams, KNOBS, DTYPE_ARGS, derive_seed, load_generator
+from .recipe import Recipe
 
 setup_offline()
 
 # %% auto #0
-__all__ = ['display_scale', 'grid_png', 'OutputCache', 'generator_spec', 'output_key', 'PreviewResult', 'keep_record',
-           'TuningPanel', 'grid_presets', 'results_plot_png', 'rows_html', 'CaseStudyPanel']
+__all__ = ['display_scale', 'grid_png', 'OutputCache', 'generator_spec', 'output_key', 'PreviewResult', 'TuningPanel',
+           'grid_presets', 'results_plot_png', 'rows_html', 'CaseStudyPanel']
 
 # %% ../nbs/30_widgets.ipynb #2050dcc0
 def display_scale(a: np.ndarray) -> tuple[float, float]:
@@ -118,10 +119,8 @@ def generator_spec(gen: Generator) -> str:
     return f'{gen.name}:{gen.model_id}' if str(gen.model_id) else gen.name
 
 def output_key(item_id: str, gen: Generator, params: GenParams, seed: int) -> tuple:
-    "Cache key of one output: image id, generator identity, the values of the knobs it honours (seed aside), output seed."
-    knobs = tuple((k, getattr(params, k)) for k in KNOBS if k in gen.knobs and k != 'seed')
-    return (item_id, generator_spec(gen), gen.weights_hash, gen.describe().get('dtype'), id(gen) if not str(gen.model_id) else 0,
-            knobs, int(seed))
+    "Cache key of one output the panel computes (one per model call): `Recipe.output_key`, the key `synthesize` reads."
+    return Recipe.of(gen, params, batch_size=1).output_key(item_id, seed)
 
 # %% ../nbs/30_widgets.ipynb #50da7b54
 @dataclass
@@ -144,18 +143,6 @@ class PreviewResult:
     @property
     def total(self) -> int: return len(self.strengths) * len(self.ks)
 
-
-def keep_record(gen: Generator, params: GenParams, item, k: int, part: str) -> dict:
-    "The manifest record of output `k` of `item`, as `synthesize` makes it (the panel computes one output per call: batch size 1)."
-    return dict(gen.describe(), params=params.asdict(), seed=derive_seed(params.seed, item.id, k), batch_size=1,
-                source_part=item.meta.get('split') or part)
-
-def _same_output(a: dict, b: dict) -> bool:
-    "True when two manifest records describe the same output (same generator, weights, precision, knob values and seed)."
-    keys = ('generator', 'generator_version', 'weights_hash', 'dtype', 'seed')
-    knobs = set(a.get('knobs') or []) | set(b.get('knobs') or [])
-    pa, pb = a.get('params') or {}, b.get('params') or {}
-    return all(a.get(k) == b.get(k) for k in keys) and all(pa.get(k) == pb.get(k) for k in knobs if k != 'seed')
 
 def _generate_one(gen: Generator, src, it, p: GenParams, seed: int) -> tuple:
     "(image, boxes, cls) of one output, exactly as `synthesize` writes it (`Generator.generate_labelled`)."
@@ -442,25 +429,14 @@ def keep(self: TuningPanel, which=None, out=None) -> list:
     for k in ks: check(k in have, f'variation k={k} is not in the last preview', f'pick one of {sorted(have)}')
     out = Path(out if out is not None else self.w_out.value).expanduser()
     check(str(out).strip() and not out.is_file(), 'the keep folder is a file or empty', 'type a folder name into "into folder"', path=out)
-    from synthkit.synthesize import write_variation, Manifest
-    from synthkit.data.formats import write_data_yaml
-    gen = self.generators[res.generator]
+    from synthkit.synthesize import synthesize, Manifest
     it = self.dataset[res.item_id]
-    part = it.meta.get('split') or self.part  # variations inherit their source's part
-    old = {(r['source'], int(r['k'])): r for r in Manifest(out).read()}
-    written, already = [], 0
-    for k in ks:
-        rec = keep_record(gen, res.params, it, k, part)
-        if (it.id, k) in old:
-            check(_same_output(old[(it.id, k)], rec), f'{out} already holds variation k={k} of {it.id!r}, made with other settings',
-                  'keep into another folder, or pick another seed so the outputs get other k', path=out)
-            already += 1; continue
-        boxes, cls = res.labels[0][res.ks.index(k)]
-        written.append(write_variation(out, it, k, have[k], rec, part, boxes, cls))
-    parts = sorted({r['part'] for r in Manifest(out).read()})
-    if parts: write_data_yaml(out, self.dataset.names, {p: f'images/{p}' for p in parts}, 'variations kept in the synthkit tuning panel')
+    before = Manifest(out).done()
+    s = synthesize(self.dataset, self.generators[res.generator], max(ks) + 1, res.params, out, parts={it.meta.get('split') or self.part: [it.id]},
+                   ks=ks, batch_size=1, cache=self.cache, progress=False, shard=(0, 1))   # variations inherit their source's part
+    written = [r for r in Manifest(out).read() if r['source'] == it.id and int(r['k']) in ks and (it.id, int(r['k'])) not in before]
     self.kept += written
-    self._status(f'kept {len(written)} variation(s) of {it.id} in {out}' + (f' ({already} were there already)' if already else ''))
+    self._status(f'kept {s.written} variation(s) of {it.id} in {out}' + (f' ({s.skipped} were there already)' if s.skipped else ''))
     return written
 
 # %% ../nbs/30_widgets.ipynb #fb729204

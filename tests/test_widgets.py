@@ -139,22 +139,55 @@ def test_cache_makes_going_back_instant(ds):
     assert NoiseGenerator.calls == 5
     p.set(guidance=3.0).preview(); p.wait()   # a knob the generator ignores costs nothing
     assert NoiseGenerator.calls == 5
-    g = NoiseGenerator()
+    g, other = NoiseGenerator(), NoiseGenerator()
+    other.weights_hash = 'abc'
     assert output_key('a', g, GenParams(prompt='x'), 1) == output_key('a', g, GenParams(), 1)
-    assert output_key('a', g, GenParams(), 1) != output_key('a', NoiseGenerator(), GenParams(), 1)  # another model
+    assert output_key('a', g, GenParams(), 1) != output_key('a', other, GenParams(), 1)  # another model
 
 
-def test_precision_separates_previews_and_kept_outputs(ds):
-    "The same model in bf16 and fp32 makes (slightly) different pixels: the preview cache and Keep's de-duplication tell them apart."
-    from synthkit.widgets import _same_output, keep_record
+def test_precision_separates_previews_and_kept_outputs(ds, tmp_path):
+    "The same model in bf16 and fp32 makes (slightly) different pixels: the preview cache and Keep tell them apart."
     class Precise(NoiseGenerator):
         def __init__(self, dtype): self.dtype = dtype
         def describe(self): return {**super().describe(), 'dtype': self.dtype}
     a, b = Precise('bfloat16'), Precise('float32')
     a.model_id = b.model_id = 'same/model'
     assert output_key('x', a, GenParams(), 1) != output_key('x', b, GenParams(), 1)
-    ra, rb = (keep_record(g, GenParams(), ds[0], 0, 'train') for g in (a, b))
-    assert _same_output(ra, dict(ra)) and not _same_output(ra, rb)
+    p = TuningPanel(ds, {'a': a, 'b': b}, n=1)
+    p.preview(); p.wait()
+    assert len(p.keep(out=tmp_path/'kept')) == 1 and p.keep(out=tmp_path/'kept') == []
+    p.set(generator='b').preview(); p.wait()
+    with pytest.raises(SynthkitError, match=r"made with other settings \(dtype: 'bfloat16' → 'float32'\)"):
+        p.keep(out=tmp_path/'kept')
+
+
+def test_a_changed_generator_option_is_a_new_preview_and_keep_refuses_to_mix(ds, tmp_path):
+    """Stale-cache bug: the preview key and Keep's check held the generator's name, weights, precision and knobs but
+    not its options, so a preview with another option showed the old images and Keep mixed the two into one folder."""
+    class Sigma(NoiseGenerator):
+        def __init__(self, sigma: float = 1.0): self.sigma = sigma
+        def _run(self, x, boxes, cls, params, seeds):
+            return [np.clip(x + self.sigma * np.random.default_rng(s).normal(0, params.strength / 4, x.shape), 0, 1) for s in seeds]
+    one, two = Sigma(1.0), Sigma(3.0)
+    one.model_id = two.model_id = 'same/model'
+    p = TuningPanel(ds, {'one': one, 'two': two}, n=2)
+    first = p.preview(); p.wait()
+    second = p.set(generator='two').preview(); p.wait()
+    assert not any(np.array_equal(x, y) for x, y in zip(first.images[0], second.images[0]))   # computed, not the cached images
+    assert p.keep([0], out=tmp_path/'kept')
+    p.set(generator='one').preview(); p.wait()
+    with pytest.raises(SynthkitError, match=r'options.sigma: 3.0 → 1.0'):
+        p.keep([1], out=tmp_path/'kept')
+
+
+def test_keep_refuses_a_folder_of_another_batch_size(ds, tmp_path):
+    "Keep computes one output per model call; a folder synthesize filled 3 per call would mix two roundings: refused, not mixed."
+    from synthkit.synthesize import synthesize
+    synthesize(ds, NoiseGenerator(), 3, GenParams(strength=0.4, seed=2), tmp_path/'kept', parts={'train': ['img0']}, batch_size=3, progress=False)
+    p = TuningPanel(ds, NoiseGenerator(), n=4)
+    p.set(strength=0.4, seed=2).preview(); p.wait()
+    with pytest.raises(SynthkitError, match='computed 3 per model call, but this run would compute 1'):
+        p.keep([3], out=tmp_path/'kept')
 
 
 def test_sweep_rows_of_strengths_columns_of_seeds(ds):
