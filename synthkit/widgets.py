@@ -481,31 +481,13 @@ def _grid_config(preset: str, **overrides):
     from synthkit.casestudy import resolve
     return resolve(preset, **overrides)[0]
 
-def _metric(row: dict):
-    for k in ('map50', 'mAP50', 'map50_95', 'map'):
-        if k in row: return k
-    return None
-
-def results_plot_png(rows: list, metric: str | None = None, dpi: int = 80) -> bytes:
-    "mAP per condition (one point per run, mean as a bar), one panel per split."
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    metric = metric or next((m for m in map(_metric, rows) if m), 'map50')
-    splits = sorted({str(r.get('split', '')) for r in rows}) or ['']
-    fig = Figure(figsize=(3.2 * len(splits), 2.8), dpi=dpi); FigureCanvasAgg(fig)
-    axs = fig.subplots(1, len(splits), squeeze=False)[0]
-    for ax, sp in zip(axs, splits):
-        rs = [r for r in rows if str(r.get('split', '')) == sp and metric in r]
-        conds = list(dict.fromkeys(str(r.get('condition', '')) for r in rs))
-        for x, c in enumerate(conds):
-            v = [float(r[metric]) for r in rs if str(r.get('condition', '')) == c]
-            ax.bar(x, np.mean(v), color='#9ecae1', width=0.6)
-            ax.plot([x] * len(v), v, 'o', color='#08519c', ms=4)
-        ax.set_xticks(range(len(conds))); ax.set_xticklabels(conds, fontsize=8, rotation=15)
-        ax.set_ylim(0, 1); ax.set_title(sp or 'runs', fontsize=9); ax.set_ylabel(metric, fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
-    return buf.getvalue()
+def results_plot_png(rows: list, metric: str = 'map50') -> bytes:
+    "The report's mAP figure (`synthkit.report.plot_map`: a panel per split, 95 % intervals, a dot per run) as PNG bytes."
+    import tempfile
+    from synthkit.report import plot_map
+    rows = [r for r in rows if metric in r]
+    if not rows: return b''
+    with tempfile.TemporaryDirectory() as d: return plot_map(rows, Path(d)/'map.png', metric).read_bytes()
 
 def rows_html(rows: list, cols=None) -> str:
     "A small HTML table of result rows: split, condition, seed, the shown metrics (`synthkit.detect.METRICS`), counts, time; columns no row has are left out."

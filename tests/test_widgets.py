@@ -312,7 +312,7 @@ def test_generator_that_moves_boxes_draws_and_keeps_moved_boxes(ds, tmp_path):
 @dataclasses.dataclass
 class FakeGridConfig:
     splits: list = dataclasses.field(default_factory=lambda: ['split_1', 'split_2'])
-    conditions: list = dataclasses.field(default_factory=lambda: ['baseline', 'diffusion', 'classic'])
+    conditions: list = dataclasses.field(default_factory=lambda: ['baseline', '+2', 'classic+2'])
     seeds: list = dataclasses.field(default_factory=lambda: [0, 1, 2])
     epochs: int = 1
 
@@ -361,21 +361,21 @@ def fake_grid(monkeypatch):
 def test_case_study_panel_runs_grid_and_fills_table_and_plot(fake_grid, ds, tmp_path, monkeypatch):
     p = CaseStudyPanel(out=tmp_path / 'cs', data=str(ds.root))
     assert list(p.w_preset.options) == ['quick', 'standard'] and p.w_source.value == 'folder'
-    assert list(p.w_conditions.options) == ['baseline', 'diffusion', 'classic']
+    assert list(p.w_conditions.options) == ['baseline', '+2', 'classic+2']
     p.w_preset.value = 'standard'
     p.w_splits.value = ('split_1',)
-    p.w_conditions.value = ('baseline', 'diffusion')
+    p.w_conditions.value = ('baseline', '+2')
     p.w_seeds.value = '0, 1'
     for _ in range(4): fake_grid['gate'].release()
     p.b_run.click()
     rows = p.wait(timeout=30)
     cfg = fake_grid['configs'][0]
-    assert (cfg.splits, cfg.conditions, cfg.seeds, cfg.epochs) == (('split_1',), ('baseline', 'diffusion'), (0, 1), 30)
+    assert (cfg.splits, cfg.conditions, cfg.seeds, cfg.epochs) == (('split_1',), ('baseline', '+2'), (0, 1), 30)
     assert len(rows) == 4 and p.w_progress.value == p.w_progress.max == 4 and p.w_progress.bar_style == 'success'
-    assert p.w_table.value.count('<tr>') == 5 and 'diffusion' in p.w_table.value and '0.610' in p.w_table.value
+    assert p.w_table.value.count('<tr>') == 5 and '+2' in p.w_table.value and '0.610' in p.w_table.value
     assert bytes(p.w_plot.value).startswith(b'\x89PNG') and not p.b_run.disabled and p.b_stop.disabled
     call = fake_grid['case_study']    # one library call, the same as `synthkit case-study --preset standard --set ...`
-    assert call['preset'] == 'standard' and Path(call['data']) == Path(ds.root) and call['overrides'] == dict(splits=('split_1',), conditions=('baseline', 'diffusion'), seeds=(0, 1))
+    assert call['preset'] == 'standard' and Path(call['data']) == Path(ds.root) and call['overrides'] == dict(splits=('split_1',), conditions=('baseline', '+2'), seeds=(0, 1))
     assert p.report == tmp_path / 'cs' / 'report.md' and p.report.is_file() and 'report.md' in p.w_status.value
 
 
