@@ -35,6 +35,8 @@ def test_every_value_can_be_overridden():
     g, _ = resolve('standard', steps=99, **{'detect.warmup_steps': 9, 'pretrain.steps': 5})   # each "steps" in its own section
     assert (g.detect.steps, g.detect.warmup_steps, g.pretrain['steps'], g.ddpm['steps']) == (99, 9, 5, 60)
     assert not any(hasattr(g, k) for k in ('steps', 'epochs', 'warmup_steps'))             # the detector's length lives in detect only
+    g, _ = resolve('standard', **{'generator_options.dtype': 'fp32', 'label_check.recall': 0.5})   # generator options, one by one
+    assert g.generator_options == {'dtype': 'fp32'} and g.label_check == {'recall': 0.5}
     assert parse_sets(['x=1', 'y=a b', 'z=[1, 2]']) == {'x': 1, 'y': 'a b', 'z': [1, 2]}
 
 
