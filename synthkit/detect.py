@@ -58,7 +58,8 @@ class DetectConfig:
     def resolved_dtype(self) -> str:
         "'fp32' or 'bf16': what `dtype` means on this machine's `device`."
         from synthkit.ddpm import resolve_dtype
-        return resolve_dtype(None if self.dtype == 'auto' else self.dtype, 'cuda' if str(self.device).isdigit() else self.device)
+        gpu = str(self.device).replace(',', '').isdigit()   # Ultralytics' GPU indices: '0', '0,1'
+        return resolve_dtype(None if self.dtype == 'auto' else self.dtype, 'cuda' if gpu else self.device)
 
     def key(self) -> dict:
         "The fields as a cache key: `dtype` as this machine resolves it, and left out at fp32 (keys made before it existed stay valid)."
