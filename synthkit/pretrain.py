@@ -24,7 +24,7 @@ class PretrainConfig:
     steps: int = 1200          # optimizer steps from scratch
     seed: int = 0              # the scenes' and the detector's seed: one start shared by every seed of a grid
     fit: bool = True           # fit the simulator to the given images (else its SSDD-like defaults)
-    min_fit_images: int = 10   # fewer never-test images than this: the defaults are used, and the record says so
+    min_fit_images: int = 30   # fewer never-test images than this: the defaults are used, and the record says so
 
     def check(self) -> 'PretrainConfig':
         check(isinstance(self.scenes, int) and self.scenes >= 25, f'pretrain scenes={self.scenes!r} must be an integer ≥ 25', 'use e.g. 300')
@@ -64,7 +64,7 @@ def plan_start(out, names, *, fit_to=None, config: PretrainConfig = PretrainConf
     params = fit_params(fit_to) if config.fit and n_fit >= config.min_fit_images else SceneParams()
     det = detect.replace(model=detect.model if str(detect.model).endswith(('.yaml', '.yml')) else 'yolov8n.yaml',
                          imgsz=tiling.size if tiling is not None else detect.imgsz, seed=config.seed, steps=config.steps,
-                         warmup_steps=min(100, config.steps // 5), eval_imgsz=None)
+                         warmup_steps=min(100, config.steps // 5), eval_imgsz=None, ema=None)
     key = config_hash(dict(v=1, params=params.asdict(), config=asdict(config), tiling=None if tiling is None else asdict(tiling),
                      detect=det.key(), names=names))
     return StartPlan(key, Path(out)/f'start-{key[:12]}', params, det, tiling, config, names, n_fit if params != SceneParams() else 0)
