@@ -15,8 +15,8 @@ from .images import is_image_file, to_unit
 from .offline import ultralytics_settings
 
 # %% auto #0
-__all__ = ['METRICS', 'DetectConfig', 'split_images', 'plan_budget', 'DetectRun', 'ema_decay', 'train_detector', 'Metric',
-           'metric_names', 'evaluate', 'Detector']
+__all__ = ['METRICS', 'DetectConfig', 'split_images', 'plan_budget', 'DetectRun', 'train_detector', 'Metric', 'metric_names',
+           'evaluate', 'Detector']
 
 # %% ../nbs/20_detect.ipynb #2c9bd37d
 @dataclass(frozen=True)
@@ -38,7 +38,6 @@ class DetectConfig:
     eval_imgsz: int | None = None # inference size of the test evaluation (None: imgsz); whole native images need their own size
     extra: tuple = ()             # more Ultralytics train arguments as (key, value) pairs
     dtype: str = 'fp32'           # training precision: 'fp32', 'bf16' (autocast), or 'auto' (bf16 where the device has it natively)
-    ema: int | None = None        # the weights' moving average spans about this many optimizer updates (None: Ultralytics' 2000-update ramp)
 
     def check(self) -> 'DetectConfig':
         "Raise `SynthkitError` for values Ultralytics can't use; returns self."
@@ -53,8 +52,6 @@ class DetectConfig:
               'use e.g. yolov8n.yaml (trained from scratch) or the path of a local .pt')
         check(self.dtype in ('fp32', 'bf16', 'auto'), f'dtype={self.dtype!r} is not one of fp32, bf16, auto',
               "use 'fp32' (full precision), 'bf16' or 'auto' (bf16 where the hardware has it)")
-        check(self.ema is None or (isinstance(self.ema, int) and self.ema >= 1), f'ema={self.ema!r} must be None or an integer ≥ 1',
-              'use e.g. 20 (optimizer updates) or None for Ultralytics\' default')
         return self
 
     @property
@@ -65,9 +62,8 @@ class DetectConfig:
         return resolve_dtype(None if self.dtype == 'auto' else self.dtype, 'cuda' if gpu else self.device)
 
     def key(self) -> dict:
-        "The fields as a cache key: `dtype` as this machine resolves it; `dtype` at fp32 and `ema` at None left out (keys made before they existed stay valid)."
+        "The fields as a cache key: `dtype` as this machine resolves it, and left out at fp32 (keys made before it existed stay valid)."
         d = asdict(self)
-        if self.ema is None: d.pop('ema')
         dt = self.resolved_dtype
         if dt == 'fp32': d.pop('dtype')
         else: d['dtype'] = dt
@@ -189,21 +185,6 @@ def _cpu_compute(dtype: str = 'fp32'):
         tu.NUM_THREADS, tr.autocast = saved
         torch.set_num_threads(threads)
 
-def ema_decay(window: int):
-    "The EMA decay at update `u` for an average spanning about `window` updates: it ramps up as Ultralytics' does, to 1 − 1/window."
-    return lambda u: (1 - 1 / window) * (1 - math.exp(-u / window))
-
-def _ema_callbacks(model, window: int | None) -> dict:
-    "Give the trainer's EMA a span of `window` updates (None: leave Ultralytics' own); the returned dict fills with what it did."
-    done = {}
-    def setup(trainer):
-        if window is not None: trainer.ema.decay = ema_decay(window)
-    def end(trainer):
-        done.update(window=window, updates=trainer.ema.updates, final_decay=round(float(trainer.ema.decay(trainer.ema.updates)), 6))
-    model.add_callback('on_pretrain_routine_end', setup)
-    model.add_callback('on_train_end', end)
-    return done
-
 def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *, verbose: bool = False) -> DetectRun:
     "Train YOLO on `data_yaml` under `config`, keep logs in `out_dir`, evaluate on the test split; returns a `DetectRun`."
     config = config.check()
@@ -224,7 +205,6 @@ def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *,
     with _LogToFile(out_dir/'train.log', verbose), _cpu_compute(config.resolved_dtype):
         try:
             model = YOLO(model_src)
-            ema = _ema_callbacks(model, config.ema)
             model.train(**args)
         except FileNotFoundError as e:
             raise SynthkitError(f'Ultralytics could not find a file ({e})', 'check the paths in data.yaml', path=data_yaml)
@@ -234,7 +214,7 @@ def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *,
     metrics = evaluate(weights, data_yaml, split=split, imgsz=config.eval_imgsz or config.imgsz, batch=config.batch, device=config.device,
                        out_dir=out_dir/'eval', verbose=verbose)
     run = DetectRun(out_dir, weights, _read_curve(out_dir/'train'/'results.csv'), metrics, budget, round(time.time() - t0, 2), split)
-    (out_dir/'run.json').write_text(json.dumps(dict(run.asdict(), config=config.asdict(), ema=ema), indent=1, default=str))
+    (out_dir/'run.json').write_text(json.dumps(dict(run.asdict(), config=config.asdict()), indent=1, default=str))
     return run
 
 # %% ../nbs/20_detect.ipynb #ed1c2aa8
