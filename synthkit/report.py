@@ -16,7 +16,8 @@ from .stats import summarize, comparisons, mean_ci
 from .detect import METRICS
 
 # %% auto #0
-__all__ = ['COLORS', 'plot_map', 'plot_vs_strength', 'plot_vs_variations', 'plot_curves', 'plot_samples', 'write_report']
+__all__ = ['COLORS', 'plot_map', 'plot_vs_strength', 'plot_vs_variations', 'plot_curves', 'plot_samples', 'training_mix',
+           'write_report']
 
 # %% ../nbs/25_report.ipynb #3ccef93f
 COLORS = {'baseline': '#636363', 'diffusion': '#3182bd', 'classic': '#e6550d'}
@@ -171,6 +172,24 @@ def _verdict(c) -> str:
     return s + ' — no clear difference' + ('' if math.isnan(mdd) else f' (an effect larger than about {mdd:.3f}, the MDD estimated from these seeds, would likely have shown)')
 
 # %% ../nbs/25_report.ipynb #f7eeb12e
+def training_mix(rows: list) -> str:
+    "Distinct real (+ synthetic) training images per run, mean over seeds, per split and condition: 'split_1: baseline 430, +2 160 + 320'."
+    parts = []
+    for split in dict.fromkeys(r['split'] for r in rows):
+        cs = []
+        for cond in dict.fromkeys(r['condition'] for r in rows if r['split'] == split):
+            rs = [r for r in rows if r['split'] == split and r['condition'] == cond and 'n_train_real_distinct' in r]
+            if not rs: continue
+            real, syn = (sum(r[k] for r in rs) / len(rs) for k in ('n_train_real_distinct', 'n_train_synth_distinct'))
+            cs.append(f'{cond} {real:.0f}' + (f' + {syn:.0f}' if syn else ''))
+        if cs: parts.append(f'{split}: ' + ', '.join(cs))
+    return '; '.join(parts)
+
+assert training_mix([dict(split='s', condition='baseline', n_train_real_distinct=430, n_train_synth_distinct=0),
+                     dict(split='s', condition='+2', n_train_real_distinct=160, n_train_synth_distinct=320),
+                     dict(split='s', condition='+2', n_train_real_distinct=162, n_train_synth_distinct=320)]) == 's: baseline 430, +2 161 + 320'
+
+# %% ../nbs/25_report.ipynb #b6126b07
 def _fmt(m, lo, hi, sd):
     if math.isnan(m): return '–'
     return f'{m:.3f}' + ('' if math.isnan(sd) else f' ± {sd:.3f} [{lo:.3f}, {hi:.3f}]')
@@ -210,6 +229,8 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
               '(each seed redraws the split, the generator seeds and the detector seed)',
               f'- detector {c.detect.model}, batch {c.detect.batch}, trained on {scale}, {start}',
               f'- budget: {budget}',
+              f'- distinct training images per run, real + synthetic (mean over seeds): {training_mix(rows)}'
+              + ('; under this equal budget the synthetic entries take the place of real ones' if c.budget == 'steps' else ''),
               ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}, {c.gen_steps} sampler steps; {share}; '
                                   if any(parse_condition(k)[0] == 'diffusion' for k in c.conditions) else f'classic augmentation only; {share}; ')
                + 'made of training images only (test images never reach a generator)'),
