@@ -30,6 +30,9 @@ class PretrainConfig:
         check(isinstance(self.scenes, int) and self.scenes >= 25, f'pretrain scenes={self.scenes!r} must be an integer ≥ 25', 'use e.g. 300')
         check(isinstance(self.steps, int) and self.steps >= 1, f'pretrain steps={self.steps!r} must be an integer ≥ 1', 'use e.g. 1200')
         check(isinstance(self.seed, int) and self.seed >= 0, f'pretrain seed={self.seed!r} must be an integer ≥ 0')
+        check(isinstance(self.fit, bool), f'pretrain fit={self.fit!r} must be True or False')
+        check(isinstance(self.min_fit_images, int) and self.min_fit_images >= 1, f'pretrain min_fit_images={self.min_fit_images!r} must be an integer ≥ 1',
+              'use e.g. 30 (fewer never-test images than this: the simulator keeps its defaults)')
         return self
 
 
