@@ -16,13 +16,13 @@ from .files import write_json, write_text, config_hash, read_done, mark_done
 from .detect import DetectConfig, train_detector, split_images, evaluate, metric_names
 from .data.tiles import Tiling, tile_dataset, native_imgsz, check_tiling
 from .data.splits import hash_order
+from .conditions import condition_parts, mix_counts, draw_training_list, sequence_counts, mix_summary
 
 # %% auto #0
-__all__ = ['GRID_DDPM', 'GridConfig', 'conditions_for', 'condition_parts', 'parse_condition', 'RunSpec', 'without_legacy',
-           'generation_params', 'generation_recipe', 'classic_recipe', 'run_key', 'plan', 'fingerprint',
-           'default_split_fn', 'source_image', 'check_lineage', 'sequence_counts', 'draw_training_list',
-           'synthetic_entries', 'manifest_records', 'manifest_sources', 'entries_of', 'assemble', 'start_of',
-           'row_fields', 'write_table', 'run_dir_of', 'run_grid', 'process_share', 'group_owners', 'exclusive']
+__all__ = ['GRID_DDPM', 'GridConfig', 'RunSpec', 'without_legacy', 'generation_params', 'generation_recipe', 'classic_recipe',
+           'run_key', 'plan', 'fingerprint', 'default_split_fn', 'source_image', 'check_lineage', 'manifest_records',
+           'manifest_sources', 'entries_of', 'assemble', 'start_of', 'row_fields', 'lists_key', 'write_table',
+           'run_dir_of', 'run_grid', 'process_share', 'group_owners', 'exclusive']
 
 # %% ../nbs/24_experiment.ipynb #876dc071
 # A grid's DDPM trains a fixed number of iterations with no wall-clock cap, so a cached model never depends on how
@@ -41,7 +41,8 @@ class GridConfig:
     gen_steps: int = 25
     ddpm: dict = field(default_factory=dict)  # DDPMConfig overrides for the per-split DDPM (e.g. steps, channels); see GRID_DDPM
     generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's)
-    synth_share: float | None = None     # share of a run's training entries that are synthetic (None: N / (N + 1), plain adding)
+    synth_share: float | None = None     # share of a run's training entries that are synthetic (None: the pool's N / (N + 1)); capped so every real tile is in
+    classic: dict = field(default_factory=dict)  # ClassicGenerator options of the control copies (flips, turns, looks); its defaults: all three
     budget: str = 'steps'                # 'steps': every run trains detect.steps batches exactly; 'epochs': detect.epochs epochs each
     passes: int = 3                      # budget='steps': passes over the run's drawn training list (the LR schedule's epochs)
     tiles: dict | None = None            # Tiling fields, e.g. {'size': 160}: train on native-resolution tiles (None: whole images at detect.imgsz)
@@ -61,6 +62,7 @@ class GridConfig:
                   "add 'baseline' to the conditions")
             check(set(self.label_check) <= {'iou', 'recall', 'conf', 'precision'}, f'label_check={self.label_check!r}', 'use iou, recall, conf, precision')
         check(self.splits, 'no splits', "use e.g. ('split_1', 'split_2')")
+        check(set(self.classic) <= {'flips', 'turns', 'looks'}, f'classic={self.classic!r}', 'use ClassicGenerator options: flips, turns, looks')
         check(self.synth_share is None or 0 <= self.synth_share < 1, f'synth_share={self.synth_share!r} must be in [0, 1) or None',
               'use e.g. 0.5 (half of each batch synthetic, on average)')
         for s in self.strengths: check(isinstance(s, (int, float)) and 0 < s <= 1, f'strength={self.strength!r} is outside (0, 1]', 'use e.g. 0.3 or (0.2, 0.4)')
@@ -98,29 +100,6 @@ class GridConfig:
         "The size the detector trains at: the tile size, or `detect.imgsz` for whole images."
         return self.detect.imgsz if self.tiles is None else self.tiling.size
     def replace(self, **kw) -> 'GridConfig': return replace(self, **kw)
-
-def conditions_for(variations=(2, 10), controls: bool = True, baseline: bool = True) -> tuple:
-    "Condition names in plot order: baseline, +N…, classic+N…"
-    return tuple((['baseline'] if baseline else []) + [f'+{n}' for n in variations] + ([f'classic+{n}' for n in variations] if controls else []))
-
-def condition_parts(name: str) -> tuple:
-    "(kind, N, strength or None, checked) from 'baseline', '+N', '+N@strength', '+N:checked', '+N@strength:checked' or 'classic+N'."
-    if name == 'baseline': return 'baseline', 0, None, False
-    name, colon, flag = str(name).partition(':')
-    check(not colon or (flag == 'checked' and not name.startswith('classic')), f'condition {name + colon + flag!r}',
-          "the only suffix is ':checked', for diffusion conditions (e.g. '+10:checked')")
-    head, at, s = str(name).partition('@')
-    kind, _, n = head.rpartition('+')
-    ok = kind in ('', 'classic') and n.isdigit() and int(n) >= 1 and (not at or kind == '')
-    try: strength = float(s) if at else None
-    except ValueError: ok = False
-    ok = ok and (strength is None or 0 < strength <= 1)
-    check(ok, f'condition {name!r}', "use 'baseline', '+N', '+N@strength' (0 < strength ≤ 1), '+N:checked' or 'classic+N'")
-    return ('diffusion' if kind == '' else 'classic'), int(n), strength, bool(colon)
-
-def parse_condition(name: str) -> tuple:
-    "('baseline', 0), ('diffusion', N) or ('classic', N) from a condition name."
-    return condition_parts(name)[:2]
 
 # %% ../nbs/24_experiment.ipynb #cbef5d36
 @dataclass(frozen=True)
@@ -164,10 +143,10 @@ class RunSpec:
         d = dict(v=2, data=self.data, split=self.split, seed=self.seed, condition=self.condition, detect=det, budget=c.budget,
                  tiles=None if c.tiles is None else asdict(c.tiling), extra_test=c.extra_test)
         if c.budget == 'steps': d.update(steps=c.detect.steps)
-        if self.kind != 'baseline': d.update(synth_share=c.synth_share, augment_parts=['train'])   # variations are made of training images only
+        if self.kind != 'baseline': d.update(synth_share=c.synth_share, augment_parts=['train'], mix='every-real')   # variations of training images only, added to all of them
         if c.split_sizes is not None: d['split_sizes'] = {k: list(v) for k, v in sorted(c.split_sizes.items())}
         if self.kind == 'diffusion': d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
-        if self.kind == 'classic': d['recipes'] = [classic_recipe(self.seed).fields()]
+        if self.kind == 'classic': d['recipes'] = [classic_recipe(self.seed, c.classic).fields()]
         if self.checked: d['label_check'] = dict(c.label_check, baseline=run_key(replace(self, condition='baseline')))   # its detector
         return d
 
@@ -192,12 +171,12 @@ def generation_recipe(c: GridConfig, strength: float, seed: int):
         trains = dict(ddpm={k: v for k, v in without_legacy(asdict(DDPMConfig(**{**GRID_DDPM, **c.ddpm}))).items() if k != 'seed'})
     return Recipe.planned(c.generator, c.generator_options, generation_params(c, strength, seed), trains=trains)
 
-def classic_recipe(seed: int):
-    "The recipe of the grid's classic control copies (`classic_variations` at its defaults) for seed `seed`."
+def classic_recipe(seed: int, options: dict | None = None):
+    "The recipe of the grid's classic control copies (`ClassicGenerator(**options)`, `GridConfig.classic`) for seed `seed`."
     from synthkit.augment import ClassicGenerator
     from synthkit.generators import GenParams
     from synthkit.recipe import Recipe
-    return Recipe.of(ClassicGenerator(), GenParams(seed=seed))
+    return Recipe.of(ClassicGenerator(**(options or {})), GenParams(seed=seed))
 
 def run_key(spec: RunSpec) -> str:
     "The cache key of a run: a hash of its full configuration (and of the dataset's content)."
@@ -256,13 +235,6 @@ def check_lineage(parts: dict, test_ids, sources: dict | None = None):
 def _as_train(dataset, ids):
     "The items `ids` with their split set to 'train' (what the DDPM trainer and synthesize read)."
     return replace(dataset, items=[replace(dataset[i], meta={**dataset[i].meta, 'split': 'train'}) for i in ids])
-
-def sequence_counts(order: list, m: int) -> dict:
-    "How many outputs each source needs so that the first `m` entries of the k-major sequence over `order` exist."
-    r, rem = divmod(int(m), len(order))
-    return {s: r + (j < rem) for j, s in enumerate(order) if r + (j < rem) > 0}
-
-assert sequence_counts(['a', 'b', 'c'], 4) == {'a': 2, 'b': 1, 'c': 1} and sequence_counts(['a', 'b', 'c'], 2) == {'a': 1, 'b': 1}
 
 class _Prep:
     "Lazily builds, and caches on disk, what the runs of one (split, seed) need."
@@ -335,7 +307,7 @@ class _Prep:
 
     def folder(self, kind: str, strength: float | None) -> Path:
         "The variation folder of `kind` at `strength`, named by the split and the variations' recipe (seed included)."
-        r = generation_recipe(self.config, strength, self.spec.seed) if kind == 'diffusion' else classic_recipe(self.spec.seed)
+        r = generation_recipe(self.config, strength, self.spec.seed) if kind == 'diffusion' else classic_recipe(self.spec.seed, self.config.classic)
         return self.out/'synth'/self.tag/f'{kind}-{config_hash(dict(v=3, split=self.split_key, recipe=r.key()), 8)}'
 
     def need(self, kind: str, strengths: tuple, m: int) -> dict:
@@ -359,7 +331,7 @@ class _Prep:
                     src = self.sources().subset(sub)   # training sources only: test images never reach a generator
                     if kind == 'classic':
                         from synthkit.augment import classic_variations
-                        classic_variations(src, n, d, parts={'train': sub}, seed=self.spec.seed, progress=self.progress, shard=(0, 1))
+                        classic_variations(src, n, d, parts={'train': sub}, seed=self.spec.seed, progress=self.progress, shard=(0, 1), **c.classic)
                     else:
                         from synthkit.synthesize import synthesize
                         synthesize(src, gen, n, generation_params(c, strength, self.spec.seed), d,
@@ -391,25 +363,6 @@ class _Prep:
             write_json(f, verdicts)
         return [p for p in paths if verdicts[p][0]]
 
-# %% ../nbs/24_experiment.ipynb #a5aa007b
-def draw_training_list(real: list, synthetic: list, n: int, n_syn: int, seed) -> list:
-    "`n` entries: the first `n_syn` of `synthetic` (cycled) and `n - n_syn` real ones, each real cycle in a seeded order."
-    check(real, 'no real training images', 'check the split')
-    check(0 <= n_syn <= n and (n_syn == 0 or synthetic), f'{n_syn} synthetic entries of {n} asked, {len(synthetic)} available')
-    rng = random.Random(str(seed))
-    out = []
-    while len(out) < n - n_syn:
-        cyc = list(real); rng.shuffle(cyc); out += cyc
-    out = out[:n - n_syn] + [synthetic[i % len(synthetic)] for i in range(n_syn)]
-    rng.shuffle(out)
-    return out
-
-def synthetic_entries(n: int, n_per_image: int, sources: int, share: float | None) -> int:
-    "How many of a run's `n` entries are synthetic: `share × n`, by default N / (N + 1) (plain adding of N per source)."
-    if n_per_image == 0 or sources == 0: return 0
-    share = n_per_image / (n_per_image + 1) if share is None else share
-    return int(round(share * n))
-
 # %% ../nbs/24_experiment.ipynb #13467815
 def manifest_records(folder) -> list:
     "(image path, source id, k, part) of every output listed in `folder/manifest.jsonl` (written by `synthesize`)."
@@ -428,10 +381,10 @@ def manifest_sources(folder) -> dict:
     return {p: s for p, s, _, _ in manifest_records(folder)}
 
 def entries_of(spec: RunSpec, n_real: int, n_sources: int) -> tuple:
-    "(entries in the training list, synthetic entries among them) of a run under budget='steps'."
+    "(entries in the training list, synthetic entries among them) of a run under budget='steps': every real tile is in (`mix_counts`)."
     c, b = spec.config, spec.config.detect.batch
     n = math.ceil(c.detect.steps / min(c.passes, c.detect.steps)) * b
-    return n, synthetic_entries(n, spec.n_per_image, n_sources, c.synth_share)
+    return n, mix_counts(n, n_real, spec.n_per_image if n_sources else 0, c.synth_share)[1]
 
 def _sequence(spec: RunSpec, prep: '_Prep', order: list, m: int) -> list:
     "The first `m` entries of the run's variation sequence (output 0 of every source in `order`, then output 1, …), as paths."
@@ -474,8 +427,11 @@ def assemble(spec: RunSpec, real: Path, parts: dict, prep: '_Prep | None', run_d
         ids = [Path(f).stem for f in entries if f not in sources]
         check_lineage({part: ids + [e for e in entries if e in sources]}, parts['test'], sources)
         lists[part] = entries
-        info[part] = dict(real=len(entries) - len(syn), synthetic=len(syn), distinct_synthetic=len(set(syn)),
-                          distinct_real=len(set(entries) - set(syn)))
+        mix = mix_summary(entries, set(syn), c.passes if c.budget == 'steps' else c.detect.epochs)
+        check(mix['distinct_real'] == len(set(real_files)), f'{spec.name} would train on {mix["distinct_real"]} of its {len(set(real_files))} real {part} images',
+              'every run keeps every real image: report this as a bug')
+        info[part] = dict(real=len(entries) - len(syn), synthetic=len(syn), distinct_synthetic=mix['distinct_synthetic'],
+                          distinct_real=mix['distinct_real'], synthetic_share=mix['synthetic_share'], real_exposures=mix['real_exposures'])
         write_text(run_dir/f'{part}.txt', '\n'.join(entries) + '\n')
     names = [n for _, n in sorted(_names(real/'data.yaml').items())]
     ys = {'train': str((run_dir/'train.txt').resolve()), 'val': str((run_dir/'val.txt').resolve()), 'test': str((real/'images'/'test').resolve())}
@@ -514,8 +470,13 @@ def row_fields() -> list:
     "The columns of `results.csv`, in order (the metrics are `synthkit.detect.METRICS`)."
     ms = metric_names()
     return ['split', 'condition', 'kind', 'n_per_image', 'seed', *ms, *[f'extra_{m}' for m in ms], 'n_train_real', 'n_train_real_distinct',
-            'n_train_synth', 'n_train_synth_distinct', 'n_val_real', 'n_val_synth', 'epochs', 'steps', 'budget', 'start', 'eval_imgsz',
-            'train_seconds', 'prep_seconds', 'key', 'run_dir', 'synth_dir']
+            'n_train_synth', 'n_train_synth_distinct', 'synthetic_share', 'real_exposures', 'n_val_real', 'n_val_synth', 'epochs', 'steps',
+            'budget', 'start', 'eval_imgsz', 'train_seconds', 'prep_seconds', 'key', 'run_dir', 'synth_dir', 'lists_key', 'same_as']
+
+def lists_key(run_dir, detect: DetectConfig, real) -> str:
+    "What decides a run's detector given its folder's `train.txt` / `val.txt`: the lists, the detector settings and start, the test data."
+    run_dir = Path(run_dir)
+    return config_hash(dict(train=(run_dir/'train.txt').read_text(), val=(run_dir/'val.txt').read_text(), detect=detect.key(), real=str(Path(real).resolve())), 16)
 
 def write_table(rows: list, out, name: str = 'results'):
     "Write rows as `out/name.csv` and `out/name.json` (atomically)."
@@ -538,7 +499,7 @@ def _with_new_metrics(row: dict, rd: Path) -> dict:
     "A cached row, with any metric declared since it was made computed from the run's saved weights (no retraining)."
     missing = [m for m in metric_names() if m not in row]
     if not missing: return row
-    w, y = rd/'detector'/'train'/'weights'/'last.pt', rd/'data.yaml'
+    w, y = Path(row.get('run_dir') or rd)/'detector'/'train'/'weights'/'last.pt', rd/'data.yaml'   # a twin's weights are its first run's
     check(w.is_file() and y.is_file(), f'the cached run lacks {missing[0]!r} and its weights are gone', 'delete its folder to run it again', path=rd)
     row = {**row, **{k: v for k, v in evaluate(w, y, 'test', imgsz=row.get('eval_imgsz', 320), out_dir=rd/'detector'/'eval').items() if k in missing}}
     if 'extra_map50' in row:
@@ -598,19 +559,29 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
             prep_s = round(time.time() - t0, 1)
             counts = json.loads((rd/'counts.json').read_text())
             dc = spec.detect_config()
-            run = train_detector(y, rd/'detector', dc, verbose=verbose)
-            extra = {}
-            if 'extra' in prep.parts:
-                m = evaluate(run.weights, y, 'extra', imgsz=dc.eval_imgsz or dc.imgsz, batch=dc.batch, device=dc.device, out_dir=rd/'detector'/'eval')
-                extra = {f'extra_{k}': v for k, v in m.items()}
+            lists = lists_key(rd, dc, real)
+            twin = next((r for r in rows if r.get('lists_key') == lists), None)
+            if twin is None:
+                run = train_detector(y, rd/'detector', dc, verbose=verbose)
+                metrics, budget, seconds, wdir = run.metrics, run.budget, run.seconds, rd
+                extra = {}
+                if 'extra' in prep.parts:
+                    m = evaluate(run.weights, y, 'extra', imgsz=dc.eval_imgsz or dc.imgsz, batch=dc.batch, device=dc.device, out_dir=rd/'detector'/'eval')
+                    extra = {f'extra_{k}': v for k, v in m.items()}
+            else:   # the same lists, settings and start as a run already trained: the same result, not a second training
+                metrics = {k: twin[k] for k in metric_names()}
+                extra = {k: v for k, v in twin.items() if k.startswith('extra_')}
+                budget, seconds, wdir = dict(epochs=twin['epochs'], steps=twin['steps']), 0.0, Path(twin['run_dir'])
             synth = sorted({str(prep.folder(spec.kind, s)) for s in (spec.strengths if spec.kind == 'diffusion' else (None,))}) if spec.kind != 'baseline' else []
             row = dict(split=spec.split, condition=spec.condition, kind=spec.kind, n_per_image=spec.n_per_image, seed=spec.seed,
-                       **run.metrics, **extra, n_train_real=counts['train']['real'], n_train_synth=counts['train']['synthetic'],
+                       **metrics, **extra, n_train_real=counts['train']['real'], n_train_synth=counts['train']['synthetic'],
                        n_train_synth_distinct=counts['train']['distinct_synthetic'], n_train_real_distinct=counts['train']['distinct_real'],
+                       synthetic_share=counts['train']['synthetic_share'], real_exposures=counts['train']['real_exposures'],
                        n_val_real=counts['val']['real'],
-                       n_val_synth=counts['val']['synthetic'], epochs=run.budget['epochs'], steps=run.budget['steps'], budget=config.budget,
-                       start=start_key or 'scratch', eval_imgsz=dc.eval_imgsz or dc.imgsz, train_seconds=run.seconds, prep_seconds=prep_s,
-                       key=run_key(spec), run_dir=str(rd), synth_dir=';'.join(synth), **({'label_check_kept': counts['label_check']['kept'],
+                       n_val_synth=counts['val']['synthetic'], epochs=budget['epochs'], steps=budget['steps'], budget=config.budget,
+                       start=start_key or 'scratch', eval_imgsz=dc.eval_imgsz or dc.imgsz, train_seconds=seconds, prep_seconds=prep_s,
+                       key=run_key(spec), run_dir=str(wdir), synth_dir=';'.join(synth), lists_key=lists,
+                       same_as='' if twin is None else twin['condition'], **({'label_check_kept': counts['label_check']['kept'],
                        'label_check_checked': counts['label_check']['checked']} if 'label_check' in counts else {}))
             write_json(rd/'spec.json', spec.key_fields())
             write_json(rd/'result.json', row)   # written last: its presence means the run is complete

@@ -11,7 +11,8 @@ import numpy as np
 
 from .errors import SynthkitError, check
 from .files import write_text
-from .experiment import parse_condition, condition_parts, write_table, manifest_sources
+from .conditions import parse_condition, condition_parts
+from .experiment import write_table, manifest_sources
 from .stats import summarize, comparisons, mean_ci
 from .detect import METRICS
 

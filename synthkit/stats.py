@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .detect import metric_names
-from .experiment import parse_condition, condition_parts
+from .conditions import parse_condition, condition_parts
 
 # %% auto #0
 __all__ = ['mean_ci', 'min_detectable_difference', 'summarize', 'comparisons']

@@ -9,7 +9,8 @@ import pytest
 from synthkit.errors import SynthkitError
 from synthkit.detect import DetectConfig
 from synthkit.testing import toy_dataset
-from synthkit.experiment import GridConfig, RunSpec, plan, run_key, run_grid, check_lineage, parse_condition
+from synthkit.experiment import GridConfig, RunSpec, plan, run_key, run_grid, check_lineage
+from synthkit.conditions import parse_condition
 from synthkit.stats import summarize
 import synthkit.experiment as ex
 
@@ -35,7 +36,7 @@ class Copier:
 
 
 CFG = GridConfig(splits=('split_1',), conditions=('baseline', '+2', 'classic+2'), seeds=(0,),
-                 generator='stub', detect=DetectConfig(imgsz=64, batch=8, steps=2, warmup_steps=0))
+                 generator='stub', passes=2, detect=DetectConfig(imgsz=64, batch=8, steps=4, warmup_steps=0))
 
 
 @pytest.fixture(scope='module')
@@ -65,10 +66,10 @@ def test_equal_steps_budget_in_the_plan_and_the_runs(grid):
     assert {s.detect_config().epochs for s in plan(GridConfig(passes=4, detect=DetectConfig(steps=500)))} == {4}
     assert {s.detect_config().epochs for s in plan(GridConfig(budget='epochs', detect=DetectConfig(epochs=7)))} == {7}
     _, rows, _ = grid
-    assert {r['steps'] for r in rows} == {2} and {r['epochs'] for r in rows} == {2}     # steps=2, passes=min(3, 2)
+    assert {r['steps'] for r in rows} == {4} and {r['epochs'] for r in rows} == {2}     # steps=4 over 2 passes
     for r in rows:
         entries = (Path(r['run_dir'])/'train.txt').read_text().split()
-        assert len(entries) == 8 == r['n_train_real'] + r['n_train_synth']            # one batch of 8 per pass
+        assert len(entries) == 16 == r['n_train_real'] + r['n_train_synth']           # two batches of 8 per pass
         curve = (Path(r['run_dir'])/'detector'/'train'/'results.csv').read_text().strip().splitlines()
         assert len(curve) - 1 == r['epochs']
 
@@ -131,9 +132,13 @@ def test_stop_then_resume_trains_only_what_is_missing(toy, tmp_path, monkeypatch
 
 
 def test_synthetic_share_of_the_training_entries(toy, tmp_path):
-    "synth_share sets the share of synthetic entries; by default it is N / (N + 1), what plain adding gives; val stays real."
-    rows = run_grid(toy, replace(CFG, conditions=('classic+2', 'classic+10'), passes=1, detect=CFG.detect.replace(steps=4)), tmp_path, split_fn=deal, progress=False)
-    assert [(r['n_train_real'], r['n_train_synth']) for r in rows] == [(11, 21), (3, 29)]       # 32 entries: 2/3 and 10/11 synthetic
+    """Every run holds every real training image; the synthetic share is the pool's N / (N + 1) (or synth_share), capped so
+    the real entries still cover every real image, and reported per run; val stays real."""
+    rows = run_grid(toy, replace(CFG, conditions=('baseline', 'classic+2', 'classic+10'), passes=1, detect=CFG.detect.replace(steps=4)), tmp_path, split_fn=deal, progress=False)
+    assert [(r['n_train_real'], r['n_train_synth']) for r in rows] == [(32, 0), (11, 21), (8, 24)]   # 32 entries: 2/3 synthetic; 10/11 capped at 24
+    assert [r['n_train_real_distinct'] for r in rows] == [8, 8, 8]                                  # all 8 real training images in every run
+    assert [r['synthetic_share'] for r in rows] == [0, 0.6562, 0.75] and [r['real_exposures'] for r in rows] == [4, 1.375, 1]
+    assert {r['steps'] for r in rows} == {4}                                                          # the same number of batches
     assert all(r['n_val_synth'] == 0 for r in rows)
     r, = run_grid(toy, replace(CFG, conditions=('classic+10',), passes=1, synth_share=0.25, detect=CFG.detect.replace(steps=4)), tmp_path/'b', split_fn=deal, progress=False)
     assert (r['n_train_real'], r['n_train_synth']) == (24, 8)
@@ -221,7 +226,7 @@ def test_tiled_grid_from_one_pretrained_start_scored_on_whole_images(tmp_path, m
     def deal4(ds, seed, sizes=None):   # 8 / 4 / 4 and 4 images in no part: the extra pool
         ids = sorted(ds.ids); random.Random(seed).shuffle(ids)
         return {'split_1': dict(train=ids[:8], val=ids[8:12], test=ids[12:16])}
-    cfg = replace(CFG, conditions=('baseline', 'classic+1'), seeds=(0, 1), tiles=dict(size=64, overlap=16), start='pretrained',
+    cfg = replace(CFG, conditions=('baseline', 'classic+1'), seeds=(0, 1), tiles=dict(size=64, overlap=0), passes=1, start='pretrained', detect=CFG.detect.replace(steps=4),
                   pretrain=dict(scenes=25, steps=2))
     out = tmp_path/'grid'
     rows = run_grid(data, cfg, out, split_fn=deal4, progress=False)
@@ -252,20 +257,23 @@ def test_a_start_for_other_classes_is_refused(toy, tmp_path):
 
 def test_checked_condition_drops_what_the_baseline_detector_cannot_find(toy, tmp_path):
     "+N:checked keeps only variations in which the baseline detector of the same split and seed finds the boxes, refilling from more outputs."
-    cfg = replace(CFG, conditions=('+2:checked', 'baseline'), tiles=dict(size=32, overlap=8), label_check=dict(conf=0.99, recall=1.0))
+    cfg = replace(CFG, conditions=('+2:checked', 'baseline'), tiles=dict(size=32, overlap=0), label_check=dict(conf=0.99, recall=1.0),
+                  passes=1, detect=CFG.detect.replace(steps=6))
     rows = run_grid(toy, cfg, tmp_path, split_fn=deal, generator_factory=Copier(), progress=False)
     assert [r['condition'] for r in rows] == ['baseline', '+2:checked']                 # the baseline runs first
     r = rows[1]
     # a 2-step detector finds nothing at conf 0.99: every variation with a box is dropped (empty tiles pass: nothing to find),
-    # so the grid generated and checked more variations than the 5 synthetic entries the run needs, until 5 passed
-    assert r['label_check_checked'] > 5 and r['label_check_kept'] >= 5
+    # so the grid generated and checked more variations than the synthetic entries the run needs, as far as the sources go
+    from synthkit.conditions import mix_counts
+    n_syn = mix_counts(48, r['n_train_real_distinct'], 2)[1]
+    assert r['label_check_checked'] > n_syn and 0 < r['label_check_kept'] < r['label_check_checked']
     verdicts, = [json.loads(f.read_text()) for f in (tmp_path/'synth').rglob('labelcheck-*.json')]   # cached per detector and settings
     for p, (keep, why) in verdicts.items():
         has_boxes = bool(Path(p.replace('/images/', '/labels/')).with_suffix('.txt').read_text().strip())
         assert keep != has_boxes, (p, why)
     kept = {p for p, (keep, _) in verdicts.items() if keep}
     synth = [l for l in (Path(r['run_dir'])/'train.txt').read_text().split() if '/synth/' in l]
-    assert len(synth) == r['n_train_synth'] == 5 and set(synth) <= kept              # 2/3 of 8 entries, drawn from the kept ones
+    assert len(synth) == r['n_train_synth'] == n_syn and set(synth) <= kept          # the run's share of 48 entries, drawn from the kept ones
     assert 'label_check' in json.loads((Path(r['run_dir'])/'spec.json').read_text())
     with pytest.raises(SynthkitError, match="a :checked condition uses the baseline"):
         replace(cfg, conditions=('+2:checked',)).check()
@@ -293,3 +301,14 @@ def test_a_new_metric_is_one_declaration(grid, toy, tmp_path, monkeypatch):
         assert 'fitness' in ex.row_fields()
     finally:
         det.METRICS.remove(fitness)
+
+
+def test_identical_training_lists_are_trained_once(toy, tmp_path, monkeypatch):
+    "+1 and +2 at a share that only reaches output 0 of each source draw the same list: the second row is the first's result."
+    trained, real = [], ex.train_detector
+    monkeypatch.setattr(ex, 'train_detector', lambda y, d, c, **k: trained.append(Path(d).parent.name) or real(y, d, c, **k))
+    rows = run_grid(toy, replace(CFG, conditions=('classic+1', 'classic+2'), synth_share=0.25), tmp_path, split_fn=deal, progress=False)
+    a, b = rows
+    assert (Path(a['run_dir'])/'train.txt').read_text() == (Path(tmp_path/'runs').glob('*classic+2*').__next__()/'train.txt').read_text()
+    assert len(trained) == 1 and b['same_as'] == 'classic+1' and b['map50'] == a['map50'] and b['train_seconds'] == 0
+    assert b['n_train_synth_distinct'] == a['n_train_synth_distinct'] == 4
