@@ -15,8 +15,8 @@ from .images import is_image_file, to_unit
 from .offline import ultralytics_settings
 
 # %% auto #0
-__all__ = ['METRICS', 'DetectConfig', 'split_images', 'plan_budget', 'DetectRun', 'train_detector', 'Metric', 'metric_names',
-           'evaluate', 'Detector']
+__all__ = ['METRICS', 'DetectConfig', 'split_images', 'plan_budget', 'DetectRun', 'step_schedule', 'train_detector', 'Metric',
+           'metric_names', 'evaluate', 'Detector']
 
 # %% ../nbs/20_detect.ipynb #2c9bd37d
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class DetectConfig:
     eval_imgsz: int | None = None # inference size of the test evaluation (None: imgsz); whole native images need their own size
     extra: tuple = ()             # more Ultralytics train arguments as (key, value) pairs
     dtype: str = 'fp32'           # training precision: 'fp32', 'bf16' (autocast), or 'auto' (bf16 where the device has it natively)
+    flipud: float = 0.0           # probability of an up-down flip (Ultralytics' own default 0; overhead imagery has no up: use 0.5)
+    fliplr: float = 0.5           # probability of a left-right flip (Ultralytics' default)
+    lr_schedule: str = 'epochs'   # 'epochs': Ultralytics' schedule, stepped per epoch; 'steps': warm-up then linear decay per batch
 
     def check(self) -> 'DetectConfig':
         "Raise `SynthkitError` for values Ultralytics can't use; returns self."
@@ -52,6 +55,11 @@ class DetectConfig:
               'use e.g. yolov8n.yaml (trained from scratch) or the path of a local .pt')
         check(self.dtype in ('fp32', 'bf16', 'auto'), f'dtype={self.dtype!r} is not one of fp32, bf16, auto',
               "use 'fp32' (full precision), 'bf16' or 'auto' (bf16 where the hardware has it)")
+        for k in ('flipud', 'fliplr'):
+            v = getattr(self, k)
+            check(isinstance(v, (int, float)) and 0 <= v <= 1, f'{k}={v!r} must be a probability in [0, 1]', 'use e.g. 0.5')
+        check(self.lr_schedule in ('epochs', 'steps'), f'lr_schedule={self.lr_schedule!r} is not epochs or steps',
+              "use 'steps' (the same schedule however long the training list is) or 'epochs' (Ultralytics' own)")
         return self
 
     @property
@@ -62,8 +70,10 @@ class DetectConfig:
         return resolve_dtype(None if self.dtype == 'auto' else self.dtype, 'cuda' if gpu else self.device)
 
     def key(self) -> dict:
-        "The fields as a cache key: `dtype` as this machine resolves it, and left out at fp32 (keys made before it existed stay valid)."
+        "The fields as a cache key: `dtype` as this machine resolves it; fields added later are left out at their defaults (older keys stay valid)."
         d = asdict(self)
+        for k, v in dict(flipud=0.0, fliplr=0.5, lr_schedule='epochs').items():
+            if d[k] == v: d.pop(k)
         dt = self.resolved_dtype
         if dt == 'fp32': d.pop('dtype')
         else: d['dtype'] = dt
@@ -185,6 +195,28 @@ def _cpu_compute(dtype: str = 'fp32'):
         tu.NUM_THREADS, tr.autocast = saved
         torch.set_num_threads(threads)
 
+def step_schedule(warmup: int):
+    """An Ultralytics `on_train_batch_start` callback: the learning rate of every batch from the batch's place in the
+    whole run — a linear warm-up over `warmup` batches (accumulation and momentum ramped as Ultralytics does), then a
+    linear decay to `lr0 × lrf` at the last batch — so the schedule is the same however many epochs the batches make."""
+    state = dict(i=0)
+    def callback(trainer):
+        i, total = state['i'], max(1, len(trainer.train_loader) * trainer.epochs)
+        state['i'] += 1
+        state.setdefault('acc', trainer.accumulate)
+        f = lambda j: max(1 - j / total, 0) * (1 - trainer.args.lrf) + trainer.args.lrf
+        for g in trainer.optimizer.param_groups:
+            target = g['initial_lr'] * f(i)
+            if i < warmup:
+                start = trainer.args.warmup_bias_lr if g.get('param_group') == 'bias' else 0.0
+                g['lr'] = float(np.interp(i, [0, warmup], [start, g['initial_lr'] * f(warmup)]))
+                if 'momentum' in g: g['momentum'] = float(np.interp(i, [0, warmup], [trainer.args.warmup_momentum, trainer.args.momentum]))
+            else:
+                g['lr'] = float(target)
+                if 'momentum' in g: g['momentum'] = trainer.args.momentum
+        trainer.accumulate = max(1, int(np.interp(i, [0, max(warmup, 1)], [1, state['acc']]).round())) if i < warmup else state['acc']
+    return callback
+
 def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *, verbose: bool = False) -> DetectRun:
     "Train YOLO on `data_yaml` under `config`, keep logs in `out_dir`, evaluate on the test split; returns a `DetectRun`."
     config = config.check()
@@ -198,13 +230,15 @@ def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *,
     args = dict(data=str(data_yaml), epochs=budget['epochs'], imgsz=config.imgsz, batch=config.batch, seed=config.seed,
                 deterministic=True, device=config.device, workers=config.workers, amp=config.resolved_dtype == 'bf16' and 'bf16', plots=False,
                 val=config.val_every_epoch, project=str(out_dir), name='train', exist_ok=True, verbose=verbose,
-                warmup_epochs=budget['warmup_epochs'], mosaic=config.mosaic, close_mosaic=config.close_mosaic,
+                warmup_epochs=0 if config.lr_schedule == 'steps' else budget['warmup_epochs'], mosaic=config.mosaic,
+                close_mosaic=config.close_mosaic, flipud=config.flipud, fliplr=config.fliplr,
                 lr0=config.lr0, patience=0, save=True, cache=False, pretrained=model_src.endswith('.pt'))
     args.update(dict(config.extra))
     t0 = time.time()
     with _LogToFile(out_dir/'train.log', verbose), _cpu_compute(config.resolved_dtype):
         try:
             model = YOLO(model_src)
+            if config.lr_schedule == 'steps': model.add_callback('on_train_batch_start', step_schedule(config.warmup_steps or 0))
             model.train(**args)
         except FileNotFoundError as e:
             raise SynthkitError(f'Ultralytics could not find a file ({e})', 'check the paths in data.yaml', path=data_yaml)
