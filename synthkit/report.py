@@ -17,7 +17,7 @@ from .stats import summarize, comparisons, mean_ci
 from .detect import METRICS
 
 # %% auto #0
-__all__ = ['COLORS', 'plot_map', 'plot_vs_strength', 'plot_vs_variations', 'plot_curves', 'plot_samples', 'training_mix',
+__all__ = ['COLORS', 'plot_map', 'plot_vs_strength', 'plot_vs_variations', 'plot_curves', 'plot_samples', 'setup_table',
            'write_report']
 
 # %% ../nbs/25_report.ipynb #3ccef93f
@@ -173,18 +173,17 @@ def _verdict(c) -> str:
     return s + ' — no clear difference' + ('' if math.isnan(mdd) else f' (an effect larger than about {mdd:.3f}, the MDD estimated from these seeds, would likely have shown)')
 
 # %% ../nbs/25_report.ipynb #21e5fe97
-def training_mix(rows: list) -> str:
-    "Distinct real (+ synthetic) training images per run, mean over seeds, per split and condition: 'split_1: baseline 430, +2 160 + 320'."
-    parts = []
+def setup_table(rows: list) -> list:
+    "Markdown lines: `split | condition | distinct real | distinct synthetic | synthetic share | real exposures per tile`, means over seeds."
+    L = ['| split | condition | distinct real | distinct synthetic | synthetic share | real exposures per tile |', '|---|---|---|---|---|---|']
     for split in dict.fromkeys(r['split'] for r in rows):
-        cs = []
         for cond in dict.fromkeys(r['condition'] for r in rows if r['split'] == split):
             rs = [r for r in rows if r['split'] == split and r['condition'] == cond and 'n_train_real_distinct' in r]
             if not rs: continue
-            real, syn = (sum(r[k] for r in rs) / len(rs) for k in ('n_train_real_distinct', 'n_train_synth_distinct'))
-            cs.append(f'{cond} {real:.0f}' + (f' + {syn:.0f}' if syn else ''))
-        if cs: parts.append(f'{split}: ' + ', '.join(cs))
-    return '; '.join(parts)
+            m = lambda k, d=math.nan: sum(r.get(k, d) for r in rs) / len(rs)
+            L.append(f"| {split} | {cond} | {m('n_train_real_distinct'):.0f} | {m('n_train_synth_distinct'):.0f} | "
+                     f"{m('synthetic_share'):.2f} | {m('real_exposures'):.2f} |")
+    return L if len(L) > 2 else []
 
 # %% ../nbs/25_report.ipynb #b6126b07
 def _fmt(m, lo, hi, sd):
@@ -212,30 +211,33 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
     L = [f'# {title}', '', f'_written {time.strftime("%Y-%m-%d %H:%M")}, {len(rows)} runs_', '']
     if config is not None:
         c = config
-        budget = (f'{rows[0]["steps"]} batches of {c.detect.batch} per run, exactly equal across conditions ({c.passes} passes over a drawn list; '
-                  f'warm-up {c.detect.warmup_steps} batches; Ultralytics accumulates batches to 64 images per optimizer update)' if c.budget == 'steps'
+        budget = (f'{rows[0]["steps"]} batches of {c.detect.batch} per run, exactly equal across conditions ({c.passes} pass(es) over a drawn list; '
+                  f'warm-up {c.detect.warmup_steps} batches, learning rate per {"batch" if c.detect.lr_schedule == "steps" else "epoch"}; '
+                  f'flips: up-down {c.detect.flipud}, left-right {c.detect.fliplr}; '
+                  'Ultralytics accumulates batches to 64 images per optimizer update)' if c.budget == 'steps'
                   else f'{c.detect.epochs} epochs per run (equal epochs: larger training sets get more steps)')
-        share = ('N / (N + 1) of the training entries synthetic (plain adding)' if c.synth_share is None else f'{c.synth_share:.0%} of the training entries synthetic')
+        share = ('every real tile in every run, plus N / (N + 1) of the entries synthetic (the pool\'s share, capped to keep every real tile)' if c.synth_share is None
+                 else f'every real tile in every run, plus {c.synth_share:.0%} of the entries synthetic (capped to keep every real tile)')
+        if any(parse_condition(k)[0] == 'classic' for k in c.conditions): share += f'; classic copies {c.classic or "with flips, 90° turns and speckle"}'
         start = {'scratch': 'from random weights', 'pretrained': f'from one detector pretrained on simulated SAR scenes (`{rows[0].get("start", "")}`), shared by every run'
                  + (f', {start_note}' if start_note else '')}.get(str(c.start), f'from `{c.start}`')
         scale = (f'native-resolution tiles of {c.tiling.size} px (overlap {c.tiling.overlap}, a cut box kept when ≥ {c.tiling.min_visible:.0%} inside, '
                  f'{c.tiling.keep_empty:.0%} of empty tiles kept)' if c.tiles is not None else f'whole images at {c.detect.imgsz} px')
         evals = rows[0].get('eval_imgsz', c.detect.imgsz)
-        synthetic, mix = any(parse_condition(k)[0] != 'baseline' for k in c.conditions), training_mix(rows)
+        mix = setup_table(rows)
         L += ['## Setup', '',
               f'- splits {", ".join(c.splits)}; conditions {", ".join(c.conditions)}; seeds {", ".join(map(str, c.seeds))} '
               '(each seed redraws the split, the generator seeds and the detector seed)',
               f'- detector {c.detect.model}, batch {c.detect.batch}, trained on {scale}, {start}',
               f'- budget: {budget}',
-              *([f'- distinct training images per run, real + synthetic (mean over seeds): {mix}'
-                 + ('; under this equal budget the synthetic entries take the place of real ones' if c.budget == 'steps' and synthetic else '')]
-                if mix else []),
+
               ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}, {c.gen_steps} sampler steps; {share}; '
                                   if any(parse_condition(k)[0] == 'diffusion' for k in c.conditions) else f'classic augmentation only; {share}; ')
                + 'made of training images only (test images never reach a generator)'),
               (f'- metrics: Ultralytics validation (last weights) on the whole held-out test images, each padded (not scaled) to {evals} px'
                if c.tiles is not None else f'- metrics: Ultralytics validation (last weights) on the held-out test images at {evals} px')
               + ('; and on the extra pool: the real images in no part of the split' if any('extra_map50' in r for r in rows) else ''), '']
+        if mix: L += ['What each run trained on (means over seeds):', '', *mix, '']
     if timings: L += ['## Time', ''] + [f'- {k}: {v}' for k, v in timings.items()] + ['']
     shown, label = [m for m in METRICS if m.shown], {m.name: m.label for m in METRICS}
     lab = label.get(metric, metric)
