@@ -14,7 +14,8 @@ import numpy as np
 from .errors import SynthkitError, check
 
 # %% auto #0
-__all__ = ['WEIGHTS_FIX', 'match_boxes', 'LabelVerdict', 'LabelCheck', 'check_yolo_weights']
+__all__ = ['HALLUCINATION_CONF', 'HALLUCINATION_IOU', 'WEIGHTS_FIX', 'match_boxes', 'detections', 'unlabelled_detections',
+           'LabelVerdict', 'LabelCheck', 'check_yolo_weights']
 
 # %% ../nbs/21_labelcheck.ipynb #306257e0
 def match_boxes(src_boxes, src_cls, det_boxes, det_cls, iou: float = 0.5, class_aware: bool = True) -> list:
@@ -30,6 +31,32 @@ def match_boxes(src_boxes, src_cls, det_boxes, det_cls, iou: float = 0.5, class_
     return [(int(i), int(j)) for i, j in zip(rows, cols) if m[i, j] >= iou]
 
 # %% ../nbs/21_labelcheck.ipynb #b25651fb
+HALLUCINATION_CONF = 0.5   # a detection this sure of itself, away from every box, is an object nobody labelled
+HALLUCINATION_IOU = 0.3    # "away from every box": IoU below this with each of them
+
+def detections(detector, image, conf: float = 0.0) -> tuple:
+    "`(boxes (N, 4) float32, scores (N,) float32, class ids (N,) int64)` of `detector.predict(image)` with score ≥ `conf`."
+    try: takes_conf = 'conf' in inspect.signature(detector.predict).parameters
+    except (TypeError, ValueError): takes_conf = False
+    out = detector.predict(image, conf=conf) if takes_conf else detector.predict(image)
+    try: b, s, c = out
+    except (TypeError, ValueError): raise SynthkitError(f'{type(detector).__name__}.predict returned {type(out).__name__}',
+                                                        'it must return (boxes xyxy, scores, class ids)')
+    b = np.asarray(b, np.float32).reshape(-1, 4); s = np.asarray(s, np.float32).reshape(-1); c = np.asarray(c, np.int64).reshape(-1)
+    keep = s >= conf
+    return b[keep], s[keep], c[keep]
+
+def unlabelled_detections(boxes, det_boxes, det_scores, conf: float = HALLUCINATION_CONF, iou: float = HALLUCINATION_IOU) -> np.ndarray:
+    "Indices of the detections with score ≥ `conf` whose IoU with every labelled box (any class) is < `iou`: objects where no box is."
+    import torch
+    from torchvision.ops import box_iou
+    a = np.asarray(boxes, np.float32).reshape(-1, 4); b = np.asarray(det_boxes, np.float32).reshape(-1, 4)
+    sure = np.asarray(det_scores, np.float32).reshape(-1) >= conf
+    if not len(a) or not len(b): return np.flatnonzero(sure)
+    best = box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy().max(axis=0)
+    return np.flatnonzero(sure & (best < iou))
+
+# %% ../nbs/21_labelcheck.ipynb #1981932d
 @dataclass
 class LabelVerdict:
     "The label check's answer for one variation: keep it?, with which boxes, and why."
@@ -41,21 +68,27 @@ class LabelVerdict:
     matched: int
     relabelled: bool = False
     n_detections: int = 0
+    hallucinated: int = 0      # confident detections where no box is (counted only when `hallucination_conf` is set)
 
+
+_EXAMPLE = dict(iou=0.5, recall=0.8, conf=0.25, precision=0.5, hallucination_conf=HALLUCINATION_CONF, hallucination_iou=HALLUCINATION_IOU)
 
 class LabelCheck:
     "Compare a detector's detections on a variation with the source boxes: keep, drop or relabel (`mode`)."
     def __init__(self, detector, iou: float = 0.5, recall: float = 0.8, conf: float = 0.25, mode: str = 'drop',
-                 precision: float | None = None, class_aware: bool = True):
+                 precision: float | None = None, class_aware: bool = True, hallucination_conf: float | None = None,
+                 hallucination_iou: float = HALLUCINATION_IOU):
         check(hasattr(detector, 'predict'), f'{type(detector).__name__} has no predict(image) method',
               'pass synthkit.detect.Detector(weights) or LabelCheck.from_weights(path)')
-        for k, v in (('iou', iou), ('recall', recall), ('conf', conf)) + ((('precision', precision),) if precision is not None else ()):
-            check(isinstance(v, (int, float)) and 0 <= v <= 1, f'{k}={v!r} is outside [0, 1]', f'use e.g. {dict(iou=0.5, recall=0.8, conf=0.25, precision=0.5)[k]}')
+        given = dict(iou=iou, recall=recall, conf=conf, precision=precision, hallucination_conf=hallucination_conf, hallucination_iou=hallucination_iou)
+        for k, v in given.items():
+            if v is None and k in ('precision', 'hallucination_conf'): continue
+            check(isinstance(v, (int, float)) and 0 <= v <= 1, f'{k}={v!r} is outside [0, 1]', f'use e.g. {_EXAMPLE[k]}')
         check(mode in ('drop', 'relabel'), f'mode={mode!r} is not one of drop, relabel', "use 'drop' (safe) or 'relabel'")
         self.detector, self.iou, self.recall, self.conf, self.mode = detector, float(iou), float(recall), float(conf), mode
         self.precision, self.class_aware = precision, class_aware
-        try: self._pass_conf = 'conf' in inspect.signature(detector.predict).parameters
-        except (TypeError, ValueError): self._pass_conf = False
+        self.hallucination_conf = None if hallucination_conf is None else float(hallucination_conf)
+        self.hallucination_iou = float(hallucination_iou)
         self.counts = Counter()
 
     @classmethod
@@ -71,34 +104,30 @@ class LabelCheck:
                                 WEIGHTS_FIX, path=p)
         return cls(det, **kw)
 
-    def _detect(self, image):
-        out = self.detector.predict(image, conf=self.conf) if self._pass_conf else self.detector.predict(image)
-        try: b, s, c = out
-        except (TypeError, ValueError): raise SynthkitError(f'{type(self.detector).__name__}.predict returned {type(out).__name__}',
-                                                            'it must return (boxes xyxy, scores, class ids)')
-        b = np.asarray(b, np.float32).reshape(-1, 4); s = np.asarray(s, np.float32).reshape(-1); c = np.asarray(c, np.int64).reshape(-1)
-        keep = s >= self.conf
-        return b[keep], c[keep]
-
     def __call__(self, image, boxes, cls) -> LabelVerdict:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4); cls = np.asarray(cls, np.int64).reshape(-1)
-        db, dc = self._detect(image)
-        pairs = match_boxes(boxes, cls, db, dc, self.iou, self.class_aware)
-        n, m = len(boxes), len(pairs)
+        hc = self.hallucination_conf
+        db, ds, dc = detections(self.detector, image, self.conf if hc is None else min(self.conf, hc))
+        sure = np.flatnonzero(ds >= self.conf)            # what recall and precision count
+        pairs = [(i, int(sure[j])) for i, j in match_boxes(boxes, cls, db[sure], dc[sure], self.iou, self.class_aware)]
+        halluc = [] if hc is None else unlabelled_detections(boxes, db, ds, hc, self.hallucination_iou).tolist()
+        n, m, nd = len(boxes), len(pairs), len(sure)
         rec = m / n if n else 1.0
-        prec = m / len(db) if len(db) else 1.0
-        ok = rec >= self.recall and (self.precision is None or prec >= self.precision)
+        prec = m / nd if nd else 1.0
+        ok = rec >= self.recall and (self.precision is None or prec >= self.precision) and not halluc
         why = f'{m} of {n} source boxes found (recall {rec:.2f}, need {self.recall:.2f})'
-        if self.precision is not None: why += f', {m} of {len(db)} detections matched (precision {prec:.2f}, need {self.precision:.2f})'
-        if ok: v = LabelVerdict(True, boxes, cls, 'kept: ' + why, rec, m, False, len(db))
-        elif self.mode == 'drop': v = LabelVerdict(False, boxes, cls, 'dropped: ' + why, rec, m, False, len(db))
+        if self.precision is not None: why += f', {m} of {nd} detections matched (precision {prec:.2f}, need {self.precision:.2f})'
+        if hc is not None: why += (f', {len(halluc)} confident detection(s) where no box is (score ≥ {hc:.2f}, '
+                                   f'IoU < {self.hallucination_iou:.2f} with every box)')
+        if ok: v = LabelVerdict(True, boxes, cls, 'kept: ' + why, rec, m, False, nd, len(halluc))
+        elif self.mode == 'drop': v = LabelVerdict(False, boxes, cls, 'dropped: ' + why, rec, m, False, nd, len(halluc))
         else:
             si = sorted(i for i, _ in pairs); used = {j for _, j in pairs}
-            extra = [j for j in range(len(db)) if j not in used]
+            extra = sorted({int(j) for j in sure if j not in used} | set(halluc))   # a painted ship gets its box
             nb = np.concatenate([boxes[si], db[extra]]).reshape(-1, 4).astype(np.float32)
             nc = np.concatenate([cls[si], dc[extra]]).astype(np.int64)
             v = LabelVerdict(True, nb, nc, f'relabelled ({n - m} source boxes removed, {len(extra)} detections added): ' + why,
-                             rec, m, True, len(db))
+                             rec, m, True, nd, len(halluc))
         self.counts['relabelled' if v.relabelled else 'kept' if v.keep else 'dropped'] += 1
         return v
 
@@ -107,7 +136,8 @@ class LabelCheck:
         return {k: self.counts.get(k, 0) for k in ('kept', 'relabelled', 'dropped')}
 
     def __repr__(self):
-        return f'LabelCheck(iou={self.iou}, recall={self.recall}, conf={self.conf}, mode={self.mode!r}, precision={self.precision})'
+        h = '' if self.hallucination_conf is None else f', hallucination_conf={self.hallucination_conf}, hallucination_iou={self.hallucination_iou}'
+        return f'LabelCheck(iou={self.iou}, recall={self.recall}, conf={self.conf}, mode={self.mode!r}, precision={self.precision}{h})'
 
 # %% ../nbs/21_labelcheck.ipynb #5ef8363f
 WEIGHTS_FIX = 'pass the best.pt / last.pt of a YOLO trained on the real training images (synthkit.detect.train_detector)'

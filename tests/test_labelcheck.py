@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from synthkit.errors import SynthkitError
-from synthkit.labelcheck import LabelCheck, LabelVerdict, match_boxes
+from synthkit.labelcheck import LabelCheck, LabelVerdict, match_boxes, unlabelled_detections, detections
 
 IMG = np.zeros((64, 64), np.uint8)
 SRC = np.array([[5, 5, 15, 15], [30, 30, 50, 40], [2, 40, 12, 60]], np.float32)
@@ -76,6 +76,8 @@ def test_errors():
     with pytest.raises(SynthkitError, match='recall=1.5 is outside'): LabelCheck(Fake([], [], []), recall=1.5)
     with pytest.raises(SynthkitError, match='iou=-0.1 is outside'): LabelCheck(Fake([], [], []), iou=-0.1)
     with pytest.raises(SynthkitError, match="mode='keep' is not one of"): LabelCheck(Fake([], [], []), mode='keep')
+    with pytest.raises(SynthkitError, match='hallucination_conf=1.5 is outside'): LabelCheck(Fake([], [], []), hallucination_conf=1.5)
+    with pytest.raises(SynthkitError, match="hallucination_iou='x' is outside"): LabelCheck(Fake([], [], []), hallucination_iou='x')
 
     class Bad:
         def predict(self, image): return None
@@ -101,3 +103,58 @@ def test_plugs_into_synthesize(tmp_path):
     s = synth.synthesize(Dataset(items, ['ship']), ClassicGenerator(turns=False, flips=False, looks=None), 2, GenParams(seed=0),
                          tmp_path / 'out', label_check=lc, progress=False)
     assert s.written == 4 and s.dropped == 2 and lc.summary() == {'kept': 4, 'relabelled': 0, 'dropped': 2}
+
+
+SEA_SHIP = [[40, 2, 60, 12]]   # far from every SRC box
+
+
+def test_unlabelled_detections():
+    dets = np.concatenate([SRC + 1, SEA_SHIP, [[0, 50, 4, 54]]])
+    assert unlabelled_detections(SRC, dets, [0.9, 0.9, 0.9, 0.8, 0.2]).tolist() == [3]
+    assert unlabelled_detections(SRC, dets, [0.9, 0.9, 0.9, 0.8, 0.2], conf=0.1).tolist() == [3, 4]
+    assert unlabelled_detections(SRC, SRC + [3, 0, 3, 0], [0.9] * 3, iou=0.3).tolist() == []       # shifted boxes still overlap
+    assert unlabelled_detections(np.zeros((0, 4)), SEA_SHIP, [0.9]).tolist() == [0]
+    b, s, c = detections(FakeWithConf(dets, np.array([0.9, 0.9, 0.9, 0.8, 0.2]), [0] * 5), IMG, conf=0.5)
+    assert len(b) == len(s) == len(c) == 4
+
+
+def test_hallucination_check():
+    seen = Fake(np.concatenate([SRC, SEA_SHIP]), [0.9, 0.9, 0.9, 0.7], list(CLS) + [0])
+    assert LabelCheck(seen)(IMG, SRC, CLS).keep                                    # off by default: the old behaviour
+    lc = LabelCheck(seen, hallucination_conf=0.5)
+    v = lc(IMG, SRC, CLS)
+    assert not v.keep and v.recall == 1 and v.hallucinated == 1 and v.n_detections == 4
+    assert v.reason.startswith('dropped: 3 of 3 source boxes found') and '1 confident detection(s) where no box is' in v.reason
+    assert lc.summary() == {'kept': 0, 'relabelled': 0, 'dropped': 1}
+    assert LabelCheck(seen, hallucination_conf=0.8)(IMG, SRC, CLS).keep           # 0.7 is not sure enough
+    assert LabelCheck(seen, hallucination_conf=0.5, hallucination_iou=0.0)(IMG, SRC, CLS).keep   # iou 0: nothing is "away"
+    r = LabelCheck(seen, hallucination_conf=0.5, mode='relabel')(IMG, SRC, CLS)
+    assert r.keep and r.relabelled and r.boxes.tolist() == SRC.tolist() + SEA_SHIP and r.cls.tolist() == list(CLS) + [0]
+    # a detection below conf but above hallucination_conf still counts as a hallucination, and not for recall / precision
+    d = FakeWithConf(np.concatenate([SRC, SEA_SHIP]), np.array([0.9, 0.9, 0.9, 0.2]), list(CLS) + [0])
+    v = LabelCheck(d, conf=0.25, hallucination_conf=0.1, precision=1.0)(IMG, SRC, CLS)
+    assert d.asked == 0.1 and v.hallucinated == 1 and v.n_detections == 3 and 'precision 1.00' in v.reason and not v.keep
+
+
+class BrightBlobs:
+    "A perfect detector for synthkit.testing's toy images: connected pixels whose 3×3 mean is > 150 (≥ 6 of them), score 0.9."
+    def predict(self, image):
+        from scipy import ndimage
+        lab, _ = ndimage.label(ndimage.uniform_filter(np.asarray(image, np.float32), 3) > 150)
+        found = [s for s in ndimage.find_objects(lab) if (lab[s] > 0).sum() >= 6]
+        b = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in found], np.float32).reshape(-1, 4)
+        return b, np.full(len(b), 0.9, np.float32), np.zeros(len(b), np.int64)
+
+
+def test_planted_unlabelled_ship_is_dropped(tmp_path):
+    from synthkit.testing import toy_dataset
+    from synthkit.data.formats import load_dataset
+    toy = load_dataset(toy_dataset(tmp_path / 'toy', n=12, size=64, seed=3))
+    lc = LabelCheck(BrightBlobs(), hallucination_conf=0.5)
+    verdicts = [lc(it.read(), it.boxes, it.cls) for it in toy]
+    assert not any(v.hallucinated for v in verdicts)                     # complete labels: nothing where no box is
+    two = [it for it, v in zip(toy, verdicts) if it.n_boxes == 2 and v.keep]
+    assert two, 'the toy set has a clean image with two separate ships'
+    clean, planted = lc(two[0].read(), two[0].boxes, two[0].cls), lc(two[0].read(), two[0].boxes[:1], two[0].cls[:1])
+    assert clean.keep and clean.hallucinated == 0
+    assert not planted.keep and planted.hallucinated == 1 and planted.recall == 1 and 'where no box is' in planted.reason
