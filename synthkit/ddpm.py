@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_ddpm.ipynb #481f98e0
 from __future__ import annotations
-import json, math, os, shutil, tempfile, time, warnings
+import copy, json, math, os, shutil, tempfile, time, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -22,10 +22,11 @@ import torch
 from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LEGACY', 'DTYPES', 'DDPMConfig', 'read_meta',
-           'built_model', 'build_unet', 'build_scheduler', 'sample_crops', 'native_bf16', 'resolve_dtype', 'train_ddpm',
-           'training_history', 'plot_losses', 'sdedit_timesteps', 'DDPMGenerator', 'strength_grid', 'cli_args',
-           'cli_run']
+__all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LR_DECAYS', 'LEGACY', 'DTYPES', 'START_KEYS', 'SPACINGS',
+           'SOLVERS', 'DDPMConfig', 'read_meta', 'built_model', 'build_unet', 'build_scheduler', 'sample_crops',
+           'native_bf16', 'resolve_dtype', 'sampler_scheduler', 'sdedit_timesteps', 't_max_for', 'noise_sigma',
+           'check_sdedit', 'ema_decay', 'lr_at', 'train_ddpm', 'training_history', 'plot_losses', 'sdedit_schedule',
+           'sea_mask', 'speckle_ratio', 'DDPMGenerator', 'strength_grid', 'cli_args', 'cli_inputs', 'cli_run']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
@@ -52,6 +53,9 @@ class DDPMConfig:
     beta_schedule: str = 'squaredcos_cap_v2'
     save_every_s: float = 60.0              # checkpoint interval, so a killed run loses at most this much
     log_every: int = 10                     # loss-curve resolution (iterations)
+    t_max: int | None = None                # train on timesteps t < t_max only (see "Train where SDEdit samples"); None: all
+    ema: float | None = 0.999               # largest decay of the weights' EMA (warm-up (1+k)/(10+k)); None: no EMA
+    lr_decay: str = 'cosine'                # 'cosine': lr → lr/10 over `steps` after warm-up; 'constant'
 
     def check(self) -> 'DDPMConfig':
         check(isinstance(self.crop, int) and self.crop >= 16 and self.crop % 2 ** (len(self.channels) - 1) == 0,
@@ -65,6 +69,13 @@ class DDPMConfig:
         check(self.minutes is None or self.minutes > 0, f'minutes={self.minutes!r} must be > 0 or None', 'use None (no cap) with steps, or e.g. 5')
         check(self.minutes or self.steps, 'no training budget: minutes=None and steps=None', 'set steps (reproducible), or minutes for a timed interactive run')
         check(0 <= self.object_weight <= 1, f'object_weight={self.object_weight} is outside [0, 1]')
+        check(isinstance(self.train_timesteps, int) and self.train_timesteps >= 2, f'train_timesteps={self.train_timesteps!r} must be an integer ≥ 2')
+        check(self.t_max is None or (isinstance(self.t_max, int) and not isinstance(self.t_max, bool) and 1 <= self.t_max <= self.train_timesteps),
+              f't_max={self.t_max!r} must be None or an integer in [1, {self.train_timesteps}]',
+              'use t_max_for(strengths, steps) for the strengths you will sample, e.g. 300 for strength ≤ 0.3, or None for all')
+        check(self.ema is None or (isinstance(self.ema, (int, float)) and not isinstance(self.ema, bool) and 0 < self.ema < 1),
+              f'ema={self.ema!r} must be None or a decay in (0, 1)', 'use e.g. 0.999, or None for no EMA')
+        check(self.lr_decay in LR_DECAYS, f'lr_decay={self.lr_decay!r} is not one of {", ".join(LR_DECAYS)}', "use 'cosine' or 'constant'")
         return self
 
     @property
@@ -79,11 +90,14 @@ class DDPMConfig:
     def model_dict(self) -> dict:
         "The fields that define the model (a resumed run must match them)."
         return dict(channels=list(self.channels), head_dim=self.heads_width, layers_per_block=self.layers_per_block,
-                    norm_groups=self.norm_groups, train_timesteps=self.train_timesteps, beta_schedule=self.beta_schedule)
+                    norm_groups=self.norm_groups, train_timesteps=self.train_timesteps, beta_schedule=self.beta_schedule,
+                    t_max=self.t_max, ema=self.ema, lr_decay=self.lr_decay)
+
+LR_DECAYS = ('cosine', 'constant')
 
 # Settings that were fixed before they became fields: models built with them keep their old cache keys, and their
 # folders (whose synthkit_ddpm.json doesn't name them) resume as what they are.
-LEGACY = dict(head_dim=8)
+LEGACY = dict(head_dim=8, t_max=None, ema=None, lr_decay='constant')
 
 def read_meta(folder) -> dict:
     "`folder`'s synthkit_ddpm.json; one clear error when it isn't valid JSON."
@@ -164,11 +178,90 @@ def resolve_dtype(dtype: str | None, device='cpu') -> str:
     if dtype in ('fp32', 'bf16'): return dtype
     return 'bf16' if native_bf16(device) else 'fp32'
 
+# %% ../nbs/11_ddpm.ipynb #bf8c407c
+def sampler_scheduler(train_timesteps: int = 1000, beta_schedule: str = 'squaredcos_cap_v2') -> DDIMScheduler:
+    "The DDIM scheduler SDEdit samples with (trailing spacing: img2img's timestep rule) for a model of this noise schedule."
+    return DDIMScheduler(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule, timestep_spacing='trailing',
+                         clip_sample=False, set_alpha_to_one=True)
+
+def sdedit_timesteps(scheduler, strength: float, steps: int) -> list:
+    "The DDIM timesteps SDEdit runs for `strength` out of `steps` (img2img's rule: the last `int(strength*steps)`)."
+    scheduler.set_timesteps(int(steps))
+    n = min(int(int(steps) * float(strength)), int(steps))
+    return [int(t) for t in scheduler.timesteps[len(scheduler.timesteps) - n:]] if n > 0 else []
+
+def _scheduler_of(x=None):
+    "The sampler scheduler of `x`: a scheduler, anything that holds one (a `DDPMGenerator`), a `DDPMConfig`, or None (the defaults)."
+    if x is None or isinstance(x, DDPMConfig):
+        c = x or DDPMConfig()
+        return sampler_scheduler(c.train_timesteps, c.beta_schedule)
+    return getattr(x, 'scheduler', x)
+
+def _strength_for(n: int, steps: int) -> float:
+    "The smallest strength (4 decimals, rounded up) that runs `n` of `steps` timesteps."
+    s = math.ceil(1e4 * n / steps) / 1e4
+    while int(steps * s) < n: s = round(s + 1e-4, 4)
+    return s
+
+# %% ../nbs/11_ddpm.ipynb #8786a78b
+def t_max_for(strengths, steps: int, config=None) -> int:
+    """The smallest `DDPMConfig.t_max` with which SDEdit can run every strength of `strengths` (one number or several)
+    with `steps`: their largest first timestep + 1. `config`: the `DDPMConfig` (its noise schedule), None for the defaults."""
+    sched = _scheduler_of(config)
+    firsts = []
+    for s in (strengths if isinstance(strengths, (list, tuple)) else [strengths]):
+        GenParams(strength=s, steps=steps).check(img2img=True)
+        firsts.append(sdedit_timesteps(sched, s, steps)[0])
+    return max(firsts) + 1
+
+def noise_sigma(strength: float, steps: int, scheduler=None) -> float:
+    """The noise SDEdit adds at `strength` with `steps`, in grey levels of an 8-bit image: σ = √((1 − ᾱ) / ᾱ) · 127.5 at its
+    first timestep (the noised image is √ᾱ · (source + σ·ε) in [−1, 1] units). `scheduler`: a scheduler, a `DDPMGenerator`,
+    a `DDPMConfig`, or None (the defaults: cosine schedule, 1000 timesteps)."""
+    GenParams(strength=strength, steps=steps).check(img2img=True)
+    sched = _scheduler_of(scheduler)
+    a = float(sched.alphas_cumprod[sdedit_timesteps(sched, strength, steps)[0]])
+    return math.sqrt((1 - a) / a) * 127.5
+
+def check_sdedit(strength: float, steps: int, scheduler=None, t_max: int | None = None, model: str = 'the model') -> list:
+    """SDEdit's timesteps for `strength` with `steps`; refused in one line when it runs no step, adds less than one grey
+    level of noise, or starts at a timestep ≥ `t_max` (what `model` was trained on)."""
+    GenParams(strength=strength, steps=steps).check(img2img=True)
+    sched, steps = _scheduler_of(scheduler), int(steps)
+    ts = sdedit_timesteps(sched, strength, steps)
+    if noise_sigma(strength, steps, sched) < 1:
+        ok = [n for n in range(1, steps + 1) if noise_sigma(_strength_for(n, steps), steps, sched) >= 1]
+        raise SynthkitError(f'strength={strength!r} with steps={steps} adds {noise_sigma(strength, steps, sched):.2f} grey levels of noise '
+                            '(under one: a "variation" would be its source plus rounding)',
+                            f'use strength ≥ {_strength_for(ok[0], steps)} with steps={steps}' if ok else 'use fewer steps')
+    if t_max is not None and ts[0] >= t_max:
+        ok = [n for n in range(1, steps + 1) if sdedit_timesteps(sched, _strength_for(n, steps), steps)[0] < t_max]
+        raise SynthkitError(f'strength={strength!r} with steps={steps} starts at t={ts[0]}, but {model} was trained on t < {t_max} only (t_max)',
+                            (f'use strength ≤ {_strength_for(ok[-1], steps)} with steps={steps}, or ' if ok else '')
+                            + f'train with t_max ≥ {ts[0] + 1} (t_max_for gives it for a set of strengths)')
+    return ts
+
+# %% ../nbs/11_ddpm.ipynb #bc011105
+def ema_decay(k: int, ema: float) -> float:
+    "The decay of the EMA's update after iteration `k` (0, 1, …): diffusers' `EMAModel` warm-up, min(ema, (1 + k) / (10 + k))."
+    return min(float(ema), (1 + k) / (10 + k))
+
+def lr_at(step: int, config: DDPMConfig) -> float:
+    """The learning rate of iteration `step` (0, 1, …): a linear warm-up over `warmup` iterations, then `lr` ('constant', or
+    with `steps=None`) or a half cosine from `lr` to `lr/10` at iteration `steps` ('cosine')."""
+    c = config
+    warm = c.lr * min(1.0, (step + 1) / max(1, c.warmup))
+    if c.lr_decay == 'constant' or c.steps is None or step + 1 <= c.warmup or c.steps <= c.warmup: return warm
+    p = min(1.0, (step + 1 - c.warmup) / (c.steps - c.warmup))
+    return c.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
 # %% ../nbs/11_ddpm.ipynb #84a4bafa
 def _write_state(folder: Path, st: dict):
-    "Write a resume state `{'opt': optimizer state_dict, 'gen': torch RNG state, 'rng': numpy bit-generator state, 'step'}` as tensors + JSON."
+    """Write a resume state `{'opt': optimizer state_dict, 'gen': torch RNG state, 'rng': numpy bit-generator state, 'step',
+    'raw': the trained (not averaged) weights when unet/ holds their EMA, else None}` as tensors + JSON."""
     from safetensors.torch import save_file
     tensors, scalars = {'gen': st['gen'].contiguous()}, {}
+    for k, v in (st.get('raw') or {}).items(): tensors[f'raw/{k}'] = v.detach().cpu().contiguous()
     for i, d in st['opt']['state'].items():
         for k, v in d.items():
             if torch.is_tensor(v): tensors[f'opt/{i}/{k}'] = v.detach().cpu().contiguous()
@@ -184,12 +277,13 @@ def _read_state(folder: Path) -> dict:
     if not (folder/STATE_FILE).is_file() and (folder/OLD_STATE_FILE).is_file(): _convert_old_state(folder)
     try:
         t, j = load_file(str(folder/STATE_FILE)), json.loads((folder/STATE_JSON).read_text())
-        state = {}
+        state, raw = {}, {}
         for key, v in t.items():
             if key.startswith('opt/'): _, i, k = key.split('/', 2); state.setdefault(int(i), {})[k] = v
+            elif key.startswith('raw/'): raw[key[4:]] = v
         for key, v in j['opt_scalars'].items(): i, k = key.split('/', 1); state.setdefault(int(i), {})[k] = v
         groups = [{k: tuple(v) if k == 'betas' else v for k, v in g.items()} for g in j['param_groups']]
-        return dict(opt=dict(state=state, param_groups=groups), gen=t['gen'], rng=j['rng'], step=int(j['step']))
+        return dict(opt=dict(state=state, param_groups=groups), gen=t['gen'], rng=j['rng'], step=int(j['step']), raw=raw or None)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SynthkitError(f'the resume state ({STATE_FILE} + {STATE_JSON}) is damaged or missing ({type(e).__name__}: {e})',
                             'train again with --no-resume (resume=False), or restore the folder', path=folder)
@@ -204,7 +298,7 @@ def _convert_old_state(folder: Path):
         raise SynthkitError(f'{OLD_STATE_FILE} is not tensors only ({first}); it was not loaded: unpickling anything more could run '
                             "code hidden in it", "if you didn't make this folder, delete it; else train again with --no-resume "
                             '(resume=False), which replaces it', path=old)
-    try: st = dict(opt=st['opt'], gen=st['gen'], rng=st['rng'], step=st['step'])
+    try: st = dict(opt=st['opt'], gen=st['gen'], rng=st['rng'], step=st['step'], raw=st.get('raw'))
     except (KeyError, TypeError): raise SynthkitError(f'{OLD_STATE_FILE} is not a synthkit resume state', 'train again with --no-resume', path=old)
     with tempfile.TemporaryDirectory(dir=folder, prefix='.tmp-') as tmp:
         _write_state(Path(tmp), st); _umask_modes(Path(tmp))
@@ -218,11 +312,14 @@ def _umask_modes(folder: Path):
 
 def _has_state(folder: Path) -> bool: return (folder/STATE_FILE).is_file() or (folder/OLD_STATE_FILE).is_file()
 
-def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rng, n_images, seconds, precision, complete=False, stopped_by=None):
+def _save_checkpoint(out: Path, unet, ema_unet, sched, opt, config, step, history, gen, rng, n_images, seconds, precision,
+                     start=None, complete=False, stopped_by=None):
+    "unet/ gets the EMA weights (`ema_unet`; the trained ones with no EMA), the resume state the trained ones."
     with tempfile.TemporaryDirectory(dir=out, prefix='.tmp-') as tmp:
-        unet.save_pretrained(Path(tmp)/'unet', safe_serialization=True)
+        (ema_unet or unet).save_pretrained(Path(tmp)/'unet', safe_serialization=True)
         sched.save_pretrained(Path(tmp)/'scheduler')
-        _write_state(Path(tmp), dict(opt=opt.state_dict(), gen=gen.get_state(), rng=rng.bit_generator.state, step=step))
+        raw = unet.state_dict() if ema_unet is not None else None
+        _write_state(Path(tmp), dict(opt=opt.state_dict(), gen=gen.get_state(), rng=rng.bit_generator.state, step=step, raw=raw))
         _umask_modes(Path(tmp))
         for sub in ('unet', 'scheduler'):
             (out/sub).mkdir(exist_ok=True)
@@ -231,41 +328,84 @@ def _save_checkpoint(out: Path, unet, sched, opt, config, step, history, gen, rn
         (out/OLD_STATE_FILE).unlink(missing_ok=True)
     meta = dict(config={**asdict(config), 'channels': list(config.channels)}, model=config.model_dict(), step=step,
                 n_train_images=n_images, train_seconds=round(seconds, 1), target_steps=config.steps, complete=bool(complete),
-                stopped_by=stopped_by, train_dtype=precision, history=history)
+                stopped_by=stopped_by, train_dtype=precision, start=start, history=history)
     write_json(out/CONFIG_FILE, meta)
 
 # %% ../nbs/11_ddpm.ipynb #9fc48d5f
+START_KEYS = ('channels', 'head_dim', 'layers_per_block', 'norm_groups', 'train_timesteps', 'beta_schedule', 't_max', 'crop')
+
+def _differences(theirs: dict, mine: dict, keys) -> tuple:
+    "The values of `keys` in which two settings dicts differ, as two dicts (theirs, mine)."
+    keys = [k for k in keys if theirs.get(k) != mine.get(k)]
+    return {k: theirs.get(k) for k in keys}, {k: mine.get(k) for k in keys}
+
+def _start_info(start, config: DDPMConfig, out: Path) -> dict:
+    "The identity of the DDPM folder `start` a new run fine-tunes from; refused unless it was built like this run (model, crop, t_max)."
+    start = Path(start)
+    meta = _read_meta(start)
+    check(start.resolve() != out.resolve(), 'start is the output folder itself', 'leave start out: an existing folder resumes by itself', path=start)
+    check(meta.get('step', 1) >= 1, f'the start {start} was never trained (0 iterations)', 'pass a trained DDPM folder, or leave start out', path=start)
+    theirs, mine = _differences({**built_model(meta), 'crop': meta.get('config', {}).get('crop')},
+                                {**config.model_dict(), 'crop': config.crop}, START_KEYS)
+    check(not theirs, f'the start {start} was built with {theirs}, this run with {mine}',
+          f"train with the start's settings ({', '.join(f'{k}={v!r}' for k, v in theirs.items())}), or leave start out (from scratch)", path=start)
+    return dict(folder=str(start), weights_hash=weights_hash(start, skip=(STATE_FILE,)), step=meta.get('step'))
+
+# %% ../nbs/11_ddpm.ipynb #d9789945
 def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resume: bool = True, progress: bool = True,
-               device: str = 'cpu', dtype: str | None = 'auto') -> Path:
-    "Train (or resume training) the in-domain DDPM on the training split of `dataset` on `device` (`dtype`: see `resolve_dtype`); returns the model folder `out`."
+               device: str = 'cpu', dtype: str | None = 'auto', start=None) -> Path:
+    """Train (or resume training) the in-domain DDPM on the training split of `dataset` on `device` (`dtype`: see
+    `resolve_dtype`); `start`: a DDPM folder whose (EMA) weights a new run starts from. Returns the model folder `out`."""
     from tqdm.auto import tqdm
     config = config.check()
     check_device(device)
     bf16 = resolve_dtype(dtype, device) == 'bf16'
     used = set()
     images, boxes, n_skipped = _train_pool(dataset)   # before anything is written: a refused dataset leaves no folder
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    resuming = resume and _has_state(out) and (out/CONFIG_FILE).exists()
+    begin = _start_info(start, config, out) if start is not None else None   # refused before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[]):   # the initial weights depend on the seed only, not on the caller's RNG
         torch.manual_seed(config.seed); unet = build_unet(config).to(dev)
+    if begin and not resuming: unet = load_pretrained(UNet2DModel, Path(start)/'unet', 'start DDPM UNet').to(dev)
     sched = build_scheduler(config)
-    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4)
     gen, rng = torch.Generator().manual_seed(config.seed), np.random.default_rng(config.seed)
-    step, history, seconds0 = 0, [], 0.0
-    if resume and _has_state(out) and (out/CONFIG_FILE).exists():
+    step, history, seconds0, st = 0, [], 0.0, None
+    if resuming:
         meta = read_meta(out)
-        built = built_model(meta)
-        check(built == config.model_dict(), f'the checkpoint there was built with {built}, not {config.model_dict()}',
+        theirs, mine = _differences(built_model(meta), config.model_dict(), config.model_dict())
+        check(not theirs, f'the checkpoint there was built with {theirs}, not {mine}',
               'train with the same model settings, pass resume=False (--no-resume) to start over, or use another folder', path=out)
-        unet = UNet2DModel.from_pretrained(out/'unet', use_safetensors=True).to(dev)
+        was = meta.get('start')
+        check(begin is None or (was or {}).get('weights_hash') == begin['weights_hash'],
+              f"the checkpoint there was started from {(was or {}).get('folder', 'scratch')} (weights {(was or {}).get('weights_hash', '-')}), "
+              f"not from {start} (weights {begin and begin['weights_hash']})", 'leave start out to resume it, or pass resume=False (--no-resume) to start over', path=out)
+        begin = was
+        unet = UNet2DModel.from_pretrained(out/'unet', use_safetensors=True).to(dev)   # the EMA weights when there is an EMA
         st = _read_state(out)
-        opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4); opt.load_state_dict(st['opt'])
-        gen.set_state(st['gen']); rng.bit_generator.state = st['rng']
         step, history, seconds0 = st['step'], meta['history'], meta.get('train_seconds', 0.0)
         used = set(meta.get('train_dtype', 'float32').split('+'))   # a resumed model may have trained in both precisions
+    ema_unet = None
+    if config.ema is not None:   # unet: the weights being trained; ema_unet: their average, what unet/ holds and sampling uses
+        ema_unet = unet.requires_grad_(False).eval()
+        unet = copy.deepcopy(ema_unet).requires_grad_(True)
+        if st is not None:
+            check(st['raw'] is not None, f'the resume state ({STATE_FILE}) has no trained weights to go with the EMA in unet/',
+                  'train again with --no-resume (resume=False), or restore the folder', path=out)
+            unet.load_state_dict(st['raw'])
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=1e-4)
+    if st is not None:
+        opt.load_state_dict(st['opt']); gen.set_state(st['gen']); rng.bit_generator.state = st['rng']
     unet.train()
     precision = '+'.join(sorted(used | {'bfloat16' if bf16 else 'float32'}))
     alphas = sched.alphas_cumprod.to(dev)
+    t_hi = config.t_max or config.train_timesteps
+    params, averaged = list(unet.parameters()), list(ema_unet.parameters()) if ema_unet is not None else []
+    def save(**kw):
+        _save_checkpoint(out, unet, ema_unet, sched, opt, config, step, history, gen, rng, len(images),
+                         seconds0 + time.monotonic() - t0, precision, start=begin, **kw)
     t0 = time.monotonic(); last_save = t0; window = []
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc='train-ddpm', unit='it')
     if n_skipped and progress: bar.write(f'training on {len(images)} images ({n_skipped} val/test images left out)')
@@ -274,31 +414,33 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
         while not done():
             x0 = torch.from_numpy(sample_crops(images, boxes, config.batch, config.crop, rng, config.object_weight))[:, None] * 2 - 1
             noise = torch.randn(x0.shape, generator=gen)   # drawn on the CPU: the same numbers on every device
-            t = torch.randint(0, config.train_timesteps, (len(x0),), generator=gen)
+            t = torch.randint(0, t_hi, (len(x0),), generator=gen)
             x0, noise, t = x0.to(dev), noise.to(dev), t.to(dev)
             a = alphas[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16): pred = unet(xt, t).sample
             loss = torch.nn.functional.mse_loss(pred.float(), noise)
-            for g in opt.param_groups: g['lr'] = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+            for g in opt.param_groups: g['lr'] = lr_at(step, config)
             opt.zero_grad(set_to_none=True); loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0); opt.step()
+            if averaged:
+                d = ema_decay(step, config.ema)
+                with torch.no_grad():
+                    for e, w in zip(averaged, params): e.lerp_(w, 1 - d)
             step += 1; window.append(loss.item())
             if len(window) >= config.log_every:
                 history.append([step, round(float(np.mean(window)), 5)]); window = []
                 bar.set_postfix(loss=history[-1][1])
             bar.update(1)
             if time.monotonic() - last_save >= config.save_every_s:
-                _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0, precision)
-                last_save = time.monotonic()
+                save(); last_save = time.monotonic()
     finally:
         bar.close()
     if window: history.append([step, round(float(np.mean(window)), 5)])
     short = config.steps is not None and step < config.steps
     if short: warnings.warn(f'DDPM training in {out} stopped at {step} of {config.steps} steps: the minutes={config.minutes} cap ran out. '
                             'The model is marked incomplete; call again to resume, or set minutes=None to train by steps alone.', stacklevel=2)
-    _save_checkpoint(out, unet, sched, opt, config, step, history, gen, rng, len(images), seconds0 + time.monotonic() - t0, precision,
-                     complete=not short, stopped_by='steps' if config.steps is not None and not short else 'minutes')
+    save(complete=not short, stopped_by='steps' if config.steps is not None and not short else 'minutes')
     return out
 
 # %% ../nbs/11_ddpm.ipynb #24c709d8
@@ -324,12 +466,6 @@ def _read_meta(folder) -> dict:
     return read_meta(folder)
 
 # %% ../nbs/11_ddpm.ipynb #3e33a9cc
-def sdedit_timesteps(scheduler, strength: float, steps: int) -> list:
-    "The DDIM timesteps SDEdit runs for `strength` out of `steps` (img2img's rule: the last `int(strength*steps)`)."
-    scheduler.set_timesteps(int(steps))
-    n = min(int(int(steps) * float(strength)), int(steps))
-    return [int(t) for t in scheduler.timesteps[len(scheduler.timesteps) - n:]] if n > 0 else []
-
 def _ramp(n: int, overlap: int, first: bool, last: bool) -> torch.Tensor:
     w = torch.ones(n)
     r = torch.linspace(0, 1, overlap + 2)[1:-1]
@@ -344,6 +480,68 @@ def _tiles(n: int, tile: int, overlap: int) -> list:
     return sorted(set(starts))
 
 # %% ../nbs/11_ddpm.ipynb #14cd9a35
+SPACINGS = {'trailing': None, 'quadratic': 2.0, 'cubic': 3.0}   # the img2img rule; t_i = t_0 · ((n − i) / n) ** ρ
+
+def sdedit_schedule(scheduler, strength: float, steps: int, spacing: str = 'quadratic') -> list:
+    """The timesteps SDEdit evaluates the UNet at for `strength` with `steps`: as many as img2img's rule and starting
+    where it starts (`sdedit_timesteps`), spaced by `spacing` ('trailing': the rule's own, evenly spaced down to ≈ t_0/n;
+    'quadratic' / 'cubic': t_i = t_0·((n − i)/n)^ρ, denser near t = 0 and ending at a small t)."""
+    check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}', "use 'quadratic' (default) or 'trailing' (img2img's)")
+    ts = sdedit_timesteps(scheduler, strength, steps)
+    n, rho = len(ts), SPACINGS[spacing]
+    if rho is None or n < 2: return ts
+    out = [max(0, round(ts[0] * (1 / n) ** rho))]
+    for i in range(n - 2, 0, -1): out.insert(0, max(round(ts[0] * ((n - i) / n) ** rho), out[0] + 1))   # strictly decreasing
+    return [ts[0]] + out
+
+SOLVERS = ('ddim', 'dpm++2m')
+
+def _ddim_step(eps, x, a_t, a_prev, eta: float, z=None):
+    "One DDIM step from x at ᾱ = `a_t` to ᾱ = `a_prev` with noise `z` (η > 0), in diffusers' DDIMScheduler.step's arithmetic."
+    beta_t = 1 - a_t
+    x0 = (x - beta_t ** (0.5) * eps) / a_t ** (0.5)
+    std = eta * ((1 - a_prev) / beta_t * (1 - a_t / a_prev)) ** (0.5)
+    x = a_prev ** (0.5) * x0 + (1 - a_prev - std ** 2) ** (0.5) * eps
+    return x + std * z if eta > 0 and z is not None else x
+
+def _dpm2m_step(eps, x, a_t: float, a_prev: float, eta: float, z=None, last=None) -> tuple:
+    """One DPM-Solver++(2M) step (Lu et al. 2022; the SDE form of k-diffusion's `sample_dpmpp_2m_sde`, η = 0: the ODE) from x
+    at ᾱ = `a_t` to ᾱ = `a_prev`, in the image's own units y = x/√ᾱ with σ = √((1−ᾱ)/ᾱ) and h = log(σ_t/σ_prev).
+    `last`: (the previous step's x0 prediction, its h) for the second-order correction, None at the first step.
+    Returns (x at a_prev, (this step's x0 prediction, h)); the step to ᾱ = 1 returns the x0 prediction itself."""
+    d = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+    if a_prev >= 1: return d, (d, None)
+    s_t, s_p = math.sqrt((1 - a_t) / a_t), math.sqrt((1 - a_prev) / a_prev)
+    h = math.log(s_t / s_p)
+    dc = d if last is None else d + (d - last[0]) * (h / (2 * last[1]))   # (1 + 1/2r)·D − 1/2r·D_prev, r = h_prev/h
+    y = (s_p / s_t) * math.exp(-h * eta) * (x / a_t ** 0.5) - math.expm1(-h * (1 + eta)) * dc
+    if eta > 0 and z is not None: y = y + (s_p * math.sqrt(-math.expm1(-2 * h * eta))) * z
+    return a_prev ** 0.5 * y, (d, h)
+
+# %% ../nbs/11_ddpm.ipynb #ed094193
+def sea_mask(source: np.ndarray, boxes=None, margin: int = 3) -> np.ndarray:
+    """The open-sea pixels of a grey image (float or 8-bit HxW): outside the boxes grown by `margin` px and not bright
+    (land, harbours, unlabelled targets: a 7-px local mean above twice the median outside the boxes)."""
+    from scipy import ndimage as ndi
+    x = np.asarray(source, np.float32)
+    out = np.ones(x.shape, bool)
+    for x0, y0, x1, y1 in np.asarray(boxes if boxes is not None else [], np.float32).reshape(-1, 4):
+        out[max(0, int(y0) - margin):int(math.ceil(y1)) + margin, max(0, int(x0) - margin):int(math.ceil(x1)) + margin] = False
+    if not out.any(): return out
+    return out & (ndi.uniform_filter(x, 7) < 2 * float(np.median(x[out])))
+
+def speckle_ratio(variation: np.ndarray, source: np.ndarray, boxes=None, size: int = 7) -> float:
+    """The sea's local variance (over `size`-px windows, averaged over `sea_mask`) in `variation` over that in `source`:
+    1.0 means the speckle's strength is kept, below 1 smoothed, above 1 noisier. NaN where there is no sea."""
+    from scipy import ndimage as ndi
+    m = ndi.binary_erosion(sea_mask(source, boxes), iterations=size // 2)
+    if not m.any(): return float('nan')
+    def local_var(a):
+        a = np.asarray(a, np.float64)
+        return float((ndi.uniform_filter(a * a, size) - ndi.uniform_filter(a, size) ** 2)[m].mean())
+    return local_var(variation) / local_var(source)
+
+# %% ../nbs/11_ddpm.ipynb #02b3750b
 class DDPMGenerator(Generator):
     "SDEdit variations from an in-domain DDPM trained with `train_ddpm`."
     name, version = 'ddpm', '1'
@@ -353,56 +551,79 @@ class DDPMGenerator(Generator):
     model_arg = 'model_folder'
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64, channels_last: bool = True,
-                 dtype: str | None = 'auto'):
+                 dtype: str | None = 'auto', solver: str = 'dpm++2m', spacing: str = 'quadratic', eta: float = 0.0):
         check_device(device)
+        check(isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0 <= eta <= 1, f'eta={eta!r} is outside [0, 1]',
+              'use 0 (deterministic; default) … 1 (ancestral)')
+        check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}', "use 'quadratic' (default) or 'trailing' (img2img's)")
+        check(solver in SOLVERS, f'solver={solver!r} is not one of {", ".join(SOLVERS)}', "use 'dpm++2m' (default) or 'ddim'")
         self.folder, self.bf16 = Path(model_folder), resolve_dtype(dtype, device) == 'bf16'
         self.meta = _read_meta(self.folder)
         check(self.meta.get('step', 1) >= 1, f'the DDPM in {self.folder} was never trained (0 iterations): its "variations" would be noise',
               'train it first: synthkit train-ddpm DATA --out FOLDER --steps N', path=self.folder)
+        self.t_max = built_model(self.meta).get('t_max')
         self.unet = load_pretrained(UNet2DModel, self.folder/'unet', 'DDPM UNet').to(device).eval()
         if channels_last: self.unet = self.unet.to(memory_format=torch.channels_last)
         self.scheduler = DDIMScheduler.from_config(DDPMScheduler.load_config(self.folder/'scheduler'),
                                                    timestep_spacing='trailing', clip_sample=False, set_alpha_to_one=True)
         self.device, self.channels_last = torch.device(device), channels_last
+        self.solver, self.spacing, self.eta = solver, spacing, float(eta)
         self.multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
         m = self.multiple
         self.tile, self.overlap = max(m, tile // m * m), overlap // m * m
         self.model_id, self.weights_hash = str(self.folder), weights_hash(self.folder, skip=(STATE_FILE,))
         self.unet_evals = 0   # counts UNet evaluations (per image), for benchmarks
 
+    def timesteps(self, strength: float, steps: int) -> list:
+        "The timesteps one output evaluates the UNet at; refused (one line) where `check_sdedit` refuses them for this model."
+        check_sdedit(strength, steps, self.scheduler, self.t_max, f'the model in {self.folder}')
+        return sdedit_schedule(self.scheduler, strength, steps, self.spacing)
+
     def _unet(self, x, t):
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         self.unet_evals += len(x)
         return self.unet(x, t).sample
 
-    def _denoise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: list) -> torch.Tensor:
-        "SDEdit on a batch: noise `x0` (B,1,H,W in [-1, 1]) to `timesteps[0]` with `noise`, then DDIM down to 0."
+    def _denoise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: list, z=None) -> torch.Tensor:
+        """SDEdit on a batch: noise `x0` (B,1,H,W in [-1, 1]) to `timesteps[0]` with `noise`, then `self.solver` steps (η =
+        `self.eta`, fresh noise `z[i]` at step i) from each timestep to the next and from the last to the clean image."""
         s = self.scheduler
-        x = s.add_noise(x0, noise, torch.tensor([timesteps[0]]))
-        for t in timesteps:
+        alphas = s.alphas_cumprod.to(x0.device)
+        x, last = s.add_noise(x0, noise, torch.tensor([timesteps[0]])), None
+        for i, t in enumerate(timesteps):
             tt = torch.full((len(x),), t, device=x.device, dtype=torch.long)
-            x = s.step(self._unet(x, tt), t, x, eta=0.0).prev_sample
+            a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else s.final_alpha_cumprod
+            zi = None if z is None or i >= len(z) else z[i]
+            if self.solver == 'ddim': x = _ddim_step(self._unet(x, tt), x, alphas[t], a_prev, self.eta, zi)
+            else: x, last = _dpm2m_step(self._unet(x, tt), x, float(alphas[t]), float(a_prev), self.eta, zi, last)
         return x
 
     def sdedit(self, x: np.ndarray, strength: float, steps: int, seeds: list) -> list:
         "Variations of the grey float image `x` (HxW in [0, 1]), one per seed, as float arrays."
         return self.sdedit_many([x], strength, steps, [seeds])
 
+    def _noise(self, seeds: list, shape: tuple, n_steps: int) -> tuple:
+        """Per output, from its own seeded CPU generator: the starting noise (B,1,H,W) and, for η > 0, the noise of each step
+        but the last (n_steps-1, B,1,H,W), or None. A row's numbers depend on its seed only, on every device."""
+        gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
+        noise = torch.cat([torch.randn((1, 1, *shape), generator=g) for g in gens])
+        if self.eta == 0 or n_steps < 2: return noise, None
+        return noise, torch.stack([torch.randn((n_steps - 1, 1, *shape), generator=g) for g in gens], dim=1)
+
     def sdedit_many(self, xs: list, strength: float, steps: int, seeds: list) -> list:
         "Variations of grey float images of one shape (`seeds[i]` for `xs[i]`) as rows of one batch; the outputs flat, in order."
-        ts = sdedit_timesteps(self.scheduler, strength, steps)
-        GenParams(strength=strength, steps=steps).check(img2img=True)   # no step to run: refused, never a copy of the source
+        ts = self.timesteps(strength, steps)   # refused here, before any work: no step, under a grey level, beyond t_max
         h, w = xs[0].shape; m = self.multiple
         ph, pw = -h % m, -w % m
         src = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in xs]))[:, None] * 2 - 1
         if ph or pw: src = torch.nn.functional.pad(src, (0, pw, 0, ph), mode='reflect' if min(h, w) > max(ph, pw) else 'replicate')
         H, W = src.shape[-2:]
-        flat = [int(sd) for sd in sum(seeds, [])]
-        noise = torch.cat([torch.randn((1, 1, H, W), generator=torch.Generator().manual_seed(sd)) for sd in flat])
+        noise, z = self._noise(sum(seeds, []), (H, W), len(ts))
         src, noise = src.to(self.device), noise.to(self.device)
+        if z is not None: z = z.to(self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             x0 = src.repeat_interleave(torch.tensor([len(sd) for sd in seeds], device=self.device), dim=0)
-            if H <= self.tile and W <= self.tile: y = self._denoise(x0, noise, ts)
+            if H <= self.tile and W <= self.tile: y = self._denoise(x0, noise, ts, z)
             else:
                 y = torch.zeros_like(noise); wsum = torch.zeros((1, 1, H, W), device=self.device)
                 th, tw = min(self.tile, H), min(self.tile, W)
@@ -412,7 +633,7 @@ class DDPMGenerator(Generator):
                         wt = (_ramp(th, self.overlap, r == rows[0], r == rows[-1])[:, None]
                               * _ramp(tw, self.overlap, c == cols[0], c == cols[-1])[None]).to(self.device)
                         sl = (slice(None), slice(None), slice(r, r + th), slice(c, c + tw))
-                        y[sl] += wt * self._denoise(x0[sl], noise[sl], ts); wsum[sl] += wt
+                        y[sl] += wt * self._denoise(x0[sl], noise[sl], ts, None if z is None else z[(slice(None), *sl)]); wsum[sl] += wt
                 y = y / wsum
         y = ((y[:, 0, :h, :w].float().cpu() + 1) / 2).clamp(0, 1).numpy()
         return list(y)
@@ -437,7 +658,7 @@ class DDPMGenerator(Generator):
         h, w = shape[:2]; m = self.multiple
         H, W = h + (-h % m), w + (-w % m)
         n_tiles = 1 if (H <= self.tile and W <= self.tile) else len(_tiles(H, min(self.tile, H), self.overlap)) * len(_tiles(W, min(self.tile, W), self.overlap))
-        return len(sdedit_timesteps(self.scheduler, params.strength, params.steps)) * n_tiles
+        return len(sdedit_timesteps(self.scheduler, params.strength, params.steps)) * n_tiles   # the same count for every spacing
 
 # %% ../nbs/11_ddpm.ipynb #80416d04
 def strength_grid(generator: Generator, dataset: Dataset, ids, strengths=(0.2, 0.4, 0.6), steps: int = 25, seed: int = 0, path=None):
@@ -457,6 +678,10 @@ def strength_grid(generator: Generator, dataset: Dataset, ids, strengths=(0.2, 0
     return fig
 
 # %% ../nbs/11_ddpm.ipynb #d0127531
+def _ema_arg(v: str):
+    "--ema: a decay, or 'none' (no EMA)."
+    return 'none' if str(v).lower() == 'none' else float(v)
+
 def cli_args(parser):
     parser.add_argument('data', help='dataset folder (YOLO, COCO or VOC); its training split is used')
     parser.add_argument('--out', required=True, help='model folder (created; an existing one is resumed)')
@@ -469,25 +694,39 @@ def cli_args(parser):
     parser.add_argument('--batch', type=int, default=d.batch)
     parser.add_argument('--head-dim', type=int, default=None,
                         help=f'channels per attention head (default: the --out folder\'s when resuming it, else {d.head_dim})')
+    parser.add_argument('--t-max', type=int, default=None,
+                        help='train on timesteps t < T only: SDEdit at strength s never visits t ≥ ~s×1000 (e.g. 300 for strength ≤ 0.3; '
+                             "default: the --out folder's when resuming it, else all)")
+    parser.add_argument('--ema', type=_ema_arg, default=None, help=f"largest EMA decay of the weights, or none (default: the --out folder's "
+                                                                  f'when resuming it, else {d.ema})')
+    parser.add_argument('--lr-decay', choices=LR_DECAYS, default=None,
+                        help=f"learning rate after the warm-up (default: the --out folder's when resuming it, else {d.lr_decay})")
+    parser.add_argument('--start', default=None, help='a synthkit DDPM folder (same model settings, crop and t-max) to fine-tune from')
     parser.add_argument('--lr', type=float, default=d.lr)
     parser.add_argument('--device', default='cpu', help="torch device to train on: cpu (default) or cuda")
     parser.add_argument('--dtype', default='auto', help='auto (default: bf16 autocast where the CPU/GPU has it) | fp32 | bf16')
     parser.add_argument('--no-resume', action='store_true', help='start over even if --out holds a checkpoint')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
+def cli_inputs(args) -> list:
+    "What `train-ddpm` reads: the dataset's folders and the --start model folder."
+    from synthkit.data.formats import dataset_folders
+    return list(dataset_folders(args.data)) + ([Path(args.start)] if args.start else [])
+
 def cli_run(args) -> int:
     from synthkit.data.formats import load_reported
     check_device(args.device); resolve_dtype(args.dtype, args.device)   # refused before anything is read or removed
     ds = load_reported(args.data)
     minutes = args.minutes if args.minutes is not None else None if args.steps else DDPMConfig.minutes
-    head_dim, meta = args.head_dim, Path(args.out)/CONFIG_FILE
-    if head_dim is None:   # resuming: the folder's own (models from before head_dim was a setting: LEGACY's)
-        head_dim = built_model(read_meta(args.out))['head_dim'] if meta.is_file() and not args.no_resume else DDPMConfig.head_dim
-    cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr, head_dim=head_dim).check()
+    # not given: the folder's own when resuming it (models from before a setting existed: LEGACY's), else the default
+    built = built_model(read_meta(args.out)) if (Path(args.out)/CONFIG_FILE).is_file() and not args.no_resume else {}
+    given = dict(head_dim=args.head_dim, t_max=args.t_max, ema=args.ema, lr_decay=args.lr_decay)
+    model = {k: built.get(k, getattr(DDPMConfig, k)) if v is None else None if v == 'none' else v for k, v in given.items()}
+    cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr, **model).check()
     if args.no_resume and Path(args.out).exists():
         for f in (STATE_FILE, STATE_JSON, OLD_STATE_FILE, CONFIG_FILE): (Path(args.out)/f).unlink(missing_ok=True)
     out = train_ddpm(ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, device=args.device,
-                     dtype=args.dtype)
+                     dtype=args.dtype, start=args.start)
     h = training_history(out)
     print(f'trained {int(h[-1, 0]) if len(h) else 0} iterations, last loss {h[-1, 1] if len(h) else float("nan"):.4f}; model in {out}')
     return 0
