@@ -27,19 +27,22 @@ PRESETS = {
     'quick': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0,),
                         generator='ddpm', strength=0.3, gen_steps=10,
                         ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=40, minutes=None, warmup=10),
-                        budget='steps', detect=DetectConfig(imgsz=96, batch=8, steps=200, warmup_steps=20)),
-    # the full protocol (5 seeds, all conditions and controls) on real data at native resolution: tiles, a pretrained start, ≤ 60 min on 2 CPU cores
+                        classic=dict(flips=False, turns=False),
+                        budget='steps', detect=DetectConfig(imgsz=96, batch=8, steps=200, warmup_steps=20, flipud=0.5, lr_schedule='steps')),
+    # the full protocol (5 seeds, all conditions and controls) on real data at native resolution: tiles, a pretrained start,
+    # every real tile in every run, flips both ways for every run, the DDPM fine-tuned per split from one never-test start
     'standard': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2, 3, 4),
                            generator='ddpm', strength=0.3, gen_steps=10,
-                           ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=60, minutes=None, warmup=10),
-                           budget='steps', passes=5, tiles=dict(size=160, overlap=32, keep_empty=0.25),
+                           ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=200, minutes=None, warmup=10),
+                           ddpm_start=1500, classic=dict(flips=False, turns=False),
+                           budget='steps', passes=1, tiles=dict(size=160, overlap=32, keep_empty=0.25),
                            start='pretrained', pretrain=dict(scenes=300, steps=1200),
-                           detect=DetectConfig(imgsz=160, batch=16, steps=150, warmup_steps=30, dtype='auto')),
+                           detect=DetectConfig(imgsz=160, batch=16, steps=150, warmup_steps=30, dtype='auto', flipud=0.5, lr_schedule='steps')),
     # the reference protocol at full size, for a GPU: equal epochs, 640 px, the default DDPM trained for longer
     'paper': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2),
                         generator='ddpm', strength=0.3, gen_steps=25, ddpm=dict(steps=20000, minutes=None),
-                        generator_options=dict(device='cuda'),
-                        budget='epochs', detect=DetectConfig(imgsz=640, batch=16, device='0', epochs=100, warmup_steps=100)),
+                        generator_options=dict(device='cuda'), classic=dict(flips=False, turns=False),
+                        budget='epochs', detect=DetectConfig(imgsz=640, batch=16, device='0', epochs=100, warmup_steps=100, flipud=0.5)),
 }
 DATA_PRESETS = {          # how the images are prepared: the simulator when no data is given, and the side they are shrunk to
     'quick': dict(sim_n=200, sim_seed=0, sim_size=96, max_side=96),
@@ -50,7 +53,7 @@ DATA_PRESETS = {          # how the images are prepared: the simulator when no d
 # %% ../nbs/26_casestudy.ipynb #13ced62a
 _GRID = {f.name for f in fields(GridConfig)}
 _DET = {f.name for f in fields(DetectConfig)}
-_DICTS = ('ddpm', 'tiles', 'pretrain', 'generator_options', 'label_check')   # GridConfig fields that are dictionaries: overrides merge into the preset's
+_DICTS = ('ddpm', 'tiles', 'pretrain', 'generator_options', 'label_check', 'classic')   # GridConfig fields that are dictionaries: overrides merge into the preset's
 
 def resolve(preset: str = 'quick', **overrides) -> tuple:
     "(GridConfig, data settings) of `preset` with `overrides` applied; unknown keys are an error naming the valid ones."

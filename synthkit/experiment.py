@@ -19,10 +19,11 @@ from .data.splits import hash_order
 from .conditions import condition_parts, mix_counts, draw_training_list, sequence_counts, mix_summary
 
 # %% auto #0
-__all__ = ['GRID_DDPM', 'GridConfig', 'RunSpec', 'without_legacy', 'generation_params', 'generation_recipe', 'classic_recipe',
-           'run_key', 'plan', 'fingerprint', 'default_split_fn', 'source_image', 'check_lineage', 'manifest_records',
-           'manifest_sources', 'entries_of', 'assemble', 'start_of', 'row_fields', 'lists_key', 'write_table',
-           'run_dir_of', 'run_grid', 'process_share', 'group_owners', 'exclusive']
+__all__ = ['GRID_DDPM', 'GridConfig', 'grid_ddpm', 'RunSpec', 'without_legacy', 'generation_params', 'generation_recipe',
+           'classic_recipe', 'run_key', 'plan', 'fingerprint', 'default_split_fn', 'source_image', 'check_lineage',
+           'manifest_records', 'manifest_sources', 'entries_of', 'assemble', 'start_of', 'never_test',
+           'ddpm_start_folder', 'row_fields', 'lists_key', 'write_table', 'run_dir_of', 'run_grid', 'process_share',
+           'group_owners', 'exclusive']
 
 # %% ../nbs/24_experiment.ipynb #876dc071
 # A grid's DDPM trains a fixed number of iterations with no wall-clock cap, so a cached model never depends on how
@@ -39,7 +40,8 @@ class GridConfig:
     generator: str = 'ddpm'              # 'ddpm': train the in-domain DDPM per split and seed; or any load_generator spec
     strength: float | tuple = 0.3        # one strength, or several mixed (source j of the seeded order gets strength[j % len])
     gen_steps: int = 25
-    ddpm: dict = field(default_factory=dict)  # DDPMConfig overrides for the per-split DDPM (e.g. steps, channels); see GRID_DDPM
+    ddpm: dict = field(default_factory=dict)  # DDPMConfig overrides for the per-split DDPM (e.g. steps, channels); see GRID_DDPM; t_max: from the strengths
+    ddpm_start: int = 0                  # iterations of a DDPM start made once per grid on never-test data (simulated scenes + never-test images); 0: none
     generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's)
     synth_share: float | None = None     # share of a run's training entries that are synthetic (None: the pool's N / (N + 1)); capped so every real tile is in
     classic: dict = field(default_factory=dict)  # ClassicGenerator options of the control copies (flips, turns, looks); its defaults: all three
@@ -60,7 +62,8 @@ class GridConfig:
         if any(condition_parts(c)[3] for c in self.conditions):
             check('baseline' in self.conditions, f'conditions={self.conditions!r}: a :checked condition uses the baseline detector of its split and seed',
                   "add 'baseline' to the conditions")
-            check(set(self.label_check) <= {'iou', 'recall', 'conf', 'precision'}, f'label_check={self.label_check!r}', 'use iou, recall, conf, precision')
+            check(set(self.label_check) <= {'iou', 'recall', 'conf', 'precision', 'hallucination_conf', 'hallucination_iou'}, f'label_check={self.label_check!r}',
+                  'use iou, recall, conf, precision, hallucination_conf (drop variations with a confident unlabelled detection), hallucination_iou')
         check(self.splits, 'no splits', "use e.g. ('split_1', 'split_2')")
         check(set(self.classic) <= {'flips', 'turns', 'looks'}, f'classic={self.classic!r}', 'use ClassicGenerator options: flips, turns, looks')
         check(self.synth_share is None or 0 <= self.synth_share < 1, f'synth_share={self.synth_share!r} must be in [0, 1) or None',
@@ -79,9 +82,13 @@ class GridConfig:
             except TypeError as e: raise SynthkitError(f'tiles={self.tiles!r}: {e}', 'use Tiling fields: size, overlap, min_visible, keep_empty')
             check(t.size % 32 == 0, f'tiles size={t.size} is not a multiple of 32 (the detector trains at the tile size)', 'use e.g. tiles.size=160')
         if self.generator == 'ddpm':
-            from synthkit.ddpm import DDPMConfig
-            try: DDPMConfig(**{**GRID_DDPM, **self.ddpm}).check()
+            try: grid_ddpm(self).check()
             except TypeError as e: raise SynthkitError(f'ddpm={self.ddpm!r}: {e}', 'use DDPMConfig fields, e.g. ddpm.steps=300')
+            from synthkit.ddpm import check_sdedit
+            t_max = grid_ddpm(self).t_max
+            for s in self.all_strengths: check_sdedit(s, self.gen_steps, t_max=t_max, model=f'the grid\'s DDPM (ddpm.t_max={t_max})')
+        check(isinstance(self.ddpm_start, int) and self.ddpm_start >= 0, f'ddpm_start={self.ddpm_start!r} must be an integer ≥ 0',
+              'use e.g. 3000 (iterations of the shared DDPM start), or 0 for none')
         st = str(self.start)
         check(st in ('scratch', 'pretrained') or st.endswith('.pt'), f'start={self.start!r}', "use 'scratch', 'pretrained' or the path of a local .pt")
         if st == 'pretrained':
@@ -94,12 +101,25 @@ class GridConfig:
     @property
     def strengths(self) -> tuple: return tuple(self.strength) if isinstance(self.strength, (tuple, list)) else (self.strength,)
     @property
+    def all_strengths(self) -> tuple:
+        "Every strength the grid samples: its own and those of `+N@strength` conditions."
+        return tuple(sorted(set(self.strengths) | {condition_parts(c)[2] for c in self.conditions if condition_parts(c)[2] is not None}))
+    @property
     def tiling(self) -> Tiling | None: return None if self.tiles is None else Tiling(**self.tiles)
     @property
     def train_imgsz(self) -> int:
         "The size the detector trains at: the tile size, or `detect.imgsz` for whole images."
         return self.detect.imgsz if self.tiles is None else self.tiling.size
     def replace(self, **kw) -> 'GridConfig': return replace(self, **kw)
+
+def grid_ddpm(c: GridConfig, seed: int = 0):
+    """The `DDPMConfig` of the grid's per-split DDPM: `GRID_DDPM`, the grid's `ddpm` overrides, and — unless given — the
+    timestep range `t_max` that the grid's strengths visit (`synthkit.ddpm.t_max_for`): training where SDEdit never
+    samples is wasted."""
+    from synthkit.ddpm import DDPMConfig, t_max_for
+    cfg = DDPMConfig(**{**GRID_DDPM, **c.ddpm, 'seed': seed})
+    if 't_max' not in c.ddpm: cfg = replace(cfg, t_max=t_max_for(list(c.all_strengths), c.gen_steps, cfg))
+    return cfg
 
 # %% ../nbs/24_experiment.ipynb #cbef5d36
 @dataclass(frozen=True)
@@ -167,8 +187,8 @@ def generation_recipe(c: GridConfig, strength: float, seed: int):
     from synthkit.recipe import Recipe
     trains = None
     if c.generator == 'ddpm':
-        from synthkit.ddpm import DDPMConfig
-        trains = dict(ddpm={k: v for k, v in without_legacy(asdict(DDPMConfig(**{**GRID_DDPM, **c.ddpm}))).items() if k != 'seed'})
+        trains = dict(ddpm={k: v for k, v in without_legacy(asdict(grid_ddpm(c))).items() if k != 'seed'})
+        if c.ddpm_start: trains['start'] = dict(steps=c.ddpm_start, pretrain=c.pretrain, seeds=list(c.seeds), splits=list(c.splits), split_sizes=c.split_sizes)
     return Recipe.planned(c.generator, c.generator_options, generation_params(c, strength, seed), trains=trains)
 
 def classic_recipe(seed: int, options: dict | None = None):
@@ -245,6 +265,7 @@ class _Prep:
         self.split_key = config_hash(dict(data=spec.data, parts=parts) | ({} if self.config.tiles is None else dict(tiles=asdict(self.config.tiling), v=2)))
         self.train_key = config_hash(dict(data=spec.data, train=parts['train']))   # what the DDPM learns from: neither tiles nor the test parts
         self.seconds, self._sources, self._gen = {}, None, None
+        self.ddpm_start = None   # the grid's DDPM start folder (run_grid sets it when `ddpm_start` > 0)
 
     def real(self) -> Path:
         "The real parts in the Ultralytics layout (train/val tiled when `tiles` is set; test and extra whole, padded to one size); returns its folder."
@@ -275,17 +296,19 @@ class _Prep:
         return hash_order(self.sources().ids, self.spec.seed)
 
     def ddpm_folder(self) -> Path:
-        from synthkit.ddpm import DDPMConfig, read_meta, train_ddpm, resolve_dtype
+        from synthkit.ddpm import read_meta, train_ddpm, resolve_dtype
         c = self.config
-        cfg = DDPMConfig(**{**GRID_DDPM, **c.ddpm, 'seed': self.spec.seed})
+        cfg = grid_ddpm(c, self.spec.seed)
         device = c.generator_options.get('device') or 'cpu'
         dtype = resolve_dtype(c.generator_options.get('dtype'), device)
         key = dict(split=self.train_key, cfg=without_legacy(asdict(cfg))) | ({} if dtype == 'fp32' else {'dtype': dtype})   # fp32 keeps its old keys
+        if self.ddpm_start is not None: key['start'] = self.ddpm_start.name
         d = self.out/'ddpm'/f'{self.tag}-{config_hash(key, 8)}'
         if not read_done(d):
             t = time.time()
             ids = self.parts['train']
-            train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=device, dtype=dtype)
+            train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=device, dtype=dtype,
+                       start=None if self.ddpm_start is None else self.ddpm_start/'model')
             meta = read_meta(d)
             check(meta.get('complete', True), f'the DDPM of {self.tag} stopped at {meta.get("step")} of {cfg.steps} steps: '
                   f'its minutes={cfg.minutes} cap ran out, so it is not the model the configuration asks for',
@@ -456,14 +479,41 @@ def start_of(dataset, config: GridConfig, out, split_fn) -> tuple:
         check_start_names(st, dataset.names)
         return f'file:{sha256_file(st)[:16]}', str(Path(st).resolve()), None
     from synthkit.pretrain import PretrainConfig, plan_start
+    p = plan_start(Path(out)/'pretrain', dataset.names, fit_to=never_test(dataset, config, split_fn), config=PretrainConfig(**config.pretrain),
+                   tiling=config.tiling, detect=config.detect)
+    return f'pretrained:{p.key}', str(p.weights), p
+
+def never_test(dataset, config: GridConfig, split_fn):
+    "The images that are no test image of any split and seed the grid runs: all a start may learn from."
     tests = set()
     for s in config.seeds:
         splits = _splits_of(dataset, config, split_fn, s)
         for sp in config.splits: tests |= set(_parts_of(splits[sp])['test'])
-    never_test = dataset.subset([i for i in dataset.ids if i not in tests])
-    p = plan_start(Path(out)/'pretrain', dataset.names, fit_to=never_test, config=PretrainConfig(**config.pretrain),
-                   tiling=config.tiling, detect=config.detect)
-    return f'pretrained:{p.key}', str(p.weights), p
+    return dataset.subset([i for i in dataset.ids if i not in tests])
+
+# %% ../nbs/24_experiment.ipynb #24bcd8b5
+def ddpm_start_folder(dataset, config: GridConfig, out, split_fn, world: int = 1, progress: bool = False) -> Path | None:
+    "The grid's DDPM start (made once, cached by key), or None when `ddpm_start` is 0 or the generator isn't the grid's DDPM."
+    if config.generator != 'ddpm' or not config.ddpm_start: return None
+    from synthkit.ddpm import train_ddpm, resolve_dtype
+    from synthkit.sarsim import simulate, SceneParams, fit_params
+    from synthkit.pretrain import PretrainConfig
+    from synthkit.data.items import Dataset
+    never, pc = never_test(dataset, config, split_fn), PretrainConfig(**config.pretrain).check()
+    params = fit_params(never) if pc.fit and len(never) >= pc.min_fit_images else SceneParams()
+    cfg = replace(grid_ddpm(config, pc.seed), steps=config.ddpm_start)
+    device = config.generator_options.get('device') or 'cpu'
+    dtype = resolve_dtype(config.generator_options.get('dtype'), device)
+    key = config_hash(dict(v=1, never_test=fingerprint(never), params=params.asdict(), scenes=pc.scenes, cfg=without_legacy(asdict(cfg)), dtype=dtype))
+    d = Path(out)/'ddpm-start'/f'start-{key[:12]}'
+    with exclusive(d.with_suffix('.lock'), world):
+        if read_done(d): return d
+        t = time.time()
+        sim = simulate(d/'scenes', n=pc.scenes, seed=pc.seed, params=params, progress=progress, overwrite=True)
+        pool = Dataset([replace(it, meta={**it.meta, 'split': 'train'}) for it in list(sim) + list(never)], list(dataset.names))
+        train_ddpm(pool, d/'model', cfg, progress=progress, device=device, dtype=dtype)
+        mark_done(d, seconds=round(time.time() - t, 1), scenes=pc.scenes, never_test=len(never), fitted=params != SceneParams())
+    return d
 
 # %% ../nbs/24_experiment.ipynb #c6d70bff
 def row_fields() -> list:
@@ -550,6 +600,8 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
             if tag not in preps:
                 parts = _parts_of(_splits_of(dataset, config, split_fn, spec.seed)[spec.split], dataset, config.extra_test)
                 preps[tag] = _Prep(dataset, spec, parts, out, generator_factory, progress=verbose)
+                if spec.kind == 'diffusion' or any(s.kind == 'diffusion' for s in specs if (s.split, s.seed) == tag):
+                    preps[tag].ddpm_start = ddpm_start_folder(dataset, config, out, split_fn, world, progress=verbose)
             prep = preps[tag]
             real = prep.real()
             if rd.exists(): import shutil; shutil.rmtree(rd)   # a run interrupted in flight starts over

@@ -9,7 +9,7 @@ from synthkit.casestudy import PRESETS, resolve, parse_sets, shrink
 
 EXE = str(Path(sys.executable).parent/'synthkit')
 TINY = ['--set', 'sim_n=16', '--set', 'sim_size=64', '--set', "splits=('split_1',)", '--set', "split_sizes={'split_1': (8, 4, 4)}",
-        '--set', "conditions=('baseline', '+1', 'classic+1')", '--set', 'steps=2', '--set', 'warmup_steps=0', '--set', 'imgsz=64',
+        '--set', "conditions=('baseline', '+1', 'classic+1')", '--set', 'steps=4', '--set', 'warmup_steps=0', '--set', 'imgsz=64',
         '--set', "ddpm={'steps': 2, 'crop': 32}", '--set', 'gen_steps=4', '--quiet']
 
 
@@ -33,7 +33,7 @@ def test_every_value_can_be_overridden():
     assert (g.seeds, g.detect.imgsz, g.detect.model, g.strength, g.budget, d['max_side']) == ((4,), 160, 'yolo11n.yaml', 0.2, 'epochs', 256)
     assert g.ddpm['steps'] == 7 and g.ddpm['channels'] == PRESETS['standard'].ddpm['channels']
     g, _ = resolve('standard', steps=99, **{'detect.warmup_steps': 9, 'pretrain.steps': 5})   # each "steps" in its own section
-    assert (g.detect.steps, g.detect.warmup_steps, g.pretrain['steps'], g.ddpm['steps']) == (99, 9, 5, 60)
+    assert (g.detect.steps, g.detect.warmup_steps, g.pretrain['steps'], g.ddpm['steps']) == (99, 9, 5, PRESETS['standard'].ddpm['steps'])
     assert not any(hasattr(g, k) for k in ('steps', 'epochs', 'warmup_steps'))             # the detector's length lives in detect only
     g, _ = resolve('standard', **{'generator_options.dtype': 'fp32', 'label_check.recall': 0.5})   # generator options, one by one
     assert g.generator_options == {'dtype': 'fp32'} and g.label_check == {'recall': 0.5}
