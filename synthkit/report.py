@@ -262,6 +262,9 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
     if not comps: L.append('- only one condition ran: nothing to compare')
     empty = sorted({r['condition'] for r in rows if r.get('label_check_checked') and not r.get('label_check_kept')})
     if empty: L.append(f"- note: in some runs of {', '.join(f'`{c}`' for c in empty)} the label check kept no variation, so those runs trained on real images only")
+    crowded = sorted({r['condition'] for r in rows if r.get('kind', 'baseline') != 'baseline' and r.get('synthetic_share') == 0 and not r.get('label_check_checked')})
+    if crowded: L.append(f"- note: in some runs of {', '.join(f'`{c}`' for c in crowded)} the budget left no room for synthetic entries (the real tiles fill "
+                         "the whole list, and every run keeps them all), so those runs are the baseline: raise detect.steps or lower passes")
     L += ['', 'Only `+N` vs `classic+N` separates diffusion from having more (augmented) copies of the same images.', '']
     if quality:
         write_table(quality, out, 'quality')
