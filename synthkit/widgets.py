@@ -23,7 +23,7 @@ setup_offline()
 
 # %% auto #0
 __all__ = ['display_scale', 'grid_png', 'OutputCache', 'generator_spec', 'output_key', 'PreviewResult', 'TuningPanel',
-           'grid_presets', 'results_plot_png', 'rows_html', 'CaseStudyPanel']
+           'noise_text', 'score_html', 'grid_presets', 'results_plot_png', 'rows_html', 'CaseStudyPanel']
 
 # %% ../nbs/30_widgets.ipynb #2050dcc0
 def display_scale(a: np.ndarray) -> tuple[float, float]:
@@ -159,7 +159,8 @@ def _parse_floats(text: str, what: str) -> list:
 class TuningPanel:
     "Pick an image, a generator and its knobs; preview variations or a strength × seed sweep; keep the good ones."
     def __init__(self, dataset, generator, *, out='synthkit-kept', n: int = 4, params: GenParams = GenParams(),
-                 sweep_strengths=(0.2, 0.4, 0.6), seed: int = 0, cache_size: int = 256, part: str = 'train'):
+                 sweep_strengths=(0.2, 0.4, 0.6), seed: int = 0, cache_size: int = 256, part: str = 'train',
+                 detector=None, detector_imgsz: int = 320, extractor=None, score_n: int = 8):
         if isinstance(dataset, (str, Path)):
             from synthkit.data.formats import load_dataset
             dataset = load_dataset(dataset)
@@ -174,6 +175,8 @@ class TuningPanel:
         self._rng = np.random.default_rng(seed)      # the "new seed" button draws from here
         self._sources, self._thread, self._cancel, self._gen_lock = {}, None, threading.Event(), threading.Lock()
         self._last_render, self._render_s = 0.0, 0.0
+        self.detector, self.detector_imgsz, self.extractor, self.score_n = detector, detector_imgsz, extractor, score_n
+        self.scored, self._score_thread = None, None   # the last QuickScore, the Score button's worker
         self._build(n, params, sweep_strengths, out)
         self._on_generator()
         self._show_source()
@@ -210,6 +213,8 @@ class TuningPanel:
         self.b_keep = W.Button(description='Keep', icon='save', button_style='success', disabled=True)
         self.b_code = W.Button(description='Copy as code', icon='code')
         self.w_code = W.Textarea(value='', layout=L(width='100%', height='120px', display='none'))
+        self.b_score = W.Button(description='Score', icon='check', tooltip='SSIM / PSNR / KID / hallucinations of a few outputs at these settings')
+        self.w_score = W.HTML(value='')
 
         self.w_generator.observe(lambda c: self._on_generator(), 'value')
         self.w_image.observe(lambda c: self._show_source(), 'value')
@@ -219,6 +224,7 @@ class TuningPanel:
         self.b_cancel.on_click(lambda b: self.cancel())
         self.b_keep.on_click(lambda b: self._guard(self.keep))
         self.b_code.on_click(lambda b: self._guard(self._show_code))
+        self.b_score.on_click(lambda b: self._guard(self._score_in_background))
         self._on_mode()
 
         knobs = W.VBox([self.w_generator, self.w_strength, self.w_guidance, self.w_steps,
@@ -227,7 +233,8 @@ class TuningPanel:
         run = W.HBox([self.w_mode, self.w_sweep])
         go = W.HBox([self.b_preview, self.b_cancel, self.w_progress, self.w_status])
         keep = W.HBox([self.w_which, W.VBox([self.w_out, W.HBox([self.b_keep, self.b_code])])])
-        self.widget = W.VBox([W.HBox([left, knobs]), run, go, self.w_grid, self.w_caption, keep, self.w_code])
+        score = W.HBox([self.b_score, self.w_score])
+        self.widget = W.VBox([W.HBox([left, knobs]), run, go, score, self.w_grid, self.w_caption, keep, self.w_code])
         self.widget.add_class('synthkit-tuning-panel')
         self.w_grid.add_class('synthkit-grid'); self.w_caption.add_class('synthkit-grid-caption')
 
@@ -408,13 +415,79 @@ def cancel(self: TuningPanel):
 
 @patch
 def wait(self: TuningPanel, timeout: float | None = None, raise_error: bool = True) -> PreviewResult | None:
-    "Block until the worker thread is done; re-raise its error as `SynthkitError` (for tests and scripts)."
+    "Block until the worker threads (Preview, Score) are done; re-raise the preview's error as `SynthkitError` (for tests and scripts)."
     if self._thread is not None: self._thread.join(timeout)
+    if self._score_thread is not None: self._score_thread.join(timeout)
     if raise_error and self.result is not None and self.result.error: raise SynthkitError(self.result.error)
     return self.result
 
 @patch(as_prop=True)
 def busy(self: TuningPanel) -> bool: return self._thread is not None and self._thread.is_alive()
+
+# %% ../nbs/30_widgets.ipynb #db290571
+def noise_text(gen, params: GenParams) -> str:
+    "For the in-domain DDPM, the noise SDEdit adds at `params` in grey levels; '' for other generators."
+    if getattr(gen, 'name', '') != 'ddpm': return ''
+    try: from synthkit.ddpm import noise_sigma
+    except ImportError: return ''
+    try: sigma = noise_sigma(params.strength, params.steps, gen)
+    except SynthkitError as e: return str(e)
+    return f'noise σ = {sigma:.1f} grey levels at strength {params.strength:g}, {params.steps} steps'
+
+def score_html(q, gen, params: GenParams) -> str:
+    "The Score button's output: the numbers of a `QuickScore`, the DDPM's noise, and the notes in grey."
+    import html
+    grey = lambda t: f'<span style="color:#888">{html.escape(t, quote=False)}</span>'
+    lines = [f'<b>{html.escape(q.summary, quote=False)}</b> <span style="color:#888">({q.seconds:.1f} s)</span>']
+    if noise_text(gen, params): lines.append(grey(noise_text(gen, params)))
+    if q.notes: lines.append(grey('; '.join(q.notes)))
+    return '<br>'.join(lines)
+
+# %% ../nbs/30_widgets.ipynb #0b328174
+@patch
+def _score_split(self: TuningPanel) -> tuple:
+    "(source ids, held-out items): images whose split is val or test are KID's real side, the others the sources (the picked one first)."
+    held = [it for it in self.dataset if it.meta.get('split') in ('val', 'test')]
+    hid = {it.id for it in held}
+    ids = [i for i in self.dataset.ids if i not in hid]
+    check(ids, 'every image of the dataset is a val or test image', 'open the panel on training images to score a generator')
+    if self.w_image.value in ids: ids.remove(self.w_image.value); ids.insert(0, self.w_image.value)
+    return ids, held
+
+@patch
+def _score(self: TuningPanel, gen, p: GenParams, n: int):
+    from synthkit.scorecard import quick_score, as_detector
+    ids, held = self._score_split()
+    if self.detector is not None and not hasattr(self.detector, 'predict'):
+        self.detector = as_detector(self.detector, self.detector_imgsz)   # weights: vetted and loaded once
+    with self._gen_lock:   # one model call at a time, also against a preview running
+        q = quick_score(gen, self.dataset, p, n=int(n), ids=ids, detector=self.detector, extractor=self.extractor,
+                        real_images=held or None, cache=self.cache)
+    self.scored = q
+    self.w_score.value = score_html(q, gen, p)
+    return q
+
+@patch
+def score(self: TuningPanel, n: int | None = None):
+    "Score `n` (default `score_n`) outputs of the current generator and settings (`synthkit.scorecard.quick_score`); shown under the Score button."
+    return self._score(self.generator, self.params, n or self.score_n)
+
+@patch
+def _score_in_background(self: TuningPanel):
+    "What the Score button does: `score()` in a worker thread (settings read now), its result or error under the button."
+    if self._score_thread is not None and self._score_thread.is_alive(): return
+    gen, p = self.generator, self.params
+    self._score_split()                                   # nothing to score on: said in the status line at once
+    self.b_score.disabled, self.w_score.value = True, '<span style="color:#888">scoring …</span>'
+    def work():
+        import html
+        try: self._score(gen, p, self.score_n)
+        except Exception as e:
+            if not isinstance(e, SynthkitError): traceback.print_exc()
+            self.w_score.value = f'<span style="color:#c00">{html.escape(str(e) if isinstance(e, SynthkitError) else f"{type(e).__name__}: {e}", quote=False)}</span>'
+        finally: self.b_score.disabled = False
+    self._score_thread = threading.Thread(target=work, daemon=True, name='synthkit-score')
+    self._score_thread.start()
 
 # %% ../nbs/30_widgets.ipynb #96cafe9d
 @patch

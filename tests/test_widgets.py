@@ -320,6 +320,7 @@ class FakeGridConfig:
 @pytest.fixture
 def fake_grid(monkeypatch):
     "Stand-ins for synthkit.casestudy.PRESETS and synthkit.experiment.run_grid / plan (mechanics, not YOLO)."
+    import synthkit.report   # the panel's plot is the report's: imported before the fakes, it binds the real experiment helpers
     calls = dict(gate=threading.Semaphore(0), configs=[], started=0)
 
     def plan(config):
@@ -491,3 +492,56 @@ def test_tuning_panel_drives_a_real_diffusers_backend(tmp_path, ds):
     py, cli = p.code()
     assert "prompt='a ship at sea'" in py and "--prompt 'a ship at sea'" in cli and '--guidance 3' in cli
     assert "dtype='fp32')" in py and '--dtype fp32' in cli   # the precision, so the code makes the same pixels elsewhere
+
+
+class SeesShipAndSea:
+    "Finds the toy ship where it is, and a confident second object in the open sea (no box there)."
+    def predict(self, image):
+        return np.array([[20, 10, 34, 16], [45, 30, 55, 40]], np.float32), np.array([0.9, 0.8], np.float32), np.array([0, 0])
+
+
+def test_score_button_shows_numbers_from_the_cache(ds):
+    p = TuningPanel(ds, NoiseGenerator(), n=3, detector=SeesShipAndSea(), score_n=3)
+    p.set(image='img1', strength=0.3, seed=5)
+    p.preview(); p.wait()
+    calls = NoiseGenerator.calls
+    p.b_score.click(); p.wait()
+    q = p.scored
+    assert q.n == 3 and [d['id'] for d in q.per_image] == ['img1#0', 'img0#0', 'img2#0']    # the picked image first
+    assert NoiseGenerator.calls - calls == 2                                                # img1's output 0 was previewed
+    assert q.hallucinated == 1.0 and 0 < q.ssim < 1 and not p.b_score.disabled
+    html = p.w_score.value
+    assert 'SSIM' in html and 'PSNR' in html and 'hallucinated 3/3' in html and 'noise σ' not in html
+    assert 'KID: pass held-out real images' in html                                         # no val/test images here
+    assert p.score(1).per_image[0]['id'] == 'img1#0' and NoiseGenerator.calls - calls == 2  # again: no generation
+
+
+def test_score_kid_on_held_out_images_and_ddpm_noise(tmp_path):
+    ddpm = pytest.importorskip('synthkit.ddpm')
+    if not hasattr(ddpm, 'noise_sigma'): pytest.skip('synthkit.ddpm.noise_sigma is not there yet')
+    from synthkit.metrics import FeatureExtractor
+    from synthkit.testing import speckle_toy
+    data = speckle_toy(tmp_path / 'd', n=12, size=48, splits=['train'] * 4 + ['val'] * 8)
+
+    class FakeDDPM(NoiseGenerator):
+        name, knobs = 'ddpm', frozenset({'strength', 'seed', 'steps'})
+        scheduler = ddpm.sampler_scheduler()
+
+    p = TuningPanel(data, FakeDDPM(), extractor=FeatureExtractor.random(seed=0), score_n=8)
+    p.set(strength=0.4, steps=20)
+    q = p.score()
+    assert q.kid is not None and q.extractor == 'random(seed=0)' and q.hallucinated is None
+    assert {d['id'].split('#')[0] for d in q.per_image} == set(data.ids[:4])                 # val images are KID's real side only
+    sigma = ddpm.noise_sigma(0.4, 20, FakeDDPM())
+    assert f'noise σ = {sigma:.1f} grey levels at strength 0.4, 20 steps' in p.w_score.value and 'KID —' not in p.w_score.value
+
+
+def test_score_errors_show_under_the_button(ds, tmp_path):
+    p = TuningPanel(ds, BrokenGenerator())
+    p.b_score.click(); p.wait()
+    assert 'lacks config.json' in p.w_score.value and 'c00' in p.w_score.value and not p.b_score.disabled and p.scored is None
+    from synthkit.testing import speckle_toy
+    held = speckle_toy(tmp_path / 'v', n=2, size=48, splits=['val', 'test'])
+    q = TuningPanel(held, NoiseGenerator())
+    q.b_score.click()
+    assert 'every image of the dataset is a val or test image' in q.w_status.value
