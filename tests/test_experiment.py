@@ -190,7 +190,7 @@ def test_ddpm_trains_on_the_generator_device(toy, tmp_path, monkeypatch):
     "generator_options['device'] (and the precision it resolves to) reaches train_ddpm as well as the generator."
     import synthkit.ddpm as dd
     seen, dtypes = [], []
-    def fake_train(ds, out, cfg, progress=True, device='cpu', dtype='auto'):
+    def fake_train(ds, out, cfg, progress=True, device='cpu', dtype='auto', start=None):
         seen.append(device); dtypes.append(dtype); Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out)/dd.CONFIG_FILE).write_text(json.dumps(dict(step=cfg.steps, complete=True)))
         return Path(out)
