@@ -26,7 +26,7 @@ __all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LR_DECA
            'SOLVERS', 'DDPMConfig', 'read_meta', 'built_model', 'build_unet', 'build_scheduler', 'sample_crops',
            'native_bf16', 'resolve_dtype', 'sampler_scheduler', 'sdedit_timesteps', 't_max_for', 'noise_sigma',
            'check_sdedit', 'ema_decay', 'lr_at', 'train_ddpm', 'training_history', 'plot_losses', 'sdedit_schedule',
-           'sea_mask', 'speckle_ratio', 'DDPMGenerator', 'strength_grid', 'cli_args', 'cli_inputs', 'cli_run']
+           'DDPMGenerator', 'sea_mask', 'speckle_ratio', 'strength_grid', 'cli_args', 'cli_inputs', 'cli_run']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
@@ -230,10 +230,10 @@ def check_sdedit(strength: float, steps: int, scheduler=None, t_max: int | None 
     sched, steps = _scheduler_of(scheduler), int(steps)
     ts = sdedit_timesteps(sched, strength, steps)
     if noise_sigma(strength, steps, sched) < 1:
-        ok = [n for n in range(1, steps + 1) if noise_sigma(_strength_for(n, steps), steps, sched) >= 1]
+        ok = next((n for n in range(1, steps + 1) if noise_sigma(_strength_for(n, steps), steps, sched) >= 1), None)
         raise SynthkitError(f'strength={strength!r} with steps={steps} adds {noise_sigma(strength, steps, sched):.2f} grey levels of noise '
                             '(under one: a "variation" would be its source plus rounding)',
-                            f'use strength ≥ {_strength_for(ok[0], steps)} with steps={steps}' if ok else 'use fewer steps')
+                            f'use strength ≥ {_strength_for(ok, steps)} with steps={steps}' if ok else 'use fewer steps')
     if t_max is not None and ts[0] >= t_max:
         ok = [n for n in range(1, steps + 1) if sdedit_timesteps(sched, _strength_for(n, steps), steps)[0] < t_max]
         raise SynthkitError(f'strength={strength!r} with steps={steps} starts at t={ts[0]}, but {model} was trained on t < {t_max} only (t_max)',
@@ -339,12 +339,14 @@ def _differences(theirs: dict, mine: dict, keys) -> tuple:
     keys = [k for k in keys if theirs.get(k) != mine.get(k)]
     return {k: theirs.get(k) for k in keys}, {k: mine.get(k) for k in keys}
 
-def _start_info(start, config: DDPMConfig, out: Path) -> dict:
-    "The identity of the DDPM folder `start` a new run fine-tunes from; refused unless it was built like this run (model, crop, t_max)."
+def _start_info(start, config: DDPMConfig, out: Path, new_run: bool = True) -> dict:
+    """The identity of the DDPM folder `start` (its folder, weights hash, iterations); for a `new_run` (not a resume), refused
+    unless it was built like this run (model settings, crop, t_max)."""
     start = Path(start)
     meta = _read_meta(start)
     check(start.resolve() != out.resolve(), 'start is the output folder itself', 'leave start out: an existing folder resumes by itself', path=start)
     check(meta.get('step', 1) >= 1, f'the start {start} was never trained (0 iterations)', 'pass a trained DDPM folder, or leave start out', path=start)
+    if not new_run: return dict(folder=str(start), weights_hash=weights_hash(start, skip=(STATE_FILE,)), step=meta.get('step'))
     theirs, mine = _differences({**built_model(meta), 'crop': meta.get('config', {}).get('crop')},
                                 {**config.model_dict(), 'crop': config.crop}, START_KEYS)
     check(not theirs, f'the start {start} was built with {theirs}, this run with {mine}',
@@ -364,7 +366,7 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     images, boxes, n_skipped = _train_pool(dataset)   # before anything is written: a refused dataset leaves no folder
     out = Path(out)
     resuming = resume and _has_state(out) and (out/CONFIG_FILE).exists()
-    begin = _start_info(start, config, out) if start is not None else None   # refused before anything is written
+    begin = _start_info(start, config, out, not resuming) if start is not None else None   # refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[]):   # the initial weights depend on the seed only, not on the caller's RNG
@@ -482,11 +484,11 @@ def _tiles(n: int, tile: int, overlap: int) -> list:
 # %% ../nbs/11_ddpm.ipynb #14cd9a35
 SPACINGS = {'trailing': None, 'quadratic': 2.0, 'cubic': 3.0}   # the img2img rule; t_i = t_0 · ((n − i) / n) ** ρ
 
-def sdedit_schedule(scheduler, strength: float, steps: int, spacing: str = 'quadratic') -> list:
+def sdedit_schedule(scheduler, strength: float, steps: int, spacing: str = 'cubic') -> list:
     """The timesteps SDEdit evaluates the UNet at for `strength` with `steps`: as many as img2img's rule and starting
     where it starts (`sdedit_timesteps`), spaced by `spacing` ('trailing': the rule's own, evenly spaced down to ≈ t_0/n;
-    'quadratic' / 'cubic': t_i = t_0·((n − i)/n)^ρ, denser near t = 0 and ending at a small t)."""
-    check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}', "use 'quadratic' (default) or 'trailing' (img2img's)")
+    'quadratic' / 'cubic': t_i = t_0·((n − i)/n)^ρ with ρ = 2 / 3, denser near t = 0 and ending at a small t)."""
+    check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}', "use 'cubic' (default) or 'trailing' (img2img's)")
     ts = sdedit_timesteps(scheduler, strength, steps)
     n, rho = len(ts), SPACINGS[spacing]
     if rho is None or n < 2: return ts
@@ -518,30 +520,7 @@ def _dpm2m_step(eps, x, a_t: float, a_prev: float, eta: float, z=None, last=None
     if eta > 0 and z is not None: y = y + (s_p * math.sqrt(-math.expm1(-2 * h * eta))) * z
     return a_prev ** 0.5 * y, (d, h)
 
-# %% ../nbs/11_ddpm.ipynb #ed094193
-def sea_mask(source: np.ndarray, boxes=None, margin: int = 3) -> np.ndarray:
-    """The open-sea pixels of a grey image (float or 8-bit HxW): outside the boxes grown by `margin` px and not bright
-    (land, harbours, unlabelled targets: a 7-px local mean above twice the median outside the boxes)."""
-    from scipy import ndimage as ndi
-    x = np.asarray(source, np.float32)
-    out = np.ones(x.shape, bool)
-    for x0, y0, x1, y1 in np.asarray(boxes if boxes is not None else [], np.float32).reshape(-1, 4):
-        out[max(0, int(y0) - margin):int(math.ceil(y1)) + margin, max(0, int(x0) - margin):int(math.ceil(x1)) + margin] = False
-    if not out.any(): return out
-    return out & (ndi.uniform_filter(x, 7) < 2 * float(np.median(x[out])))
-
-def speckle_ratio(variation: np.ndarray, source: np.ndarray, boxes=None, size: int = 7) -> float:
-    """The sea's local variance (over `size`-px windows, averaged over `sea_mask`) in `variation` over that in `source`:
-    1.0 means the speckle's strength is kept, below 1 smoothed, above 1 noisier. NaN where there is no sea."""
-    from scipy import ndimage as ndi
-    m = ndi.binary_erosion(sea_mask(source, boxes), iterations=size // 2)
-    if not m.any(): return float('nan')
-    def local_var(a):
-        a = np.asarray(a, np.float64)
-        return float((ndi.uniform_filter(a * a, size) - ndi.uniform_filter(a, size) ** 2)[m].mean())
-    return local_var(variation) / local_var(source)
-
-# %% ../nbs/11_ddpm.ipynb #02b3750b
+# %% ../nbs/11_ddpm.ipynb #32c9bcd7
 class DDPMGenerator(Generator):
     "SDEdit variations from an in-domain DDPM trained with `train_ddpm`."
     name, version = 'ddpm', '1'
@@ -551,11 +530,11 @@ class DDPMGenerator(Generator):
     model_arg = 'model_folder'
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64, channels_last: bool = True,
-                 dtype: str | None = 'auto', solver: str = 'dpm++2m', spacing: str = 'quadratic', eta: float = 0.0):
+                 dtype: str | None = 'auto', solver: str = 'dpm++2m', spacing: str = 'cubic', eta: float = 0.0):
         check_device(device)
         check(isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0 <= eta <= 1, f'eta={eta!r} is outside [0, 1]',
               'use 0 (deterministic; default) … 1 (ancestral)')
-        check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}', "use 'quadratic' (default) or 'trailing' (img2img's)")
+        check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}', "use 'cubic' (default) or 'trailing' (img2img's)")
         check(solver in SOLVERS, f'solver={solver!r} is not one of {", ".join(SOLVERS)}', "use 'dpm++2m' (default) or 'ddim'")
         self.folder, self.bf16 = Path(model_folder), resolve_dtype(dtype, device) == 'bf16'
         self.meta = _read_meta(self.folder)
@@ -659,6 +638,29 @@ class DDPMGenerator(Generator):
         H, W = h + (-h % m), w + (-w % m)
         n_tiles = 1 if (H <= self.tile and W <= self.tile) else len(_tiles(H, min(self.tile, H), self.overlap)) * len(_tiles(W, min(self.tile, W), self.overlap))
         return len(sdedit_timesteps(self.scheduler, params.strength, params.steps)) * n_tiles   # the same count for every spacing
+
+# %% ../nbs/11_ddpm.ipynb #ed094193
+def sea_mask(source: np.ndarray, boxes=None, margin: int = 3) -> np.ndarray:
+    """The open-sea pixels of a grey image (float or 8-bit HxW): outside the boxes grown by `margin` px and not bright
+    (land, harbours, unlabelled targets: a 7-px local mean above twice the median outside the boxes)."""
+    from scipy import ndimage as ndi
+    x = np.asarray(source, np.float32)
+    out = np.ones(x.shape, bool)
+    for x0, y0, x1, y1 in np.asarray(boxes if boxes is not None else [], np.float32).reshape(-1, 4):
+        out[max(0, int(y0) - margin):int(math.ceil(y1)) + margin, max(0, int(x0) - margin):int(math.ceil(x1)) + margin] = False
+    if not out.any(): return out
+    return out & (ndi.uniform_filter(x, 7) < 2 * float(np.median(x[out])))
+
+def speckle_ratio(variation: np.ndarray, source: np.ndarray, boxes=None, size: int = 7) -> float:
+    """The sea's local variance (over `size`-px windows, averaged over `sea_mask`) in `variation` over that in `source`:
+    1.0 means the speckle's strength is kept, below 1 smoothed, above 1 noisier. NaN where there is no sea."""
+    from scipy import ndimage as ndi
+    m = ndi.binary_erosion(sea_mask(source, boxes), iterations=size // 2)
+    if not m.any(): return float('nan')
+    def local_var(a):
+        a = np.asarray(a, np.float64)
+        return float((ndi.uniform_filter(a * a, size) - ndi.uniform_filter(a, size) ** 2)[m].mean())
+    return local_var(variation) / local_var(source)
 
 # %% ../nbs/11_ddpm.ipynb #80416d04
 def strength_grid(generator: Generator, dataset: Dataset, ids, strengths=(0.2, 0.4, 0.6), steps: int = 25, seed: int = 0, path=None):

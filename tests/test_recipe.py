@@ -17,7 +17,7 @@ P = GenParams(strength=0.5, steps=2, seed=3, prompt='a ship')
 TINY_DDPM = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2)
 OWN = ('device', 'dtype', 'batch_size')   # options a recipe holds in fields of their own (tested apart)
 # another value for every constructor option of every registered backend: a new option fails the test until it has one
-OTHER = dict(tile=32, overlap=16, channels_last=False,                                             # ddpm
+OTHER = dict(tile=32, overlap=16, channels_last=False, eta=0.5, solver='ddim', spacing='trailing',                                             # ddpm
              attention_slicing=True, vae_slicing=True, cpu_offload=True, safety_checker=True,      # diffusers
              condition='canny', conditioning_scale=0.3, canny_low=10, canny_high=250, controlnet='<folder>/controlnet',
              flips=False, turns=False, looks=2.0)                                                  # classic
