@@ -85,8 +85,8 @@ class GridConfig:
             try: grid_ddpm(self).check()
             except TypeError as e: raise SynthkitError(f'ddpm={self.ddpm!r}: {e}', 'use DDPMConfig fields, e.g. ddpm.steps=300')
             from synthkit.ddpm import check_sdedit
-            t_max = grid_ddpm(self).t_max
-            for s in self.all_strengths: check_sdedit(s, self.gen_steps, t_max=t_max, model=f'the grid\'s DDPM (ddpm.t_max={t_max})')
+            cfg = grid_ddpm(self)
+            for s in self.all_strengths: check_sdedit(s, self.gen_steps, cfg, t_max=cfg.t_max, model=f'the grid\'s DDPM (ddpm.t_max={cfg.t_max})')
         check(isinstance(self.ddpm_start, int) and self.ddpm_start >= 0, f'ddpm_start={self.ddpm_start!r} must be an integer ≥ 0',
               'use e.g. 3000 (iterations of the shared DDPM start), or 0 for none')
         st = str(self.start)
@@ -523,10 +523,13 @@ def row_fields() -> list:
             'n_train_synth', 'n_train_synth_distinct', 'synthetic_share', 'real_exposures', 'n_val_real', 'n_val_synth', 'epochs', 'steps',
             'budget', 'start', 'eval_imgsz', 'train_seconds', 'prep_seconds', 'key', 'run_dir', 'synth_dir', 'lists_key', 'same_as']
 
-def lists_key(run_dir, detect: DetectConfig, real) -> str:
-    "What decides a run's detector given its folder's `train.txt` / `val.txt`: the lists, the detector settings and start, the test data."
-    run_dir = Path(run_dir)
-    return config_hash(dict(train=(run_dir/'train.txt').read_text(), val=(run_dir/'val.txt').read_text(), detect=detect.key(), real=str(Path(real).resolve())), 16)
+def lists_key(run_dir, detect: DetectConfig, real, root) -> str:
+    """What decides a run's detector given its folder's `train.txt` / `val.txt`: the lists, the detector settings and
+    start, the test data — with paths relative to the grid's folder `root`, so the same grid elsewhere has the same keys."""
+    run_dir, root = Path(run_dir), str(Path(root).resolve()) + '/'
+    rel = lambda t: t.replace(root, '')
+    return config_hash(dict(train=rel((run_dir/'train.txt').read_text()), val=rel((run_dir/'val.txt').read_text()), detect=rel(json.dumps(detect.key(), sort_keys=True, default=str)),
+                            real=rel(str(Path(real).resolve()) + '/')), 16)
 
 def write_table(rows: list, out, name: str = 'results'):
     "Write rows as `out/name.csv` and `out/name.json` (atomically)."
@@ -611,7 +614,7 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
             prep_s = round(time.time() - t0, 1)
             counts = json.loads((rd/'counts.json').read_text())
             dc = spec.detect_config()
-            lists = lists_key(rd, dc, real)
+            lists = lists_key(rd, dc, real, out)
             twin = next((r for r in rows if r.get('lists_key') == lists), None)
             if twin is None:
                 run = train_detector(y, rd/'detector', dc, verbose=verbose)

@@ -9,9 +9,9 @@ from synthkit.errors import SynthkitError
 ROOT = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).parent/'synthkit')
 # two seeds: two (split, seed) groups, one per process; both need the pretrained start (made once, under a lock);
-# DDPM and classic variations; 2 optimizer steps per run
+# DDPM and classic variations; 4 batches per run (8 real images and room for variations)
 TINY = ['--set', 'sim_n=16', '--set', 'sim_size=64', '--set', "splits=('split_1',)", '--set', "split_sizes={'split_1': (8, 4, 4)}",
-        '--set', "conditions=('baseline', '+1', 'classic+1')", '--set', 'steps=2', '--set', 'warmup_steps=0', '--set', 'imgsz=64',
+        '--set', "conditions=('baseline', '+1', 'classic+1')", '--set', 'steps=4', '--set', 'warmup_steps=0', '--set', 'imgsz=64',
         '--set', "ddpm={'steps': 2, 'crop': 32}", '--set', 'gen_steps=4', '--set', 'start=pretrained',
         '--set', "pretrain={'scenes': 25, 'steps': 2}", '--seeds', '0,1']
 VOLATILE = {'run_dir', 'synth_dir', 'train_seconds', 'prep_seconds'}   # where and how long: not what was computed
