@@ -19,7 +19,7 @@ from .report import write_report
 
 # %% auto #0
 __all__ = ['PRESETS', 'DATA_PRESETS', 'resolve', 'parse_sets', 'shrink', 'check_split_sizes', 'prepare_data', 'image_quality',
-           'case_study', 'cli_args', 'result_line', 'cli_run']
+           'grid_scorecard', 'case_study', 'cli_args', 'result_line', 'cli_run']
 
 # %% ../nbs/26_casestudy.ipynb #2c225c8b
 PRESETS = {
@@ -34,7 +34,7 @@ PRESETS = {
     'standard': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2, 3, 4),
                            generator='ddpm', strength=0.3, gen_steps=10,
                            ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=200, minutes=None, warmup=10),
-                           ddpm_start=1500, classic=dict(flips=False, turns=False),
+                           ddpm_start=1500, classic=dict(flips=False, turns=False), scorecard=True,
                            budget='steps', passes=1, tiles=dict(size=160, overlap=32, keep_empty=0.25),
                            start='pretrained', pretrain=dict(scenes=300, steps=1200),
                            detect=DetectConfig(imgsz=160, batch=16, steps=150, warmup_steps=30, dtype='auto', flipud=0.5, lr_schedule='steps')),
@@ -183,6 +183,36 @@ def image_quality(rows, out, *, imgsz: int = 320, max_sources: int = 12, max_k: 
             result.append(cache[key])
     return result
 
+# %% ../nbs/26_casestudy.ipynb #94ba0220
+def grid_scorecard(rows, out, config, *, progress: bool = False) -> list:
+    "Scorecard rows (dicts, with `split` and `seed`) of the variations and copies of each split's first seed, plus the real tiles."
+    import yaml
+    from synthkit.scorecard import scorecard, Scorecard
+    from synthkit.experiment import RunSpec
+    from synthkit.detect import split_images
+    out, result = Path(out), []
+    for split in dict.fromkeys(r['split'] for r in rows):
+        seed = min(r['seed'] for r in rows if r['split'] == split)
+        cell = [r for r in rows if r['split'] == split and r['seed'] == seed]
+        base = next((r for r in cell if r['condition'] == 'baseline'), None)
+        folders = {}
+        for kind, label in (('diffusion', config.generator.partition(':')[0]), ('classic', 'classic')):
+            rs = [r for r in cell if r['kind'] == kind and r.get('synth_dir') and not r.get('same_as', '').startswith('baseline')]
+            if rs: folders[label] = max(rs, key=lambda r: r['n_per_image'])['synth_dir'].split(';')[0]
+        if base is None or not folders or not all(read_done(f) for f in folders.values()): continue
+        real = Path(yaml.safe_load((Path(base['run_dir'])/'data.yaml').read_text())['test']).parents[1]   # the split's real parts
+        dc = RunSpec(split, seed, 'baseline', config, eval_imgsz=base.get('eval_imgsz')).detect_config()
+        dc = dc.replace(steps=config.detect.steps, model=str(yaml.safe_load((Path(base['run_dir'])/'detector'/'train'/'args.yaml').read_text())['model'])) \
+            if config.budget == 'steps' else dc
+        sc_dir = out/'scorecard'/f'{split}-s{seed}'
+        rs = scorecard(real/'data.yaml', folders, real_images=split_images(real/'data.yaml', 'val'),
+                       detector=Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt', test_data=real/'data.yaml', out=sc_dir,
+                       config=dc, imgsz=config.train_imgsz, seed=seed, real_row=False, progress=progress)
+        n_real = base.get('n_train_real_distinct', 0)
+        rs.append(Scorecard('real', None, n_real, tstr_map50=base['map50'], notes='TSTR: the baseline run'))
+        result += [dict(split=split, seed=seed, **r.asdict()) for r in rs]
+    return result
+
 # %% ../nbs/26_casestudy.ipynb #aaf6427e
 def _piece_seconds(out: Path) -> dict:
     "Seconds spent on DDPM training and on generation, from the cached products' done.json files."
@@ -224,12 +254,13 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
     if len(rows) < n_total: notes += f'\n\nThe grid stopped after {len(rows)} of {n_total} runs: run the same command again to finish it.'
     _write_settings(out, preset, data, config, settings)
     quality = image_quality(rows, out, imgsz=config.train_imgsz)
+    cards = grid_scorecard(rows, out, config, progress=progress) if config.scorecard and len(rows) == n_total else None
     note = ''
     if str(config.start) == 'pretrained':
         from synthkit.pretrain import start_note
         note = start_note(start_of(ds, config, out, default_split_fn)[2])
     return write_report(rows, out, config=config, title=f'synthkit case study ({preset})', timings=timings, notes=notes,
-                        quality=quality, start_note=note)
+                        quality=quality, start_note=note, scorecard=cards)
 
 def _write_settings(out, preset, data, config, settings):
     write_json(out/'settings.json', dict(preset=preset, data=None if data is None else str(data), data_settings=settings, grid=asdict(config)))

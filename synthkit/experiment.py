@@ -52,6 +52,7 @@ class GridConfig:
     pretrain: dict = field(default_factory=dict)  # PretrainConfig fields for start='pretrained'
     extra_test: bool = True              # also evaluate on the real images in no part of the split (when there are any)
     label_check: dict = field(default_factory=dict)  # LabelCheck settings (iou, recall, conf) for ':checked' conditions
+    scorecard: bool = False              # the case study's report scores the generator first (synthkit.scorecard; two detector runs per split)
     detect: DetectConfig = DetectConfig(steps=600, warmup_steps=60)   # the detector and its budget: steps, epochs, warmup_steps
 
     def check(self) -> 'GridConfig':

@@ -196,7 +196,8 @@ def _cell(s: dict, k: str, diff: bool = False) -> str:
     return _fmt(*(s.get(x, math.nan) for x in (p if diff else f'{k}_mean', f'{p}_ci_lo', f'{p}_ci_hi', f'{p}_std')))
 
 def write_report(rows: list, out, *, config=None, title: str = 'synthkit case study', notes: str = '',
-                 timings: dict | None = None, metric: str = 'map50', quality: list | None = None, start_note: str = '') -> Path:
+                 timings: dict | None = None, metric: str = 'map50', quality: list | None = None, start_note: str = '',
+                 scorecard: list | None = None) -> Path:
     "Figures under `out/figures/`, `summary.csv/json`, `comparisons.json` and `out/report.md`; returns the report path."
     check(rows, 'no finished runs to report on', 'run the grid first (or let it finish at least one run)')
     out = Path(out); fig_dir = out/'figures'
@@ -279,6 +280,14 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
             L.append(f"| {q['split']} | {q['seed']} | {q.get('generator', q.get('kind'))} | {q['n_images']} | {q['ssim']:.3f} | "
                      f"{q['psnr']:.1f} | {q['diversity']:.3f} | {q.get('fid', float('nan')):.3g} | {kid:.3g} |")
         L += ['']
+    if scorecard:
+        from synthkit.scorecard import scorecard_table
+        write_table(scorecard, out, 'scorecard')
+        L += ['## Generator scorecard', '', 'Scored before any detector comparison, on the first seed of each split.', '']
+        for split in dict.fromkeys(r['split'] for r in scorecard):
+            rs = [{k: v for k, v in r.items() if k not in ('split', 'seed')} for r in scorecard if r['split'] == split]
+            L += [f"### {split}, seed {next(r['seed'] for r in scorecard if r['split'] == split)}", '',
+                  scorecard_table(rs, legend=split == list(dict.fromkeys(r['split'] for r in scorecard))[-1]), '']
     names = {'map': 'mAP by split and condition', 'vs': 'mAP against variations per image', 'strength': 'mAP against generation strength', 'samples': 'Real images and variations (boxes in green)',
              'curves': 'Training curves against optimizer steps'}
     L += ['## Figures', '']
