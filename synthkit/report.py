@@ -195,6 +195,14 @@ def _cell(s: dict, k: str, diff: bool = False) -> str:
     p = f'{k}_diff' if diff else k
     return _fmt(*(s.get(x, math.nan) for x in (p if diff else f'{k}_mean', f'{p}_ci_lo', f'{p}_ci_hi', f'{p}_std')))
 
+def _noise(c) -> str:
+    "What the grid's strengths mean as noise, for the in-domain DDPM: ' (noise σ 66 grey levels)'; '' for other generators."
+    if c.generator != 'ddpm': return ''
+    from synthkit.ddpm import noise_sigma
+    from synthkit.experiment import grid_ddpm
+    cfg = grid_ddpm(c)
+    return ' (noise σ ' + ', '.join(f'{noise_sigma(s, c.gen_steps, cfg):.0f}' for s in c.strengths) + f' grey levels of 255; DDPM trained on t < {cfg.t_max})'
+
 def write_report(rows: list, out, *, config=None, title: str = 'synthkit case study', notes: str = '',
                  timings: dict | None = None, metric: str = 'map50', quality: list | None = None, start_note: str = '',
                  scorecard: list | None = None) -> Path:
@@ -232,7 +240,7 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
               f'- detector {c.detect.model}, batch {c.detect.batch}, trained on {scale}, {start}',
               f'- budget: {budget}',
 
-              ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}, {c.gen_steps} sampler steps; {share}; '
+              ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}{_noise(c)}, {c.gen_steps} sampler steps; {share}; '
                                   if any(parse_condition(k)[0] == 'diffusion' for k in c.conditions) else f'classic augmentation only; {share}; ')
                + 'made of training images only (test images never reach a generator)'),
               (f'- metrics: Ultralytics validation (last weights) on the whole held-out test images, each padded (not scaled) to {evals} px'
