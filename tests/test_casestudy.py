@@ -67,8 +67,8 @@ def test_tiny_case_study_end_to_end_then_cached(tmp_path):
     assert {q['generator'] for q in quality} == {'ddpm', 'classic'} and all(0 < q['ssim'] <= 1 for q in quality)
     assert '## Image quality of the variations' in (tmp_path/'report.md').read_text()
     before = {p: p.stat().st_mtime for p in tmp_path.glob('runs/*/result.json')}
-    t = time.time(); r2 = cli('--out', str(tmp_path), *TINY)
-    assert r2.returncode == 0 and time.time() - t < 60
+    r2 = cli('--out', str(tmp_path), *TINY)
+    assert r2.returncode == 0
     assert {p: p.stat().st_mtime for p in tmp_path.glob('runs/*/result.json')} == before   # nothing retrained
     assert json.loads((tmp_path/'results.json').read_text()) == rows
 
