@@ -312,3 +312,21 @@ def test_identical_training_lists_are_trained_once(toy, tmp_path, monkeypatch):
     assert (Path(a['run_dir'])/'train.txt').read_text() == (Path(tmp_path/'runs').glob('*classic+2*').__next__()/'train.txt').read_text()
     assert len(trained) == 1 and b['same_as'] == 'classic+1' and b['map50'] == a['map50'] and b['train_seconds'] == 0
     assert b['n_train_synth_distinct'] == a['n_train_synth_distinct'] == 4
+
+
+def test_ddpm_start_made_once_and_every_split_fine_tuned_from_it(toy, tmp_path):
+    "ddpm_start > 0: one DDPM start per grid (simulated scenes + never-test images, no test image), each (split, seed) DDPM starts from it."
+    from synthkit.ddpm import read_meta
+    cfg = replace(CFG, conditions=('baseline', '+1'), seeds=(0, 1), generator='ddpm', gen_steps=4, ddpm_start=2,
+                  ddpm=dict(TINY_DDPM, steps=2, minutes=None), pretrain=dict(scenes=25))
+    rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
+    starts = list((tmp_path/'ddpm-start').glob('start-*/done.json'))
+    assert len(starts) == 1 and len(rows) == 4
+    start = starts[0].parent
+    tests = set(deal(toy, 0)['split_1']['test']) | set(deal(toy, 1)['split_1']['test'])
+    assert json.loads(starts[0].read_text())['never_test'] == len(set(toy.ids) - tests)   # never a test image of any seed
+    made = [read_meta(d) for d in (tmp_path/'ddpm').iterdir() if d.is_dir()]
+    assert len(made) == 2 and all(m['start']['folder'] == str(start/'model') for m in made)
+    from synthkit.ddpm import t_max_for
+    assert all(m['config']['t_max'] == t_max_for(0.3, 4) < 1000 for m in made)   # trained only where the grid's strength samples
+    with pytest.raises(SynthkitError, match='ddpm_start=-1'): replace(cfg, ddpm_start=-1).check()
