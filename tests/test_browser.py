@@ -28,7 +28,7 @@ from pathlib import Path
 from synthkit.images import save_image
 from synthkit.data.items import Item, Dataset
 from synthkit.generators import Generator
-from synthkit.widgets import TuningPanel
+from synthkit.tuning import TuningPanel
 
 class NoiseGenerator(Generator):
     name, knobs, delay = 'noise', frozenset({'strength', 'seed'}), 0.0
@@ -49,7 +49,7 @@ panel.generator.delay = 1.0     # from now on 1 s per output: the kernel must st
 panel''',
     "print(f'kernel answered: strength={panel.w_strength.value:.2f} busy={panel.busy}')",
     '''import synthkit.experiment as E
-from synthkit.widgets import CaseStudyPanel
+from synthkit.casestudy_panel import CaseStudyPanel
 
 def fake_run_grid(dataset, config, out, *, progress=True, on_result=None, should_stop=None, **kw):
     "Stands in for the YOLO grid: one made-up row per planned run, 0.2 s each."

@@ -58,7 +58,7 @@ def test_the_grid_caches_the_new_backend_by_its_settings(registered, toy, tmp_pa
 
 
 def test_the_tuning_panel_previews_and_keeps_the_new_backend(registered, toy, tmp_path):
-    from synthkit.widgets import TuningPanel
+    from synthkit.tuning import TuningPanel
     p = TuningPanel(toy, registered, n=2)
     assert not p.w_strength.disabled and p.w_guidance.disabled        # its knobs, read from the class
     p.set(strength=0.5, seed=3).preview(); res = p.wait(timeout=60)
