@@ -15,7 +15,7 @@ from .files import write_json, umask
 from .images import to_unit, save_image
 from .data.items import Item, Dataset, check_origins
 from .offline import setup_offline
-from .generators import Generator, GenParams, load_pretrained, weights_hash, check_device
+from .generators import Generator, GenParams, derive_seed, load_pretrained, weights_hash, check_device
 
 setup_offline()  # before diffusers is imported
 import torch
@@ -26,7 +26,8 @@ __all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LR_DECA
            'SOLVERS', 'DDPMConfig', 'read_meta', 'built_model', 'build_unet', 'build_scheduler', 'sample_crops',
            'native_bf16', 'resolve_dtype', 'sampler_scheduler', 'sdedit_timesteps', 't_max_for', 'noise_sigma',
            'check_sdedit', 'ema_decay', 'lr_at', 'train_ddpm', 'training_history', 'plot_losses', 'sdedit_schedule',
-           'DDPMGenerator', 'sea_mask', 'speckle_ratio', 'strength_grid', 'cli_args', 'cli_inputs', 'cli_run']
+           'DDPMGenerator', 'sea_mask', 'speckle_ratio', 'check_mask', 'keep_outside', 'mask_composite',
+           'masked_generate', 'strength_grid', 'cli_args', 'cli_inputs', 'cli_run']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
@@ -563,13 +564,16 @@ class DDPMGenerator(Generator):
         self.unet_evals += len(x)
         return self.unet(x, t).sample
 
-    def _denoise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: list, z=None) -> torch.Tensor:
+    def _denoise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: list, z=None, mask=None) -> torch.Tensor:
         """SDEdit on a batch: noise `x0` (B,1,H,W in [-1, 1]) to `timesteps[0]` with `noise`, then `self.solver` steps (η =
-        `self.eta`, fresh noise `z[i]` at step i) from each timestep to the next and from the last to the clean image."""
+        `self.eta`, fresh noise `z[i]` at step i) from each timestep to the next and from the last to the clean image.
+        `mask` (B,1,H,W in [0, 1]; None: everywhere): before every step after the first, the latent outside it is replaced by
+        `x0` noised to that step's timestep with the same `noise` (masked SDEdit; the caller composites the clean result)."""
         s = self.scheduler
         alphas = s.alphas_cumprod.to(x0.device)
         x, last = s.add_noise(x0, noise, torch.tensor([timesteps[0]])), None
         for i, t in enumerate(timesteps):
+            if mask is not None and i: x = (mask * x + (1 - mask) * s.add_noise(x0, noise, torch.tensor([t]))).to(x.dtype)
             tt = torch.full((len(x),), t, device=x.device, dtype=torch.long)
             a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else s.final_alpha_cumprod
             zi = None if z is None or i >= len(z) else z[i]
@@ -577,9 +581,24 @@ class DDPMGenerator(Generator):
             else: x, last = _dpm2m_step(self._unet(x, tt), x, float(alphas[t]), float(a_prev), self.eta, zi, last)
         return x
 
-    def sdedit(self, x: np.ndarray, strength: float, steps: int, seeds: list) -> list:
-        "Variations of the grey float image `x` (HxW in [0, 1]), one per seed, as float arrays."
-        return self.sdedit_many([x], strength, steps, [seeds])
+    def sdedit(self, x: np.ndarray, strength: float, steps: int, seeds: list, mask=None) -> list:
+        """Variations of the grey float image `x` (HxW in [0, 1]), one per seed, as float arrays; with `mask` (HxW in [0, 1]),
+        re-synthesized only where it is > 0 and exactly `x` where it is 0 (see "Harmonizing a window")."""
+        return self.sdedit_many([x], strength, steps, [seeds], None if mask is None else [mask])
+
+    def harmonize(self, image: np.ndarray, mask, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
+                  seeds=None, source_id: str = 'image', batch_size: int | None = None) -> list:
+        """`n` outputs of `image` re-synthesized by masked SDEdit where `mask` (HxW in [0, 1]) is > 0 and exactly the source
+        where it is 0 ("Harmonizing a window"). Seeds, batches, dtype and range as `generate`: a mask of ones gives its outputs."""
+        params = params.check(self.img2img_steps)
+        check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
+        seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
+        check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
+        x, scale = self._unit(image)
+        image = np.asarray(image); m = check_mask(mask, image.shape)
+        bs = max(1, int(batch_size or self.batch_size))
+        return [keep_outside(image, self._back(y, scale), m) for i in range(0, n, bs)
+                for y in self.sdedit(x, params.strength, params.steps, seeds[i:i + bs], mask=m)]
 
     def _noise(self, seeds: list, shape: tuple, n_steps: int) -> tuple:
         """Per output, from its own seeded CPU generator: the starting noise (B,1,H,W) and, for η > 0, the noise of each step
@@ -589,20 +608,26 @@ class DDPMGenerator(Generator):
         if self.eta == 0 or n_steps < 2: return noise, None
         return noise, torch.stack([torch.randn((n_steps - 1, 1, *shape), generator=g) for g in gens], dim=1)
 
-    def sdedit_many(self, xs: list, strength: float, steps: int, seeds: list) -> list:
-        "Variations of grey float images of one shape (`seeds[i]` for `xs[i]`) as rows of one batch; the outputs flat, in order."
+    def sdedit_many(self, xs: list, strength: float, steps: int, seeds: list, masks=None) -> list:
+        """Variations of grey float images of one shape (`seeds[i]` for `xs[i]`) as rows of one batch; the outputs flat, in order.
+        `masks`: None, or one HxW mask in [0, 1] per source (masked SDEdit: exactly the source where its mask is 0)."""
         ts = self.timesteps(strength, steps)   # refused here, before any work: no step, under a grey level, beyond t_max
         h, w = xs[0].shape; m = self.multiple
+        if masks is not None:
+            check(len(masks) == len(xs), f'{len(masks)} masks given for {len(xs)} sources', 'give one mask per source, or masks=None')
+            masks = [check_mask(mk, np.shape(x)) for mk, x in zip(masks, xs)]
         ph, pw = -h % m, -w % m
-        src = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in xs]))[:, None] * 2 - 1
-        if ph or pw: src = torch.nn.functional.pad(src, (0, pw, 0, ph), mode='reflect' if min(h, w) > max(ph, pw) else 'replicate')
+        pad = lambda a: torch.nn.functional.pad(a, (0, pw, 0, ph), mode='reflect' if min(h, w) > max(ph, pw) else 'replicate') if ph or pw else a
+        src = pad(torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in xs]))[:, None] * 2 - 1)
         H, W = src.shape[-2:]
         noise, z = self._noise(sum(seeds, []), (H, W), len(ts))
         src, noise = src.to(self.device), noise.to(self.device)
         if z is not None: z = z.to(self.device)
+        reps = torch.tensor([len(sd) for sd in seeds])
+        mk = None if masks is None else pad(torch.from_numpy(np.stack(masks))[:, None]).repeat_interleave(reps, dim=0).to(self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            x0 = src.repeat_interleave(torch.tensor([len(sd) for sd in seeds], device=self.device), dim=0)
-            if H <= self.tile and W <= self.tile: y = self._denoise(x0, noise, ts, z)
+            x0 = src.repeat_interleave(reps.to(self.device), dim=0)
+            if H <= self.tile and W <= self.tile: y = self._denoise(x0, noise, ts, z, mk) if mk is None or mk.any() else x0.clone()
             else:
                 y = torch.zeros_like(noise); wsum = torch.zeros((1, 1, H, W), device=self.device)
                 th, tw = min(self.tile, H), min(self.tile, W)
@@ -612,10 +637,15 @@ class DDPMGenerator(Generator):
                         wt = (_ramp(th, self.overlap, r == rows[0], r == rows[-1])[:, None]
                               * _ramp(tw, self.overlap, c == cols[0], c == cols[-1])[None]).to(self.device)
                         sl = (slice(None), slice(None), slice(r, r + th), slice(c, c + tw))
-                        y[sl] += wt * self._denoise(x0[sl], noise[sl], ts, None if z is None else z[(slice(None), *sl)]); wsum[sl] += wt
+                        if mk is not None and not mk[sl].any(): y[sl] += wt * x0[sl]   # nothing to re-synthesize: the source (composited below)
+                        else: y[sl] += wt * self._denoise(x0[sl], noise[sl], ts, None if z is None else z[(slice(None), *sl)],
+                                                          None if mk is None else mk[sl])
+                        wsum[sl] += wt
                 y = y / wsum
         y = ((y[:, 0, :h, :w].float().cpu() + 1) / 2).clamp(0, 1).numpy()
-        return list(y)
+        if masks is None: return list(y)
+        per_row = [(np.asarray(x, np.float32), mk) for x, mk, sd in zip(xs, masks, seeds) for _ in sd]
+        return [np.where(mk > 0, mk * v + (1 - mk) * x, x) for v, (x, mk) in zip(y, per_row)]   # exactly the source where mask == 0
 
     def describe(self) -> dict:
         return {**super().describe(), 'dtype': 'bfloat16' if self.bf16 else 'float32', 'threads': torch.get_num_threads()}
@@ -661,6 +691,58 @@ def speckle_ratio(variation: np.ndarray, source: np.ndarray, boxes=None, size: i
         a = np.asarray(a, np.float64)
         return float((ndi.uniform_filter(a * a, size) - ndi.uniform_filter(a, size) ** 2)[m].mean())
     return local_var(variation) / local_var(source)
+
+# %% ../nbs/11_ddpm.ipynb #05dfebee
+def check_mask(mask, shape) -> np.ndarray:
+    """`mask` as float32 HxW (1: the model re-synthesizes, 0: the source is kept, between: blended; bools too), refused in
+    one line unless it has one value per pixel of an image of `shape` (h, w[, c]) and every value lies in [0, 1]."""
+    h, w = tuple(shape)[:2]
+    try: m = np.asarray(mask, dtype=np.float64)
+    except (TypeError, ValueError): raise SynthkitError(f'mask is not an array of numbers ({type(mask).__name__})',
+                                                       'pass an HxW float array in [0, 1] (1: re-synthesize, 0: keep the source)')
+    check(m.shape == (h, w), f'mask of shape {m.shape} does not match the image of shape {(h, w)} (HxW)',
+          'give one value per pixel of the image, HxW (1: re-synthesize, 0: keep the source)')
+    lo, hi = (float(np.nanmin(m)), float(np.nanmax(m))) if m.size and not np.isnan(m).all() else (math.nan, math.nan)
+    check(np.isfinite(m).all() and lo >= 0 and hi <= 1, f'mask values must lie in [0, 1], got {lo:g} … {hi:g}'
+          + ('' if np.isfinite(m).all() else ' and NaN or infinite values'),
+          'clip or rescale it: 1 re-synthesizes, 0 keeps the source, values between blend (a feathered edge)')
+    return m.astype(np.float32)
+
+def keep_outside(source: np.ndarray, output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    "`output` with `source`'s exact pixels where `mask` (HxW, checked) is 0: both of one shape and dtype, HxW or HxWxC."
+    m = mask if np.ndim(source) == 2 else mask[..., None]
+    return np.where(m == 0, source, output)
+
+def mask_composite(source: np.ndarray, output: np.ndarray, mask) -> np.ndarray:
+    """mask·`output` + (1 − mask)·`source` in `source`'s dtype (integers rounded): exactly `source` where `mask` is 0,
+    exactly `output` where it is 1. What a generator without a per-step hook is harmonized with, after the fact."""
+    src, out = np.asarray(source), np.asarray(output)
+    check(out.shape == src.shape, f'an output of shape {out.shape} cannot be composited onto a source of shape {src.shape}',
+          'the generator must return images of its source size')
+    m = check_mask(mask, src.shape).astype(np.float64)
+    mm = m if src.ndim == 2 else m[..., None]
+    v = mm * out + (1 - mm) * src
+    if np.issubdtype(src.dtype, np.integer): v = np.clip(np.rint(v), np.iinfo(src.dtype).min, np.iinfo(src.dtype).max)
+    return keep_outside(src, v.astype(src.dtype), m)
+
+def masked_generate(generator: Generator, image: np.ndarray, mask, params: GenParams = GenParams(), seeds=None, *,
+                    boxes=None, cls=None, n: int | None = None, source_id: str = 'image', batch_size: int | None = None,
+                    per_step: bool = True) -> list:
+    """`image` re-synthesized by any `generator` where `mask` (HxW in [0, 1]) is > 0 and exactly the source where it is 0,
+    one output per seed (`seeds`; None: `n` (default 1) seeds derived as `generate` derives them). With `per_step` and a
+    generator that has a per-step hook (`harmonize`: `DDPMGenerator`), masked SDEdit; otherwise the generator's own
+    `generate` on the whole image, composited at the end (`mask_composite`). An all-zero mask returns copies of the source."""
+    image = np.asarray(image)
+    check(image.ndim in (2, 3), f'image of shape {image.shape} is not HxW or HxWxC')
+    m = check_mask(mask, image.shape)   # refused before any work
+    n = (len(seeds) if seeds is not None else 1) if n is None else n
+    kw = dict(n=n, params=params, seeds=seeds, source_id=source_id, batch_size=batch_size)
+    if per_step and callable(getattr(generator, 'harmonize', None)): return generator.harmonize(image, m, boxes, cls, **kw)
+    if not m.any():   # nothing to re-synthesize: the source, after the checks `generate` would make
+        params.check(generator.img2img_steps)
+        check(seeds is None or len(seeds) == n, f'{len(seeds or [])} seeds given for n={n} outputs')
+        return [image.copy() for _ in range(n)]
+    return [mask_composite(image, y, m) for y in generator.generate(image, boxes, cls, **kw)]
 
 # %% ../nbs/11_ddpm.ipynb #80416d04
 def strength_grid(generator: Generator, dataset: Dataset, ids, strengths=(0.2, 0.4, 0.6), steps: int = 25, seed: int = 0, path=None):

@@ -8,7 +8,7 @@ import pytest
 
 from synthkit.errors import SynthkitError
 from synthkit.generators import GenParams, load_generator
-from synthkit.ddpm import DDPMConfig, DDPMGenerator, train_ddpm, training_history, sample_crops
+from synthkit.ddpm import DDPMConfig, DDPMGenerator, train_ddpm, training_history, sample_crops, masked_generate, mask_composite
 from synthkit.testing import speckle_toy
 
 BIN = Path(sys.executable).parent
@@ -271,6 +271,100 @@ def test_cli_new_settings_and_start(toy, model, tmp_path):
         dict(t_max=300, ema=None, lr_decay='constant')
     r = subprocess.run(cmd + ['--steps', '2', '--start', str(model)], capture_output=True, text=True, env=ENV)   # resumes m: its own settings
     assert r.returncode == 2 and 'started from scratch' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+
+# ------------------------------------------------------------------ masked SDEdit (harmonizing a window)
+def _window(shape, y0, y1, x0, x1, feather=3):
+    "1 inside rows y0:y1 × columns x0:x1, a linear ramp `feather` px wide around it, 0 elsewhere."
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    d = np.maximum(np.maximum(y0 - yy, yy - (y1 - 1)), np.maximum(x0 - xx, xx - (x1 - 1)))
+    return np.clip(1 - d / (feather + 1), 0, 1).astype(np.float32)
+
+
+def test_harmonize_keeps_the_outside_exactly_and_follows_the_seeds(model):
+    from synthkit.images import to_unit
+    g = DDPMGenerator(model, dtype='fp32')
+    p = GenParams(strength=0.5, steps=6, seed=1)
+    rng = np.random.default_rng(0)
+    for src in ((rng.random((37, 45)) * 3000 + 200).astype(np.uint16),                # odd size, 16 bit
+                (rng.random((40, 40)) * 7.3 - 2.1).astype(np.float32),                # float, any range: no rounding to hide behind
+                np.repeat((rng.random((40, 40, 1)) * 255).astype(np.uint8), 3, 2)):  # RGB source, grey model
+        mk = _window(src.shape, 10, 25, 12, 30)
+        a = g.harmonize(src, mk, n=2, params=p, source_id='s')
+        assert all(v.shape == src.shape and v.dtype == src.dtype for v in a)
+        assert all(np.array_equal(v[mk == 0], src[mk == 0]) for v in a)                # outside: the source, bit for bit
+        assert all((v[mk == 1] != src[mk == 1]).mean() > 0.5 for v in a)               # inside: re-synthesized
+        assert np.array_equal(a[0], g.harmonize(src, mk, n=2, params=p, source_id='s')[0]) and not np.array_equal(a[0], a[1])
+        # a mask of ones is generate's output; the per-step hook is what masked_generate uses
+        ones = g.harmonize(src, np.ones(src.shape[:2]), n=2, params=p, source_id='s')
+        assert all(np.array_equal(u, v) for u, v in zip(ones, g.generate(src, n=2, params=p, source_id='s')))
+        assert np.array_equal(masked_generate(g, src, mk, p, [3])[0], g.harmonize(src, mk, params=p, seeds=[3])[0])
+    x = to_unit(src, grey=True)[0]
+    assert np.array_equal(g.sdedit(x, 0.5, 6, [4], mask=None)[0], g.sdedit(x, 0.5, 6, [4])[0])
+    # rows of a mixed batch with their own masks are what each source gets alone (same batch size)
+    x2, m1, m2 = x[::-1].copy(), _window(x.shape, 5, 20, 5, 20), _window(x.shape, 20, 35, 10, 30)
+    rows = g.sdedit_many([x, x2], 0.5, 6, [[5, 6], [7]], masks=[m1, m2])
+    assert np.array_equal(rows[0], g.sdedit(x, 0.5, 6, [5, 6, 1], mask=m1)[0])
+    assert np.array_equal(rows[2], g.sdedit(x2, 0.5, 6, [7, 1, 2], mask=m2)[0]) and np.array_equal(rows[2][m2 == 0], x2[m2 == 0])
+    # an all-zero mask: the source, without running the model
+    g.unet_evals = 0
+    assert np.array_equal(g.harmonize(src, np.zeros(src.shape[:2], bool), params=p)[0], src) and g.unet_evals == 0
+
+
+def test_harmonize_through_tiles_runs_only_the_tiles_the_mask_touches(model):
+    src = (np.random.default_rng(1).random((96, 64)) * 255).astype(np.uint8)
+    g = DDPMGenerator(model, dtype='fp32', tile=32, overlap=8)
+    p = GenParams(strength=0.5, steps=6, seed=2)
+    mk = _window(src.shape, 60, 80, 8, 24)
+    g.unet_evals = 0
+    v = g.harmonize(src, mk, params=p)[0]
+    assert np.array_equal(v[mk == 0], src[mk == 0]) and (v[mk == 1] != src[mk == 1]).mean() > 0.5
+    assert 0 < g.unet_evals < g.evals_per_image(src.shape, p)
+    assert np.array_equal(g.harmonize(src, np.ones(src.shape), params=p)[0], g.generate(src, params=p)[0])
+
+
+def test_masked_generate_composites_any_generator_after_the_fact(model):
+    from synthkit.generators import Generator
+
+    class Brighter(Generator):   # an img2img generator with no per-step hook
+        name, channels, calls = 'brighter', 1, 0
+        def _run(self, x, boxes, cls, params, seeds):
+            Brighter.calls += 1
+            return [np.clip(x + 0.1 + 0.01 * (s % 7), 0, 1) for s in seeds]
+
+    src = (np.random.default_rng(2).random((32, 40)) * 200).astype(np.uint8)
+    mk = np.zeros(src.shape, np.float32); mk[8:20, 10:30] = 1; mk[8:20, 30] = 0.5
+    out, full = masked_generate(Brighter(), src, mk, GenParams(), [11])[0], Brighter().generate(src, seeds=[11])[0]
+    assert np.array_equal(out[mk == 0], src[mk == 0]) and np.array_equal(out[mk == 1], full[mk == 1])
+    assert np.array_equal(out[mk == 0.5], np.rint(0.5 * full[mk == 0.5].astype(float) + 0.5 * src[mk == 0.5]).astype(np.uint8))
+    assert len(masked_generate(Brighter(), src, mk, n=3)) == 3
+    Brighter.calls = 0
+    assert np.array_equal(masked_generate(Brighter(), src, np.zeros(src.shape), seeds=[1])[0], src) and Brighter.calls == 0
+    # per_step=False on the DDPM: its whole-image variation composited at the end; the outside exact there too
+    g, p = DDPMGenerator(model, dtype='fp32'), GenParams(strength=0.5, steps=6)
+    late = masked_generate(g, src, mk, p, [3], per_step=False)[0]
+    assert np.array_equal(late[mk == 0], src[mk == 0]) and np.array_equal(late[mk == 1], g.generate(src, params=p, seeds=[3])[0][mk == 1])
+
+
+def test_mask_errors_are_one_line_before_any_work(model):
+    g = DDPMGenerator(model, dtype='fp32')
+    src, p = np.zeros((40, 40), np.uint8), GenParams(strength=0.5, steps=6)
+    g.unet_evals = 0
+    for bad, msg in ((np.ones((40, 41)), r'mask of shape \(40, 41\) does not match the image of shape \(40, 40\) \(HxW\)'),
+                     (np.ones((40, 40, 3)), r'mask of shape \(40, 40, 3\) does not match'),
+                     (np.full((40, 40), 1.5), r'mask values must lie in \[0, 1\], got 1.5 … 1.5'),
+                     (np.full((40, 40), -0.2), r'must lie in \[0, 1\], got -0.2'),
+                     (np.where(np.eye(40) > 0, np.nan, 0.5), r'must lie in \[0, 1\].*NaN'),
+                     ('window', 'mask is not an array of numbers')):
+        for call in (lambda: g.harmonize(src, bad, params=p), lambda: masked_generate(g, src, bad, p, per_step=False)):
+            with pytest.raises(SynthkitError, match=msg) as e: call()
+            assert len(str(e.value).splitlines()) == 1
+    with pytest.raises(SynthkitError, match='1 masks given for 2 sources'):
+        g.sdedit_many([np.zeros((40, 40), np.float32)] * 2, 0.5, 6, [[1], [2]], masks=[np.ones((40, 40))])
+    assert g.unet_evals == 0
+    with pytest.raises(SynthkitError, match=r'output of shape \(20, 20\) cannot be composited onto a source of shape \(40, 40\)'):
+        mask_composite(src, np.zeros((20, 20), np.uint8), np.ones((40, 40)))
 
 
 # ------------------------------------------------------------------ speckle kept (trains ~30 s on 2 cores)
