@@ -291,6 +291,7 @@ GENERATORS = {
     'sd-variation': 'synthkit.diffusion:ImageVariationGenerator',  # SD image variations (prompt-free)
     'controlnet':   'synthkit.diffusion:ControlNetGenerator',  # ControlNet img2img, Canny or box-mask condition
     'classic':      'synthkit.augment:ClassicGenerator',       # flips / 90° turns / speckle, boxes moved (the control)
+    'paste':        'synthkit.paste:PasteGenerator',           # ship crops pasted at new places, exact boxes (layout control)
 }
 
 def generator_class(name: str):

@@ -251,6 +251,15 @@ def _run_call(generator: Generator, batch: list, seeds: list, params: GenParams)
                                            batch_size=len(sds))
     return [o for per in generator.generate_many([(it.read(), it.boxes, it.cls, sds) for it, sds in jobs], params) for o in per]
 
+_RECORD_FIELDS = ('source', 'k', 'part', 'path', 'label', 'sha256', 'label_sha256', 'width', 'height', 'boxes', 'cls', 'source_path')
+
+def _info(output, record: dict) -> dict:
+    "The facts a generator attached to one output (`output.info`, e.g. the boxes `paste` added) for its record; a field the record has is refused."
+    info = dict(getattr(output, 'info', None) or {})
+    clash = sorted(set(info) & (set(record) | set(_RECORD_FIELDS)))
+    check(not clash, f'the generator attached {clash[0] if clash else ""!r} to an output, a field every manifest record has', 'give the info another name')
+    return info
+
 def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params: GenParams, out, *, parts: dict | None = None,
                into: str | None = None, batch_size: int | None = None, label_check=None, progress: bool = True,
                shard: tuple | None = None, ks=None, cache=None) -> SynthSummary:
@@ -288,9 +297,11 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
             if all((it.id, k) in done for it, _, k in batch): continue
             seeds = [derive_seed(params.seed, it.id, k) for it, _, k in batch]
             outs = _compute(generator, batch, seeds, params, recipe, cache)
-            for (it, part, k), sd, (y, gb, gc) in zip(batch, seeds, outs):
+            for (it, part, k), sd, o in zip(batch, seeds, outs):
                 if (it.id, k) in done: continue
+                y, gb, gc = o
                 rec = dict(base, seed=int(sd), batch_size=len(batch), source_part=it.meta.get('split') or part)
+                rec.update(_info(o, rec))
                 boxes, cls = gb, gc
                 if label_check is not None:   # a real check of the output and the boxes it came with
                     v = label_check(y, gb, gc); summ.checked += 1

@@ -20,7 +20,8 @@ OWN = ('device', 'dtype', 'batch_size')   # options a recipe holds in fields of 
 OTHER = dict(tile=32, overlap=16, channels_last=False, eta=0.5, solver='ddim', spacing='trailing',                                             # ddpm
              attention_slicing=True, vae_slicing=True, cpu_offload=True, safety_checker=True,      # diffusers
              condition='canny', conditioning_scale=0.3, canny_low=10, canny_high=250, controlnet='<folder>/controlnet',
-             flips=False, turns=False, looks=2.0)                                                  # classic
+             flips=False, turns=False, looks=2.0,                                                  # classic
+             k=1, scale=1.0, feather=1.0, gap=5.0, sea_tolerance=None, tries=5)                    # paste
 
 
 class Sigma(Generator):
@@ -36,12 +37,13 @@ def models(tmp_path_factory):
     "A tiny model folder for every registered backend that needs one."
     from synthkit import testing as tiny
     from synthkit.ddpm import DDPMConfig, train_ddpm
+    from synthkit.paste import CropBank
     d = tmp_path_factory.mktemp('models')
     toy = tiny.speckle_toy(d/'toy', n=3, size=32)
     return {'ddpm': train_ddpm(toy, d/'ddpm', DDPMConfig(**TINY_DDPM, steps=1), progress=False),
             'sd-img2img': tiny.build_tiny_sd_img2img(d/'sd'), 'unclip': tiny.build_tiny_unclip(d/'unclip'),
             'sd-variation': tiny.build_tiny_image_variation(d/'variation'), 'controlnet': tiny.build_tiny_controlnet(d/'cn'),
-            'classic': None}
+            'classic': None, 'paste': CropBank.from_dataset(toy, margin=1).save(d/'bank')}
 
 
 def _load(name, models, **options):
@@ -98,7 +100,7 @@ def test_precision_device_and_weights_are_in_the_key(models, name, tmp_path):
             same = g.describe().get('dtype') == base.describe().get('dtype')
             assert (Recipe.of(g, P).key() == key) == same, dtype   # fp16 on a CPU runs float32: the same pixels, the same key
             if same: assert all(np.array_equal(a, b) for a, b in zip(_pixels(base), _pixels(g)))
-    if torch.cuda.is_available() and name != 'classic':
+    if torch.cuda.is_available() and name not in ('classic', 'paste'):
         assert Recipe.of(_load(name, models, device='cuda'), P).key() != key
     assert Recipe.of(base, P).replace(device='cuda').key() != key
     if models[name] is not None:   # other weights in a copy of the folder
