@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_tuning.ipynb #ffb20fae
 from __future__ import annotations
-import io, shlex, threading, time, traceback
+import hashlib, io, json, shlex, threading, time, traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +15,8 @@ import ipywidgets as W
 from fastcore.basics import patch
 
 from .errors import SynthkitError, check
-from .offline import setup_offline
-from .generators import Generator, GenParams, KNOBS, DTYPE_ARGS, derive_seed, load_generator
+from .offline import setup_offline, config_dir
+from .generators import Generator, GenParams, GENERATORS, KNOBS, DTYPE_ARGS, derive_seed, load_generator, generator_class
 from .recipe import Recipe
 from .panels import Panel
 
@@ -27,6 +27,9 @@ __all__ = ['display_scale', 'grid_png', 'OutputCache', 'generator_spec', 'output
            'noise_text', 'score_html']
 
 # %% ../nbs/30_tuning.ipynb #cf10a280
+BOX_COLOUR, PASTED_COLOUR = (0, 230, 0), (255, 0, 255)   # a source's (inherited) boxes; the boxes a generator pasted in
+
+# %% ../nbs/30_tuning.ipynb #314cd194
 def display_scale(a: np.ndarray) -> tuple[float, float]:
     "The (lo, hi) pixel range used to show `a` and its variations: 0–255 for 8-bit, the image's own range otherwise."
     if a.dtype == np.uint8: return 0.0, 255.0
@@ -46,7 +49,8 @@ def _font(size: int):
 
 def grid_png(cells, boxes=None, cls=None, *, scale=None, row_labels=None, col_labels=None, names=None,
              cell_labels=None, cell_px: int = 200) -> bytes:
-    "PNG of a grid: `cells` is a list of rows of images (None leaves a cell blank); `boxes` (x0,y0,x1,y1 px) drawn on each, or per cell `cell_labels[i][j] = (boxes, cls)`."
+    """PNG of a grid: `cells` is a list of rows of images (None leaves a cell blank); `boxes` (x0,y0,x1,y1 px) drawn on each,
+    or per cell `cell_labels[i][j] = (boxes, cls)` or `(boxes, cls, pasted)` (indices of the boxes drawn in `PASTED_COLOUR`)."""
     from PIL import Image, ImageDraw
     rows = [list(r) for r in cells]
     check(rows and all(rows), 'nothing to draw', 'pass at least one image')
@@ -80,12 +84,15 @@ def grid_png(cells, boxes=None, cls=None, *, scale=None, row_labels=None, col_la
             cell = cell.resize(size, Image.Resampling.NEAREST if fc >= 1 else Image.Resampling.BOX)
             cx, cy = x0 + (cw - size[0]) // 2, y0 + (ch - size[1]) // 2
             canvas.paste(cell, (cx, cy))
-            bb, cc = boxes, cls
+            bb, cc, pasted = boxes, cls, set()
             if cell_labels is not None and j < len(cell_labels[i]) and cell_labels[i][j] is not None:
-                bb, cc = np.asarray(cell_labels[i][j][0]).reshape(-1, 4), np.asarray(cell_labels[i][j][1]).reshape(-1)
-            for b, c in zip(bb, cc):
-                draw.rectangle([cx + b[0] * fc, cy + b[1] * fc, cx + b[2] * fc, cy + b[3] * fc], outline=(0, 230, 0), width=1)
-                if names and len(names) > 1: draw.text((cx + b[0] * fc, cy + b[1] * fc - 1), str(names[int(c)]), fill=(0, 230, 0), font=_font(10), anchor='lb')
+                lab = cell_labels[i][j]
+                bb, cc = np.asarray(lab[0]).reshape(-1, 4), np.asarray(lab[1]).reshape(-1)
+                pasted = {int(v) for v in (lab[2] if len(lab) > 2 and lab[2] is not None else ())}
+            for n_, (b, c) in enumerate(zip(bb, cc)):
+                colour = PASTED_COLOUR if n_ in pasted else BOX_COLOUR
+                draw.rectangle([cx + b[0] * fc, cy + b[1] * fc, cx + b[2] * fc, cy + b[3] * fc], outline=colour, width=1)
+                if names and len(names) > 1: draw.text((cx + b[0] * fc, cy + b[1] * fc - 1), str(names[int(c)]), fill=colour, font=_font(10), anchor='lb')
     buf = io.BytesIO(); canvas.save(buf, format='PNG', compress_level=1)
     return buf.getvalue()
 
@@ -123,6 +130,65 @@ def output_key(item_id: str, gen: Generator, params: GenParams, seed: int) -> tu
     "Cache key of one output the panel computes (one per model call): `Recipe.output_key`, the key `synthesize` reads."
     return Recipe.of(gen, params, batch_size=1).output_key(item_id, seed)
 
+# %% ../nbs/30_tuning.ipynb #7442425f
+PANEL_OPTIONS = {'paste': ('k', 'scale'), 'ddpm-paste': ('k', 'scale', 'harmonizer')}   # generator options set by the panel's knobs
+BANK_MARGIN = 4   # px of sea around each ship crop in the panel's bank
+_HELD = ('val', 'test')
+
+def pasted_boxes(output) -> list:
+    "Indices of the boxes of `output` (image, boxes, cls, or its `.info` dict) that a generator pasted in (`info['paste']['pasted']`); [] for others."
+    info = output if isinstance(output, dict) else getattr(output, 'info', None)
+    return [int(i) for i in ((info or {}).get('paste') or {}).get('pasted', ())]
+
+def _name_of(g) -> str:
+    "The registry name of a generator or a spec string (`'ddpm:FOLDER'` → 'ddpm')."
+    return str(g).partition(':')[0] if isinstance(g, str) else str(getattr(g, 'name', ''))
+
+def _panel_built(g) -> str | None:
+    "'paste' / 'ddpm-paste' for a spec string the panel builds from its knobs; None for anything else (a Generator is used as given)."
+    return _name_of(g) if isinstance(g, str) and _name_of(g) in PANEL_OPTIONS else None
+
+def _offer_paste(gens: dict, dataset) -> dict:
+    "`gens` plus 'paste' (the dataset has boxes) and 'ddpm-paste' (registered, and a DDPM among `gens` to harmonize), unless already there."
+    gens, names = dict(gens), {_name_of(g) for g in gens.values()}
+    if not any(it.n_boxes for it in dataset): return gens
+    if 'paste' not in names and 'paste' not in gens: gens['paste'] = 'paste'
+    if 'ddpm-paste' in GENERATORS and 'ddpm' in names and 'ddpm-paste' not in names and 'ddpm-paste' not in gens:
+        gens['ddpm-paste'] = 'ddpm-paste'
+    return gens
+
+def bank_split(dataset) -> tuple:
+    "(training ids, held-out ids) for a crop bank: val/test images (`meta['split']`) are held out; the rest are training, but for variations made for another part."
+    held = [it.id for it in dataset if it.meta.get('split') in _HELD]
+    train = [it.id for it in dataset if it.meta.get('split') not in _HELD and it.meta.get('origin') in (None, 'train')]
+    return train, held
+
+def bank_key(dataset, ids, held, margin=BANK_MARGIN) -> str:
+    "Hash of what decides a bank's crops: the training images (id, file, size, mtime, boxes, classes), the held-out ids, the margin."
+    rows = []
+    for i in ids:
+        it = dataset[i]
+        st = Path(it.path).stat()
+        rows.append([str(i), str(Path(it.path).resolve()), st.st_size, st.st_mtime_ns, np.round(it.boxes, 3).tolist(), it.cls.tolist()])
+    rec = dict(version=1, margin=margin, held=sorted(map(str, held)), images=rows, names=list(dataset.names))
+    return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
+
+def panel_bank(dataset, folder, margin=BANK_MARGIN):
+    "The `CropBank` of `dataset`'s training images: read from `folder/KEY` when built before, else cut (val/test ids `forbidden`) and saved there."
+    from synthkit.paste import CropBank, CROPS_FILE
+    ids, held = bank_split(dataset)
+    check(ids, 'the dataset has no training images to cut ship crops from (all are val or test)',
+          'open the panel on a dataset with training images to preview paste')
+    where, bank = Path(folder).expanduser()/bank_key(dataset, ids, held, margin), None
+    if (where/CROPS_FILE).is_file():
+        try: bank = CropBank.load(where)
+        except SynthkitError: bank = None        # unreadable: cut it again
+    if bank is None:
+        bank = CropBank.from_dataset(dataset, ids, margin=margin, forbidden=held)
+        bank.save(where, overwrite=True)
+    bank.check_lineage(held, 'val/test')        # a bank read back is held to the guard too
+    return bank
+
 # %% ../nbs/30_tuning.ipynb #2a7d171b
 @dataclass
 class PreviewResult:
@@ -138,6 +204,13 @@ class PreviewResult:
     labels: list = field(default_factory=list)  # (boxes, cls) per cell: the source's, or those a generator moved
     cancelled: bool = False
     error: str = ''
+    infos: list = field(default_factory=list)   # per cell, the facts the generator attached (`output.info`, e.g. what `paste` placed)
+    gen: Generator | None = field(default=None, repr=False)   # the generator that made them (Keep writes with it)
+
+    def pasted(self) -> tuple | None:
+        "(ships placed, ships asked) over the outputs done, for a generator that pastes ships; None for others."
+        ps = [info['paste'] for r in self.infos for info in r if info and 'paste' in info]
+        return (sum(p['placed'] for p in ps), sum(p['asked'] for p in ps)) if ps else None
 
     @property
     def done(self) -> int: return sum(a is not None for r in self.images for a in r)
@@ -146,8 +219,9 @@ class PreviewResult:
 
 
 def _generate_one(gen: Generator, src, it, p: GenParams, seed: int) -> tuple:
-    "(image, boxes, cls) of one output, exactly as `synthesize` writes it (`Generator.generate_labelled`)."
-    return tuple(gen.generate_labelled(src, it.boxes, it.cls, n=1, params=p, seeds=[seed], source_id=it.id, batch_size=1)[0])
+    "(image, boxes, cls) of one output, exactly as `synthesize` writes it (`Generator.generate_labelled`), with its `.info` if any."
+    out = gen.generate_labelled(src, it.boxes, it.cls, n=1, params=p, seeds=[seed], source_id=it.id, batch_size=1)[0]
+    return out if isinstance(out, tuple) else tuple(out)   # a `paste.Labelled` stays one: Keep writes its info from the cache
 
 def _parse_floats(text: str, what: str) -> list:
     try: vals = [float(v) for v in str(text).replace(';', ',').split(',') if v.strip()]
@@ -161,7 +235,8 @@ class TuningPanel(Panel):
     "Pick an image, a generator and its knobs; preview variations or a strength × seed sweep; keep the good ones."
     def __init__(self, dataset, generator, *, out='synthkit-kept', n: int = 4, params: GenParams = GenParams(),
                  sweep_strengths=(0.2, 0.4, 0.6), seed: int = 0, cache_size: int = 256, part: str = 'train',
-                 detector=None, detector_imgsz: int = 320, extractor=None, score_n: int = 8):
+                 detector=None, detector_imgsz: int = 320, extractor=None, score_n: int = 8,
+                 paste: bool = True, cache_dir=None):
         if isinstance(dataset, (str, Path)):
             from synthkit.data.formats import load_dataset
             dataset = load_dataset(dataset)
@@ -171,7 +246,10 @@ class TuningPanel(Panel):
         elif isinstance(generator, (list, tuple)): gens = {self._label(g): g for g in generator}
         else: gens = {self._label(generator): generator}
         check(gens, 'no generator given', 'pass a Generator or a spec such as "ddpm:models/ddpm"')
+        if paste: gens = _offer_paste(gens, dataset)
         self.generators = gens
+        self.cache_dir = Path(cache_dir if cache_dir is not None else config_dir()/'tuning').expanduser()
+        self._banks, self._built = {}, {}        # crop banks by folder ('' = cut from this dataset); paste generators per setting
         self.cache, self.result, self.kept = OutputCache(cache_size), None, []
         self._rng = np.random.default_rng(seed)      # the "new seed" button draws from here
         self._sources, self._thread, self._cancel, self._gen_lock = {}, None, threading.Event(), threading.Lock()
@@ -198,6 +276,13 @@ class TuningPanel(Panel):
         self.w_n = W.IntSlider(value=n, min=1, max=8, description='variations', style=st, continuous_update=False)
         self.w_prompt = W.Text(value=params.prompt, description='prompt', style=st, layout=L(width='420px'))
         self.w_negative = W.Text(value=params.negative_prompt, description='negative', style=st, layout=L(width='420px'))
+        self.w_k = W.IntSlider(value=3, min=0, max=16, description='ships k', style=st, continuous_update=False,
+                               tooltip='ships pasted into each output')
+        self.w_scale = W.FloatRangeSlider(value=(0.8, 1.25), min=0.25, max=4.0, step=0.05, description='scale', style=st,
+                                          continuous_update=False, readout_format='.2f',
+                                          tooltip='each pasted ship is scaled by a factor drawn log-uniformly from this range')
+        self.w_harmonizer = W.Dropdown(options=[l for l, g in self.generators.items() if _name_of(g) == 'ddpm'],
+                                       description='harmonizer', style=st, layout=L(width='300px'))
         self.w_mode = W.ToggleButtons(options=['variations', 'sweep'], tooltips=['source + n variations', 'rows of strengths × columns of seeds'],
                                       style={'button_width': '100px'})
         self.w_sweep = W.Text(value=', '.join(f'{s:g}' for s in sweep_strengths), description='strengths', style=st,
@@ -229,7 +314,8 @@ class TuningPanel(Panel):
         self._on_mode()
 
         knobs = W.VBox([self.w_generator, self.w_strength, self.w_guidance, self.w_steps,
-                        W.HBox([self.w_seed, self.b_new_seed]), self.w_n, self.w_prompt, self.w_negative])
+                        W.HBox([self.w_seed, self.b_new_seed]), self.w_n, self.w_prompt, self.w_negative,
+                        self.w_k, self.w_scale, self.w_harmonizer])
         left = W.VBox([self.w_image, self.w_source])
         run = W.HBox([self.w_mode, self.w_sweep])
         go = W.HBox([self.b_preview, self.b_cancel, self.w_progress, self.w_status])
@@ -242,8 +328,14 @@ class TuningPanel(Panel):
 # %% ../nbs/30_tuning.ipynb #1b933cff
 @patch(as_prop=True)
 def generator(self: TuningPanel) -> Generator:
-    "The generator picked now (a spec string is loaded the first time)."
+    "The generator picked now (a spec string is loaded the first time; `paste` / `ddpm-paste` are built with the panel's k, scale and harmonizer)."
     label = self.w_generator.value
+    if _panel_built(self.generators[label]): return self._paste_generator(label)
+    return self._load(label)
+
+@patch
+def _load(self: TuningPanel, label: str) -> Generator:
+    "The generator under `label`, a spec string loaded (once)."
     g = self.generators[label]
     if isinstance(g, str):
         self._status(f'loading {g} …')
@@ -263,12 +355,18 @@ def params(self: TuningPanel) -> GenParams:
 
 @patch
 def set(self: TuningPanel, **kw) -> 'TuningPanel':
-    "Set knobs by name (`strength`, `guidance`, `steps`, `seed`, `prompt`, `negative_prompt`, `n`, `image`, `generator`, `mode`)."
+    """Set knobs by name (`strength`, `guidance`, `steps`, `seed`, `prompt`, `negative_prompt`, `n`, `image`, `generator`, `mode`,
+    and for pasting `k`, `scale` (a number or a (lo, hi) range) and `harmonizer`)."""
     ws = dict(strength=self.w_strength, guidance=self.w_guidance, steps=self.w_steps, seed=self.w_seed, n=self.w_n,
               prompt=self.w_prompt, negative_prompt=self.w_negative, image=self.w_image, generator=self.w_generator,
-              mode=self.w_mode, sweep=self.w_sweep, out=self.w_out)
+              mode=self.w_mode, sweep=self.w_sweep, out=self.w_out, k=self.w_k, scale=self.w_scale, harmonizer=self.w_harmonizer)
     for k, v in kw.items():
         check(k in ws, f'unknown panel setting {k!r}', f'use one of {", ".join(ws)}')
+        if k == 'scale':
+            v = (v, v) if isinstance(v, (int, float)) else tuple(v)
+            w = self.w_scale
+            check(len(v) == 2 and w.min <= v[0] <= v[1] <= w.max, f'scale={kw[k]!r} is not a range inside [{w.min:g}, {w.max:g}]',
+                  'use e.g. (0.8, 1.25) or 1.0')
         ws[k].value = v
     return self
 
@@ -279,9 +377,11 @@ def _source(self: TuningPanel, item):
 
 @patch
 def _on_generator(self: TuningPanel):
-    knobs = self.generator.knobs
+    name = _panel_built(self.generators[self.w_generator.value])   # paste: its class's knobs, no bank built just for picking it
+    knobs = set(getattr(generator_class(name), 'knobs', ())) | set(PANEL_OPTIONS[name]) if name else self.generator.knobs
     for k, w in [('strength', self.w_strength), ('guidance', self.w_guidance), ('steps', self.w_steps), ('seed', self.w_seed),
-                 ('prompt', self.w_prompt), ('negative_prompt', self.w_negative)]:
+                 ('prompt', self.w_prompt), ('negative_prompt', self.w_negative),
+                 ('k', self.w_k), ('scale', self.w_scale), ('harmonizer', self.w_harmonizer)]:
         w.disabled = k not in knobs
     self.b_new_seed.disabled = 'seed' not in knobs
 
@@ -300,6 +400,42 @@ def new_seed(self: TuningPanel) -> int:
     "Draw a fresh base seed (from the panel's own seeded generator) into the seed box."
     self.w_seed.value = int(self._rng.integers(0, 2**31 - 1))
     return self.w_seed.value
+
+# %% ../nbs/30_tuning.ipynb #0feb5bdc
+@patch(as_prop=True)
+def paste_options(self: TuningPanel) -> dict:
+    "The options the knobs give a paste generator: `k`, `scale` (lo, hi), and `harmonizer` (a label of the panel's DDPMs, or None)."
+    lo, hi = self.w_scale.value
+    return dict(k=int(self.w_k.value), scale=(float(lo), float(hi)), harmonizer=self.w_harmonizer.value)
+
+@patch
+def bank(self: TuningPanel, folder: str = ''):
+    "The crop bank: of the panel's dataset's training images (built once, kept under `cache_dir/banks`), or the one saved in `folder`."
+    if folder not in self._banks:
+        from synthkit.paste import CropBank
+        if folder:
+            b = CropBank.load(folder)
+            b.check_lineage(bank_split(self.dataset)[1], 'val/test')   # a bank that holds this dataset's val/test ships is refused
+        else:
+            self._status('cutting the crop bank from the training images …')
+            b = panel_bank(self.dataset, self.cache_dir/'banks')
+            self._status('')
+        self._banks[folder] = b
+    return self._banks[folder]
+
+@patch
+def _paste_generator(self: TuningPanel, label: str) -> Generator:
+    "The paste generator under `label` with the knobs' k, scale (and harmonizer), built once per setting."
+    name, _, folder = self.generators[label].partition(':')
+    o = self.paste_options
+    opts = dict(k=o['k'], scale=o['scale'])
+    key = (label, o['k'], o['scale'])
+    if 'harmonizer' in PANEL_OPTIONS[name]:
+        check(o['harmonizer'], f'{name} needs a DDPM to harmonize with, and the panel has none',
+              "pass one among the generators, e.g. TuningPanel(ds, 'ddpm:models/ddpm')")
+        opts['harmonizer'], key = self._load(o['harmonizer']), key + (o['harmonizer'],)
+    if key not in self._built: self._built[key] = generator_class(name)(self.bank(folder), **opts)
+    return self._built[key]
 
 # %% ../nbs/30_tuning.ipynb #fe609247
 @patch
@@ -328,7 +464,7 @@ def _start(self: TuningPanel, mode, strengths, p: GenParams) -> PreviewResult:
     ks = list(range(n))
     res = PreviewResult(mode, it.id, self.w_generator.value, p, list(strengths), ks,
                         [derive_seed(p.seed, it.id, k) for k in ks], [[None] * n for _ in strengths],
-                        [[(it.boxes, it.cls)] * n for _ in strengths])
+                        [[(it.boxes, it.cls)] * n for _ in strengths], infos=[[{}] * n for _ in strengths], gen=gen)
     self.result, self._cancel = res, threading.Event()
     self.w_progress.max, self.w_progress.value = max(1, res.total), 0
     self.w_progress.bar_style = ''
@@ -356,6 +492,7 @@ def _work(self: TuningPanel, res: PreviewResult, gen, it, cancel: threading.Even
                         out = _generate_one(gen, src, it, p, seed)
                     self.cache.put(key, out)
                 res.labels[i][j] = out[1:]
+                res.infos[i][j] = dict(getattr(out, 'info', None) or {})
                 res.images[i][j] = out[0]
                 if self.result is not res: continue  # superseded by a newer Preview: leave the widgets alone
                 self.w_progress.value = res.done
@@ -374,17 +511,25 @@ def _work(self: TuningPanel, res: PreviewResult, gen, it, cancel: threading.Even
     self.w_which.value = tuple(self.w_which.options)
     if res.error: self.w_progress.bar_style = 'danger'; self._status(res.error, error=True)
     elif res.cancelled: self.w_progress.bar_style = 'warning'; self._status(f'cancelled after {res.done} of {res.total}')
-    else: self.w_progress.bar_style = 'success'; self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s')
+    else: self.w_progress.bar_style = 'success'; self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s' + _pasted_text(res))
+
+def _pasted_text(res: PreviewResult) -> str:
+    "' · 7 of 12 ships pasted (magenta boxes)' for outputs of a paste generator, '' for others."
+    pa = res.pasted()
+    return '' if pa is None else f' · {pa[0]} of {pa[1]} ships pasted (magenta boxes; the source\'s are green)'
 
 @patch
 def _render(self: TuningPanel, res: PreviewResult):
     t0 = time.time()
     it = self.dataset[res.item_id]
     src = self._source(it)
-    labels = [[(it.boxes, it.cls)] + list(r) for r in res.labels]
-    g = self.generators.get(res.generator)
+    labels = [[(it.boxes, it.cls)] + [(*lab, pasted_boxes(info)) for lab, info in zip(r, ri)] for r, ri in zip(res.labels, res.infos)]
+    g = res.gen if res.gen is not None else self.generators.get(res.generator)
     knob = not isinstance(g, str) and 'strength' in getattr(g, 'knobs', ())
     cols = ['source'] + [f'k={k}' for k in res.ks]
+    if res.mode == 'variations':   # how many ships each output got of those asked
+        cols = ['source'] + [f'k={k}: {info["paste"]["placed"]}/{info["paste"]["asked"]} pasted' if 'paste' in info else c
+                             for k, c, info in zip(res.ks, cols[1:], res.infos[0])]
     rows = [f'strength {s:g}' for s in res.strengths] if knob else None
     if res.mode == 'variations': cells = [[src] + res.images[0]]
     else: cells = [[src if i == 0 else None] + r for i, r in enumerate(res.images)]
@@ -396,7 +541,7 @@ def _render(self: TuningPanel, res: PreviewResult):
     self._last_render, self._render_s = time.time(), time.time() - t0
     p = res.params
     self.w_caption.value = (f'{res.mode}: {res.item_id} · {res.generator} · strength {" / ".join(f"{s:g}" for s in res.strengths)} '
-                           f'· seed {p.seed} · steps {p.steps} · {res.done}/{res.total}{" (cancelled)" if res.cancelled else ""}')
+                           f'· seed {p.seed} · steps {p.steps} · {res.done}/{res.total}{" (cancelled)" if res.cancelled else ""}{_pasted_text(res)}')
 
 @patch
 def cancel(self: TuningPanel):
@@ -494,8 +639,13 @@ def keep(self: TuningPanel, which=None, out=None) -> list:
     check(str(out).strip() and not out.is_file(), 'the keep folder is a file or empty', 'type a folder name into "into folder"', path=out)
     from synthkit.synthesize import synthesize, Manifest
     it = self.dataset[res.item_id]
+    gen = res.gen if res.gen is not None else self.generators[res.generator]
+    part = it.meta.get('split') or self.part
+    check(getattr(gen, 'bank', None) is None or part not in _HELD,
+          f'{res.item_id!r} is a {part} image: its pasted variations would carry ships of training images into the {part} part',
+          'keep pasted variations of training images only')
     before = Manifest(out).done()
-    s = synthesize(self.dataset, self.generators[res.generator], max(ks) + 1, res.params, out, parts={it.meta.get('split') or self.part: [it.id]},
+    s = synthesize(self.dataset, gen, max(ks) + 1, res.params, out, parts={part: [it.id]},
                    ks=ks, batch_size=1, cache=self.cache, progress=False, shard=(0, 1))   # variations inherit their source's part
     written = [r for r in Manifest(out).read() if r['source'] == it.id and int(r['k']) in ks and (it.id, int(r['k'])) not in before]
     self.kept += written
@@ -510,22 +660,39 @@ def code(self: TuningPanel) -> tuple[str, str]:
     kw = ', '.join(f'{k}={getattr(p, k)!r}' for k in KNOBS if k in gen.knobs)
     spec, root = generator_spec(gen), self.dataset.root
     dtype = DTYPE_ARGS.get(gen.describe().get('dtype'))   # explicit, so the code gives the same pixels on another machine
+    opts = self._code_options()
+    if opts: spec = f'{gen.name}:{gen.bank.folder}'     # the panel's crop bank, saved under cache_dir
+    args = ''.join(f', {k}={v!r}' for k, v in opts.items()) + (f', dtype={dtype!r}' if dtype else '')
     py = '\n'.join([
         'from synthkit.generators import load_generator, GenParams',
         'from synthkit.data.formats import load_dataset',
         f'dataset = load_dataset({str(root)!r})' if root else '# dataset = load_dataset(FOLDER)',
         f'item = dataset[{it.id!r}]',
-        f'gen = load_generator({spec!r}' + (f', dtype={dtype!r})' if dtype else ')'),
+        f'gen = load_generator({spec!r}{args})',
         f'params = GenParams({kw})',
         f'outputs = gen.generate_labelled(item.read(), item.boxes, item.cls, n={n}, params=params, source_id=item.id)  # (image, boxes, cls)',
         f'# the whole dataset: synthkit.synthesize.synthesize(dataset, gen, {n}, params, {str(self.w_out.value)!r})'])
     cli = ['synthkit', 'generate', str(root) if root else 'DATA', '--generator', spec, '--n', str(n)] + (['--dtype', dtype] if dtype else [])
+    for k, v in opts.items(): cli += ['--option', f'{k}={v}']
+    if opts and bank_split(self.dataset)[1]: cli += ['--parts', 'train']   # pasted training ships belong in the training part only
     for k in KNOBS:  # `synthkit generate` takes every knob as --name (ignored ones left out)
         if k in gen.knobs:
             v = getattr(p, k)
             cli += [f'--{k.replace("_", "-")}', f'{v:g}' if isinstance(v, float) else str(v)]
     cli += ['--out', str(self.w_out.value)]
     return py, shlex.join(cli)
+
+@patch
+def _code_options(self: TuningPanel) -> dict:
+    "The generator options the panel's knobs set (k, scale, the harmonizer as a spec), for a paste generator it builds; {} otherwise."
+    name = _panel_built(self.generators[self.w_generator.value])
+    if not name: return {}
+    o = self.paste_options
+    out = dict(k=o['k'], scale=o['scale'])
+    if 'harmonizer' in PANEL_OPTIONS[name] and o['harmonizer']:
+        h = self.generators[o['harmonizer']]
+        out['harmonizer'] = h if isinstance(h, str) else generator_spec(h)
+    return out
 
 @patch
 def _show_code(self: TuningPanel):

@@ -11,7 +11,7 @@ from synthkit.data.items import Dataset, Item
 from synthkit.errors import SynthkitError
 from synthkit.generators import GENERATORS, Generator, GenParams, derive_seed
 from synthkit.images import save_image
-from synthkit.tuning import TuningPanel, grid_png, output_key
+from synthkit.tuning import TuningPanel, generator_spec, grid_png, output_key
 
 
 class NoiseGenerator(Generator):
@@ -396,3 +396,241 @@ def test_the_old_widgets_module_reexports_both_panels():
     assert widgets.TuningPanel is TuningPanel and widgets.grid_png is tuning.grid_png
     assert widgets.CaseStudyPanel is casestudy_panel.CaseStudyPanel and widgets.rows_html is casestudy_panel.rows_html
     assert set(widgets.__all__) == set(tuning.__all__) | set(casestudy_panel.__all__)
+
+
+# ---- paste and ddpm-paste in the panel (issue 18, point 6) ----
+
+def _split_ds(ds, splits):
+    "The `ds` fixture's images with `meta['split']` set (one per image)."
+    return Dataset([Item(it.path, it.width, it.height, it.boxes, it.cls, it.id, {'split': s}) for it, s in zip(ds, splits)],
+                   ds.names, root=ds.root)
+
+
+def _grid_cells(png, n_cols, w=64, h=48, cell_px=200, top=18, gap=4):
+    "The grid PNG as RGB, with each column's image area (x0, y0, scale) (no row labels: one row of source + outputs)."
+    from PIL import Image
+    import io
+    im = np.asarray(Image.open(io.BytesIO(bytes(png))).convert('RGB'))
+    f = min(cell_px / w, round(h * cell_px / w) / h)
+    return im, [(j * (cell_px + gap), top, f) for j in range(n_cols)]
+
+
+def _edge_colours(im, cell, box):
+    "The colours found along the top edge of `box` drawn in `cell` (a 3 px band, so rounding does not matter)."
+    x0, y0, f = cell
+    xa, xb = int(x0 + box[0] * f) + 2, int(x0 + box[2] * f) - 2
+    y = int(round(y0 + box[1] * f))
+    band = im[max(0, y - 1):y + 2, xa:xb].reshape(-1, 3)
+    return {tuple(int(v) for v in c) for c in band}
+
+
+def test_paste_previews_with_pasted_boxes_in_their_own_colour(ds, tmp_path):
+    from synthkit.paste import PasteGenerator
+    from synthkit.tuning import BOX_COLOUR, PASTED_COLOUR
+    p = TuningPanel(ds, NoiseGenerator(), n=3, cache_dir=tmp_path / 'cache')
+    assert list(p.w_generator.options) == ['noise', 'paste']         # offered by itself; no DDPM, so no ddpm-paste
+    assert p.w_k.disabled and p.w_scale.disabled                      # the noise generator has no ships to paste
+    p.set(generator='paste', k=2, seed=1)
+    assert p.w_strength.disabled and not p.w_k.disabled and not p.w_scale.disabled and p.w_harmonizer.disabled
+    p.b_preview.click(); res = p.wait(timeout=30)
+    assert res.done == res.total == 3 and not res.error and isinstance(res.gen, PasteGenerator)
+    it = ds['img0']
+    direct = res.gen.generate_labelled(it.read(), it.boxes, it.cls, n=3, params=p.params, source_id='img0')
+    placed = 0
+    for (b, c), info, a, d in zip(res.labels[0], res.infos[0], res.images[0], direct):
+        pa = info['paste']
+        assert pa['asked'] == 2 and pa['pasted'] == list(range(1, 1 + pa['placed'])) and len(b) == 1 + pa['placed']
+        assert np.array_equal(a, d[0]) and np.allclose(b, d[1]) and d.info['paste']['pasted'] == pa['pasted']
+        assert np.allclose(b[0], it.boxes[0])                          # the source's ship is still there
+        placed += pa['placed']
+    assert placed > 0 and res.pasted() == (placed, 6)
+    assert f'{placed} of 6 ships pasted' in p.w_status.value and f'{placed} of 6 ships pasted' in p.w_caption.value
+    # the PNG: the inherited box green, each pasted one magenta (source + 3 outputs in one row)
+    im, cells = _grid_cells(p.grid_png, 4)
+    assert _edge_colours(im, cells[0], it.boxes[0]) >= {BOX_COLOUR}
+    for j, ((b, _), info) in enumerate(zip(res.labels[0], res.infos[0]), start=1):
+        assert BOX_COLOUR in _edge_colours(im, cells[j], b[0]) and PASTED_COLOUR not in _edge_colours(im, cells[j], b[0])
+        for i in info['paste']['pasted']:
+            cols = _edge_colours(im, cells[j], b[i])
+            assert PASTED_COLOUR in cols and BOX_COLOUR not in cols
+    # a generator that pastes nothing draws no magenta at all
+    p.set(generator='noise').preview(); p.wait()
+    im, _ = _grid_cells(p.grid_png, 4)
+    assert not (im == PASTED_COLOUR).all(axis=2).any() and (im == BOX_COLOUR).all(axis=2).any()
+    assert 'pasted' not in p.w_caption.value
+
+
+def test_k_and_scale_reach_the_paste_generator(ds, tmp_path, monkeypatch):
+    from synthkit import paste
+    made = []
+    class Spy(paste.PasteGenerator):
+        def __init__(self, bank, **kw):
+            made.append(kw); super().__init__(bank, **kw)
+    monkeypatch.setitem(GENERATORS, 'paste', Spy)
+    p = TuningPanel(ds, NoiseGenerator(), n=2, cache_dir=tmp_path / 'cache')
+    p.set(generator='paste', k=1, scale=1.5, seed=3)
+    assert p.w_scale.value == (1.5, 1.5)
+    res = p.preview(); p.wait()
+    assert made == [dict(k=1, scale=(1.5, 1.5))] and res.gen.options()['k'] == 1 and res.gen.scale == (1.5, 1.5)
+    src = ds['img0'].boxes[0]
+    for (b, _), info in zip(res.labels[0], res.infos[0]):
+        assert info['paste']['asked'] == 1
+        for i in info['paste']['pasted']:   # a 14 x 6 px ship, 1.5 times as large (turned or not)
+            assert sorted(np.round(b[i][2:] - b[i][:2], 3)) == sorted(np.round((src[2:] - src[:2]) * 1.5, 3))
+    p.set(k=4, scale=(0.8, 1.25)).preview(); again = p.wait()
+    assert made[-1] == dict(k=4, scale=(0.8, 1.25)) and all(i['paste']['asked'] == 4 for i in again.infos[0])
+    assert again.gen is not res.gen and again.gen.bank is res.gen.bank                     # a new generator, the same bank
+    n_made = len(made)
+    p.set(k=1, scale=1.5).preview(); back = p.wait()                                       # going back: built once, from the cache
+    assert len(made) == n_made and all(np.array_equal(a, b) for a, b in zip(back.images[0], res.images[0]))
+    py, cli = p.code()
+    bank = res.gen.bank.folder
+    assert f"load_generator('paste:{bank}', k=1, scale=(1.5, 1.5))" in py
+    assert f'--generator paste:{bank}' in cli and "--option k=1 --option 'scale=(1.5, 1.5)'" in cli and '--strength' not in cli
+    synth = pytest.importorskip('synthkit.synthesize')
+    import argparse, shlex
+    from synthkit.generators import parse_assignments
+    parser = argparse.ArgumentParser(); synth.cli_args(parser)
+    args = parser.parse_args(shlex.split(cli)[2:])
+    assert parse_assignments(args.options, '--option') == dict(k=1, scale=(1.5, 1.5))
+    with pytest.raises(SynthkitError, match=r'scale=\(2, 1\) is not a range'):
+        p.set(scale=(2, 1))
+
+
+def test_the_crop_bank_holds_only_training_images_and_is_built_once(ds, tmp_path, monkeypatch):
+    from synthkit import paste
+    calls = []
+    real = paste.CropBank.from_dataset.__func__
+    def spy(cls, dataset, ids=None, **kw):
+        calls.append((list(ids), sorted(kw.get('forbidden', ())))); return real(cls, dataset, ids, **kw)
+    monkeypatch.setattr(paste.CropBank, 'from_dataset', classmethod(spy))
+    d = _split_ds(ds, ['train', 'val', 'test'])
+    p = TuningPanel(d, NoiseGenerator(), n=1, cache_dir=tmp_path / 'cache')
+    p.set(generator='paste').preview(); p.wait()
+    bank = p.generator.bank
+    assert bank.sources == ['img0'] and calls == [(['img0'], ['img1', 'img2'])]   # val/test ids are the guard's `forbidden`
+    assert bank.folder.parent == tmp_path / 'cache' / 'banks' and (bank.folder / 'crops.safetensors').is_file()
+    assert {c for o in p.result.infos[0] for c in o['paste']['crop_sources']} <= {'img0'}
+    q = TuningPanel(d, NoiseGenerator(), n=1, cache_dir=tmp_path / 'cache')     # another panel on the same data: read back
+    q.set(generator='paste').preview(); q.wait()
+    assert len(calls) == 1 and q.generator.bank.folder == bank.folder and q.generator.weights_hash == p.generator.weights_hash
+    r = TuningPanel(_split_ds(ds, ['train', 'train', 'val']), NoiseGenerator(), n=1, cache_dir=tmp_path / 'cache')
+    r.set(generator='paste').preview(); r.wait()                                 # other training images: another bank
+    assert calls[-1] == (['img0', 'img1'], ['img2']) and r.generator.bank.sources == ['img0', 'img1']
+    assert len(list((tmp_path / 'cache' / 'banks').iterdir())) == 2
+    # a bank that holds a val/test image of this dataset is refused (lineage guard), shown in the status line
+    leaky = paste.CropBank.from_dataset(ds, ['img0', 'img1']).save(tmp_path / 'leaky')
+    s = TuningPanel(d, {'noise': NoiseGenerator(), 'mine': f'paste:{leaky}'}, n=1, cache_dir=tmp_path / 'cache')
+    s.set(generator='mine').b_preview.click()
+    assert "lineage guard: the crop bank holds ships of val/test image 'img1'" in s.w_status.value
+    # a pasted variation of a val image is not kept into the val part
+    p.set(image='img1').preview(); p.wait()
+    with pytest.raises(SynthkitError, match="'img1' is a val image: its pasted variations would carry ships of training images"):
+        p.keep(out=tmp_path / 'kept')
+    # nothing to cut from: every image held out
+    held = TuningPanel(_split_ds(ds, ['val', 'test', 'val']), NoiseGenerator(), n=1, cache_dir=tmp_path / 'cache')
+    held.set(generator='paste').b_preview.click()
+    assert 'the dataset has no training images to cut ship crops from' in held.w_status.value
+
+
+def test_no_paste_without_boxes_or_when_switched_off(ds, tmp_path):
+    empty = Dataset([Item(it.path, it.width, it.height, [], [], it.id) for it in ds], ds.names, root=ds.root)
+    assert list(TuningPanel(empty, NoiseGenerator()).w_generator.options) == ['noise']
+    assert list(TuningPanel(ds, NoiseGenerator(), paste=False).w_generator.options) == ['noise']
+
+
+def test_keep_writes_pasted_variations_with_their_paste_record(ds, tmp_path):
+    synth = pytest.importorskip('synthkit.synthesize')
+    p = TuningPanel(ds, NoiseGenerator(), n=2, cache_dir=tmp_path / 'cache', out=tmp_path / 'kept')
+    p.set(generator='paste', k=2, seed=5).preview(); res = p.wait()
+    recs = p.keep()
+    assert [r['k'] for r in recs] == [0, 1]
+    for r, (b, _), info in zip(recs, res.labels[0], res.infos[0]):
+        assert r['paste']['placed'] == info['paste']['placed'] and r['paste']['pasted'] == info['paste']['pasted']
+        assert np.allclose(r['boxes'], b, atol=1e-3) and r['generator'] == 'paste'
+        assert np.array_equal(synth.regenerate(r, res.gen, ds), res.images[0][r['k']])      # the record remakes the pixels
+
+
+class FakeDDPM(NoiseGenerator):
+    "Stands in for a trained DDPM: a 'ddpm' with strength, steps and seed."
+    name, knobs = 'ddpm', frozenset({'strength', 'steps', 'seed'})
+    model_id = 'models/ddpm'
+
+
+def _fake_ddpm_paste():
+    "A small `ddpm-paste` stand-in: paste's layout, then the harmonizer's output inside the pasted boxes only."
+    from synthkit.paste import PasteGenerator, Labelled
+    class FakeDDPMPaste(PasteGenerator):
+        name, knobs = 'ddpm-paste', frozenset({'strength', 'steps', 'seed'})
+        made = []
+        def __init__(self, bank, harmonizer, **kw):
+            type(self).made.append(dict(kw, harmonizer=harmonizer)); super().__init__(bank, **kw)
+            self.harmonizer = harmonizer
+        def options(self): return {**super().options(), 'harmonizer': generator_spec(self.harmonizer)}
+        def generate_labelled(self, image, boxes=None, cls=None, *, n=1, params=GenParams(), seeds=None, source_id='image', batch_size=None):
+            outs = []
+            for o, s in zip(super().generate_labelled(image, boxes, cls, n=n, params=params, seeds=seeds, source_id=source_id), seeds):
+                y = o[0].copy()
+                h = self.harmonizer.generate(o[0], n=1, params=params, seeds=[s])[0]
+                for i in o.info['paste']['pasted']:
+                    x0, y0, x1, y1 = np.round(o[1][i]).astype(int)
+                    y[y0:y1, x0:x1] = h[y0:y1, x0:x1]
+                outs.append(Labelled(y, o[1], o[2], o.info))
+            return outs
+    return FakeDDPMPaste
+
+
+def test_ddpm_paste_with_its_harmonizer_and_strength(ds, tmp_path, monkeypatch):
+    "The panel's side of ddpm-paste, against a small stand-in (no DDPM weights here): harmonizer, k and the strength knob reach it."
+    Fake = _fake_ddpm_paste()
+    monkeypatch.setitem(GENERATORS, 'ddpm-paste', Fake)
+    ddpm = FakeDDPM()
+    p = TuningPanel(ds, {'my ddpm': ddpm}, n=2, cache_dir=tmp_path / 'cache')
+    assert list(p.w_generator.options) == ['my ddpm', 'paste', 'ddpm-paste'] and list(p.w_harmonizer.options) == ['my ddpm']
+    p.set(generator='ddpm-paste', k=2, scale=(0.9, 1.1), seed=2, strength=0.3, steps=10)
+    assert not any(w.disabled for w in (p.w_strength, p.w_steps, p.w_k, p.w_scale, p.w_harmonizer)) and p.w_guidance.disabled
+    res = p.preview(); p.wait()
+    assert Fake.made == [dict(k=2, scale=(0.9, 1.1), harmonizer=ddpm)] and res.gen.harmonizer is ddpm
+    assert res.params.strength == 0.3 and all(i['paste']['asked'] == 2 for i in res.infos[0])
+    sw = p.sweep([0.2, 0.9]); p.wait()                                   # strengths down, seeds across: the same layout per column
+    assert len(Fake.made) == 1 and sw.done == 4
+    for j in range(2):
+        assert np.allclose(sw.labels[0][j][0], sw.labels[1][j][0]) and not np.array_equal(sw.images[0][j], sw.images[1][j])
+        assert sw.infos[0][j]['paste']['pasted'] == sw.infos[1][j]['paste']['pasted']
+    py, cli = p.code()
+    bank = res.gen.bank.folder
+    assert f"load_generator('ddpm-paste:{bank}', k=2, scale=(0.9, 1.1), harmonizer='ddpm:models/ddpm')" in py
+    assert 'GenParams(strength=0.3, steps=10, seed=2)' in py
+    assert '--option harmonizer=ddpm:models/ddpm' in cli and '--strength 0.3' in cli and '--steps 10' in cli
+    # without a DDPM in the panel, ddpm-paste is not offered; asked for by name, it says what it needs
+    q = TuningPanel(ds, {'noise': NoiseGenerator(), 'dp': 'ddpm-paste'}, n=1, cache_dir=tmp_path / 'cache')
+    assert 'ddpm-paste' not in q.w_generator.options and list(q.w_harmonizer.options) == []
+    q.set(generator='dp').b_preview.click()
+    assert 'ddpm-paste needs a DDPM to harmonize with, and the panel has none' in q.w_status.value
+
+
+def test_ddpm_paste_end_to_end_with_a_tiny_ddpm(tmp_path):
+    "The real `ddpm-paste` (synthkit.paste) harmonized by a tiny DDPM trained for two steps: offered, previewed, copied as code, kept."
+    if 'ddpm-paste' not in GENERATORS: pytest.skip('synthkit.paste has no ddpm-paste generator yet')
+    from synthkit.ddpm import DDPMConfig, train_ddpm
+    from synthkit.generators import load_generator
+    from synthkit.recipe import Recipe
+    from synthkit.testing import speckle_toy
+    data = speckle_toy(tmp_path / 'd', n=4, size=48, splits=['train', 'train', 'train', 'val'])
+    model = train_ddpm(data, tmp_path / 'm', DDPMConfig(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2, steps=2),
+                       progress=False)
+    p = TuningPanel(data, f'ddpm:{model}', n=2, cache_dir=tmp_path / 'cache', out=tmp_path / 'kept')
+    assert list(p.w_generator.options) == [f'ddpm:{model}', 'paste', 'ddpm-paste'] and p.w_harmonizer.value == f'ddpm:{model}'
+    p.set(generator='ddpm-paste', k=2, strength=0.4, steps=4, seed=1)
+    assert not (p.w_strength.disabled or p.w_k.disabled or p.w_harmonizer.disabled)
+    res = p.preview(); p.wait(timeout=120)
+    assert res.done == 2 and res.gen.harmonizer is p.generators[f'ddpm:{model}']      # the panel's DDPM, not a second copy
+    assert p.generator.bank.sources and set(p.generator.bank.sources) <= {'toy000', 'toy001', 'toy002'}   # toy003 is val
+    for (b, _), info in zip(res.labels[0], res.infos[0]):
+        assert info['harmonized']['strength'] == 0.4 and len(b) == len(data['toy000'].boxes) + info['paste']['placed']
+    py, cli = p.code()
+    line = next(l for l in py.splitlines() if l.startswith('gen = '))
+    ns = {}; exec(line, dict(load_generator=load_generator), ns)                        # the code builds the same generator
+    assert Recipe.of(ns['gen'], p.params, batch_size=1).key() == Recipe.of(res.gen, p.params, batch_size=1).key()
+    recs = p.keep()
+    assert len(recs) == 2 and all('paste' in r and 'harmonized' in r for r in recs)
