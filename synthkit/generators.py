@@ -292,6 +292,7 @@ GENERATORS = {
     'controlnet':   'synthkit.diffusion:ControlNetGenerator',  # ControlNet img2img, Canny or box-mask condition
     'classic':      'synthkit.augment:ClassicGenerator',       # flips / 90° turns / speckle, boxes moved (the control)
     'paste':        'synthkit.paste:PasteGenerator',           # ship crops pasted at new places, exact boxes (layout control)
+    'ddpm-paste':   'synthkit.paste:HarmonizedPasteGenerator', # paste, then the pasted windows re-synthesized (harmonizer='ddpm:FOLDER')
 }
 
 def generator_class(name: str):

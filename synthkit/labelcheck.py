@@ -15,7 +15,7 @@ from .errors import SynthkitError, check
 
 # %% auto #0
 __all__ = ['HALLUCINATION_CONF', 'HALLUCINATION_IOU', 'WEIGHTS_FIX', 'match_boxes', 'detections', 'unlabelled_detections',
-           'LabelVerdict', 'LabelCheck', 'check_yolo_weights']
+           'LabelVerdict', 'pasted_boxes', 'LabelCheck', 'check_yolo_weights']
 
 # %% ../nbs/21_labelcheck.ipynb #306257e0
 def match_boxes(src_boxes, src_cls, det_boxes, det_cls, iou: float = 0.5, class_aware: bool = True) -> list:
@@ -69,6 +69,18 @@ class LabelVerdict:
     relabelled: bool = False
     n_detections: int = 0
     hallucinated: int = 0      # confident detections where no box is (counted only when `hallucination_conf` is set)
+    pasted: int = 0            # pasted ships the output's info named (checked only with `LabelCheck(pasted=True)`, the default)
+    pasted_found: int = 0      # … of them matched by a detection
+
+def pasted_boxes(info, n_boxes: int) -> list:
+    "Indices of the pasted boxes named by an output's `info` or by its manifest record (`info['paste']['pasted']`), sorted; [] when none."
+    check(info is None or isinstance(info, dict), f'info of type {type(info).__name__} is not a dict',
+          "pass the output's .info or its manifest record")
+    idx = sorted({int(i) for i in ((info or {}).get('paste') or {}).get('pasted', [])})
+    bad = [i for i in idx if not 0 <= i < n_boxes]
+    check(not bad, f'the info names pasted box {bad[0] if bad else ""} but the output has {n_boxes} boxes',
+          "pass the info that came with these boxes (the output's .info or its manifest record)")
+    return idx
 
 
 _EXAMPLE = dict(iou=0.5, recall=0.8, conf=0.25, precision=0.5, hallucination_conf=HALLUCINATION_CONF, hallucination_iou=HALLUCINATION_IOU)
@@ -77,7 +89,7 @@ class LabelCheck:
     "Compare a detector's detections on a variation with the source boxes: keep, drop or relabel (`mode`)."
     def __init__(self, detector, iou: float = 0.5, recall: float = 0.8, conf: float = 0.25, mode: str = 'drop',
                  precision: float | None = None, class_aware: bool = True, hallucination_conf: float | None = None,
-                 hallucination_iou: float = HALLUCINATION_IOU):
+                 hallucination_iou: float = HALLUCINATION_IOU, pasted: bool = True):
         check(hasattr(detector, 'predict'), f'{type(detector).__name__} has no predict(image) method',
               'pass synthkit.detect.Detector(weights) or LabelCheck.from_weights(path)')
         given = dict(iou=iou, recall=recall, conf=conf, precision=precision, hallucination_conf=hallucination_conf, hallucination_iou=hallucination_iou)
@@ -89,6 +101,8 @@ class LabelCheck:
         self.precision, self.class_aware = precision, class_aware
         self.hallucination_conf = None if hallucination_conf is None else float(hallucination_conf)
         self.hallucination_iou = float(hallucination_iou)
+        check(isinstance(pasted, bool), f'pasted={pasted!r} is not True or False', 'use True (every pasted ship must be found) or False')
+        self.pasted = pasted
         self.counts = Counter()
 
     @classmethod
@@ -104,8 +118,10 @@ class LabelCheck:
                                 WEIGHTS_FIX, path=p)
         return cls(det, **kw)
 
-    def __call__(self, image, boxes, cls) -> LabelVerdict:
+    def __call__(self, image, boxes, cls, info: dict | None = None) -> LabelVerdict:
+        "The verdict on `image` labelled `boxes`, `cls`; `info` (the output's `.info` or its manifest record) names the pasted boxes."
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4); cls = np.asarray(cls, np.int64).reshape(-1)
+        pasted = pasted_boxes(info, len(boxes)) if self.pasted else []
         hc = self.hallucination_conf
         db, ds, dc = detections(self.detector, image, self.conf if hc is None else min(self.conf, hc))
         sure = np.flatnonzero(ds >= self.conf)            # what recall and precision count
@@ -114,20 +130,25 @@ class LabelCheck:
         n, m, nd = len(boxes), len(pairs), len(sure)
         rec = m / n if n else 1.0
         prec = m / nd if nd else 1.0
-        ok = rec >= self.recall and (self.precision is None or prec >= self.precision) and not halluc
+        missed = sorted(set(pasted) - {i for i, _ in pairs})
+        ok = rec >= self.recall and (self.precision is None or prec >= self.precision) and not halluc and not missed
         why = f'{m} of {n} source boxes found (recall {rec:.2f}, need {self.recall:.2f})'
         if self.precision is not None: why += f', {m} of {nd} detections matched (precision {prec:.2f}, need {self.precision:.2f})'
         if hc is not None: why += (f', {len(halluc)} confident detection(s) where no box is (score ≥ {hc:.2f}, '
                                    f'IoU < {self.hallucination_iou:.2f} with every box)')
-        if ok: v = LabelVerdict(True, boxes, cls, 'kept: ' + why, rec, m, False, nd, len(halluc))
-        elif self.mode == 'drop': v = LabelVerdict(False, boxes, cls, 'dropped: ' + why, rec, m, False, nd, len(halluc))
+        if pasted: why += (f', {len(pasted) - len(missed)} of {len(pasted)} pasted ships found (need all, IoU ≥ {self.iou:.2f})'
+                           + (f', missed: box {", ".join(map(str, missed))}' if missed else ''))
+        ps = dict(pasted=len(pasted), pasted_found=len(pasted) - len(missed))
+        if ok: v = LabelVerdict(True, boxes, cls, 'kept: ' + why, rec, m, False, nd, len(halluc), **ps)
+        elif self.mode == 'drop' or missed:   # a pasted ship is in the pixels: removing its box would leave it unlabelled
+            v = LabelVerdict(False, boxes, cls, 'dropped: ' + why, rec, m, False, nd, len(halluc), **ps)
         else:
             si = sorted(i for i, _ in pairs); used = {j for _, j in pairs}
             extra = sorted({int(j) for j in sure if j not in used} | set(halluc))   # a painted ship gets its box
             nb = np.concatenate([boxes[si], db[extra]]).reshape(-1, 4).astype(np.float32)
             nc = np.concatenate([cls[si], dc[extra]]).astype(np.int64)
             v = LabelVerdict(True, nb, nc, f'relabelled ({n - m} source boxes removed, {len(extra)} detections added): ' + why,
-                             rec, m, True, nd, len(halluc))
+                             rec, m, True, nd, len(halluc), **ps)
         self.counts['relabelled' if v.relabelled else 'kept' if v.keep else 'dropped'] += 1
         return v
 
@@ -137,7 +158,8 @@ class LabelCheck:
 
     def __repr__(self):
         h = '' if self.hallucination_conf is None else f', hallucination_conf={self.hallucination_conf}, hallucination_iou={self.hallucination_iou}'
-        return f'LabelCheck(iou={self.iou}, recall={self.recall}, conf={self.conf}, mode={self.mode!r}, precision={self.precision}{h})'
+        return (f'LabelCheck(iou={self.iou}, recall={self.recall}, conf={self.conf}, mode={self.mode!r}, precision={self.precision}{h}'
+                + ('' if self.pasted else ', pasted=False') + ')')
 
 # %% ../nbs/21_labelcheck.ipynb #5ef8363f
 WEIGHTS_FIX = 'pass the best.pt / last.pt of a YOLO trained on the real training images (synthkit.detect.train_detector)'

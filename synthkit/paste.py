@@ -19,7 +19,8 @@ from .augment import flip_boxes, rot90_boxes
 
 # %% auto #0
 __all__ = ['BANK_FILE', 'CROPS_FILE', 'Crop', 'robust_stats', 'CropBank', 'transform_crop', 'sea_stats', 'sea_like_stats',
-           'sea_like', 'feather_alpha', 'Labelled', 'paste_ships', 'PasteGenerator', 'paste_counts']
+           'sea_like', 'feather_alpha', 'Labelled', 'paste_ships', 'PasteGenerator', 'paste_counts', 'windows_mask',
+           'harmonize_seed', 'HarmonizedPasteGenerator']
 
 # %% ../nbs/22a_paste.ipynb #0668f55b
 @dataclass
@@ -345,7 +346,7 @@ def paste_ships(image: np.ndarray, boxes, cls, bank: CropBank, seed: int = 0, *,
     rng, offset, redraw = np.random.default_rng(int(seed)), _offset(image.dtype), max(1, int(tries) // 4)
     sea = sea_stats(image, boxes, offset) if sea_tolerance is not None and k and fit else None
     ok = fit if sea is None else [i for i in fit if sea_like_stats(bank._rings[i], sea, sea_tolerance, offset)]
-    info = dict(asked=int(k), placed=0, pasted=[], crops=[], crop_sources=[], too_large=len(bank) - len(fit),
+    info = dict(asked=int(k), placed=0, pasted=[], crops=[], crop_sources=[], windows=[], too_large=len(bank) - len(fit),
                 unlike_sea=len(fit) - len(ok))
     out, all_boxes, all_cls = image.copy(), boxes.copy(), list(cls)
     for _ in range(int(k) if ok else 0):
@@ -363,6 +364,7 @@ def paste_ships(image: np.ndarray, boxes, cls, bank: CropBank, seed: int = 0, *,
             out[y:y + ph, x:x + pw] = _to_dtype(al * _match_channels(patch, region) + (1 - al) * region, image.dtype)
             nb = np.clip(pbox + np.array([x, y, x, y], np.float32), 0, np.array([w, h, w, h], np.float32))
             info['pasted'].append(len(all_boxes)); info['crops'].append(ci); info['crop_sources'].append(bank.crops[ci].source)
+            info['windows'].append([x, y, x + pw, y + ph])
             all_boxes = np.concatenate([all_boxes, nb[None].astype(np.float32)]); all_cls.append(bank.crops[ci].cls)
             break
     info['placed'] = len(info['pasted'])
@@ -406,7 +408,7 @@ class PasteGenerator(Generator):
         check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
         seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
         check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
-        o = self.options(); o['scale'] = tuple(o['scale'])
+        o = PasteGenerator.options(self); o['scale'] = tuple(o['scale'])   # the paste's own options (a subclass may add more)
         return [paste_ships(image, boxes, cls, self.bank, s, **o) for s in seeds]
 
     def generate(self, image, boxes=None, cls=None, **kw) -> list:
@@ -422,3 +424,123 @@ def paste_counts(records) -> dict:
     ps = [r['paste'] for r in records if 'paste' in r]
     return dict(outputs=len(ps), asked=sum(p['asked'] for p in ps), placed=sum(p['placed'] for p in ps),
                 short=sum(p['placed'] < p['asked'] for p in ps))
+
+# %% ../nbs/22a_paste.ipynb #1dbae775
+def windows_mask(shape, windows, pad: int = 4) -> np.ndarray:
+    "HxW float32 mask: 1 over each window `[x0, y0, x1, y1]`, a smoothstep down to 0 across `pad` px outside it, 0 elsewhere."
+    h, w = tuple(shape)[:2]
+    m = np.zeros((h, w), np.float32)
+    def ramp(lo, hi, a, b):   # the weight of pixels a … b-1 for the window edges lo, hi
+        c = np.arange(a, b) + 0.5
+        t = np.clip(1 - np.maximum(np.maximum(lo - c, c - hi), 0) / (pad + 0.5), 0, 1)
+        return t * t * (3 - 2 * t)
+    for x0, y0, x1, y1 in np.asarray(windows, np.float64).reshape(-1, 4):
+        X0, Y0 = max(0, int(math.floor(x0)) - pad), max(0, int(math.floor(y0)) - pad)
+        X1, Y1 = min(w, int(math.ceil(x1)) + pad), min(h, int(math.ceil(y1)) + pad)
+        if X0 < X1 and Y0 < Y1:
+            m[Y0:Y1, X0:X1] = np.maximum(m[Y0:Y1, X0:X1], ramp(y0, y1, Y0, Y1)[:, None] * ramp(x0, x1, X0, X1)[None, :])
+    return m
+
+def harmonize_seed(seed: int) -> int:
+    "The diffusion noise seed of the output whose paste seed is `seed`: drawn apart from the layout's stream."
+    return derive_seed(int(seed), 'harmonize', 0)
+
+# %% ../nbs/22a_paste.ipynb #76fe85e6
+_HARMONIZER_HINT = ("pass harmonizer='ddpm:FOLDER' (a DDPM made by `synthkit train-ddpm`), another img2img generator's spec "
+                    "(e.g. 'sd-img2img:MODEL'), or a Generator")
+
+class HarmonizedPasteGenerator(PasteGenerator):
+    "`paste`'s layout for the same seed, then only the pasted windows re-synthesized by an img2img `harmonizer`; the boxes are the paste's."
+    name, version = 'ddpm-paste', '1'
+    knobs = frozenset({'seed', 'strength', 'steps'})
+    img2img_steps = True      # strength × steps must run a step: refused up front
+    batch_invariant = False   # with a DDPM, the outputs of a call are one batch (set per instance)
+    min_size = 16
+
+    def __new__(cls, *args, **kw):   # a clear line for the one argument a registry spec cannot carry (no arguments at all: a copy)
+        check(not (args or kw) or len(args) >= 2 or 'harmonizer' in kw, f'the {cls.name} generator needs a harmonizer', _HARMONIZER_HINT)
+        return super().__new__(cls)
+
+    def __init__(self, bank, harmonizer, k: int = 3, scale=(0.8, 1.25), flips: bool = True, turns: bool = True,
+                 feather: float | None = None, gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60, pad: int = 4,
+                 harmonizer_options: dict | None = None, device: str | None = None, dtype: str | None = None):
+        "`bank`: a `CropBank` or its folder; `harmonizer`: a spec like `'ddpm:FOLDER'` (with `harmonizer_options`, `device`, `dtype`) or a `Generator`."
+        from synthkit.ddpm import DDPMGenerator
+        super().__init__(bank, k, scale, flips, turns, feather, gap, sea_tolerance, tries)
+        check(isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and pad >= 0, f'pad={pad!r} must be an integer ≥ 0 (px)',
+              'use e.g. 4: the mask falls from 1 at the crop to 0 across that many pixels')
+        self.harmonizer = h = self._harmonizer(harmonizer, harmonizer_options, device, dtype)
+        self.pad, self.batched = int(pad), isinstance(h, DDPMGenerator)
+        self.knobs = type(self).knobs | frozenset(h.knobs)
+        self.batch_invariant = not self.batched                  # else one output per call: its pixels don't depend on the batch
+        self.batch_size = h.batch_size if self.batched else PasteGenerator.batch_size
+        self.min_size, self.device = max(1, int(h.min_size)), h.device
+        from synthkit.recipe import Recipe
+        r = Recipe.of(h).fields()
+        self.harmonizer_recipe = {k: r[k] for k in ('generator', 'version', 'model', 'options', 'dtype')}
+        self.bank_hash = self.weights_hash
+        self.weights_hash = hashlib.sha256(f'{self.bank_hash}|{h.name}|{h.identity()}'.encode()).hexdigest()[:16]
+        self.model_id = f'{self.model_id}|{h.name}:{h.model_id}'
+
+    def _harmonizer(self, harmonizer, options, device, dtype) -> Generator:
+        "The harmonizer, loaded from its spec (or given), refused in one line when it has no img2img path."
+        from synthkit.generators import load_generator
+        check(options is None or isinstance(options, dict), f'harmonizer_options={options!r} is not a dict', "use e.g. {'eta': 0.5}")
+        extra = {k: v for k, v in (('device', device), ('dtype', dtype)) if v is not None}
+        if isinstance(harmonizer, Generator):
+            check(not options and not extra, f'harmonizer is a ready {harmonizer.name} generator, so harmonizer_options/device/dtype would not reach it',
+                  'pass them when you build it, or give the harmonizer as a spec string')
+            h = harmonizer
+        else:
+            check(isinstance(harmonizer, (str, Path)) and str(harmonizer).strip(), f'harmonizer={harmonizer!r} is not a generator spec or a Generator',
+                  _HARMONIZER_HINT)
+            both = sorted(set(extra) & set(options or {}))
+            check(not both, f'{both[0] if both else ""} is given both as an option and in harmonizer_options', 'give it once')
+            h = load_generator(str(harmonizer), **(options or {}), **extra)
+        check('strength' in h.knobs and not isinstance(h, PasteGenerator),
+              f'the {h.name} generator cannot harmonize pasted windows: it has no img2img path (no strength knob)', _HARMONIZER_HINT)
+        return h
+
+    @property
+    def unet_evals(self):
+        "The harmonizer's UNet evaluation count (None when it keeps none)."
+        return getattr(self.harmonizer, 'unet_evals', None)
+
+    @unet_evals.setter
+    def unet_evals(self, v): self.harmonizer.unet_evals = v
+
+    def options(self) -> dict:
+        return {**super().options(), 'pad': self.pad, 'harmonizer': self.harmonizer_recipe}
+
+    def describe(self) -> dict:
+        hd = self.harmonizer.describe()
+        return {**super().describe(), 'harmonizer_model_id': str(self.harmonizer.model_id), **{k: hd[k] for k in ('dtype', 'threads') if k in hd}}
+
+    def generate_labelled(self, image, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
+                          seeds=None, source_id: str = 'image', batch_size=None) -> list:
+        "`n` outputs as `(image, boxes, cls)` with `.info` (`paste`'s, and `harmonized`); seeds as `paste`'s."
+        params = params.check(self.img2img_steps)
+        check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
+        seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
+        pasted = super().generate_labelled(image, boxes, cls, n=n, params=params, seeds=seeds, source_id=source_id)
+        masks = [windows_mask(o[0].shape, o.info['paste']['windows'], self.pad) for o in pasted]
+        noise = [harmonize_seed(s) for s in seeds]
+        ys = self._harmonize(pasted, masks, noise, params, source_id, batch_size)
+        return [Labelled(y, o[1], o[2], dict(o.info, harmonized=dict(strength=float(params.strength), steps=int(params.steps),
+                         denoising_steps=params.denoising_steps, windows=len(o.info['paste']['windows']), pad=self.pad,
+                         pixels=int((m > 0).sum()), seed=int(s))))
+                for y, o, m, s in zip(ys, pasted, masks, noise)]
+
+    def _harmonize(self, pasted: list, masks: list, seeds: list, params: GenParams, source_id: str, batch_size) -> list:
+        "Each pasted image re-synthesized where its mask is > 0: a DDPM batch of up to `batch_size` per model call, else one `masked_generate` each."
+        from synthkit.ddpm import masked_generate, keep_outside
+        h = self.harmonizer
+        if not self.batched:
+            return [masked_generate(h, o[0], m, params, [s], boxes=o[1], cls=o[2], source_id=source_id)[0] for o, m, s in zip(pasted, masks, seeds)]
+        bs, out = max(1, int(batch_size or self.batch_size)), []
+        for i in range(0, len(pasted), bs):   # as DDPMGenerator.harmonize does it for one source, with one source per output
+            part, mk = [np.asarray(o[0]) for o in pasted[i:i + bs]], masks[i:i + bs]
+            units = [h._unit(im) for im in part]
+            ys = h.sdedit_many([x for x, _ in units], params.strength, params.steps, [[s] for s in seeds[i:i + bs]], mk)
+            out += [keep_outside(im, h._back(y, sc), m) for im, y, (_, sc), m in zip(part, ys, units, mk)]
+        return out

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_synthesize.ipynb #ab460be4
 from __future__ import annotations
-import fcntl, json, os, time
+import fcntl, inspect, json, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,6 +260,12 @@ def _info(output, record: dict) -> dict:
     check(not clash, f'the generator attached {clash[0] if clash else ""!r} to an output, a field every manifest record has', 'give the info another name')
     return info
 
+def _takes_info(label_check) -> bool:
+    "Whether `label_check` takes the output's info as `info=` (`LabelCheck` does; a plain `(image, boxes, cls)` function does not)."
+    try: ps = inspect.signature(label_check).parameters
+    except (TypeError, ValueError): return False
+    return 'info' in ps or any(p.kind is p.VAR_KEYWORD for p in ps.values())
+
 def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params: GenParams, out, *, parts: dict | None = None,
                into: str | None = None, batch_size: int | None = None, label_check=None, progress: bool = True,
                shard: tuple | None = None, ks=None, cache=None) -> SynthSummary:
@@ -289,6 +295,7 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
     todo = [(it, p, k) for c in calls for it, p, k in c if (it.id, k) not in done]
     summ.skipped = summ.planned - len(todo)
     evals0 = getattr(generator, 'unet_evals', None)
+    with_info = label_check is not None and _takes_info(label_check)
     t0 = time.monotonic()
     bar = tqdm(total=len(todo), disable=not progress, desc=f'generate {generator.name}' + (f' [{rank + 1}/{world}]' if world > 1 else ''), unit='img')
     base = dict(generator.describe(), params=params.asdict(), **recipe.record())
@@ -304,7 +311,8 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
                 rec.update(_info(o, rec))
                 boxes, cls = gb, gc
                 if label_check is not None:   # a real check of the output and the boxes it came with
-                    v = label_check(y, gb, gc); summ.checked += 1
+                    v = label_check(y, gb, gc, info=getattr(o, 'info', None)) if with_info else label_check(y, gb, gc)
+                    summ.checked += 1
                     rec['label_check'] = dict(keep=bool(v.keep), reason=str(getattr(v, 'reason', '')))
                     if not v.keep:
                         rej.append(dict(rec, source=it.id, k=int(k), part=part)); summ.dropped += 1; bar.update(1); continue

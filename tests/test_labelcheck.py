@@ -158,3 +158,104 @@ def test_planted_unlabelled_ship_is_dropped(tmp_path):
     clean, planted = lc(two[0].read(), two[0].boxes, two[0].cls), lc(two[0].read(), two[0].boxes[:1], two[0].cls[:1])
     assert clean.keep and clean.hallucinated == 0
     assert not planted.keep and planted.hallucinated == 1 and planted.recall == 1 and 'where no box is' in planted.reason
+
+
+# --- pasted ships (issue 18 point 4): each must be found ------------------------------------------------------------
+
+PASTED = np.concatenate([SRC, [[40, 44, 56, 52]]]).astype(np.float32)   # the source's three boxes and one pasted ship
+PASTED_CLS = np.array([0, 0, 1, 0])
+INFO = {'paste': {'asked': 1, 'placed': 1, 'pasted': [3]}}
+
+
+def test_a_pasted_ship_must_be_found():
+    finds_all = Fake(PASTED + 1, [0.9] * 4, PASTED_CLS)
+    v = LabelCheck(finds_all)(IMG, PASTED, PASTED_CLS, info=INFO)
+    assert v.keep and v.pasted == 1 and v.pasted_found == 1 and '1 of 1 pasted ships found (need all, IoU ≥ 0.50)' in v.reason
+    misses = Fake(PASTED[:3], [0.9] * 3, PASTED_CLS[:3])                 # recall 3/4 ≥ 0.7, but the pasted ship is not found
+    lc = LabelCheck(misses, recall=0.7)
+    v = lc(IMG, PASTED, PASTED_CLS, info=INFO)
+    assert not v.keep and v.recall == 0.75 and v.pasted == 1 and v.pasted_found == 0
+    assert v.reason.startswith('dropped: 3 of 4 source boxes found') and v.reason.endswith('0 of 1 pasted ships found (need all, IoU ≥ 0.50), missed: box 3')
+    assert lc.summary() == {'kept': 0, 'relabelled': 0, 'dropped': 1}
+    loose = Fake(np.concatenate([PASTED[:3], [[44, 44, 60, 52]]]), [0.9] * 4, PASTED_CLS)   # IoU 12/20 = 0.6 with the pasted box
+    assert LabelCheck(loose, recall=0.7)(IMG, PASTED, PASTED_CLS, info=INFO).keep
+    assert not LabelCheck(loose, recall=0.7, iou=0.7)(IMG, PASTED, PASTED_CLS, info=INFO).keep
+    wrong = Fake(PASTED, [0.9] * 4, [0, 0, 1, 1])                        # found, but as another class
+    assert not LabelCheck(wrong, recall=0.7)(IMG, PASTED, PASTED_CLS, info=INFO).keep
+    # no info (every other generator), or pasted=False: the check as it always was
+    assert lc(IMG, PASTED, PASTED_CLS).keep and lc(IMG, PASTED, PASTED_CLS, info={}).keep and lc(IMG, PASTED, PASTED_CLS, info=None).keep
+    assert LabelCheck(misses, recall=0.7, pasted=False)(IMG, PASTED, PASTED_CLS, info=INFO).keep
+    assert 'pasted' not in lc(IMG, PASTED, PASTED_CLS).reason and lc(IMG, PASTED, PASTED_CLS).pasted == 0
+    # a manifest record names the pasted boxes the same way
+    assert not lc(IMG, PASTED, PASTED_CLS, info=dict(source='s', k=0, boxes=PASTED.tolist(), **INFO)).keep
+
+
+def test_relabel_never_removes_a_pasted_box():
+    "Relabelling removes boxes the detector misses; a missed pasted ship is in the pixels, so the output is dropped instead."
+    misses = Fake(PASTED[:2], [0.9] * 2, PASTED_CLS[:2])
+    v = LabelCheck(misses, mode='relabel')(IMG, PASTED, PASTED_CLS, info=INFO)
+    assert not v.keep and not v.relabelled and 'missed: box 3' in v.reason
+    finds_pasted = Fake(PASTED[[0, 3]], [0.9] * 2, PASTED_CLS[[0, 3]])  # two source ships gone, the pasted one found
+    v = LabelCheck(finds_pasted, mode='relabel')(IMG, PASTED, PASTED_CLS, info=INFO)
+    assert v.keep and v.relabelled and v.boxes.tolist() == PASTED[[0, 3]].tolist() and v.pasted_found == 1
+
+
+def test_pasted_info_errors():
+    with pytest.raises(SynthkitError, match='names pasted box 3 but the output has 3 boxes'):
+        LabelCheck(Fake(SRC, [0.9] * 3, CLS))(IMG, SRC, CLS, info=INFO)
+    with pytest.raises(SynthkitError, match='info of type list is not a dict'):
+        LabelCheck(Fake(SRC, [0.9] * 3, CLS))(IMG, SRC, CLS, info=[3])
+    with pytest.raises(SynthkitError, match="pasted='yes' is not True or False"): LabelCheck(Fake([], [], []), pasted='yes')
+
+
+def _sea_toy(folder, n=4, h=48, w=96):
+    "Dark sea, one flat bright ship (value 220) in the left half of each image; all training images."
+    from synthkit.data.items import Item, Dataset
+    from synthkit.images import save_image
+    rng, items = np.random.default_rng(0), []
+    for i in range(n):
+        a = np.clip(rng.gamma(4.0, 8.0, (h, w)), 0, 120)
+        x, y = 6 + 2 * i, 8 + 3 * i
+        a[y:y + 5, x:x + 12] = 220
+        items.append(Item(save_image(a.astype(np.uint8), folder / f's{i}.png'), w, h, [[x, y, x + 12, y + 5]], [0], f's{i}', {'split': 'train'}))
+    return Dataset(items, ['ship'], root=folder)
+
+
+class LeftHalf:
+    "Finds every bright blob (> 150) whose box lies in the left half of the image: pasted ships further right are missed."
+    def predict(self, image):
+        from scipy import ndimage
+        lab, _ = ndimage.label(np.asarray(image) > 150)
+        b = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in ndimage.find_objects(lab)], np.float32).reshape(-1, 4)
+        b = b[b[:, 2] <= image.shape[1] / 2]
+        return b, np.full(len(b), 0.9, np.float32), np.zeros(len(b), np.int64)
+
+
+def test_synthesize_drops_an_output_whose_pasted_ship_is_not_found_and_another_is_drawn(tmp_path):
+    "synthesize passes each output's info to the check; a dropped output is listed in rejected.jsonl, and asking for more draws new ones."
+    from synthkit.generators import GenParams
+    from synthkit.paste import CropBank, PasteGenerator
+    from synthkit.synthesize import synthesize, Manifest, REJECTED
+    ds = _sea_toy(tmp_path / 'toy')
+    gen = PasteGenerator(CropBank.from_dataset(ds), k=1, scale=1.0, sea_tolerance=None)
+    lc = LabelCheck(LeftHalf())
+    s = synthesize(ds, gen, 6, GenParams(seed=0), tmp_path / 'out', label_check=lc, progress=False)
+    kept, rejected = Manifest(tmp_path / 'out').read(), Manifest(tmp_path / 'out' / REJECTED).read()
+    assert s.checked == 24 and s.written == len(kept) and s.dropped == len(rejected) and kept and rejected
+    for r in kept:
+        assert r['paste']['placed'] == 1 and r['boxes'][r['paste']['pasted'][0]][2] <= 48             # the pasted ship in the left half
+        assert r['label_check']['keep'] and '1 of 1 pasted ships found' in r['label_check']['reason']
+    for r in rejected:
+        assert r['paste']['windows'][0][2] > 48 + 4 and r['label_check']['reason'].startswith('dropped: 1 of 2 source boxes found')
+        assert r['label_check']['reason'].endswith('0 of 1 pasted ships found (need all, IoU ≥ 0.50), missed: box 1')
+    # the grid refills the same way: ask for more outputs, get new ones drawn and checked; the dropped are not made again
+    more = synthesize(ds, gen, 12, GenParams(seed=0), tmp_path / 'out', label_check=lc, progress=False)
+    assert more.skipped == 24 and more.checked == 24 and more.written > 0
+    keys = {(r['source'], r['k']) for r in Manifest(tmp_path / 'out').read()}
+    assert {(r['source'], r['k']) for r in rejected}.isdisjoint(keys) and any(k >= 6 for _, k in keys)
+    # a plain (image, boxes, cls) check, without info=, is called as before
+    seen = []
+    def plain(image, boxes, cls):
+        from types import SimpleNamespace as NS
+        seen.append(len(boxes)); return NS(keep=True, boxes=boxes, cls=cls, reason='ok')
+    assert synthesize(ds, gen, 1, GenParams(seed=0), tmp_path / 'plain', label_check=plain, progress=False).written == 4 and seen == [2] * 4

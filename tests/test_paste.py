@@ -70,9 +70,10 @@ def test_no_pasted_box_overlaps_another_and_every_one_lies_inside(toy, bank_dir)
             assert np.array_equal(boxes[:it.n_boxes], it.boxes)              # the source's boxes, untouched
             assert p['pasted'] == list(range(it.n_boxes, len(boxes)))
             h, w = img.shape[:2]
-            for i in p['pasted']:
+            for i, (x0, y0, x1, y1) in zip(p['pasted'], p['windows']):
                 b = boxes[i]
                 assert 0 <= b[0] < b[2] <= w and 0 <= b[1] < b[3] <= h, b   # inside the image
+                assert 0 <= x0 <= b[0] and b[2] <= x1 <= w and 0 <= y0 <= b[1] and b[3] <= y1 <= h   # its window too, around it
                 for j in range(len(boxes)):
                     if j != i: assert not _overlaps(b, boxes[j], gap=2 - 1e-3), (b, boxes[j])
     assert placed > 100   # most of the 6 x 8 x 4 ships found a place
@@ -203,7 +204,7 @@ def test_too_large_crops_are_skipped_and_counted(toy, bank_dir):
     assert o.info['paste']['too_large'] == n_big and o.info['paste']['placed'] == 1
     assert bank.crops[o.info['paste']['crops'][0]].shape[0] <= side
     none = paste_ships(np.full((8, 8), 40, np.uint8), [], [], bank, 0, k=2)
-    assert none.info['paste'] == dict(asked=2, placed=0, pasted=[], crops=[], crop_sources=[], too_large=len(bank), unlike_sea=0)
+    assert none.info['paste'] == dict(asked=2, placed=0, pasted=[], crops=[], crop_sources=[], windows=[], too_large=len(bank), unlike_sea=0)
 
 
 def test_impossible_k_gives_fewer_ships_and_the_record_says_how_many(toy, bank_dir, tmp_path):
@@ -342,3 +343,188 @@ def test_output_info_goes_into_the_record_and_may_not_overwrite_a_field(toy, tmp
     import pickle
     o = pickle.loads(pickle.dumps(Labelled(np.zeros(2), np.zeros((0, 4)), np.zeros(0), {'a': 1})))
     assert isinstance(o, Labelled) and o.info == {'a': 1} and len(o) == 3
+
+
+# --- ddpm-paste: the pasted windows harmonized -----------------------------------------------------------------------
+
+from synthkit.paste import HarmonizedPasteGenerator, harmonize_seed, windows_mask
+
+HP = GenParams(strength=0.5, steps=4, seed=3)
+TINY_DDPM = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2, steps=1, minutes=None)
+
+
+@pytest.fixture(scope='module')
+def ddpm_dir(toy, tmp_path_factory):
+    from synthkit.ddpm import DDPMConfig, train_ddpm
+    return train_ddpm(toy, tmp_path_factory.mktemp('ddpm')/'ddpm', DDPMConfig(**TINY_DDPM), progress=False)
+
+
+@pytest.fixture(scope='module')
+def hgen(bank_dir, ddpm_dir):
+    return load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2)
+
+
+class Blur(Generator):
+    "A toy img2img generator without a per-step hook: every pixel pulled towards the image mean by `strength`."
+    name, knobs, min_size, img2img_steps = 'blur', frozenset({'strength', 'steps', 'seed'}), 1, True
+    def __init__(self, sigma: float = 0.1): self.sigma = sigma
+    def _run(self, x, boxes, cls, params, seeds):
+        return [np.clip((1 - params.strength) * x + params.strength * x.mean()
+                        + np.random.default_rng(s).normal(0, self.sigma, x.shape), 0, 1) for s in seeds]
+
+
+def test_windows_mask():
+    m = windows_mask((20, 30), [[5, 4, 12, 9], [20, 10, 26, 18]], pad=3)
+    assert m.dtype == np.float32 and (m[4:9, 5:12] == 1).all() and (m[10:18, 20:26] == 1).all()
+    assert m[:, :2].max() == 0 and m[0].max() == 0 and m[:, 15:17].max() == 0     # 0 beyond `pad` px
+    assert 0 < m[3, 8] < 1 and 0 < m[6, 14] < m[6, 13] < m[6, 12] < m[6, 11] == 1 and m[6, 15] == 0
+    assert windows_mask((20, 30), [[5, 4, 12, 9]], pad=0).sum() == 35
+    assert (windows_mask((20, 30), [[-2, -2, 3, 3]], pad=2)[:3, :3] == 1).all()   # clipped at the border, not squeezed
+
+
+def test_same_layout_and_boxes_as_paste_only_the_windows_change(toy, bank_dir, hgen):
+    plain = PasteGenerator(bank_dir, k=2)
+    n = 0
+    for it in toy:
+        kw = dict(n=3, params=HP, source_id=it.id)
+        hs, ps = hgen.generate_labelled(it.read(), it.boxes, it.cls, **kw), plain.generate_labelled(it.read(), it.boxes, it.cls, **kw)
+        for h, p in zip(hs, ps):
+            assert np.array_equal(h[1], p[1]) and np.array_equal(h[2], p[2]) and h.info['paste'] == p.info['paste']   # a paired comparison
+            assert h[0].dtype == p[0].dtype and h[0].shape == p[0].shape
+            mk = windows_mask(it.read().shape, p.info['paste']['windows'], hgen.pad)
+            assert np.array_equal(h[0][mk == 0], it.read()[mk == 0])   # outside the windows: the source, byte for byte
+            if p.info['paste']['placed']:
+                assert (h[0][mk == 1] != p[0][mk == 1]).mean() > 0.3; n += 1   # inside: re-synthesized
+            else: assert np.array_equal(h[0], it.read())
+            hi = h.info['harmonized']
+            assert hi == dict(strength=0.5, steps=4, denoising_steps=2, windows=p.info['paste']['placed'], pad=4,
+                              pixels=int((mk > 0).sum()), seed=hi['seed'])
+    assert n >= 12
+    it = toy['img2']
+    a = hgen.generate_labelled(it.read(), it.boxes, it.cls, n=3, params=HP, source_id=it.id)
+    b = hgen.generate_labelled(it.read(), it.boxes, it.cls, n=3, params=HP.replace(strength=0.75, steps=8), source_id=it.id)
+    assert all(np.array_equal(u[1], v[1]) and u.info['paste'] == v.info['paste'] and not np.array_equal(u[0], v[0]) for u, v in zip(a, b))
+    assert [u.info['harmonized']['seed'] for u in a] == [harmonize_seed(derive_seed(3, it.id, k)) for k in range(3)]
+
+
+def test_a_batch_is_what_masked_generate_makes_per_output(toy, bank_dir, ddpm_dir, hgen):
+    "The DDPM path batches the outputs of a call; one at a time it is exactly masked_generate (the DDPM's masked SDEdit)."
+    from synthkit.ddpm import DDPMGenerator, masked_generate
+    it, d = toy['img3'], DDPMGenerator(ddpm_dir)
+    seeds = [derive_seed(3, it.id, k) for k in range(3)]
+    one = [hgen.generate_labelled(it.read(), it.boxes, it.cls, params=HP, seeds=[s], batch_size=1)[0] for s in seeds]
+    for o, s in zip(one, seeds):
+        p = paste_ships(it.read(), it.boxes, it.cls, hgen.bank, s, k=2)
+        ref = masked_generate(d, p[0], windows_mask(p[0].shape, p.info['paste']['windows'], 4), HP, [harmonize_seed(s)])[0]
+        assert np.array_equal(o[0], ref)
+    # in float32, a batch of three gives each output's bytes (bf16 rounds by batch size, as the DDPM alone does: the recipe holds it)
+    f32 = load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2, dtype='fp32')
+    one = [f32.generate_labelled(it.read(), it.boxes, it.cls, params=HP, seeds=[s], batch_size=1)[0] for s in seeds]
+    three = f32.generate_labelled(it.read(), it.boxes, it.cls, n=3, params=HP, seeds=seeds, batch_size=3)
+    assert all(np.array_equal(u[0], v[0]) and u.info == v.info for u, v in zip(one, three))
+    assert hgen.batch_size == d.batch_size and not hgen.batch_invariant and Recipe.of(hgen, HP, 3).batch_size == 3
+
+
+def test_any_img2img_generator_harmonizes_after_the_fact(toy, bank_dir):
+    g = HarmonizedPasteGenerator(bank_dir, Blur(), k=2)
+    assert g.batch_invariant and Recipe.of(g, HP, 7).batch_size is None and g.knobs == {'seed', 'strength', 'steps'}
+    it = toy['img1']
+    outs = g.generate_labelled(it.read(), it.boxes, it.cls, n=3, params=HP, source_id=it.id)
+    for o in outs:
+        mk = windows_mask(o[0].shape, o.info['paste']['windows'], 4)
+        assert np.array_equal(o[0][mk == 0], it.read()[mk == 0]) and (o[0][mk == 1] != it.read()[mk == 1]).any()
+    again = g.generate_labelled(it.read(), it.boxes, it.cls, n=3, params=HP, source_id=it.id, batch_size=1)
+    assert all(np.array_equal(u[0], v[0]) for u, v in zip(outs, again))
+
+
+def test_recipe_holds_the_bank_and_the_harmonizer(toy, bank_dir, ddpm_dir, hgen, tmp_path):
+    import shutil
+    from synthkit.ddpm import DDPMGenerator
+    from synthkit.generators import weight_files
+    d = DDPMGenerator(ddpm_dir)
+    r = Recipe.of(hgen, HP)
+    assert r.generator == 'ddpm-paste' and r.model == f'weights:{hgen.weights_hash}' and r.params == dict(seed=3, strength=0.5, steps=4)
+    assert r.options['harmonizer'] == dict(generator='ddpm', version=d.version, model=f'weights:{d.weights_hash}',
+                                           options=Recipe.of(d).options, dtype=d.describe()['dtype'])
+    assert r.dtype == d.describe()['dtype'] and r.device == 'cpu' and r.batch_size == d.batch_size
+    assert {k: r.options[k] for k in ('k', 'pad', 'gap')} == dict(k=2, pad=4, gap=2.0)
+    assert hgen.bank_hash == CropBank.load(bank_dir).content_hash() and hgen.weights_hash not in (hgen.bank_hash, d.weights_hash)
+    assert str(bank_dir) in hgen.model_id and str(ddpm_dir) in hgen.model_id
+    # the same generator from an instance: the same recipe; another bank, other DDPM weights, other options: another key
+    assert Recipe.of(HarmonizedPasteGenerator(bank_dir, d, k=2), HP).key() == r.key()
+    other_bank = PasteGenerator(CropBank.from_dataset(toy, ['img0', 'img1'])).bank
+    assert Recipe.of(HarmonizedPasteGenerator(other_bank, d, k=2), HP).key() != r.key()
+    other = shutil.copytree(ddpm_dir, tmp_path/'ddpm2')
+    for f in weight_files(other): f.write_bytes(f.read_bytes()[:-8] + b'\0' * 8)
+    g2 = load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{other}', k=2)
+    assert g2.weights_hash != hgen.weights_hash and Recipe.of(g2, HP).key() != r.key()
+    moved = shutil.copytree(ddpm_dir, tmp_path/'moved')   # the same weights elsewhere: the same recipe
+    assert Recipe.of(load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{moved}', k=2), HP).key() == r.key()
+    for kw in (dict(pad=2), dict(harmonizer_options=dict(eta=0.5)), dict(harmonizer_options=dict(solver='ddim')), dict(k=3)):
+        assert Recipe.of(load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', **{'k': 2, **kw}), HP).key() != r.key(), kw
+    for q in (HP.replace(strength=0.75), HP.replace(steps=6), HP.replace(seed=4)): assert Recipe.of(hgen, q).key() != r.key()
+    assert Recipe.of(hgen, HP.replace(guidance=2.0, prompt='x')).key() == r.key()
+    fp32 = load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2, dtype='fp32')
+    assert fp32.harmonizer.describe()['dtype'] == 'float32' == Recipe.of(fp32, HP).dtype
+    planned = Recipe.planned(f'ddpm-paste:{bank_dir}', dict(harmonizer=f'ddpm:{ddpm_dir}', k=2), HP)
+    assert planned.model == f'spec:{bank_dir}@{hgen.bank_hash}' and planned.options['harmonizer'] == f'ddpm:{ddpm_dir}'
+    assert planned.params == r.params and planned.key() != Recipe.planned(f'ddpm-paste:{bank_dir}', dict(harmonizer=f'ddpm:{other}', k=2), HP).key()
+
+
+def test_harmonized_regenerate_is_byte_exact_and_resume_checks_the_harmonizer(toy, bank_dir, ddpm_dir, hgen, tmp_path):
+    s = synthesize(toy, hgen, 3, HP, tmp_path/'out', parts={'train': ['img0', 'img1', 'img2']}, batch_size=2, progress=False)
+    recs = Manifest(tmp_path/'out').read()
+    assert s.written == 9 and s.unet_evals > 0
+    for r in recs:
+        assert r['harmonized']['strength'] == 0.5 and r['paste']['placed'] == len(r['boxes']) - toy[r['source']].n_boxes
+        assert r['harmonizer']['model'] == hgen.options()['harmonizer']['model'] and r['batch_size'] in (1, 2)
+        img, boxes, cls = regenerate(r, load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2), toy, labels=True)
+        assert np.array_equal(img, read_image(tmp_path/'out'/r['path'])), r['path']
+        assert np.allclose(boxes, r['boxes'], atol=1e-3) and cls.tolist() == r['cls']
+    with pytest.raises(SynthkitError, match=r'options.pad: 4 → 2'):
+        regenerate(recs[0], load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2, pad=2), toy)
+    with pytest.raises(SynthkitError, match='made with other settings'):
+        synthesize(toy, load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2, harmonizer_options=dict(eta=0.5)),
+                   3, HP, tmp_path/'out', parts={'train': ['img0', 'img1', 'img2']}, batch_size=2, progress=False)
+    with pytest.raises(SynthkitError, match='computed 2 per model call'):
+        synthesize(toy, hgen, 3, HP, tmp_path/'out', parts={'train': ['img0', 'img1', 'img2']}, batch_size=3, progress=False)
+    assert synthesize(toy, hgen, 3, HP, tmp_path/'out', parts={'train': ['img0', 'img1', 'img2']}, batch_size=2, progress=False).skipped == 9
+
+
+def test_harmonized_bad_input(toy, bank_dir, ddpm_dir, hgen):
+    from synthkit.ddpm import DDPMGenerator
+    with pytest.raises(SynthkitError, match="needs a harmonizer.*harmonizer='ddpm:FOLDER'"): load_generator(f'ddpm-paste:{bank_dir}', k=2)
+    with pytest.raises(SynthkitError, match='the paste generator cannot harmonize .*no img2img path'):
+        load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'paste:{bank_dir}')
+    with pytest.raises(SynthkitError, match='the classic generator cannot harmonize'): HarmonizedPasteGenerator(bank_dir, 'classic')
+    with pytest.raises(SynthkitError, match=r'harmonizer=3 is not a generator spec'): HarmonizedPasteGenerator(bank_dir, 3)
+    with pytest.raises(SynthkitError, match='would not reach it'): HarmonizedPasteGenerator(bank_dir, DDPMGenerator(ddpm_dir), dtype='fp32')
+    with pytest.raises(SynthkitError, match='dtype is given both'):
+        HarmonizedPasteGenerator(bank_dir, f'ddpm:{ddpm_dir}', dtype='fp32', harmonizer_options=dict(dtype='bf16'))
+    with pytest.raises(SynthkitError, match='pad=-1 must be an integer'): HarmonizedPasteGenerator(bank_dir, f'ddpm:{ddpm_dir}', pad=-1)
+    with pytest.raises(SynthkitError, match='k=-1'): HarmonizedPasteGenerator(bank_dir, f'ddpm:{ddpm_dir}', k=-1)
+    with pytest.raises(SynthkitError, match='does not exist'): HarmonizedPasteGenerator(bank_dir, 'ddpm:/no/such/folder')
+    it = toy['img0']
+    with pytest.raises(SynthkitError, match='runs 0 denoising steps'):
+        hgen.generate_labelled(it.read(), it.boxes, it.cls, params=GenParams(strength=0.1, steps=5))
+    with pytest.raises(SynthkitError, match='none were given'): hgen.generate(it.read(), params=HP)
+    with pytest.raises(SynthkitError, match='smaller than the 16 px'): hgen.generate(np.zeros((8, 8), np.uint8), [], [], params=HP)
+
+
+def test_kill_and_resume_ddpm_paste(toy, bank_dir, ddpm_dir, tmp_path_factory, tmp_path):
+    root = tmp_path_factory.getbasetemp()/'paste-cli'
+    root.mkdir(exist_ok=True)
+    data = _data(toy, root)
+    cmd = lambda out: ([str(BIN/'synthkit'), 'generate', str(data), '--generator', f'ddpm-paste:{bank_dir}', '--option', 'k=2',
+                        '--option', f'harmonizer=ddpm:{ddpm_dir}', '--n', '2', '--strength', '0.5', '--steps', '4', '--seed', '3',
+                        '--out', str(out), '--quiet'])
+    ref = tmp_path/'ref'
+    r = subprocess.run(cmd(ref), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and '12 written' in r.stdout, r.stderr
+    out = tmp_path/'killed'
+    p = subprocess.run([sys.executable, '-c', KILLER, '5', 'mid'] + cmd(out)[1:], capture_output=True, text=True, env=ENV)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    r = subprocess.run(cmd(out), capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0 and '8 written' in r.stdout and '4 already there' in r.stdout, r.stderr + r.stdout
+    assert _files(out) == _files(ref)
+    assert all('harmonized' in rec and 'paste' in rec for rec in Manifest(out).read())

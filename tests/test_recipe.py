@@ -21,7 +21,8 @@ OTHER = dict(tile=32, overlap=16, channels_last=False, eta=0.5, solver='ddim', s
              attention_slicing=True, vae_slicing=True, cpu_offload=True, safety_checker=True,      # diffusers
              condition='canny', conditioning_scale=0.3, canny_low=10, canny_high=250, controlnet='<folder>/controlnet',
              flips=False, turns=False, looks=2.0,                                                  # classic
-             k=1, scale=1.0, feather=1.0, gap=5.0, sea_tolerance=None, tries=5)                    # paste
+             k=1, scale=1.0, feather=1.0, gap=5.0, sea_tolerance=None, tries=5,                    # paste
+             pad=1, harmonizer_options=dict(eta=0.5))                                              # ddpm-paste
 
 
 class Sigma(Generator):
@@ -43,7 +44,12 @@ def models(tmp_path_factory):
     return {'ddpm': train_ddpm(toy, d/'ddpm', DDPMConfig(**TINY_DDPM, steps=1), progress=False),
             'sd-img2img': tiny.build_tiny_sd_img2img(d/'sd'), 'unclip': tiny.build_tiny_unclip(d/'unclip'),
             'sd-variation': tiny.build_tiny_image_variation(d/'variation'), 'controlnet': tiny.build_tiny_controlnet(d/'cn'),
-            'classic': None, 'paste': CropBank.from_dataset(toy, margin=1).save(d/'bank')}
+            'classic': None, 'paste': CropBank.from_dataset(toy, margin=1).save(d/'bank')} | {'ddpm-paste': d/'bank'}
+
+
+def _needs(name, models) -> dict:
+    "Options a backend cannot be loaded without, besides its model: ddpm-paste's harmonizer (the tiny DDPM)."
+    return dict(harmonizer=f"ddpm:{models['ddpm']}") if name == 'ddpm-paste' else {}
 
 
 def _load(name, models, **options):
@@ -51,7 +57,7 @@ def _load(name, models, **options):
     options = {k: (str(models[name]/'controlnet') if v == '<folder>/controlnet' else v) for k, v in options.items()}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')   # fp16 / cpu_offload without a GPU: a warning, then float32 on the CPU
-        return load_generator(spec, **options)
+        return load_generator(spec, **_needs(name, models), **options)
 
 
 def _pixels(gen, params=P, batch_size=1):
@@ -108,7 +114,7 @@ def test_precision_device_and_weights_are_in_the_key(models, name, tmp_path):
         from synthkit.generators import weight_files
         other = shutil.copytree(models[name], tmp_path/'copy')
         for f in weight_files(other): f.write_bytes(f.read_bytes()[:-8] + b'\0' * 8)   # the last weights of each file
-        assert Recipe.of(load_generator(f'{name}:{other}'), P).key() != key
+        assert Recipe.of(load_generator(f'{name}:{other}', **_needs(name, models)), P).key() != key
 
 
 # ------------------------------------------------------------------ stale caches: public API only (they fail on older code)
