@@ -9,32 +9,48 @@ import random
 from .errors import check
 
 # %% auto #0
-__all__ = ['conditions_for', 'condition_parts', 'parse_condition', 'mix_counts', 'draw_training_list', 'sequence_counts',
-           'mix_summary']
+__all__ = ['KINDS', 'STRENGTH_KINDS', 'conditions_for', 'condition_parts', 'parse_condition', 'references', 'mix_counts',
+           'draw_training_list', 'sequence_counts', 'mix_summary']
 
 # %% ../nbs/24a_conditions.ipynb #7e59bda4
 def conditions_for(variations=(2, 10), controls: bool = True, baseline: bool = True) -> tuple:
     "Condition names in plot order: baseline, +N…, classic+N…"
     return tuple((['baseline'] if baseline else []) + [f'+{n}' for n in variations] + ([f'classic+{n}' for n in variations] if controls else []))
 
+KINDS = ('diffusion', 'classic', 'paste', 'harmonized')   # what a condition's extra images are; '' names diffusion (`+N`)
+STRENGTH_KINDS = ('diffusion', 'harmonized')                # kinds made by the grid's diffusion model, at a strength
+
 def condition_parts(name: str) -> tuple:
-    "(kind, N, strength or None, checked) from 'baseline', '+N', '+N@strength', '+N:checked', '+N@strength:checked' or 'classic+N'."
+    """(kind, N, strength or None, checked) from 'baseline', '+N', '+N@strength', '+N:checked', '+N@strength:checked',
+    'classic+N', 'paste+N[:checked]' or 'harmonized+N[@strength][:checked]'."""
     if name == 'baseline': return 'baseline', 0, None, False
     name, colon, flag = str(name).partition(':')
     check(not colon or (flag == 'checked' and not name.startswith('classic')), f'condition {name + colon + flag!r}',
-          "the only suffix is ':checked', for diffusion conditions (e.g. '+10:checked')")
+          "the only suffix is ':checked', for diffusion and paste conditions (e.g. '+10:checked', 'paste+2:checked')")
     head, at, s = str(name).partition('@')
     kind, _, n = head.rpartition('+')
-    ok = kind in ('', 'classic') and n.isdigit() and int(n) >= 1 and (not at or kind == '')
+    ok = kind in ('', *KINDS[1:]) and n.isdigit() and int(n) >= 1   # diffusion is the unnamed kind: '+N'
+    kind = kind or 'diffusion'
+    ok = ok and (not at or kind in STRENGTH_KINDS)
     try: strength = float(s) if at else None
     except ValueError: ok = False
     ok = ok and (strength is None or 0 < strength <= 1)
-    check(ok, f'condition {name!r}', "use 'baseline', '+N', '+N@strength' (0 < strength ≤ 1), '+N:checked' or 'classic+N'")
-    return ('diffusion' if kind == '' else 'classic'), int(n), strength, bool(colon)
+    check(ok, f'condition {name!r}', "use 'baseline', '+N', '+N@strength' (0 < strength ≤ 1), '+N:checked', 'classic+N', "
+          "'paste+N' or 'harmonized+N[@strength]'")
+    return kind, int(n), strength, bool(colon)
 
 def parse_condition(name: str) -> tuple:
-    "('baseline', 0), ('diffusion', N) or ('classic', N) from a condition name."
+    "('baseline', 0), ('diffusion', N), ('classic', N), ('paste', N) or ('harmonized', N) from a condition name."
     return condition_parts(name)[:2]
+
+def references(name: str) -> list:
+    """The conditions a condition is compared with (same split and seed): the baseline; for `+N` the classic copies
+    `classic+N` (what the generator adds over plain copies); for `paste+N` the copies too; for `harmonized+N` the plain
+    paste `paste+N` (what diffusion adds to a pasted layout); for a `:checked` one the same condition unchecked."""
+    kind, n, s, checked = condition_parts(name)
+    if kind == 'baseline': return []
+    refs = ['baseline', {'diffusion': f'classic+{n}', 'paste': f'classic+{n}', 'harmonized': f'paste+{n}'}.get(kind)]
+    return [r for r in refs if r] + ([name.partition(':')[0]] if checked else [])
 
 # %% ../nbs/24a_conditions.ipynb #d4d36ff1
 def mix_counts(n: int, n_real: int, n_per_image: int, share: float | None = None) -> tuple:

@@ -16,19 +16,21 @@ from .files import write_json, write_text, config_hash, read_done, mark_done
 from .detect import DetectConfig, train_detector, split_images, evaluate, metric_names
 from .data.tiles import Tiling, tile_dataset, native_imgsz, check_tiling
 from .data.splits import hash_order
-from .conditions import condition_parts, mix_counts, draw_training_list, sequence_counts, mix_summary
+from .conditions import condition_parts, STRENGTH_KINDS, mix_counts, draw_training_list, sequence_counts, mix_summary
 
 # %% auto #0
-__all__ = ['GRID_DDPM', 'GridConfig', 'grid_ddpm', 'RunSpec', 'without_legacy', 'generation_params', 'generation_recipe',
-           'classic_recipe', 'run_key', 'plan', 'fingerprint', 'default_split_fn', 'source_image', 'check_lineage',
-           'manifest_records', 'manifest_sources', 'entries_of', 'assemble', 'start_of', 'never_test',
-           'ddpm_start_folder', 'row_fields', 'lists_key', 'write_table', 'run_dir_of', 'run_grid', 'process_share',
-           'group_owners', 'exclusive']
+__all__ = ['GRID_DDPM', 'PASTE_OPTIONS', 'GridConfig', 'grid_ddpm', 'RunSpec', 'without_legacy', 'generation_params',
+           'generation_recipe', 'paste_options', 'classic_recipe', 'run_key', 'plan', 'fingerprint', 'default_split_fn',
+           'source_image', 'check_lineage', 'manifest_records', 'manifest_sources', 'entries_of', 'assemble',
+           'start_of', 'never_test', 'ddpm_start_folder', 'row_fields', 'lists_key', 'write_table', 'run_dir_of',
+           'run_grid', 'process_share', 'group_owners', 'exclusive']
 
 # %% ../nbs/24_experiment.ipynb #876dc071
 # A grid's DDPM trains a fixed number of iterations with no wall-clock cap, so a cached model never depends on how
 # fast the machine was (DDPMConfig's own default, a 5-minute cap, is for interactive use).
 GRID_DDPM = dict(steps=300, minutes=None)
+
+PASTE_OPTIONS = ('k', 'scale', 'flips', 'turns', 'feather', 'gap', 'sea_tolerance', 'tries', 'margin')   # GridConfig.paste keys ('margin': the crop bank's)
 
 @dataclass(frozen=True)
 class GridConfig:
@@ -45,6 +47,7 @@ class GridConfig:
     generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's)
     synth_share: float | None = None     # share of a run's training entries that are synthetic (None: the pool's N / (N + 1)); capped so every real tile is in
     classic: dict = field(default_factory=dict)  # ClassicGenerator options of the control copies (flips, turns, looks); its defaults: all three
+    paste: dict = field(default_factory=dict)    # paste+N / harmonized+N: PasteGenerator options (k, scale, flips, turns, feather, gap, sea_tolerance, tries) and the crop bank's margin
     budget: str = 'steps'                # 'steps': every run trains detect.steps batches exactly; 'epochs': detect.epochs epochs each
     passes: int = 3                      # budget='steps': passes over the run's drawn training list (the LR schedule's epochs)
     tiles: dict | None = None            # Tiling fields, e.g. {'size': 160}: train on native-resolution tiles (None: whole images at detect.imgsz)
@@ -67,6 +70,10 @@ class GridConfig:
                   'use iou, recall, conf, precision, hallucination_conf (drop variations with a confident unlabelled detection), hallucination_iou')
         check(self.splits, 'no splits', "use e.g. ('split_1', 'split_2')")
         check(set(self.classic) <= {'flips', 'turns', 'looks'}, f'classic={self.classic!r}', 'use ClassicGenerator options: flips, turns, looks')
+        check(set(self.paste) <= set(PASTE_OPTIONS), f'paste={self.paste!r}', f'use PasteGenerator options: {", ".join(PASTE_OPTIONS)}')
+        if any(condition_parts(c)[0] == 'harmonized' for c in self.conditions):
+            check(self.generator == 'ddpm', f"harmonized conditions re-synthesize pasted windows with the grid's own DDPM, not generator={self.generator!r}",
+                  "use generator='ddpm', or paste+N conditions only")
         check(self.synth_share is None or 0 <= self.synth_share < 1, f'synth_share={self.synth_share!r} must be in [0, 1) or None',
               'use e.g. 0.5 (half of each batch synthetic, on average)')
         for s in self.strengths: check(isinstance(s, (int, float)) and 0 < s <= 1, f'strength={self.strength!r} is outside (0, 1]', 'use e.g. 0.3 or (0.2, 0.4)')
@@ -168,6 +175,9 @@ class RunSpec:
         if c.split_sizes is not None: d['split_sizes'] = {k: list(v) for k, v in sorted(c.split_sizes.items())}
         if self.kind == 'diffusion': d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
         if self.kind == 'classic': d['recipes'] = [classic_recipe(self.seed, c.classic).fields()]
+        if self.kind in ('paste', 'harmonized'):   # the crop bank is the split's training tiles (data, split and seed are in the key)
+            d['paste'] = dict(v=1, options=paste_options(c), seed=self.seed)
+            if self.kind == 'harmonized': d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
         if self.checked: d['label_check'] = dict(c.label_check, baseline=run_key(replace(self, condition='baseline')))   # its detector
         return d
 
@@ -191,6 +201,13 @@ def generation_recipe(c: GridConfig, strength: float, seed: int):
         trains = dict(ddpm={k: v for k, v in without_legacy(asdict(grid_ddpm(c))).items() if k != 'seed'})
         if c.ddpm_start: trains['start'] = dict(steps=c.ddpm_start, pretrain=c.pretrain, seeds=list(c.seeds), splits=list(c.splits), split_sizes=c.split_sizes)
     return Recipe.planned(c.generator, c.generator_options, generation_params(c, strength, seed), trains=trains)
+
+def paste_options(c: GridConfig) -> dict:
+    "The grid's PasteGenerator options (its defaults filled in) and the crop bank's margin."
+    from synthkit.paste import PasteGenerator
+    from synthkit.generators import constructor_options
+    opts = constructor_options(PasteGenerator, {k: v for k, v in c.paste.items() if k != 'margin'})
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()} | {'margin': c.paste.get('margin', 4)}
 
 def classic_recipe(seed: int, options: dict | None = None):
     "The recipe of the grid's classic control copies (`ClassicGenerator(**options)`, `GridConfig.classic`) for seed `seed`."
@@ -329,10 +346,32 @@ class _Prep:
                 self._gen = load_generator(spec, **c.generator_options)
         return self._gen
 
+    def bank(self) -> Path:
+        "The crop bank of this split and seed: ship crops from its training tiles only (never a val or test image), made once."
+        from synthkit.paste import CropBank
+        margin = paste_options(self.config)['margin']
+        d = self.out/'synth'/self.tag/f'bank-{config_hash(dict(v=1, split=self.split_key, margin=margin), 8)}'
+        if not read_done(d):
+            src = self.sources()
+            bank = CropBank.from_dataset(src, src.ids, margin=margin, forbidden=self.parts['val'] + self.parts['test'])
+            check_lineage({'train': bank.sources}, self.parts['test'])   # tiles of a test image too
+            bank.save(d, overwrite=True); mark_done(d, crops=len(bank))
+        return d
+
+    def paster(self, kind: str):
+        "The paste generator on this split's crop bank; for `harmonized`, its pasted windows re-synthesized by the grid's DDPM."
+        from synthkit.generators import load_generator
+        opts = {k: v for k, v in paste_options(self.config).items() if k != 'margin'}
+        if kind == 'paste': return load_generator(f'paste:{self.bank()}', **opts)
+        return load_generator(f'ddpm-paste:{self.bank()}', harmonizer=self.generator(), **opts)
+
     def folder(self, kind: str, strength: float | None) -> Path:
         "The variation folder of `kind` at `strength`, named by the split and the variations' recipe (seed included)."
-        r = generation_recipe(self.config, strength, self.spec.seed) if kind == 'diffusion' else classic_recipe(self.spec.seed, self.config.classic)
-        return self.out/'synth'/self.tag/f'{kind}-{config_hash(dict(v=3, split=self.split_key, recipe=r.key()), 8)}'
+        c, seed = self.config, self.spec.seed
+        if kind == 'diffusion': key = generation_recipe(c, strength, seed).key()
+        elif kind == 'classic': key = classic_recipe(seed, c.classic).key()
+        else: key = config_hash(dict(paste=paste_options(c), harmonizer=generation_recipe(c, strength, seed).key() if kind == 'harmonized' else None))
+        return self.out/'synth'/self.tag/f'{kind}-{config_hash(dict(v=3, split=self.split_key, recipe=key), 8)}'
 
     def need(self, kind: str, strengths: tuple, m: int) -> dict:
         """Make sure the first `m` entries of the variation sequence exist (source j of the order at strength[j % len]);
@@ -341,14 +380,14 @@ class _Prep:
         counts = sequence_counts(order, m) if m else {}
         groups = {}
         for j, s in enumerate(order):
-            if counts.get(s): groups.setdefault(strengths[j % len(strengths)] if kind == 'diffusion' else None, []).append(s)
+            if counts.get(s): groups.setdefault(strengths[j % len(strengths)] if kind in STRENGTH_KINDS else None, []).append(s)
         found = {}
         for strength, ids in sorted(groups.items(), key=lambda kv: str(kv[0])):
             d = self.folder(kind, strength)
             have = {(s, k): p for p, s, k, _ in manifest_records(d)}
             missing = [s for s in ids if any((s, k) not in have for k in range(counts[s]))]
             if missing:
-                gen = self.generator() if kind == 'diffusion' else None   # trains the DDPM first (timed on its own)
+                gen = self.generator() if kind == 'diffusion' else self.paster(kind) if kind != 'classic' else None   # trains the DDPM first (timed on its own)
                 t = time.time()
                 for n in sorted({counts[s] for s in missing}):
                     sub = [s for s in missing if counts[s] == n]
@@ -358,7 +397,8 @@ class _Prep:
                         classic_variations(src, n, d, parts={'train': sub}, seed=self.spec.seed, progress=self.progress, shard=(0, 1), **c.classic)
                     else:
                         from synthkit.synthesize import synthesize
-                        synthesize(src, gen, n, generation_params(c, strength, self.spec.seed), d,
+                        from synthkit.generators import GenParams
+                        synthesize(src, gen, n, generation_params(c, strength, self.spec.seed) if strength is not None else GenParams(seed=self.spec.seed), d,
                                    parts={'train': sub}, progress=self.progress, shard=(0, 1))   # the group's own: never split by a launcher
                 mark_done(d, seconds=round(((read_done(d) or {}).get('seconds', 0)) + time.time() - t, 1))
                 have = {(s, k): p for p, s, k, _ in manifest_records(d)}
@@ -368,7 +408,7 @@ class _Prep:
         return found
 
     def checked(self, paths: list, weights, settings: dict) -> list:
-        "The `paths` (variations, in order) in which the detector `weights` finds their inherited boxes; verdicts cached per weights and settings."
+        "The `paths` (variations, in order) in which the detector `weights` finds their inherited (and pasted) boxes; verdicts cached per weights and settings."
         from synthkit.files import sha256_file
         from synthkit.labelcheck import LabelCheck
         from synthkit.synthesize import Manifest
@@ -382,7 +422,7 @@ class _Prep:
                     for m in [Manifest(Path(folder)/'manifest.jsonl')] for r in m.read()}
             for p in todo:
                 r = recs[p]
-                v = lc(read_image(p), np.asarray(r['boxes'], np.float32), np.asarray(r['cls'], np.int64))
+                v = lc(read_image(p), np.asarray(r['boxes'], np.float32), np.asarray(r['cls'], np.int64), info=r)   # pasted ships must be found too
                 verdicts[p] = [bool(v.keep), v.reason]
             write_json(f, verdicts)
         return [p for p in paths if verdicts[p][0]]
@@ -562,10 +602,12 @@ def _with_new_metrics(row: dict, rd: Path) -> dict:
     return row
 
 def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_result=None, should_stop=None,
-             split_fn=None, generator_factory=None, verbose: bool = False, share: tuple | None = None, grace: float = 120.0) -> list:
+             split_fn=None, generator_factory=None, verbose: bool = False, share: tuple | None = None, grace: float = 120.0,
+             cells=None) -> list:
     """Run (or load from the cache) every run of the grid; returns the tidy rows, one per run. Under a launcher (or with
     `share=(rank, world)`) this process runs its share of the groups; rank 0 then waits for the others, writes the tables
-    and returns every row, the other processes return their own rows."""
+    and returns every row, the other processes return their own rows. `cells`: only these (split, seed) pairs — the
+    starts stay the whole grid's (they depend on every seed's test images), and the grid's tables are left as they are."""
     from tqdm.auto import tqdm
     config = config.check()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -578,7 +620,13 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
         fill['eval_imgsz'] = native_imgsz(dataset)
     start_key, start_weights, start_plan = start_of(dataset, config, out, split_fn)
     specs = plan(config, fingerprint(dataset), start_key=start_key, start_weights=start_weights, **fill)
-    if rank == 0:
+    whole = cells is None
+    if not whole:
+        cells = {(sp, int(sd)) for sp, sd in cells}
+        bad = sorted(cells - {(s.split, s.seed) for s in specs})
+        check(not bad, f'cells {bad} are not in the grid', f'use (split, seed) pairs of splits {list(config.splits)} and seeds {list(config.seeds)}')
+        specs = [s for s in specs if (s.split, s.seed) in cells]
+    if rank == 0 and whole:
         write_json(out/'grid.json', dict(config=asdict(config), runs=[s.name for s in specs], dataset=specs[0].data if specs else '', start=start_key))
     owners = group_owners(specs, world)
     cached = [s for s in specs if (run_dir_of(s, out)/'result.json').is_file()]
@@ -604,7 +652,7 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
             if tag not in preps:
                 parts = _parts_of(_splits_of(dataset, config, split_fn, spec.seed)[spec.split], dataset, config.extra_test)
                 preps[tag] = _Prep(dataset, spec, parts, out, generator_factory, progress=verbose)
-                if spec.kind == 'diffusion' or any(s.kind == 'diffusion' for s in specs if (s.split, s.seed) == tag):
+                if any(s.kind in STRENGTH_KINDS for s in specs if (s.split, s.seed) == tag):   # the grid's DDPM: fine-tuned from the start
                     preps[tag].ddpm_start = ddpm_start_folder(dataset, config, out, split_fn, world, progress=verbose)
             prep = preps[tag]
             real = prep.real()
@@ -628,7 +676,7 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
                 metrics = {k: twin[k] for k in metric_names()}
                 extra = {k: v for k, v in twin.items() if k.startswith('extra_')}
                 budget, seconds, wdir = dict(epochs=twin['epochs'], steps=twin['steps']), 0.0, Path(twin['run_dir'])
-            synth = sorted({str(prep.folder(spec.kind, s)) for s in (spec.strengths if spec.kind == 'diffusion' else (None,))}) if spec.kind != 'baseline' else []
+            synth = sorted({str(prep.folder(spec.kind, s)) for s in (spec.strengths if spec.kind in STRENGTH_KINDS else (None,))}) if spec.kind != 'baseline' else []
             row = dict(split=spec.split, condition=spec.condition, kind=spec.kind, n_per_image=spec.n_per_image, seed=spec.seed,
                        **metrics, **extra, n_train_real=counts['train']['real'], n_train_synth=counts['train']['synthetic'],
                        n_train_synth_distinct=counts['train']['distinct_synthetic'], n_train_real_distinct=counts['train']['distinct_real'],
@@ -642,9 +690,11 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
             write_json(rd/'spec.json', spec.key_fields())
             write_json(rd/'result.json', row)   # written last: its presence means the run is complete
             rows.append(row); ran.append(spec.name)
-            if world == 1: write_table(rows, out); bar.update(1)
+            if world == 1:
+                if whole: write_table(rows, out)
+                bar.update(1)
             else:   # rank 0 keeps the table of every process's finished runs; the bar counts them all
-                if rank == 0: write_table(_finished_rows(specs, out), out)
+                if rank == 0 and whole: write_table(_finished_rows(specs, out), out)
                 bar.n = sum((run_dir_of(s, out)/'result.json').is_file() for s in specs); bar.refresh()
             if on_result is not None: on_result(row)
         if world > 1:
@@ -653,7 +703,7 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
                                                                    share=[s.name for s, o in zip(specs, owners) if o == rank]))
     if world > 1 and rank == 0: rows = _finished_rows(specs, out) if stopped else _gather(specs, owners, out, world, bar, grace=grace)
     bar.close()
-    if rank != 0: return rows
+    if rank != 0 or not whole: return rows
     write_table(rows, out)
     if len(rows) == len(specs):
         from synthkit.stats import summarize

@@ -21,7 +21,7 @@ __all__ = ['COLORS', 'plot_map', 'plot_vs_strength', 'plot_vs_variations', 'plot
            'write_report']
 
 # %% ../nbs/25_report.ipynb #3ccef93f
-COLORS = {'baseline': '#636363', 'diffusion': '#3182bd', 'classic': '#e6550d'}
+COLORS = {'baseline': '#636363', 'diffusion': '#3182bd', 'classic': '#e6550d', 'paste': '#31a354', 'harmonized': '#756bb1'}
 
 def _figure(w, h):
     from matplotlib.figure import Figure
@@ -228,6 +228,9 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
         share = ('every real tile in every run, plus N / (N + 1) of the entries synthetic (the pool\'s share, capped to keep every real tile)' if c.synth_share is None
                  else f'every real tile in every run, plus {c.synth_share:.0%} of the entries synthetic (capped to keep every real tile)')
         if any(parse_condition(k)[0] == 'classic' for k in c.conditions): share += f'; classic copies {c.classic or "with flips, 90° turns and speckle"}'
+        if any(parse_condition(k)[0] in ('paste', 'harmonized') for k in c.conditions):
+            share += (f'; pasted ships from a crop bank of the split\'s own training tiles ({c.paste or "PasteGenerator defaults"}), boxes exact'
+                      + (f', the pasted windows of `harmonized` re-synthesized by the grid\'s DDPM (masked SDEdit)' if any(parse_condition(k)[0] == 'harmonized' for k in c.conditions) else ''))
         start = {'scratch': 'from random weights', 'pretrained': f'from one detector pretrained on simulated SAR scenes (`{rows[0].get("start", "")}`), shared by every run'
                  + (f', {start_note}' if start_note else '')}.get(str(c.start), f'from `{c.start}`')
         scale = (f'native-resolution tiles of {c.tiling.size} px (overlap {c.tiling.overlap}, a cut box kept when ≥ {c.tiling.min_visible:.0%} inside, '
@@ -241,7 +244,7 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
               f'- budget: {budget}',
 
               ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}{_noise(c)}, {c.gen_steps} sampler steps; {share}; '
-                                  if any(parse_condition(k)[0] == 'diffusion' for k in c.conditions) else f'classic augmentation only; {share}; ')
+                                  if any(parse_condition(k)[0] in ('diffusion', 'harmonized') for k in c.conditions) else f'no diffusion; {share}; ')
                + 'made of training images only (test images never reach a generator)'),
               (f'- metrics: Ultralytics validation (last weights) on the whole held-out test images, each padded (not scaled) to {evals} px'
                if c.tiles is not None else f'- metrics: Ultralytics validation (last weights) on the held-out test images at {evals} px')

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .detect import metric_names
-from .conditions import parse_condition, condition_parts
+from .conditions import references
 
 # %% auto #0
 __all__ = ['mean_ci', 'min_detectable_difference', 'summarize', 'comparisons']
@@ -53,14 +53,12 @@ def summarize(rows: list, metrics=None) -> list:
 
 # %% ../nbs/24b_stats.ipynb #e0eef163
 def comparisons(rows: list, metric: str = 'map50') -> list:
-    "Paired differences per split: each `+N` against baseline and against `classic+N` (same split and seed)."
+    "Paired differences per split (same split and seed): each condition against its `references` — the baseline, and `classic+N` for `+N` and `paste+N`, `paste+N` for `harmonized+N`."
     by = {(r['split'], r['condition'], r['seed']): r[metric] for r in rows if metric in r}   # extra-pool metrics exist only where a split has one
     out = []
     for sp in dict.fromkeys(r['split'] for r in rows):
         for cond in [c for c in dict.fromkeys(r['condition'] for r in rows if r['split'] == sp) if c != 'baseline']:
-            plain = cond.partition(':')[0] if condition_parts(cond)[3] else None   # a :checked condition against the same one unchecked
-            for ref in ('baseline', f"classic+{parse_condition(cond)[1]}" if parse_condition(cond)[0] == 'diffusion' else None, plain):
-                if ref is None: continue
+            for ref in references(cond):   # baseline; +N, paste+N: classic+N; harmonized+N: paste+N; :checked: unchecked
                 d = [v - by[(sp, ref, s)] for (p, c, s), v in by.items() if p == sp and c == cond and (sp, ref, s) in by]
                 if not d: continue
                 m, sd, lo, hi = mean_ci(d)

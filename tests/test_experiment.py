@@ -285,7 +285,7 @@ def test_a_new_metric_is_one_declaration(grid, toy, tmp_path, monkeypatch):
     import synthkit.detect as det
     from synthkit.report import write_report
     from synthkit.casestudy import result_line
-    from synthkit.widgets import rows_html
+    from synthkit.casestudy_panel import rows_html
     out = tmp_path/'grid'; shutil.copytree(grid[0], out)
     monkeypatch.setattr(ex, 'train_detector', lambda *a, **k: pytest.fail('a cached run was retrained for a new metric'))
     fitness = det.Metric('fitness', 'fitness', 'fitness')
@@ -330,3 +330,45 @@ def test_ddpm_start_made_once_and_every_split_fine_tuned_from_it(toy, tmp_path):
     from synthkit.ddpm import t_max_for
     assert all(m['config']['t_max'] == t_max_for(0.3, 4) < 1000 for m in made)   # trained only where the grid's strength samples
     with pytest.raises(SynthkitError, match='ddpm_start=-1'): replace(cfg, ddpm_start=-1).check()
+
+
+def test_cells_run_part_of_a_grid_with_the_whole_grids_starts(toy, tmp_path, monkeypatch):
+    "cells=[(split, seed)]: only those runs, identical to the whole grid's (same keys), and the grid's tables untouched."
+    cfg = replace(CFG, conditions=('baseline', 'classic+1'), seeds=(0, 1))
+    rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False, cells=[('split_1', 1)])
+    assert {(r['split'], r['seed']) for r in rows} == {('split_1', 1)} and len(rows) == 2
+    assert not (tmp_path/'grid.json').exists() and not (tmp_path/'results.csv').exists()
+    trained, real = [], ex.train_detector
+    monkeypatch.setattr(ex, 'train_detector', lambda y, d, c, **k: trained.append(Path(d).parent.name) or real(y, d, c, **k))
+    whole = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
+    assert len(whole) == 4 and len(trained) == 2 and all('-s0' in t for t in trained)   # seed 1 came from the cache
+    assert (tmp_path/'results.csv').is_file()
+    with pytest.raises(SynthkitError, match=r"cells \[\('split_1', 7\)\] are not in the grid"):
+        run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False, cells=[('split_1', 7)])
+
+
+def test_paste_and_harmonized_conditions_add_new_ships_with_exact_boxes(toy, tmp_path):
+    "paste+N / harmonized+N: every real tile kept, ships from the split's own training images only, harmonized = paste's layout."
+    from synthkit.synthesize import Manifest
+    from synthkit.stats import comparisons
+    cfg = replace(CFG, conditions=('baseline', 'paste+1', 'harmonized+1'), generator='ddpm', gen_steps=4,
+                  ddpm=dict(TINY_DDPM, steps=2, minutes=None), paste=dict(k=2, margin=2))
+    rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
+    by = {r['condition']: r for r in rows}
+    assert by['paste+1']['n_train_real_distinct'] == by['harmonized+1']['n_train_real_distinct'] == by['baseline']['n_train_real_distinct']
+    train = set(deal(toy, 0)['split_1']['train'])
+    banks = list((tmp_path/'synth').glob('*/bank-*'))
+    assert len(banks) == 1
+    from synthkit.paste import CropBank
+    assert {ex.source_image(s) for s in CropBank.load(banks[0]).sources} <= train   # never a val or test image
+    recs = {kind: {(r['source'], r['k']): r for r in Manifest(Path(by[kind]['synth_dir'])/'manifest.jsonl').read()} for kind in ('paste+1', 'harmonized+1')}
+    assert recs['paste+1'].keys() == recs['harmonized+1'].keys()
+    for sk, r in recs['paste+1'].items():
+        h = recs['harmonized+1'][sk]
+        assert r['boxes'] == h['boxes'] and r['paste']['placed'] == h['paste']['placed']   # the same layout, paired
+        assert len(r['boxes']) >= len(toy[ex.source_image(sk[0])].boxes) if sk[0] in toy.ids else True
+    assert sum(r['paste']['placed'] for r in recs['paste+1'].values()) > 0
+    vs = {(c['condition'], c['versus']) for c in comparisons(rows)}
+    assert {('paste+1', 'baseline'), ('harmonized+1', 'baseline'), ('harmonized+1', 'paste+1')} <= vs
+    with pytest.raises(SynthkitError, match='harmonized conditions'): replace(cfg, generator='stub').check()
+    with pytest.raises(SynthkitError, match="paste=\\{'kk': 1\\}"): replace(cfg, paste={'kk': 1}).check()
