@@ -18,6 +18,7 @@ COMMANDS = {
     'simulate':   ('synthkit.sarsim', 'write a simulated, labelled SAR ship dataset (Ultralytics layout)'),
     'train-ddpm': ('synthkit.ddpm', "train the small in-domain diffusion model on a dataset's images"),
     'generate':   ('synthkit.synthesize', 'make diffusion variations of a dataset, with a manifest; resumable'),
+    'crop-bank':  ('synthkit.paste', "cut the ships of a dataset's training images into a crop bank for the paste generators"),
     'case-study': ('synthkit.casestudy', 'run the experiment grid (baseline vs diffusion vs classic augmentation) and write the report'),
 }
 
@@ -27,6 +28,7 @@ WRITES = {
     'simulate':   ('images', 'labels', 'data.yaml', 'sarsim.json'),
     'train-ddpm': ('unet', 'scheduler', 'synthkit_ddpm.json', 'training_state.safetensors', 'training_state.json', 'training_state.pth'),
     'generate':   ('images', 'labels', 'data.yaml', 'manifest.jsonl', 'rejected.jsonl'),
+    'crop-bank':  ('crops.safetensors', 'bank.json'),
     'case-study': None,
 }
 

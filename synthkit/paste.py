@@ -20,7 +20,7 @@ from .augment import flip_boxes, rot90_boxes
 # %% auto #0
 __all__ = ['BANK_FILE', 'CROPS_FILE', 'Crop', 'robust_stats', 'CropBank', 'transform_crop', 'sea_stats', 'sea_like_stats',
            'sea_like', 'feather_alpha', 'Labelled', 'paste_ships', 'PasteGenerator', 'paste_counts', 'windows_mask',
-           'harmonize_seed', 'HarmonizedPasteGenerator']
+           'harmonize_seed', 'HarmonizedPasteGenerator', 'cli_args', 'cli_run']
 
 # %% ../nbs/22a_paste.ipynb #0668f55b
 @dataclass
@@ -544,3 +544,23 @@ class HarmonizedPasteGenerator(PasteGenerator):
             ys = h.sdedit_many([x for x, _ in units], params.strength, params.steps, [[s] for s in seeds[i:i + bs]], mk)
             out += [keep_outside(im, h._back(y, sc), m) for im, y, (_, sc), m in zip(part, ys, units, mk)]
         return out
+
+# %% ../nbs/22a_paste.ipynb #fd55e7e1
+def cli_args(parser):
+    parser.add_argument('data', help='a YOLO / COCO / Pascal VOC dataset folder (or its data.yaml)')
+    parser.add_argument('--out', required=True, help='the bank folder to write (crops.safetensors + bank.json)')
+    parser.add_argument('--part', default='train', help="the part whose ships are cut (default train); every other image is refused")
+    parser.add_argument('--margin', type=float, default=4, help='context kept around each ship: px (≥ 1) or a fraction (< 1) of its longer side')
+    parser.add_argument('--overwrite', action='store_true', help='replace a bank folder that holds another bank')
+
+def cli_run(args) -> int:
+    from synthkit.data.formats import load_dataset
+    ds = load_dataset(args.data)
+    has_split = any(it.meta.get('split') for it in ds)
+    ids = [it.id for it in ds if (it.meta.get('split') if has_split else 'train') == args.part]
+    check(ids, f'{args.data} has no {args.part!r} images', f"name the part the ships may come from with --part (parts here: "
+          f"{', '.join(sorted({str(it.meta.get('split')) for it in ds})) if has_split else 'none: every image counts as train'})")
+    margin = int(args.margin) if args.margin >= 1 else float(args.margin)
+    bank = CropBank.from_dataset(ds, ids, margin=margin, forbidden=[it.id for it in ds if it.id not in set(ids)])
+    bank.save(args.out, overwrite=args.overwrite)
+    print(f'{len(bank)} crops from {len(bank.sources)} {args.part} images (skipped: {bank.skipped}) → {args.out}')
