@@ -312,7 +312,7 @@ def plot_dose_response(rows: list, path) -> Path:
             ax.errorbar(x, y, yerr=np.nan_to_num(err), marker='o', capsize=3, label=sp)
         ax.axhline(0, color='k', lw=.8); ax.set_xscale('log'); ax.grid(alpha=.3)
         ax.set_xlabel('DDPM training iterations (start + fine-tune)')
-        ax.set_title(f"`+N` − {'baseline' if ref == 'baseline' else '`classic+N`'}", fontsize=10)
+        ax.set_title(f"+N − {'baseline' if ref == 'baseline' else 'classic+N'}", fontsize=10)
     axs[0].set_ylabel('paired difference, mAP50'); axs[0].legend(fontsize=8)
     return _save(fig, path)
 
