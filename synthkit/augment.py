@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import SynthkitError, check
-from .generators import Generator, GenParams, derive_seed
+from .generators import Generator, GenParams, derive_seed, output_seeds
 
 # %% auto #0
 __all__ = ['flip_boxes', 'rot90_boxes', 'add_speckle', 'augment_image', 'ClassicGenerator', 'classic_variations']
@@ -98,9 +98,7 @@ class ClassicGenerator(Generator):
                           seeds=None, source_id: str = 'image', batch_size=None) -> list:
         "`n` augmented copies as `(image, boxes, cls)`; seeds default to `derive_seed(params.seed, source_id, k)`."
         params = params.check()
-        check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
-        seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
-        check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
+        seeds = output_seeds(params, n, seeds, source_id)
         return [augment_image(image, boxes, cls, s, **self.options()) for s in seeds]
 
     def generate(self, image, boxes=None, cls=None, **kw) -> list:

@@ -15,7 +15,7 @@ from .files import write_json, umask
 from .images import to_unit, save_image
 from .data.items import Item, Dataset, check_origins
 from .offline import setup_offline
-from .generators import Generator, GenParams, derive_seed, load_pretrained, weights_hash, check_device
+from .generators import Generator, GenParams, derive_seed, output_seeds, load_pretrained, weights_hash, check_device
 
 setup_offline()  # before diffusers is imported
 import torch
@@ -591,9 +591,7 @@ class DDPMGenerator(Generator):
         """`n` outputs of `image` re-synthesized by masked SDEdit where `mask` (HxW in [0, 1]) is > 0 and exactly the source
         where it is 0 ("Harmonizing a window"). Seeds, batches, dtype and range as `generate`: a mask of ones gives its outputs."""
         params = params.check(self.img2img_steps)
-        check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
-        seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
-        check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
+        seeds = output_seeds(params, n, seeds, source_id)
         x, scale = self._unit(image)
         image = np.asarray(image); m = check_mask(mask, image.shape)
         bs = max(1, int(batch_size or self.batch_size))

@@ -19,8 +19,9 @@ setup_offline()  # before diffusers / transformers are imported anywhere
 
 # %% auto #0
 __all__ = ['KNOBS', 'DTYPE_ARGS', 'OWN_FIELDS', 'WEIGHT_FILES', 'GENERATORS', 'min_steps', 'min_strength', 'GenParams',
-           'derive_seed', 'torch_generators', 'check_device', 'torch_threads', 'constructor_options', 'Generator',
-           'load_pretrained', 'weight_files', 'weights_hash', 'generator_class', 'load_generator', 'parse_assignments']
+           'derive_seed', 'torch_generators', 'check_device', 'torch_threads', 'constructor_options', 'output_seeds',
+           'Generator', 'load_pretrained', 'weight_files', 'weights_hash', 'generator_class', 'load_generator',
+           'parse_assignments']
 
 # %% ../nbs/10_generators.ipynb #2b8a8ba1
 KNOBS = ('strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt')
@@ -145,6 +146,13 @@ def constructor_options(cls, given: dict | None = None, with_model: bool = False
     skip = set(OWN_FIELDS) | ({getattr(cls, 'model_arg', 'model')} if not with_model else set())
     return {k: opts[k] for k in sorted(opts) if k not in skip}
 
+def output_seeds(params: GenParams, n: int, seeds=None, source_id: str = 'image') -> list:
+    "The seeds of `n` outputs of one source: `seeds` as given, or `derive_seed(params.seed, source_id, k)`; refuses a bad `n` or count."
+    check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
+    seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
+    check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
+    return seeds
+
 class Generator:
     "Base class of every variation backend. Subclasses implement `_run`."
     name: str = 'base'
@@ -199,9 +207,7 @@ class Generator:
                  seeds=None, source_id: str = 'image', batch_size: int | None = None) -> list:
         "`n` variations of `image` (same dtype, range and channels). Seeds default to `derive_seed(params.seed, source_id, k)`."
         params = params.check(self.img2img_steps)
-        check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
-        seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
-        check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
+        seeds = output_seeds(params, n, seeds, source_id)
         x, scale = self._unit(image)
         boxes, cls = _labels(boxes, cls)
         bs = max(1, int(batch_size or self.batch_size))

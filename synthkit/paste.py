@@ -14,7 +14,7 @@ from fastcore.basics import patch
 
 from .errors import SynthkitError, check
 from .files import umask
-from .generators import Generator, GenParams, derive_seed, weights_hash
+from .generators import Generator, GenParams, derive_seed, output_seeds, weights_hash
 from .augment import flip_boxes, rot90_boxes
 
 # %% auto #0
@@ -405,9 +405,7 @@ class PasteGenerator(Generator):
                           seeds=None, source_id: str = 'image', batch_size=None) -> list:
         "`n` pasted outputs as `(image, boxes, cls)` with `.info`; seeds default to `derive_seed(params.seed, source_id, k)`."
         params = params.check()
-        check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
-        seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
-        check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
+        seeds = output_seeds(params, n, seeds, source_id)
         o = PasteGenerator.options(self); o['scale'] = tuple(o['scale'])   # the paste's own options (a subclass may add more)
         return [paste_ships(image, boxes, cls, self.bank, s, **o) for s in seeds]
 
