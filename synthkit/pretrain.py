@@ -67,7 +67,8 @@ def plan_start(out, names, *, fit_to=None, config: PretrainConfig = PretrainConf
     params = fit_params(fit_to) if config.fit and n_fit >= config.min_fit_images else SceneParams()
     det = detect.replace(model=detect.model if str(detect.model).endswith(('.yaml', '.yml')) else 'yolov8n.yaml',
                          imgsz=tiling.size if tiling is not None else detect.imgsz, seed=config.seed, steps=config.steps,
-                         warmup_steps=min(100, config.steps // 5), eval_imgsz=None)
+                         warmup_steps=min(100, config.steps // 5), eval_imgsz=None,
+                         epochs=DetectConfig.epochs)   # steps decide the start's length: a grid's epochs budget must not change its key
     key = config_hash(dict(v=1, params=params.asdict(), config=asdict(config), tiling=None if tiling is None else asdict(tiling),
                      detect=det.key(), names=names))
     return StartPlan(key, Path(out)/f'start-{key[:12]}', params, det, tiling, config, names, n_fit if params != SceneParams() else 0)
