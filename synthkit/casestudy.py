@@ -55,7 +55,7 @@ DATA_PRESETS = {          # how the images are prepared: the simulator when no d
 # %% ../nbs/26_casestudy.ipynb #13ced62a
 _GRID = {f.name for f in fields(GridConfig)}
 _DET = {f.name for f in fields(DetectConfig)}
-_DICTS = ('ddpm', 'tiles', 'pretrain', 'generator_options', 'label_check', 'classic')   # GridConfig fields that are dictionaries: overrides merge into the preset's
+_DICTS = ('ddpm', 'tiles', 'pretrain', 'generator_options', 'label_check', 'classic', 'paste')   # GridConfig fields that are dictionaries: overrides merge into the preset's
 
 def resolve(preset: str = 'quick', **overrides) -> tuple:
     "(GridConfig, data settings) of `preset` with `overrides` applied; unknown keys are an error naming the valid ones."

@@ -30,7 +30,7 @@ __all__ = ['GRID_DDPM', 'PASTE_OPTIONS', 'GridConfig', 'grid_ddpm', 'RunSpec', '
 # fast the machine was (DDPMConfig's own default, a 5-minute cap, is for interactive use).
 GRID_DDPM = dict(steps=300, minutes=None)
 
-PASTE_OPTIONS = ('k', 'scale', 'flips', 'turns', 'feather', 'gap', 'sea_tolerance', 'tries', 'margin')   # GridConfig.paste keys ('margin': the crop bank's)
+PASTE_OPTIONS = ('k', 'scale', 'flips', 'turns', 'feather', 'gap', 'sea_tolerance', 'tries', 'looks', 'margin')   # GridConfig.paste keys ('margin': the crop bank's)
 
 @dataclass(frozen=True)
 class GridConfig:

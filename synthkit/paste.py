@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .errors import SynthkitError, check
 from .files import umask
 from .generators import Generator, GenParams, derive_seed, output_seeds, weights_hash
-from .augment import flip_boxes, rot90_boxes
+from .augment import flip_boxes, rot90_boxes, add_speckle
 
 # %% auto #0
 __all__ = ['BANK_FILE', 'CROPS_FILE', 'Crop', 'robust_stats', 'CropBank', 'transform_crop', 'sea_stats', 'sea_like_stats',
@@ -328,8 +328,9 @@ def _match_channels(a: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 def paste_ships(image: np.ndarray, boxes, cls, bank: CropBank, seed: int = 0, *, k: int = 3, scale=(0.8, 1.25), flips: bool = True,
                 turns: bool = True, feather: float | None = None, gap: float = 2, sea_tolerance: float | None = 0.5,
-                tries: int = 60) -> Labelled:
-    "Paste up to `k` ship crops of `bank` into `image` at free, sea-like places; returns `(image, boxes, cls)` with `.info` (see above)."
+                tries: int = 60, looks: float | None = None) -> Labelled:
+    """Paste up to `k` ship crops of `bank` into `image` at free, sea-like places; returns `(image, boxes, cls)` with `.info` (see above).
+    `looks`: then fresh gamma speckle over the whole output, as the classic copies get it (None: the source's pixels kept)."""
     image = np.asarray(image)
     check(image.ndim in (2, 3) and min(image.shape[:2]) > 0, f'image of shape {image.shape} is not HxW or HxWxC')
     check(boxes is not None, "paste places ships around the source's own boxes, and none were given",
@@ -368,9 +369,12 @@ def paste_ships(image: np.ndarray, boxes, cls, bank: CropBank, seed: int = 0, *,
             all_boxes = np.concatenate([all_boxes, nb[None].astype(np.float32)]); all_cls.append(bank.crops[ci].cls)
             break
     info['placed'] = len(info['pasted'])
+    if looks:   # its own stream: the layout of a seed is the same with and without it
+        out = add_speckle(out, np.random.default_rng(derive_seed(int(seed), 'speckle', 0)), looks)
+        info['looks'] = float(looks)
     return Labelled(out, all_boxes.astype(np.float32), np.asarray(all_cls, np.int64).reshape(-1), dict(paste=info))
 
-# %% ../nbs/22a_paste.ipynb #f4f7aa6c
+# %% ../nbs/22a_paste.ipynb #e111b2f8
 class PasteGenerator(Generator):
     "Copy-paste of ship crops from a `CropBank` to free, sea-like places; outputs carry the source's boxes plus the pasted ones."
     name, version, knobs = 'paste', '1', frozenset({'seed'})
@@ -379,7 +383,7 @@ class PasteGenerator(Generator):
     model_arg = 'bank'
 
     def __init__(self, bank, k: int = 3, scale=(0.8, 1.25), flips: bool = True, turns: bool = True, feather: float | None = None,
-                 gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60):
+                 gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60, looks: float | None = None):
         "`bank`: a `CropBank` or the folder one was saved to."
         self.bank = bank if isinstance(bank, CropBank) else CropBank.load(bank)
         check(isinstance(k, (int, np.integer)) and k >= 0, f'k={k!r} must be an integer ≥ 0', 'the number of ships pasted per output, e.g. 3')
@@ -389,6 +393,9 @@ class PasteGenerator(Generator):
         check(sea_tolerance is None or (isinstance(sea_tolerance, (int, float)) and sea_tolerance > 0),
               f'sea_tolerance={sea_tolerance!r} must be > 0 or None (no background rule)', 'use e.g. 0.5')
         check(isinstance(tries, (int, np.integer)) and tries >= 1, f'tries={tries!r} must be an integer ≥ 1', 'use e.g. 60')
+        check(looks is None or (isinstance(looks, (int, float)) and not isinstance(looks, bool) and looks > 0),
+              f'looks={looks!r} must be > 0 or None (no fresh speckle)', 'use e.g. 8, as the classic copies')
+        self.looks = None if looks is None else float(looks)
         self.k, self.scale, self.flips, self.turns = int(k), (lo, hi), bool(flips), bool(turns)
         self.feather, self.gap = None if feather is None else float(feather), float(gap)
         self.sea_tolerance, self.tries = None if sea_tolerance is None else float(sea_tolerance), int(tries)
@@ -397,7 +404,7 @@ class PasteGenerator(Generator):
 
     def options(self) -> dict:
         return dict(k=self.k, scale=list(self.scale), flips=self.flips, turns=self.turns, feather=self.feather, gap=self.gap,
-                    sea_tolerance=self.sea_tolerance, tries=self.tries)
+                    sea_tolerance=self.sea_tolerance, tries=self.tries, looks=self.looks)
 
     def describe(self) -> dict: return {**super().describe(), **self.options(), 'bank_crops': len(self.bank)}
 
@@ -461,10 +468,10 @@ class HarmonizedPasteGenerator(PasteGenerator):
 
     def __init__(self, bank, harmonizer, k: int = 3, scale=(0.8, 1.25), flips: bool = True, turns: bool = True,
                  feather: float | None = None, gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60, pad: int = 4,
-                 harmonizer_options: dict | None = None, device: str | None = None, dtype: str | None = None):
+                 harmonizer_options: dict | None = None, device: str | None = None, dtype: str | None = None, looks: float | None = None):
         "`bank`: a `CropBank` or its folder; `harmonizer`: a spec like `'ddpm:FOLDER'` (with `harmonizer_options`, `device`, `dtype`) or a `Generator`."
         from synthkit.ddpm import DDPMGenerator
-        super().__init__(bank, k, scale, flips, turns, feather, gap, sea_tolerance, tries)
+        super().__init__(bank, k, scale, flips, turns, feather, gap, sea_tolerance, tries, looks)
         check(isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and pad >= 0, f'pad={pad!r} must be an integer ≥ 0 (px)',
               'use e.g. 4: the mask falls from 1 at the crop to 0 across that many pixels')
         self.harmonizer = h = self._harmonizer(harmonizer, harmonizer_options, device, dtype)
