@@ -36,7 +36,7 @@ PRESETS = {
     'standard': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', 'classic+2'), seeds=(0, 1, 2, 3, 4),
                            generator='ddpm', strength=0.3, gen_steps=10,
                            ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=100, minutes=None, warmup=10),
-                           ddpm_start=1000, classic=dict(flips=False, turns=False), scorecard=True,
+                           ddpm_start=500, classic=dict(flips=False, turns=False), scorecard=True,
                            budget='steps', passes=1, tiles=dict(size=160, overlap=32, keep_empty=0.25),
                            start='pretrained', pretrain=dict(scenes=300, steps=1200),
                            detect=DetectConfig(imgsz=160, batch=16, steps=150, warmup_steps=30, dtype='auto', flipud=0.5, lr_schedule='steps')),

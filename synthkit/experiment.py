@@ -47,7 +47,7 @@ class GridConfig:
     generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's)
     synth_share: float | None = None     # share of a run's training entries that are synthetic (None: the pool's N / (N + 1)); capped so every real tile is in
     classic: dict = field(default_factory=dict)  # ClassicGenerator options of the control copies (flips, turns, looks); its defaults: all three
-    paste: dict = field(default_factory=dict)    # paste+N / harmonized+N: PasteGenerator options (k, scale, flips, turns, feather, gap, sea_tolerance, tries) and the crop bank's margin
+    paste: dict = field(default_factory=dict)    # paste+N / harmonized+N: PasteGenerator options (k, scale, flips, turns, feather, gap, sea_tolerance, tries, looks: the classic copies' unless given) and the crop bank's margin
     budget: str = 'steps'                # 'steps': every run trains detect.steps batches exactly; 'epochs': detect.epochs epochs each
     passes: int = 3                      # budget='steps': passes over the run's drawn training list (the LR schedule's epochs)
     tiles: dict | None = None            # Tiling fields, e.g. {'size': 160}: train on native-resolution tiles (None: whole images at detect.imgsz)
@@ -203,10 +203,14 @@ def generation_recipe(c: GridConfig, strength: float, seed: int):
     return Recipe.planned(c.generator, c.generator_options, generation_params(c, strength, seed), trains=trains)
 
 def paste_options(c: GridConfig) -> dict:
-    "The grid's PasteGenerator options (its defaults filled in) and the crop bank's margin."
+    """The grid's PasteGenerator options (its defaults filled in) and the crop bank's margin. `looks` defaults to the
+    classic copies' fresh speckle (`GridConfig.classic`), so that `paste+N` and `classic+N` differ only in the pasted ships."""
     from synthkit.paste import PasteGenerator
+    from synthkit.augment import ClassicGenerator
     from synthkit.generators import constructor_options
-    opts = constructor_options(PasteGenerator, {k: v for k, v in c.paste.items() if k != 'margin'})
+    given = {k: v for k, v in c.paste.items() if k != 'margin'}
+    given.setdefault('looks', ClassicGenerator(**(c.classic or {})).looks)
+    opts = constructor_options(PasteGenerator, given)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()} | {'margin': c.paste.get('margin', 4)}
 
 def classic_recipe(seed: int, options: dict | None = None):

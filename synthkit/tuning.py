@@ -131,7 +131,7 @@ def output_key(item_id: str, gen: Generator, params: GenParams, seed: int) -> tu
     return Recipe.of(gen, params, batch_size=1).output_key(item_id, seed)
 
 # %% ../nbs/30_tuning.ipynb #7442425f
-PANEL_OPTIONS = {'paste': ('k', 'scale'), 'ddpm-paste': ('k', 'scale', 'harmonizer')}   # generator options set by the panel's knobs
+PANEL_OPTIONS = {'paste': ('k', 'scale', 'looks'), 'ddpm-paste': ('k', 'scale', 'looks', 'harmonizer')}   # generator options set by the panel's knobs
 BANK_MARGIN = 4   # px of sea around each ship crop in the panel's bank
 _HELD = ('val', 'test')
 
@@ -281,6 +281,8 @@ class TuningPanel(Panel):
         self.w_scale = W.FloatRangeSlider(value=(0.8, 1.25), min=0.25, max=4.0, step=0.05, description='scale', style=st,
                                           continuous_update=False, readout_format='.2f',
                                           tooltip='each pasted ship is scaled by a factor drawn log-uniformly from this range')
+        self.w_looks = W.BoundedFloatText(value=0, min=0, max=64, step=1, description='speckle looks', style=st, layout=L(width='220px'),
+                                          tooltip='fresh gamma speckle of this many looks over each pasted output, as the classic copies get (0: none)')
         self.w_harmonizer = W.Dropdown(options=[l for l, g in self.generators.items() if _name_of(g) == 'ddpm'],
                                        description='harmonizer', style=st, layout=L(width='300px'))
         self.w_mode = W.ToggleButtons(options=['variations', 'sweep'], tooltips=['source + n variations', 'rows of strengths × columns of seeds'],
@@ -315,7 +317,7 @@ class TuningPanel(Panel):
 
         knobs = W.VBox([self.w_generator, self.w_strength, self.w_guidance, self.w_steps,
                         W.HBox([self.w_seed, self.b_new_seed]), self.w_n, self.w_prompt, self.w_negative,
-                        self.w_k, self.w_scale, self.w_harmonizer])
+                        self.w_k, self.w_scale, self.w_looks, self.w_harmonizer])
         left = W.VBox([self.w_image, self.w_source])
         run = W.HBox([self.w_mode, self.w_sweep])
         go = W.HBox([self.b_preview, self.b_cancel, self.w_progress, self.w_status])
@@ -356,10 +358,10 @@ def params(self: TuningPanel) -> GenParams:
 @patch
 def set(self: TuningPanel, **kw) -> 'TuningPanel':
     """Set knobs by name (`strength`, `guidance`, `steps`, `seed`, `prompt`, `negative_prompt`, `n`, `image`, `generator`, `mode`,
-    and for pasting `k`, `scale` (a number or a (lo, hi) range) and `harmonizer`)."""
+    and for pasting `k`, `scale` (a number or a (lo, hi) range), `looks` (fresh speckle; 0 or None: none) and `harmonizer`)."""
     ws = dict(strength=self.w_strength, guidance=self.w_guidance, steps=self.w_steps, seed=self.w_seed, n=self.w_n,
               prompt=self.w_prompt, negative_prompt=self.w_negative, image=self.w_image, generator=self.w_generator,
-              mode=self.w_mode, sweep=self.w_sweep, out=self.w_out, k=self.w_k, scale=self.w_scale, harmonizer=self.w_harmonizer)
+              mode=self.w_mode, sweep=self.w_sweep, out=self.w_out, k=self.w_k, scale=self.w_scale, looks=self.w_looks, harmonizer=self.w_harmonizer)
     for k, v in kw.items():
         check(k in ws, f'unknown panel setting {k!r}', f'use one of {", ".join(ws)}')
         if k == 'scale':
@@ -367,6 +369,10 @@ def set(self: TuningPanel, **kw) -> 'TuningPanel':
             w = self.w_scale
             check(len(v) == 2 and w.min <= v[0] <= v[1] <= w.max, f'scale={kw[k]!r} is not a range inside [{w.min:g}, {w.max:g}]',
                   'use e.g. (0.8, 1.25) or 1.0')
+        if k == 'looks':
+            v = 0 if v is None else v
+            check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= self.w_looks.max,
+                  f'looks={kw[k]!r} is not a number of looks in [0, {self.w_looks.max:g}]', 'use e.g. 8, or 0 / None for no fresh speckle')
         ws[k].value = v
     return self
 
@@ -381,7 +387,7 @@ def _on_generator(self: TuningPanel):
     knobs = set(getattr(generator_class(name), 'knobs', ())) | set(PANEL_OPTIONS[name]) if name else self.generator.knobs
     for k, w in [('strength', self.w_strength), ('guidance', self.w_guidance), ('steps', self.w_steps), ('seed', self.w_seed),
                  ('prompt', self.w_prompt), ('negative_prompt', self.w_negative),
-                 ('k', self.w_k), ('scale', self.w_scale), ('harmonizer', self.w_harmonizer)]:
+                 ('k', self.w_k), ('scale', self.w_scale), ('looks', self.w_looks), ('harmonizer', self.w_harmonizer)]:
         w.disabled = k not in knobs
     self.b_new_seed.disabled = 'seed' not in knobs
 
@@ -404,9 +410,9 @@ def new_seed(self: TuningPanel) -> int:
 # %% ../nbs/30_tuning.ipynb #0feb5bdc
 @patch(as_prop=True)
 def paste_options(self: TuningPanel) -> dict:
-    "The options the knobs give a paste generator: `k`, `scale` (lo, hi), and `harmonizer` (a label of the panel's DDPMs, or None)."
+    "The options the knobs give a paste generator: `k`, `scale` (lo, hi), `looks` (None: no fresh speckle) and `harmonizer` (a label of the panel's DDPMs, or None)."
     lo, hi = self.w_scale.value
-    return dict(k=int(self.w_k.value), scale=(float(lo), float(hi)), harmonizer=self.w_harmonizer.value)
+    return dict(k=int(self.w_k.value), scale=(float(lo), float(hi)), looks=float(self.w_looks.value) or None, harmonizer=self.w_harmonizer.value)
 
 @patch
 def bank(self: TuningPanel, folder: str = ''):
@@ -428,8 +434,8 @@ def _paste_generator(self: TuningPanel, label: str) -> Generator:
     "The paste generator under `label` with the knobs' k, scale (and harmonizer), built once per setting."
     name, _, folder = self.generators[label].partition(':')
     o = self.paste_options
-    opts = dict(k=o['k'], scale=o['scale'])
-    key = (label, o['k'], o['scale'])
+    opts = dict(k=o['k'], scale=o['scale'], looks=o['looks'])
+    key = (label, o['k'], o['scale'], o['looks'])
     if 'harmonizer' in PANEL_OPTIONS[name]:
         check(o['harmonizer'], f'{name} needs a DDPM to harmonize with, and the panel has none',
               "pass one among the generators, e.g. TuningPanel(ds, 'ddpm:models/ddpm')")
@@ -688,7 +694,7 @@ def _code_options(self: TuningPanel) -> dict:
     name = _panel_built(self.generators[self.w_generator.value])
     if not name: return {}
     o = self.paste_options
-    out = dict(k=o['k'], scale=o['scale'])
+    out = dict(k=o['k'], scale=o['scale']) | ({'looks': o['looks']} if o['looks'] else {})
     if 'harmonizer' in PANEL_OPTIONS[name] and o['harmonizer']:
         h = self.generators[o['harmonizer']]
         out['harmonizer'] = h if isinstance(h, str) else generator_spec(h)
