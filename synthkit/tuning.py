@@ -434,7 +434,7 @@ def _paste_generator(self: TuningPanel, label: str) -> Generator:
     "The paste generator under `label` with the knobs' k, scale (and harmonizer), built once per setting."
     name, _, folder = self.generators[label].partition(':')
     o = self.paste_options
-    opts = dict(k=o['k'], scale=o['scale'], looks=o['looks'])
+    opts = dict(k=o['k'], scale=o['scale']) | ({'looks': o['looks']} if o['looks'] else {})
     key = (label, o['k'], o['scale'], o['looks'])
     if 'harmonizer' in PANEL_OPTIONS[name]:
         check(o['harmonizer'], f'{name} needs a DDPM to harmonize with, and the panel has none',
