@@ -226,7 +226,8 @@ def test_impossible_k_gives_fewer_ships_and_the_record_says_how_many(toy, bank_d
 
 def test_bad_options_and_inputs(toy, bank_dir, tmp_path):
     for kw, says in [(dict(k=-1), 'k=-1'), (dict(scale=(1.2, 0.8)), 'scale='), (dict(scale=0), 'scale='), (dict(gap=-1), 'gap=-1'),
-                     (dict(sea_tolerance=0), 'sea_tolerance=0'), (dict(tries=0), 'tries=0'), (dict(feather=-2), 'feather=-2')]:
+                     (dict(sea_tolerance=0), 'sea_tolerance=0'), (dict(tries=0), 'tries=0'), (dict(feather=-2), 'feather=-2'),
+                     (dict(looks=0), 'looks=0'), (dict(looks=-1), 'looks=-1'), (dict(looks=True), 'looks=True')]:
         with pytest.raises(SynthkitError, match=says.replace('(', r'\(')): PasteGenerator(bank_dir, **kw)
     with pytest.raises(SynthkitError, match="none were given"): PasteGenerator(bank_dir).generate(toy['img0'].read())
     with pytest.raises(SynthkitError, match='the image is uint16 but the crop bank holds uint8'):
@@ -261,6 +262,20 @@ def test_regenerate_is_byte_exact(toy, bank_dir, tmp_path):
     synthesize(toy, g, 3, GenParams(seed=7), tmp_path/'one', batch_size=1, progress=False)
     one, out = _files(tmp_path/'one'), _files(tmp_path/'out')
     assert one.pop('manifest.jsonl') != out.pop('manifest.jsonl') and one == out   # records differ in batch_size only
+
+
+def test_fresh_speckle_regenerates_byte_exact_and_keeps_the_layout(toy, bank_dir, tmp_path):
+    "looks: the same layout and boxes as without it, other pixels; regenerate remakes them; another looks is refused."
+    g = load_generator(f'paste:{bank_dir}', k=2, looks=8)
+    synthesize(toy.subset(['img0', 'img1']), g, 2, GenParams(seed=3), tmp_path/'out', progress=False)
+    plain = load_generator(f'paste:{bank_dir}', k=2)
+    for r in Manifest(tmp_path/'out').read():
+        img = read_image(tmp_path/'out'/r['path'])
+        assert np.array_equal(regenerate(r, load_generator(f'paste:{bank_dir}', k=2, looks=8), toy), img)
+        src = toy[r['source']]
+        p = plain.generate_labelled(src.read(), src.boxes, src.cls, seeds=[r['seed']], source_id=src.id)[0]
+        assert np.allclose(p[1], r['boxes'], atol=1e-3) and not np.array_equal(p[0], img) and r['paste']['looks'] == 8.0
+    with pytest.raises(SynthkitError, match='options.looks: 8.0 → None'): regenerate(r, plain, toy)
 
 
 def test_resume_with_another_bank_is_refused(toy, bank_dir, tmp_path):
