@@ -3,9 +3,9 @@
 Trains a small DDPM with the current training (EMA, cosine learning rate, t_max for the strength) and makes variations
 of held-out tiles with each option at the same strength, steps and seeds; prints per option:
 
-- the timesteps it evaluates the UNet at and the starting noise σ₀ (`synthkit.ddpm.noise_sigma`, grey levels);
+- the timesteps it evaluates the UNet at and the starting noise σ₀ (`synthkit.sdedit.noise_sigma`, grey levels);
 - SSIM / PSNR to the source (`synthkit.metrics.ssim_psnr`), SSIM between two variations of one source (lower: more diverse);
-- the sea's local variance in the variation over the source's (`synthkit.ddpm.speckle_ratio`; speckle kept = 1.0), as the
+- the sea's local variance in the variation over the source's (`synthkit.sdedit.speckle_ratio`; speckle kept = 1.0), as the
   geometric mean over outputs and its range, apart for speckled sea and for calm sea (the near-black sea of many
   ssdd-dev chips, speckle under 5 grey levels), and the share of speckled-sea outputs within ±20 %;
 - the shift of the mean sea level (grey levels) and seconds per output.
@@ -31,7 +31,9 @@ setup_offline()
 import torch
 
 from synthkit.data.items import find_dev_data
-from synthkit.ddpm import DDPMConfig, DDPMGenerator, noise_sigma, sea_mask, speckle_ratio, t_max_for, train_ddpm
+from synthkit.ddpm import DDPMConfig
+from synthkit.sdedit import DDPMGenerator, noise_sigma, sea_mask, speckle_ratio, t_max_for
+from synthkit.ddpm_train import train_ddpm
 from synthkit.images import to_unit
 from synthkit.metrics import ssim_psnr
 

@@ -3,9 +3,10 @@
 Side by side in one run, on the same model, images and parameters, for the in-domain DDPM default and a tiny SD
 img2img pipeline, at strength 0.3 and 0.6. Prints images/s, the ratio, UNet evaluations per image, time per UNet
 evaluation and the share of time spent inside the UNet, then what each speed-up (batching, bf16 autocast, inference_mode,
-channels-last, SDPA, 64-wide attention heads) is worth on its own. `ddpm default` rows: DDPMGenerator as a user gets it (dtype='auto': bfloat16
-autocast where the CPU has bf16 instructions, else float32); `ddpm fp32` rows: forced float32. Both against the same
-float32 hand loop (the diffusers-docs way).
+channels-last, SDPA, 64-wide attention heads) is worth on its own. `ddpm default` rows: DDPMGenerator as a user gets it
+(dtype='auto': bfloat16 autocast where synthkit.precision measured it faster on this machine, else float32; the line
+above the table says what it measured); `ddpm fp32` rows: forced float32. Both against the same float32 hand loop (the
+diffusers-docs way).
 
     .venv/bin/python bench/generate.py                  # ~5 min on 2 cores (128 px); --size 64 --steps 10: ~1 min
     .venv/bin/python bench/generate.py --sources 4 --n 4 --size 128 --repeats 2 --ddpm MODEL_DIR
@@ -138,7 +139,9 @@ def main(argv=None):
           f'{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores')
 
     # DDPM default
-    from synthkit.ddpm import DDPMConfig, DDPMGenerator, train_ddpm
+    from synthkit.ddpm import DDPMConfig
+    from synthkit.sdedit import DDPMGenerator
+    from synthkit.ddpm_train import train_ddpm
     from diffusers import UNet2DModel
     folder = a.ddpm or train_ddpm(ds, tmp/'ddpm', DDPMConfig(steps=1, batch=2), progress=False)
     gen = DDPMGenerator(folder)   # the default: dtype='auto'
@@ -146,6 +149,10 @@ def main(argv=None):
     mh = UNetMeter(hand_ddpm.unet)
     dt = gen.describe()['dtype']
     print(f'DDPM: {sum(p.numel() for p in gen.unet.parameters()) / 1e6:.1f} M parameters ({folder}); default dtype here: {dt}')
+    from synthkit.precision import measured_precision
+    m = measured_precision('ddpm')
+    print(f"dtype='auto' here: {m['dtype']} (" + (f"bf16 measured {m['speedup']}x the speed of fp32 on {m['machine']})" if m['speedup']
+          else f"no native bf16 on {m['machine']})"))
     ratios = {}
     for label, g in ((f'ddpm default ({dt})', gen), ('ddpm fp32', DDPMGenerator(folder, dtype='fp32'))):
         mo = UNetMeter(g.unet)

@@ -31,7 +31,7 @@ def main():
     ap.add_argument('--batches', default='4,8,16')
     ap.add_argument('--repeats', type=int, default=2)
     a = ap.parse_args()
-    from synthkit.ddpm import DDPMGenerator
+    from synthkit.sdedit import DDPMGenerator
     ds = load_dataset(a.data)
     ids = [i for i in ds.ids if ds[i].width == ds[i].height][:a.n]
     src = ds.subset(ids)

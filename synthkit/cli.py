@@ -16,7 +16,7 @@ __all__ = ['COMMANDS', 'WRITES', 'main']
 COMMANDS = {
     'convert':    ('synthkit.data.formats', 'import a dataset (YOLO, COCO json, Pascal VOC) and write the Ultralytics layout + data.yaml'),
     'simulate':   ('synthkit.sarsim', 'write a simulated, labelled SAR ship dataset (Ultralytics layout)'),
-    'train-ddpm': ('synthkit.ddpm', "train the small in-domain diffusion model on a dataset's images"),
+    'train-ddpm': ('synthkit.ddpm_train', "train the small in-domain diffusion model on a dataset's images"),
     'generate':   ('synthkit.synthesize', 'make diffusion variations of a dataset, with a manifest; resumable'),
     'crop-bank':  ('synthkit.paste', "cut the ships of a dataset's training images into a crop bank for the paste generators"),
     'case-study': ('synthkit.casestudy', 'run the experiment grid (baseline vs diffusion vs classic augmentation) and write the report'),

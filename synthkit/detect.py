@@ -15,8 +15,8 @@ from .images import is_image_file, to_unit
 from .offline import ultralytics_settings
 
 # %% auto #0
-__all__ = ['METRICS', 'DetectConfig', 'split_images', 'plan_budget', 'DetectRun', 'step_schedule', 'train_detector', 'Metric',
-           'metric_names', 'evaluate', 'Detector']
+__all__ = ['METRICS', 'DetectConfig', 'split_images', 'plan_budget', 'precision_workload', 'DetectRun', 'step_schedule',
+           'train_detector', 'Metric', 'metric_names', 'evaluate', 'Detector']
 
 # %% ../nbs/20_detect.ipynb #2c9bd37d
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class DetectConfig:
     val_every_epoch: bool = False # validate after every epoch (slower); the final epoch is always validated
     eval_imgsz: int | None = None # inference size of the test evaluation (None: imgsz); whole native images need their own size
     extra: tuple = ()             # more Ultralytics train arguments as (key, value) pairs
-    dtype: str = 'fp32'           # training precision: 'fp32', 'bf16' (autocast), or 'auto' (bf16 where the device has it natively)
+    dtype: str = 'fp32'           # training precision: 'fp32', 'bf16' (autocast), or 'auto' (the faster, measured: synthkit.precision)
     flipud: float = 0.0           # probability of an up-down flip (Ultralytics' own default 0; overhead imagery has no up: use 0.5)
     fliplr: float = 0.5           # probability of a left-right flip (Ultralytics' default)
     lr_schedule: str = 'epochs'   # 'epochs': Ultralytics' schedule, stepped per epoch; 'steps': warm-up then linear decay per batch
@@ -54,7 +54,7 @@ class DetectConfig:
         check(str(self.model).endswith(('.yaml', '.yml', '.pt')), f'model={self.model!r} is neither a .yaml architecture nor a .pt file',
               'use e.g. yolov8n.yaml (trained from scratch) or the path of a local .pt')
         check(self.dtype in ('fp32', 'bf16', 'auto'), f'dtype={self.dtype!r} is not one of fp32, bf16, auto',
-              "use 'fp32' (full precision), 'bf16' or 'auto' (bf16 where the hardware has it)")
+              "use 'fp32' (full precision), 'bf16' or 'auto' (the faster of the two on this machine)")
         for k in ('flipud', 'fliplr'):
             v = getattr(self, k)
             check(isinstance(v, (int, float)) and 0 <= v <= 1, f'{k}={v!r} must be a probability in [0, 1]', 'use e.g. 0.5')
@@ -65,9 +65,9 @@ class DetectConfig:
     @property
     def resolved_dtype(self) -> str:
         "'fp32' or 'bf16': what `dtype` means on this machine's `device`."
-        from synthkit.ddpm import resolve_dtype
+        from synthkit.precision import resolve_dtype
         gpu = str(self.device).replace(',', '').isdigit()   # Ultralytics' GPU indices: '0', '0,1'
-        return resolve_dtype(None if self.dtype == 'auto' else self.dtype, 'cuda' if gpu else self.device)
+        return resolve_dtype(self.dtype, 'detector', 'cuda' if gpu else self.device)
 
     def key(self) -> dict:
         "The fields as a cache key: `dtype` as this machine resolves it; fields added later are left out at their defaults (older keys stay valid)."
@@ -132,6 +132,22 @@ def plan_budget(config: DetectConfig, n_train: int) -> dict:
     epochs = config.epochs if config.steps is None else max(1, math.ceil(config.steps / nb))
     warm = 3.0 if config.warmup_steps is None else config.warmup_steps / nb
     return dict(epochs=epochs, batches_per_epoch=nb, steps=epochs * nb, warmup_epochs=round(warm, 4), n_train=n_train)
+
+# %% ../nbs/20_detect.ipynb #3f043eac
+def precision_workload(device='cpu'):
+    """The detector's workload for `synthkit.precision`: a forward and backward pass of YOLOv8n (one class) on four
+    160 px images, as training runs it under autocast; returns `run(dtype)`."""
+    import torch
+    ultralytics_settings()
+    from ultralytics.nn.tasks import DetectionModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0); model = DetectionModel('yolov8n.yaml', nc=1, verbose=False).to(device).train()
+    x = torch.rand(4, 3, 160, 160, generator=torch.Generator().manual_seed(0)).to(device)
+    def run(dtype: str):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == 'bf16'): out = model(x)
+        sum(o.float().mean() for o in out).backward()
+        model.zero_grad(set_to_none=True)
+    return run
 
 # %% ../nbs/20_detect.ipynb #9030b037
 @dataclass

@@ -291,7 +291,7 @@ def weights_hash(folder, skip=()) -> str:
 
 # %% ../nbs/10_generators.ipynb #407518a9
 GENERATORS = {
-    'ddpm':         'synthkit.ddpm:DDPMGenerator',            # in-domain DDPM + SDEdit (default, offline)
+    'ddpm':         'synthkit.sdedit:DDPMGenerator',            # in-domain DDPM + SDEdit (default, offline)
     'sd-img2img':   'synthkit.diffusion:SDImg2ImgGenerator',   # Stable Diffusion 1.x/2.x/SDXL img2img
     'unclip':       'synthkit.diffusion:UnCLIPGenerator',      # Stable unCLIP img2img (prompt-free)
     'sd-variation': 'synthkit.diffusion:ImageVariationGenerator',  # SD image variations (prompt-free)

@@ -470,7 +470,7 @@ class HarmonizedPasteGenerator(PasteGenerator):
                  feather: float | None = None, gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60, pad: int = 4,
                  harmonizer_options: dict | None = None, device: str | None = None, dtype: str | None = None, looks: float | None = None):
         "`bank`: a `CropBank` or its folder; `harmonizer`: a spec like `'ddpm:FOLDER'` (with `harmonizer_options`, `device`, `dtype`) or a `Generator`."
-        from synthkit.ddpm import DDPMGenerator
+        from synthkit.sdedit import DDPMGenerator
         super().__init__(bank, k, scale, flips, turns, feather, gap, sea_tolerance, tries, looks)
         check(isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and pad >= 0, f'pad={pad!r} must be an integer ≥ 0 (px)',
               'use e.g. 4: the mask falls from 1 at the crop to 0 across that many pixels')
@@ -538,7 +538,7 @@ class HarmonizedPasteGenerator(PasteGenerator):
 
     def _harmonize(self, pasted: list, masks: list, seeds: list, params: GenParams, source_id: str, batch_size) -> list:
         "Each pasted image re-synthesized where its mask is > 0: a DDPM batch of up to `batch_size` per model call, else one `masked_generate` each."
-        from synthkit.ddpm import masked_generate, keep_outside
+        from synthkit.masks import masked_generate, keep_outside
         h = self.harmonizer
         if not self.batched:
             return [masked_generate(h, o[0], m, params, [s], boxes=o[1], cls=o[2], source_id=source_id)[0] for o, m, s in zip(pasted, masks, seeds)]

@@ -198,7 +198,7 @@ def _cell(s: dict, k: str, diff: bool = False) -> str:
 def _noise(c) -> str:
     "What the grid's strengths mean as noise, for the in-domain DDPM: ' (noise σ 66 grey levels)'; '' for other generators."
     if c.generator != 'ddpm': return ''
-    from synthkit.ddpm import noise_sigma
+    from synthkit.sdedit import noise_sigma
     from synthkit.experiment import grid_ddpm
     cfg = grid_ddpm(c)
     return ' (noise σ ' + ', '.join(f'{noise_sigma(s, c.gen_steps, cfg):.0f}' for s in c.strengths) + f' grey levels of 255; DDPM trained on t < {cfg.t_max})'

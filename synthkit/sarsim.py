@@ -15,13 +15,14 @@ from PIL import Image
 
 from .errors import SynthkitError, check
 from .images import save_image
+from .files import write_json
 from .generators import derive_seed
 from .data.items import Item, Dataset
 from .data.formats import write_yolo_label, write_data_yaml, load_yolo
 
 # %% auto #0
-__all__ = ['SceneParams', 'simulate_scene', 'simulate', 'chip_stats', 'summarize_stats', 'plot_stats', 'fit_params',
-           'parse_overrides', 'cli_args', 'cli_run']
+__all__ = ['HULLS_FILE', 'SceneParams', 'hull_mask', 'simulate_layout', 'simulate_scene', 'scene_hulls', 'simulate', 'chip_stats',
+           'summarize_stats', 'plot_stats', 'fit_params', 'parse_overrides', 'cli_args', 'cli_run']
 
 # %% ../nbs/06_sarsim.ipynb #f3ad3dcc
 @dataclass(frozen=True)
@@ -90,8 +91,9 @@ def _smooth_field(rng, h, w, scale, step=8):
     return (f - f.mean()) / (f.std() + 1e-6)
 
 
-def _hull(h, w, cx, cy, length, beam, heading):
-    "Footprint of one ship: a bool mask over its window (pixel centres inside the hull), the window's top-left corner, keel coordinates, half length."
+def hull_mask(cx: float, cy: float, length: float, beam: float, heading: float) -> tuple:
+    """Footprint of one ship (centre, length and beam in px, heading in radians): a bool mask over its window (pixel
+    centres inside the hull, tapered at bow and stern), the window's top-left corner (y0, x0), keel coordinates, half length."""
     r = length / 2 + beam + 2
     x0, x1 = int(math.floor(cx - r)), int(math.ceil(cx + r)) + 1
     y0, y1 = int(math.floor(cy - r)), int(math.ceil(cy + r)) + 1
@@ -177,54 +179,75 @@ def _ship_mooring(rng, h, w, geo, length, beam):
     return float(pos[0]), float(pos[1]), heading
 
 # %% ../nbs/06_sarsim.ipynb #4f7ef47c
-def simulate_scene(seed: int, params: SceneParams = SceneParams()) -> tuple:
-    "One labelled SAR scene: (uint8 `HxW` image, `(N, 4)` float32 boxes `x0 y0 x1 y1` in pixels, `(N,)` int64 classes, all 0)."
-    p = params.check()
-    rng = np.random.default_rng(int(seed))
-    w = int(rng.integers(p.width[0], p.width[1] + 1))
-    h = int(np.clip(round(w * rng.uniform(*p.aspect)), p.height[0], p.height[1]))
-    # sea: lognormal swell texture (stronger with sea state) and a gentle range ramp; mean about 1
+def _sea(rng, h: int, w: int, p: SceneParams) -> np.ndarray:
+    "The sea's mean backscatter: lognormal swell texture (stronger with sea state) and a gentle range ramp; mean about 1."
     state = rng.uniform(*p.sea_state)
     refl = np.exp((0.03 + 0.3 * state) * _smooth_field(rng, h, w, rng.uniform(6, 40), step=4)
                   + 0.15 * _smooth_field(rng, h, w, rng.uniform(60, 200), step=16))
     a = rng.uniform(0, 2 * math.pi)
     yy, xx = np.ogrid[0:h, 0:w]
     refl *= (1 + p.range_falloff * rng.uniform(-1, 1) * ((xx / w - 0.5) * math.cos(a) + (yy / h - 0.5) * math.sin(a))).astype(np.float32)
-    refl = refl.astype(np.float32)
-    streak = np.zeros((h, w), np.float32)
+    return refl.astype(np.float32)
+
+def _land(rng, h: int, w: int, p: SceneParams, refl: np.ndarray, streak: np.ndarray) -> tuple:
+    "(reflectivity with land, land mask, coast geometry or None): a coastline with buildings, a quay, piers and corner reflectors (adds to `streak`)."
     land, geo = np.zeros((h, w), bool), None
-    if rng.random() < p.land_p:
-        land, geo = _coast(rng, h, w, p)
-        lr = _loguniform(rng, *p.land_contrast) * np.exp(0.6 * _smooth_field(rng, h, w, rng.uniform(1.5, 4), step=2)
-                                                         + 0.5 * _smooth_field(rng, h, w, rng.uniform(15, 40), step=8))
-        for _ in range(int(rng.integers(10, 60))):                     # buildings, tanks, cranes: bright blocks
-            bx, by = rng.uniform(0, w), rng.uniform(0, h)
-            bw_, bh_ = rng.uniform(2, 30), rng.uniform(2, 12)
-            if rng.random() < 0.5: bw_, bh_ = bh_, bw_
-            sl = (slice(int(by), int(by + bh_) + 1), slice(int(bx), int(bx + bw_) + 1))
-            lr[sl] *= rng.uniform(2, 15)
-        lr[geo['quay']] *= rng.uniform(3, 10); lr[geo['pier']] *= rng.uniform(1.5, 4)
-        refl = np.where(land, lr.astype(np.float32), refl)
-        for _ in range(int(rng.integers(0, 6))):                       # strong corner reflectors on land
-            yx = np.argwhere(land[::3, ::3])
-            if len(yx) == 0: break
-            y, x = yx[int(rng.integers(len(yx)))] * 3
-            amp = lr.max() * rng.uniform(0.05, 0.3)
-            streak += _streaks(h, w, x + 0.5, y + 0.5, amp, _loguniform(rng, *p.cross_length), rng,
-                               horizontal=rng.random() < 0.5)
-    # ships
+    if rng.random() >= p.land_p: return refl, land, geo
+    land, geo = _coast(rng, h, w, p)
+    lr = _loguniform(rng, *p.land_contrast) * np.exp(0.6 * _smooth_field(rng, h, w, rng.uniform(1.5, 4), step=2)
+                                                     + 0.5 * _smooth_field(rng, h, w, rng.uniform(15, 40), step=8))
+    for _ in range(int(rng.integers(10, 60))):                     # buildings, tanks, cranes: bright blocks
+        bx, by = rng.uniform(0, w), rng.uniform(0, h)
+        bw_, bh_ = rng.uniform(2, 30), rng.uniform(2, 12)
+        if rng.random() < 0.5: bw_, bh_ = bh_, bw_
+        sl = (slice(int(by), int(by + bh_) + 1), slice(int(bx), int(bx + bw_) + 1))
+        lr[sl] *= rng.uniform(2, 15)
+    lr[geo['quay']] *= rng.uniform(3, 10); lr[geo['pier']] *= rng.uniform(1.5, 4)
+    refl = np.where(land, lr.astype(np.float32), refl)
+    for _ in range(int(rng.integers(0, 6))):                       # strong corner reflectors on land
+        yx = np.argwhere(land[::3, ::3])
+        if len(yx) == 0: break
+        y, x = yx[int(rng.integers(len(yx)))] * 3
+        amp = lr.max() * rng.uniform(0.05, 0.3)
+        streak += _streaks(h, w, x + 0.5, y + 0.5, amp, _loguniform(rng, *p.cross_length), rng, horizontal=rng.random() < 0.5)
+    return refl, land, geo
+
+# %% ../nbs/06_sarsim.ipynb #8d2d3fa8
+def _draw_ship(rng, h: int, w: int, p: SceneParams, moored: bool, geo) -> tuple:
+    "(centre x, centre y, length, beam, heading) of one ship: drawn from the size law, moored along the coast or anywhere at sea."
+    length = float(np.clip(p.ship_length[0] * math.exp(rng.normal(0, p.ship_length[1])), *p.ship_length_range))
+    beam = max(3.0, length * rng.uniform(*p.ship_beam))
+    if moored: cx, cy, heading = _ship_mooring(rng, h, w, geo, length, beam)
+    else: cx, cy, heading = rng.uniform(-0.1, 1.1) * w, rng.uniform(-0.1, 1.1) * h, rng.uniform(0, math.pi)
+    return cx, cy, length, beam, heading
+
+def _ship_effects(rng, h: int, w: int, p: SceneParams, hull: tuple, knots, contrast: float, streak: np.ndarray, wake: np.ndarray):
+    "A ship's cross-shaped sidelobes (added to `streak`) and, sometimes, a faint wake behind its stern (added to `wake`)."
+    cx, cy, length, beam, heading = hull
+    half = length / 2
+    if rng.random() < p.cross_p:
+        k = int(np.argmax(knots)) / 6 - 0.5
+        sx, sy = cx + k * length * math.cos(heading), cy + k * length * math.sin(heading)
+        streak += _streaks(h, w, sx, sy, contrast * rng.uniform(*p.cross_strength) * (1 + length / 30),
+                           _loguniform(rng, *p.cross_length) * (0.5 + length / 60), rng)
+    if rng.random() < p.wake_p:                                # a turbulent wake behind the stern
+        back = rng.choice([-1.0, 1.0])
+        k = np.arange(0, length * rng.uniform(1, 5), 0.5, dtype=np.float32)
+        wx = cx + back * (half + k) * math.cos(heading); wy = cy + back * (half + k) * math.sin(heading)
+        inside = (wx >= 0) & (wx < w) & (wy >= 0) & (wy < h)
+        np.add.at(wake, (wy[inside].astype(int), wx[inside].astype(int)), rng.uniform(0.3, 1.2) * np.exp(-k[inside] / (2 * length)))
+
+def _ships(rng, h: int, w: int, p: SceneParams, refl: np.ndarray, land: np.ndarray, geo, streak: np.ndarray) -> tuple:
+    """Place the scene's ships (each up to 20 draws: inside enough, not on land, touching no other ship); their
+    reflectivity goes into `refl`, sidelobes into `streak`. Returns (boxes, hulls, occupied mask, wake)."""
     n_off = int(rng.geometric(1 - p.ships_offshore)) - (1 if geo is not None else 0)
     n_moored = int(rng.geometric(1 - p.ships_harbour)) if geo is not None else 0
-    occupied = land.copy()
-    wake = np.zeros((h, w), np.float32)
-    boxes = []
+    occupied, wake = land.copy(), np.zeros((h, w), np.float32)
+    boxes, hulls = [], []
     for moored in [False] * n_off + [True] * n_moored:
         for _try in range(20):
-            length = float(np.clip(p.ship_length[0] * math.exp(rng.normal(0, p.ship_length[1])), *p.ship_length_range))
-            beam = max(3.0, length * rng.uniform(*p.ship_beam))
-            if moored: cx, cy, heading = _ship_mooring(rng, h, w, geo, length, beam)
-            else: cx, cy, heading = rng.uniform(-0.1, 1.1) * w, rng.uniform(-0.1, 1.1) * h, rng.uniform(0, math.pi)
-            mask, (y0, x0), u, half = _hull(h, w, cx, cy, length, beam, heading)
+            hull = _draw_ship(rng, h, w, p, moored, geo)
+            mask, (y0, x0), u, half = hull_mask(*hull)
             total = mask.sum()
             if total == 0: continue
             ov = _paste(occupied, mask, y0, x0, lambda d_, m: None)
@@ -243,21 +266,15 @@ def simulate_scene(seed: int, params: SceneParams = SceneParams()) -> tuple:
             occupied[dsl] |= vis
             ry, rx = np.nonzero(vis)
             boxes.append([dsl[1].start + rx.min(), dsl[0].start + ry.min(), dsl[1].start + rx.max() + 1, dsl[0].start + ry.max() + 1])
-            if rng.random() < p.cross_p:
-                k = int(np.argmax(knots)) / 6 - 0.5
-                sx, sy = cx + k * length * math.cos(heading), cy + k * length * math.sin(heading)
-                streak += _streaks(h, w, sx, sy, contrast * rng.uniform(*p.cross_strength) * (1 + length / 30),
-                                   _loguniform(rng, *p.cross_length) * (0.5 + length / 60), rng)
-            if rng.random() < p.wake_p:                                # a turbulent wake behind the stern
-                back = rng.choice([-1.0, 1.0])
-                k = np.arange(0, length * rng.uniform(1, 5), 0.5, dtype=np.float32)
-                wx = cx + back * (half + k) * math.cos(heading); wy = cy + back * (half + k) * math.sin(heading)
-                inside = (wx >= 0) & (wx < w) & (wy >= 0) & (wy < h)
-                np.add.at(wake, (wy[inside].astype(int), wx[inside].astype(int)),
-                          rng.uniform(0.3, 1.2) * np.exp(-k[inside] / (2 * length)))
+            hulls.append([round(float(v), 4) for v in hull])
+            _ship_effects(rng, h, w, p, hull, knots, contrast, streak, wake)
             break
-    if wake.any(): refl += np.where(occupied, 0, ndi.gaussian_filter(wake, rng.uniform(0.7, 1.5)))
-    # speckle: L-look gamma intensity, slightly correlated, then the point spread blurs edges a little
+    return boxes, hulls, occupied, wake
+
+# %% ../nbs/06_sarsim.ipynb #0de226de
+def _display(rng, refl: np.ndarray, streak: np.ndarray, occupied: np.ndarray, p: SceneParams) -> np.ndarray:
+    "8-bit image: L-look gamma speckle, the point spread, amplitude, then the per-scene display gamma that puts the sea median where SSDD's lie."
+    h, w = refl.shape
     L = int(rng.integers(p.looks[0], p.looks[1] + 1))
     inten = refl * rng.gamma(L, 1 / L, size=(h, w)).astype(np.float32)
     if p.speckle_blur > 0: inten = ndi.gaussian_filter(inten, p.speckle_blur)
@@ -266,21 +283,49 @@ def simulate_scene(seed: int, params: SceneParams = SceneParams()) -> tuple:
     target = float(np.clip(p.sea_median[0] * math.exp(rng.normal(0, p.sea_median[1])), 1, 135))   # ssdd-dev's brightest sea: 135
     med = max(float(np.median(sea_px)) if sea_px.size else 1.0, 1e-6)
     gamma = math.log(255 / target) / math.log(math.sqrt(_loguniform(rng, *p.white_point)))
-    img = np.clip(np.rint(target * (amp / med) ** gamma), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(target * (amp / med) ** gamma), 0, 255).astype(np.uint8)
+
+def simulate_layout(seed: int, params: SceneParams = SceneParams()) -> dict:
+    """One labelled SAR scene with its layout: {'image': uint8 HxW, 'boxes': (N, 4) float32 x0 y0 x1 y1, 'cls': (N,) int64
+    (all 0), 'hulls': N × [centre x, centre y, length, beam, heading (radians)]}, the hulls in the boxes' order."""
+    p = params.check()
+    rng = np.random.default_rng(int(seed))
+    w = int(rng.integers(p.width[0], p.width[1] + 1))
+    h = int(np.clip(round(w * rng.uniform(*p.aspect)), p.height[0], p.height[1]))
+    refl, streak = _sea(rng, h, w, p), np.zeros((h, w), np.float32)
+    refl, land, geo = _land(rng, h, w, p, refl, streak)
+    boxes, hulls, occupied, wake = _ships(rng, h, w, p, refl, land, geo, streak)
+    if wake.any(): refl += np.where(occupied, 0, ndi.gaussian_filter(wake, rng.uniform(0.7, 1.5)))
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return img, boxes, np.zeros(len(boxes), np.int64)
+    return dict(image=_display(rng, refl, streak, occupied, p), boxes=boxes, cls=np.zeros(len(boxes), np.int64), hulls=hulls)
+
+def simulate_scene(seed: int, params: SceneParams = SceneParams()) -> tuple:
+    "One labelled SAR scene: (uint8 `HxW` image, `(N, 4)` float32 boxes `x0 y0 x1 y1` in pixels, `(N,)` int64 classes, all 0)."
+    s = simulate_layout(seed, params)
+    return s['image'], s['boxes'], s['cls']
 
 # %% ../nbs/06_sarsim.ipynb #43a70627
 def _scene_seed(seed: int, i: int) -> int: return derive_seed(seed, 'sarsim', i)
 
+HULLS_FILE = 'hulls.json'   # each scene's ships as [centre x, centre y, length, beam, heading], in its boxes' order
+
+def scene_hulls(folder) -> dict:
+    "{image id: hulls} of a dataset written by `simulate` (what `simulate_layout` drew); {} for any other folder."
+    f = Path(folder)/HULLS_FILE
+    if not f.is_file(): return {}
+    try: return {str(k): [list(map(float, h)) for h in v] for k, v in json.loads(f.read_text()).items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise SynthkitError(f'{HULLS_FILE} is not a map of image ids to hulls ({e})', 'simulate the scenes again', path=f)
+
 def _write_one(job) -> tuple:
     "Render scene `i` and write its image and label (runs in a worker process)."
     i, seed, params, img_path, lab_path, id_ = job
-    img, boxes, cls = simulate_scene(_scene_seed(seed, i), params)
+    s = simulate_layout(_scene_seed(seed, i), params)
+    img = s['image']
     kw = dict(compress_level=1) if Path(img_path).suffix.lower() == '.png' else dict(quality=95)
     save_image(img, img_path, **kw)
-    write_yolo_label(lab_path, Item(Path(img_path), img.shape[1], img.shape[0], boxes, cls, id_))
-    return i, len(boxes)
+    write_yolo_label(lab_path, Item(Path(img_path), img.shape[1], img.shape[0], s['boxes'], s['cls'], id_))
+    return i, len(s['boxes']), s['hulls']
 
 def _pool(workers: int):
     "A process pool: fork where the OS has it (workers need no re-import), spawn elsewhere."
@@ -314,7 +359,8 @@ def simulate(out, n: int = 200, seed: int = 0, params: SceneParams = SceneParams
     else:
         with _pool(min(workers, n)) as ex: results = list(tqdm(ex.map(_write_one, jobs, chunksize=max(1, n // (8 * workers))), **bar))
     (out/'sarsim.json').write_text(json.dumps(dict(generator='synthkit.sarsim', n=n, seed=int(seed), suffix=suffix,
-                                                   params=params.asdict(), n_boxes=sum(k for _, k in results)), indent=1) + '\n')
+                                                   params=params.asdict(), n_boxes=sum(k for _, k, _ in results)), indent=1) + '\n')
+    write_json(out/HULLS_FILE, {ids[i]: hulls for i, _, hulls in results})
     write_data_yaml(out, ['ship'], {'train': 'images/train'}, comment=f'simulated SAR ship scenes: synthkit simulate --n {n} --seed {seed}')
     return load_yolo(out/'data.yaml', check_pixels=False)
 

@@ -8,7 +8,10 @@ import pytest
 
 from synthkit.errors import SynthkitError
 from synthkit.generators import GenParams, load_generator
-from synthkit.ddpm import DDPMConfig, DDPMGenerator, train_ddpm, training_history, sample_crops, masked_generate, mask_composite
+from synthkit.ddpm import DDPMConfig
+from synthkit.sdedit import DDPMGenerator
+from synthkit.ddpm_train import train_ddpm, training_history, sample_crops
+from synthkit.masks import masked_generate, mask_composite
 from synthkit.testing import speckle_toy
 
 BIN = Path(sys.executable).parent
@@ -36,11 +39,11 @@ def test_train_writes_safetensors_config_and_history(model):
 
 
 def test_resume_continues_and_refuses_another_model(toy, tmp_path):
-    d = train_ddpm(toy, tmp_path/'m', DDPMConfig(**TINY, steps=2), progress=False)
-    train_ddpm(toy, d, DDPMConfig(**TINY, steps=4), progress=False)
+    d = train_ddpm(toy, tmp_path/'m', DDPMConfig(**TINY, steps=2, lr_decay='constant'), progress=False)
+    train_ddpm(toy, d, DDPMConfig(**TINY, steps=4, lr_decay='constant'), progress=False)   # a constant rate: more steps continue it
     assert training_history(d)[-1, 0] == 4
     with pytest.raises(SynthkitError, match='built with .*--no-resume'):
-        train_ddpm(toy, d, DDPMConfig(**{**TINY, 'channels': (8, 16)}, steps=5), progress=False)
+        train_ddpm(toy, d, DDPMConfig(**{**TINY, 'channels': (8, 16)}, steps=5, lr_decay='constant'), progress=False)
     train_ddpm(toy, d, DDPMConfig(**TINY, steps=1), resume=False, progress=False)
     assert training_history(d)[-1, 0] == 1
 
@@ -94,8 +97,8 @@ def test_cli_train_and_error(toy, tmp_path):
     assert 'trained 2 iterations' in r.stdout and (tmp_path/'m'/'unet'/'diffusion_pytorch_model.safetensors').exists()
     meta = json.loads((tmp_path/'m'/'synthkit_ddpm.json').read_text())   # --steps alone: no wall-clock cap, complete
     assert meta['config']['minutes'] is None and meta['complete'] and meta['stopped_by'] == 'steps' and meta['target_steps'] == 2
-    from synthkit.ddpm import resolve_dtype
-    assert meta['train_dtype'] == {'bf16': 'bfloat16', 'fp32': 'float32'}[resolve_dtype('auto')]   # the default: auto
+    from synthkit.precision import resolve_dtype
+    assert meta['train_dtype'] == {'bf16': 'bfloat16', 'fp32': 'float32'}[resolve_dtype('auto', 'ddpm')]   # the default: auto
     r = subprocess.run(cmd[:4] + [str(tmp_path/'m32')] + cmd[5:] + ['--steps', '1', '--dtype', 'fp32'], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path/'m32'/'synthkit_ddpm.json').read_text())['train_dtype'] == 'float32'
@@ -118,9 +121,9 @@ def test_same_seed_same_weights_whatever_the_global_rng(toy, tmp_path):
 
 
 def test_resume_in_another_precision_is_recorded(toy, tmp_path):
-    d = train_ddpm(toy, tmp_path/'m', DDPMConfig(**TINY, steps=2, minutes=None), progress=False, dtype='fp32')
+    d = train_ddpm(toy, tmp_path/'m', DDPMConfig(**TINY, steps=2, minutes=None, lr_decay='constant'), progress=False, dtype='fp32')
     assert json.loads((d/'synthkit_ddpm.json').read_text())['train_dtype'] == 'float32'
-    train_ddpm(toy, d, DDPMConfig(**TINY, steps=3, minutes=None), progress=False, dtype='bf16')
+    train_ddpm(toy, d, DDPMConfig(**TINY, steps=3, minutes=None, lr_decay='constant'), progress=False, dtype='bf16')
     meta = json.loads((d/'synthkit_ddpm.json').read_text())
     assert meta['step'] == 3 and meta['train_dtype'] == 'bfloat16+float32'
 
@@ -159,6 +162,34 @@ def test_cli_resumes_a_folder_from_before_head_dim(toy, tmp_path):
     with pytest.raises(SynthkitError, match='not valid JSON.*--no-resume'): DDPMGenerator(tmp_path/'m')
 
 
+
+def test_resuming_towards_another_length_is_refused(toy, tmp_path):
+    "A cosine rate decays over the run's own `steps`: resuming towards another length would bend it (lr/10 back to ~0.6 lr)."
+    d = train_ddpm(toy, tmp_path/'m', DDPMConfig(**TINY, steps=3, minutes=None, warmup=1), progress=False)
+    before = _weights(d)
+    for steps in (6, None):
+        with pytest.raises(SynthkitError) as e:
+            train_ddpm(toy, d, DDPMConfig(**TINY, steps=steps, minutes=None if steps else 1.0, warmup=1), progress=False)
+        assert 'trains towards steps=3' in str(e.value) and '--steps 3' in str(e.value) and '--start' in str(e.value) and '\n' not in str(e.value)
+    assert all(np.array_equal(before[k].numpy(), v.numpy()) for k, v in _weights(d).items())   # nothing written
+    train_ddpm(toy, tmp_path/'more', DDPMConfig(**TINY, steps=6, minutes=None, warmup=1), start=d, progress=False)   # the way to train on
+    assert training_history(tmp_path/'more')[-1, 0] == 6
+
+
+def test_a_model_folder_without_its_model_settings_is_one_line(toy, model, tmp_path):
+    "synthkit_ddpm.json without 'model' (hand-edited, truncated by another tool): one line, exit 2, for training and sampling."
+    import shutil
+    d = tmp_path/'m'; shutil.copytree(model, d)
+    meta = json.loads((d/'synthkit_ddpm.json').read_text()); del meta['model']
+    (d/'synthkit_ddpm.json').write_text(json.dumps(meta))
+    from synthkit.data.formats import export_yolo
+    export_yolo(toy, tmp_path/'data', {'train': toy.ids[:3], 'val': toy.ids[3:]})
+    r = subprocess.run([str(BIN/'synthkit'), 'train-ddpm', str(tmp_path/'data'), '--out', str(d), '--crop', '32', '--batch', '2',
+                        '--steps', '4', '--quiet'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 2 and "has no 'model' settings" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    with pytest.raises(SynthkitError, match="has no 'model' settings.*--no-resume"): DDPMGenerator(d)
+
+
 # ------------------------------------------------------------------ t_max, EMA, learning-rate decay, start, sampling
 def _weights(folder):
     from safetensors.torch import load_file
@@ -195,8 +226,8 @@ def test_old_folders_keep_their_keys_and_resume_as_what_they_are(toy, tmp_path):
 def test_resume_is_the_uninterrupted_run(toy, tmp_path, monkeypatch):
     "Killed after 3 of 6 iterations and resumed: the EMA (unet/), the trained weights and the optimizer are those of one run."
     import torch
-    import synthkit.ddpm as dd
-    from synthkit.ddpm import _read_state
+    import synthkit.ddpm_train as dd
+    from synthkit.ddpm_train import read_state
     cfg = DDPMConfig(**TINY, steps=6, minutes=None, warmup=2, ema=0.9, save_every_s=0)   # cosine decay from iteration 2 on
     whole = train_ddpm(toy, tmp_path/'whole', cfg, progress=False, dtype='fp32')
     real, calls = dd.sample_crops, []
@@ -211,7 +242,7 @@ def test_resume_is_the_uninterrupted_run(toy, tmp_path, monkeypatch):
     cut = train_ddpm(toy, tmp_path/'cut', cfg, progress=False, dtype='fp32')
     a, b = _weights(whole), _weights(cut)
     assert all(torch.equal(a[k], b[k]) for k in a)                                     # the EMA
-    sa, sb = _read_state(whole), _read_state(cut)
+    sa, sb = read_state(whole), read_state(cut)
     assert all(torch.equal(sa['raw'][k], sb['raw'][k]) for k in sa['raw'])             # the trained weights
     assert any(not torch.equal(a[k], sa['raw'][k]) for k in a)                         # ... which are not the EMA
     assert all(torch.equal(sa['opt']['state'][i]['exp_avg'], sb['opt']['state'][i]['exp_avg']) for i in sa['opt']['state'])
@@ -219,8 +250,8 @@ def test_resume_is_the_uninterrupted_run(toy, tmp_path, monkeypatch):
 
 def test_the_ema_weights_are_the_ones_sampled(model):
     import torch
-    from synthkit.ddpm import _read_state
-    ema, raw = _weights(model), _read_state(model)['raw']
+    from synthkit.ddpm_train import read_state
+    ema, raw = _weights(model), read_state(model)['raw']
     g = DDPMGenerator(model, channels_last=False)
     sd = {k: v.float() for k, v in g.unet.state_dict().items()}
     assert all(torch.equal(sd[k], ema[k]) for k in ema) and any(not torch.equal(sd[k], raw[k]) for k in raw)
@@ -230,12 +261,12 @@ def test_start_from_another_folder(toy, model, tmp_path):
     import torch
     from synthkit.generators import weights_hash
     from synthkit.ddpm import STATE_FILE
-    d = train_ddpm(toy, tmp_path/'ft', DDPMConfig(**TINY, steps=1, minutes=None, lr=1e-12), start=model, progress=False)
+    d = train_ddpm(toy, tmp_path/'ft', DDPMConfig(**TINY, steps=1, minutes=None, lr=1e-12, lr_decay='constant'), start=model, progress=False)
     meta = json.loads((d/'synthkit_ddpm.json').read_text())
     assert meta['start'] == dict(folder=str(model), weights_hash=weights_hash(model, skip=(STATE_FILE,)), step=3)
     a, b = _weights(model), _weights(d)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)                       # it began at the start's EMA weights
-    train_ddpm(toy, d, DDPMConfig(**TINY, steps=2, minutes=None, lr=1e-12), start=model, progress=False)   # the same start: resumes
+    train_ddpm(toy, d, DDPMConfig(**TINY, steps=2, minutes=None, lr=1e-12, lr_decay='constant'), start=model, progress=False)   # the same start: resumes
     assert training_history(d)[-1, 0] == 2 and json.loads((d/'synthkit_ddpm.json').read_text())['start']['step'] == 3
     for other, said in ((dict(crop=16), "{'crop': 32}, this run with {'crop': 16}"), (dict(t_max=100), "{'t_max': None}, this run with {'t_max': 100}"),
                         (dict(channels=(8, 16)), "{'channels': [16, 32], 'head_dim': 32}, this run with {'channels': [8, 16], 'head_dim': 16}")):
@@ -370,12 +401,12 @@ def test_mask_errors_are_one_line_before_any_work(model):
 # ------------------------------------------------------------------ speckle kept (trains ~30 s on 2 cores)
 def test_variations_keep_the_speckle_of_simulated_sea(tmp_path):
     """Flat simulated sea (one speckle texture): a DDPM trained for 150 iterations, then variations at strength 0.3, 25
-    steps. With the default sampler the sea's local variance stays within 20 % of the source's; the sampler of before
-    (DDIM on img2img's evenly spaced timesteps) smooths it to about half."""
+    steps. With the default sampler the sea's local variance stays within 20 % of the source's; img2img's rule (DDIM on
+    evenly spaced timesteps) smooths it to about half."""
     import torch
     from synthkit.sarsim import SceneParams, simulate, simulate_scene
     from synthkit.images import to_unit
-    from synthkit.ddpm import speckle_ratio, t_max_for
+    from synthkit.sdedit import speckle_ratio, t_max_for
     flat = SceneParams(land_p=0.0, looks=(2, 2), sea_state=(0.0, 0.0), range_falloff=0.0, sea_median=(40.0, 0.0), white_point=(30.0, 30.0),
                        width=(128, 128), aspect=(1.0, 1.0), height=(128, 128))
     ds = simulate(tmp_path/'sea', n=12, seed=0, params=flat, progress=False, workers=1)
@@ -391,3 +422,61 @@ def test_variations_keep_the_speckle_of_simulated_sea(tmp_path):
     finally: torch.set_num_threads(before)
     assert 0.8 <= np.exp(np.log(new).mean()) <= 1.2, new
     assert np.exp(np.log(old).mean()) < 0.8, old
+
+
+# ------------------------------------------------------------------ diffusers steps the sampler as the hand-written steps did
+def _ref_ddim_step(eps, x, a_t, a_prev, eta, z=None):
+    "One DDIM step in DDIMScheduler.step's arithmetic: the reference the diffusers solver is checked against."
+    beta_t = 1 - a_t
+    x0 = (x - beta_t ** 0.5 * eps) / a_t ** 0.5
+    std = eta * ((1 - a_prev) / beta_t * (1 - a_t / a_prev)) ** 0.5
+    x = a_prev ** 0.5 * x0 + (1 - a_prev - std ** 2) ** 0.5 * eps
+    return x + std * z if eta > 0 and z is not None else x
+
+
+def _ref_dpm2m_step(eps, x, a_t, a_prev, eta, z=None, last=None):
+    "One DPM-Solver++(2M) step (k-diffusion's sample_dpmpp_2m_sde form) in the image's own units: the reference."
+    import math
+    d = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+    if a_prev >= 1: return d, (d, None)
+    s_t, s_p = math.sqrt((1 - a_t) / a_t), math.sqrt((1 - a_prev) / a_prev)
+    h = math.log(s_t / s_p)
+    dc = d if last is None else d + (d - last[0]) * (h / (2 * last[1]))
+    y = (s_p / s_t) * math.exp(-h * eta) * (x / a_t ** 0.5) - math.expm1(-h * (1 + eta)) * dc
+    if eta > 0 and z is not None: y = y + (s_p * math.sqrt(-math.expm1(-2 * h * eta))) * z
+    return a_prev ** 0.5 * y, (d, h)
+
+
+def _ref_denoise(g, x0, noise, timesteps, z=None, mask=None):
+    "The sampler loop with the reference steps (float64 coefficients), on `g`'s UNet and schedule."
+    import torch
+    s = g.scheduler
+    alphas = s.alphas_cumprod
+    x, last = s.add_noise(x0, noise, torch.tensor([timesteps[0]])), None
+    for i, t in enumerate(timesteps):
+        if mask is not None and i: x = mask * x + (1 - mask) * s.add_noise(x0, noise, torch.tensor([t]))
+        eps = g._unet(x, torch.full((len(x),), t, dtype=torch.long))
+        a_prev = float(alphas[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        zi = None if z is None or i >= len(z) else z[i]
+        if g.solver == 'ddim': x = _ref_ddim_step(eps, x, float(alphas[t]), a_prev, g.eta, zi) if a_prev < 1 else \
+                (x - (1 - float(alphas[t])) ** 0.5 * eps) / float(alphas[t]) ** 0.5
+        else: x, last = _ref_dpm2m_step(eps, x, float(alphas[t]), a_prev, g.eta, zi, last)
+    return x
+
+
+@pytest.mark.parametrize('spacing', ['cubic', 'trailing'])
+@pytest.mark.parametrize('solver,eta', [('dpm++2m', 0.0), ('dpm++2m', 1.0), ('ddim', 0.0), ('ddim', 1.0)])
+def test_diffusers_solver_gives_the_reference_samples(model, solver, eta, spacing):
+    """diffusers' DPMSolverMultistepScheduler (2M or first order, η = 0 or SDE η = 1) gives what the reference steps give on
+    fixed noise, through a real (tiny) UNet, with and without a mask: the same sampler to float32 rounding."""
+    import torch
+    g = DDPMGenerator(model, dtype='fp32', solver=solver, spacing=spacing, eta=eta, channels_last=False)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand((2, 1, 32, 32), generator=gen) * 2 - 1
+    ts = g.timesteps(0.5, 12)
+    noise, z = torch.randn(x0.shape, generator=gen), torch.randn((len(ts) - 1, *x0.shape), generator=gen)
+    mask = torch.zeros_like(x0); mask[..., 8:24, 8:24] = 1
+    with torch.inference_mode():
+        for mk in (None, mask):
+            new, ref = g._denoise(x0, noise, ts, z if eta else None, mk), _ref_denoise(g, x0, noise, ts, z if eta else None, mk)
+            assert (new - ref).abs().max() < 1e-5, (new - ref).abs().max()

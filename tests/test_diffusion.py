@@ -135,13 +135,15 @@ def test_ddpm_on_gpu(tmp_path):
     "The in-domain DDPM trains and generates on CUDA (bf16 where the GPU has it natively)."
     import torch
     if not torch.cuda.is_available(): pytest.skip('needs a CUDA GPU')
-    from synthkit.ddpm import DDPMConfig, train_ddpm, resolve_dtype
+    from synthkit.ddpm import DDPMConfig
+    from synthkit.ddpm_train import train_ddpm
+    from synthkit.precision import resolve_dtype
     from synthkit.testing import speckle_toy
     toy = speckle_toy(tmp_path/'toy', n=3, size=40)
     m = train_ddpm(toy, tmp_path/'m', DDPMConfig(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2, steps=3),
                    progress=False, device='cuda')
     g = load_generator(f'ddpm:{m}', device='cuda')
-    assert g.describe()['dtype'] == ('bfloat16' if resolve_dtype('auto', 'cuda') == 'bf16' else 'float32')
+    assert g.describe()['dtype'] == ('bfloat16' if resolve_dtype('auto', 'ddpm', 'cuda') == 'bf16' else 'float32')
     v = g.generate(toy[0].read(), n=2, params=GenParams(strength=0.5, steps=4, seed=1))
     assert len(v) == 2 and v[0].shape == toy[0].read().shape and np.array_equal(v[1], g.generate(toy[0].read(), n=2, params=GenParams(strength=0.5, steps=4, seed=1))[1])
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from synthkit.cli import main
-from synthkit.ddpm import DDPMConfig, train_ddpm, CONFIG_FILE, STATE_FILE, STATE_JSON, OLD_STATE_FILE
+from synthkit.ddpm import DDPMConfig, CONFIG_FILE, STATE_FILE, STATE_JSON, OLD_STATE_FILE
+from synthkit.ddpm_train import train_ddpm
 from synthkit.testing import speckle_toy
 from synthkit.data.formats import export_yolo, load_dataset
 from synthkit.images import save_image
@@ -340,10 +341,10 @@ def test_missing_label_file_is_a_background_image(world, tmp_path, capsys):
 
 
 def test_an_older_pickled_state_resumes_and_is_resaved(world, tmp_path, capsys):
-    from synthkit.ddpm import _read_state
+    from synthkit.ddpm_train import read_state
     d = tmp_path/'m'
     assert run(['train-ddpm', world/'data', '--out', d, '--crop', '32', '--batch', '2', '--steps', '1', '--quiet'], capsys)[0] == 0
-    torch.save(_read_state(d), d/OLD_STATE_FILE)   # what versions before issue 12 wrote
+    torch.save(read_state(d), d/OLD_STATE_FILE)   # the pickled form of the resume state
     for f in (STATE_FILE, STATE_JSON): (d/f).unlink()
     rc, stdout, err = run(['train-ddpm', world/'data', '--out', d, '--crop', '32', '--batch', '2', '--steps', '2', '--quiet'], capsys)
     assert rc == 0 and 'trained 2 iterations' in stdout, err

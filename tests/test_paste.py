@@ -370,7 +370,8 @@ TINY_DDPM = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, 
 
 @pytest.fixture(scope='module')
 def ddpm_dir(toy, tmp_path_factory):
-    from synthkit.ddpm import DDPMConfig, train_ddpm
+    from synthkit.ddpm import DDPMConfig
+    from synthkit.ddpm_train import train_ddpm
     return train_ddpm(toy, tmp_path_factory.mktemp('ddpm')/'ddpm', DDPMConfig(**TINY_DDPM), progress=False)
 
 
@@ -424,7 +425,8 @@ def test_same_layout_and_boxes_as_paste_only_the_windows_change(toy, bank_dir, h
 
 def test_a_batch_is_what_masked_generate_makes_per_output(toy, bank_dir, ddpm_dir, hgen):
     "The DDPM path batches the outputs of a call; one at a time it is exactly masked_generate (the DDPM's masked SDEdit)."
-    from synthkit.ddpm import DDPMGenerator, masked_generate
+    from synthkit.sdedit import DDPMGenerator
+    from synthkit.masks import masked_generate
     it, d = toy['img3'], DDPMGenerator(ddpm_dir)
     seeds = [derive_seed(3, it.id, k) for k in range(3)]
     one = [hgen.generate_labelled(it.read(), it.boxes, it.cls, params=HP, seeds=[s], batch_size=1)[0] for s in seeds]
@@ -454,7 +456,7 @@ def test_any_img2img_generator_harmonizes_after_the_fact(toy, bank_dir):
 
 def test_recipe_holds_the_bank_and_the_harmonizer(toy, bank_dir, ddpm_dir, hgen, tmp_path):
     import shutil
-    from synthkit.ddpm import DDPMGenerator
+    from synthkit.sdedit import DDPMGenerator
     from synthkit.generators import weight_files
     d = DDPMGenerator(ddpm_dir)
     r = Recipe.of(hgen, HP)
@@ -507,7 +509,7 @@ def test_harmonized_regenerate_is_byte_exact_and_resume_checks_the_harmonizer(to
 
 
 def test_harmonized_bad_input(toy, bank_dir, ddpm_dir, hgen):
-    from synthkit.ddpm import DDPMGenerator
+    from synthkit.sdedit import DDPMGenerator
     with pytest.raises(SynthkitError, match="needs a harmonizer.*harmonizer='ddpm:FOLDER'"): load_generator(f'ddpm-paste:{bank_dir}', k=2)
     with pytest.raises(SynthkitError, match='the paste generator cannot harmonize .*no img2img path'):
         load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'paste:{bank_dir}')

@@ -37,7 +37,8 @@ class Sigma(Generator):
 def models(tmp_path_factory):
     "A tiny model folder for every registered backend that needs one."
     from synthkit import testing as tiny
-    from synthkit.ddpm import DDPMConfig, train_ddpm
+    from synthkit.ddpm import DDPMConfig
+    from synthkit.ddpm_train import train_ddpm
     from synthkit.paste import CropBank
     d = tmp_path_factory.mktemp('models')
     toy = tiny.speckle_toy(d/'toy', n=3, size=32)
@@ -171,7 +172,7 @@ def test_an_old_manifest_is_refused_on_resume_and_checked_on_regenerate(toy, tmp
 def test_grid_keys_follow_the_generator_batch_size_version_and_weights(tmp_path, monkeypatch):
     "The grid's keys named the generator by its spec and options only: another default batch size, code version or weights reused old runs."
     from synthkit.experiment import GridConfig, RunSpec, run_key
-    from synthkit.ddpm import DDPMGenerator
+    from synthkit.sdedit import DDPMGenerator
     from synthkit.augment import ClassicGenerator
     diff, ctl = RunSpec('split_1', 0, '+2', GridConfig(), 'x'), RunSpec('split_1', 0, 'classic+2', GridConfig(), 'x')
     before = run_key(diff), run_key(ctl)

@@ -8,7 +8,9 @@ import pytest
 from synthkit.errors import SynthkitError
 from synthkit.generators import GenParams, Generator
 from synthkit.images import read_image
-from synthkit.ddpm import DDPMConfig, DDPMGenerator, train_ddpm
+from synthkit.ddpm import DDPMConfig
+from synthkit.sdedit import DDPMGenerator
+from synthkit.ddpm_train import train_ddpm
 from synthkit.testing import speckle_toy
 from synthkit.synthesize import Manifest, synthesize, regenerate, write_variation
 
