@@ -47,6 +47,8 @@ class DDPMConfig:
     t_max: int | None = None                # train on timesteps t < t_max only (see "Train where SDEdit samples"); None: all
     ema: float | None = 0.999               # largest decay of the weights' EMA (warm-up (1+k)/(10+k)); None: no EMA
     lr_decay: str = 'cosine'                # 'cosine': lr → lr/10 over `steps` after warm-up; 'constant'
+    layout: bool = False                    # a layout channel: the UNet also sees a ship mask (synthkit.layout)
+    cond_dropout: float = 0.1               # a layout model: share of training crops whose mask is dropped (guidance)
 
     def check(self) -> 'DDPMConfig':
         check(isinstance(self.crop, int) and self.crop >= 16 and self.crop % 2 ** (len(self.channels) - 1) == 0,
@@ -67,6 +69,9 @@ class DDPMConfig:
         check(self.ema is None or (isinstance(self.ema, (int, float)) and not isinstance(self.ema, bool) and 0 < self.ema < 1),
               f'ema={self.ema!r} must be None or a decay in (0, 1)', 'use e.g. 0.999, or None for no EMA')
         check(self.lr_decay in LR_DECAYS, f'lr_decay={self.lr_decay!r} is not one of {", ".join(LR_DECAYS)}', "use 'cosine' or 'constant'")
+        check(isinstance(self.layout, bool), f'layout={self.layout!r} must be True or False')
+        check(isinstance(self.cond_dropout, (int, float)) and not isinstance(self.cond_dropout, bool) and 0 <= self.cond_dropout < 1,
+              f'cond_dropout={self.cond_dropout!r} must be in [0, 1)', 'use e.g. 0.1 (guidance needs some crops without their mask)')
         return self
 
     @property
@@ -82,13 +87,18 @@ class DDPMConfig:
         "The fields that define the model (a resumed run must match them)."
         return dict(channels=list(self.channels), head_dim=self.heads_width, layers_per_block=self.layers_per_block,
                     norm_groups=self.norm_groups, train_timesteps=self.train_timesteps, beta_schedule=self.beta_schedule,
-                    t_max=self.t_max, ema=self.ema, lr_decay=self.lr_decay)
+                    t_max=self.t_max, ema=self.ema, lr_decay=self.lr_decay, layout=self.layout, cond_dropout=self.cond_dropout)
+
+    @property
+    def in_channels(self) -> int:
+        "What the UNet sees: the image, and with `layout` its ship mask."
+        return 2 if self.layout else 1
 
 LR_DECAYS = ('cosine', 'constant')
 
 # Settings that were fixed before they became fields: models built with them keep their old cache keys, and their
 # folders (whose synthkit_ddpm.json doesn't name them) resume as what they are.
-LEGACY = dict(head_dim=8, t_max=None, ema=None, lr_decay='constant')
+LEGACY = dict(head_dim=8, t_max=None, ema=None, lr_decay='constant', layout=False, cond_dropout=0.1)
 
 def read_meta(folder) -> dict:
     """The settings, step and loss history of the DDPM model folder `folder` (its synthkit_ddpm.json), refused in one line
@@ -111,9 +121,9 @@ def built_model(meta: dict) -> dict:
 
 # %% ../nbs/11_ddpm.ipynb #5985714e
 def build_unet(config: DDPMConfig) -> UNet2DModel:
-    "A 1-channel `UNet2DModel` with self-attention only at the deepest level."
+    "A `UNet2DModel` predicting the noise of a grey image (and seeing its ship mask with `layout`); self-attention only at the deepest level."
     n = len(config.channels)
-    return UNet2DModel(sample_size=config.crop, in_channels=1, out_channels=1, block_out_channels=tuple(config.channels),
+    return UNet2DModel(sample_size=config.crop, in_channels=config.in_channels, out_channels=1, block_out_channels=tuple(config.channels),
                        layers_per_block=config.layers_per_block, norm_num_groups=config.norm_groups,
                        down_block_types=('DownBlock2D',) * (n - 1) + ('AttnDownBlock2D',),
                        up_block_types=('AttnUpBlock2D',) + ('UpBlock2D',) * (n - 1), attention_head_dim=config.heads_width)

@@ -16,6 +16,7 @@ from .images import to_unit
 from .data.items import Dataset, check_origins
 from .generators import load_pretrained, weights_hash, check_device
 from .precision import resolve_dtype
+from .layout import NULL_LAYOUT, layout_mask
 from .ddpm import (DDPMConfig, LR_DECAYS, CONFIG_FILE, STATE_FILE, STATE_JSON, OLD_STATE_FILE, read_meta, built_model,
                            build_unet, build_scheduler)
 
@@ -24,28 +25,45 @@ from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 
 # %% auto #0
-__all__ = ['START_KEYS', 'training_pool', 'sample_crops', 'lr_at', 'weights_ema', 'write_state', 'read_state', 'has_state',
-           'TrainingRun', 'new_run', 'check_resumable', 'resumed_run', 'save_checkpoint', 'differences', 'start_info',
-           'training_step', 'train_ddpm', 'training_history', 'plot_losses', 'cli_args', 'cli_inputs', 'cli_run']
+__all__ = ['START_KEYS', 'TrainingPool', 'training_pool', 'sample_crops', 'lr_at', 'weights_ema', 'write_state', 'read_state',
+           'has_state', 'TrainingRun', 'new_run', 'check_resumable', 'resumed_run', 'save_checkpoint', 'differences',
+           'start_info', 'training_step', 'train_ddpm', 'training_history', 'plot_losses', 'cli_args', 'cli_inputs',
+           'cli_run']
 
 # %% ../nbs/11a_ddpm_train.ipynb #dfb0025e
-def training_pool(dataset: Dataset) -> tuple:
-    "(grey float images in [0, 1], their boxes, how many items were left out) for the items of `dataset`'s training split."
+@dataclass
+class TrainingPool:
+    "What a DDPM trains on: grey float images in [0, 1], their boxes, their ship masks (layout models), how many items were left out."
+    images: list
+    boxes: list
+    masks: list | None = None
+    skipped: int = 0
+
+def training_pool(dataset: Dataset, layout: bool = False) -> TrainingPool:
+    "The items of `dataset`'s training split as a `TrainingPool`; with `layout`, each with its ship mask."
     items = [it for it in dataset if it.meta.get('split', 'train') == 'train']
     check(items, f'no training images among the {len(dataset)} given', 'pass the training split (items with split "train")')
     check_origins([(it, 'train') for it in items])   # no variations of val/test images, wherever data.yaml points
     imgs = [to_unit(it.read(), grey=True)[0] for it in items]
-    return imgs, [it.boxes for it in items], len(dataset) - len(items)
+    masks = [layout_mask(im.shape, it.boxes, it.meta.get('hulls')) for im, it in zip(imgs, items)] if layout else None
+    return TrainingPool(imgs, [it.boxes for it in items], masks, len(dataset) - len(items))
 
-def sample_crops(images, boxes, n: int, crop: int, rng: np.random.Generator, object_weight: float = 0.7) -> np.ndarray:
-    "`n` random `crop`-px crops `(n, crop, crop)`, a share `object_weight` of them around a random box."
+def _pad(a: np.ndarray, crop: int) -> np.ndarray:
+    h, w = a.shape
+    return np.pad(a, ((0, max(0, crop - h)), (0, max(0, crop - w))), mode='reflect' if min(h, w) > crop // 2 else 'edge')
+
+def sample_crops(images, boxes, n: int, crop: int, rng: np.random.Generator, object_weight: float = 0.7, masks=None):
+    """`n` random `crop`-px crops `(n, crop, crop)`, a share `object_weight` of them around a random box; with `masks` (one
+    per image), `(crops, mask crops)` cut, turned and flipped alike (the same draws from `rng` either way)."""
     out = np.empty((n, crop, crop), np.float32)
+    mout = None if masks is None else np.empty((n, crop, crop), np.float32)
     for j in range(n):
         i = int(rng.integers(len(images)))
         im, b = images[i], boxes[i]
+        mk = None if masks is None else masks[i]
         h, w = im.shape
         if h < crop or w < crop:
-            im = np.pad(im, ((0, max(0, crop - h)), (0, max(0, crop - w))), mode='reflect' if min(h, w) > crop // 2 else 'edge')
+            im, mk = _pad(im, crop), None if mk is None else _pad(mk, crop)
             h, w = im.shape
         if len(b) and rng.random() < object_weight:
             x0, y0, x1, y1 = b[int(rng.integers(len(b)))]
@@ -54,10 +72,13 @@ def sample_crops(images, boxes, n: int, crop: int, rng: np.random.Generator, obj
         else:
             left, top = int(rng.integers(w - crop + 1)), int(rng.integers(h - crop + 1))
         c = im[top:top + crop, left:left + crop]
-        c = np.rot90(c, int(rng.integers(4)))
-        if rng.random() < 0.5: c = c[:, ::-1]
-        out[j] = c
-    return out
+        k, flip = int(rng.integers(4)), rng.random() < 0.5
+        c = np.rot90(c, k)
+        out[j] = c[:, ::-1] if flip else c
+        if mk is not None:
+            cm = np.rot90(mk[top:top + crop, left:left + crop], k)
+            mout[j] = cm[:, ::-1] if flip else cm
+    return out if masks is None else (out, mout)
 
 # %% ../nbs/11a_ddpm_train.ipynb #2033c3fa
 def lr_at(step: int, config: DDPMConfig) -> float:
@@ -218,7 +239,7 @@ def save_checkpoint(out: Path, run: TrainingRun, config: DDPMConfig, n_images: i
     write_json(out/CONFIG_FILE, meta)
 
 # %% ../nbs/11a_ddpm_train.ipynb #44731fdd
-START_KEYS = ('channels', 'head_dim', 'layers_per_block', 'norm_groups', 'train_timesteps', 'beta_schedule', 't_max', 'crop')
+START_KEYS = ('channels', 'head_dim', 'layers_per_block', 'norm_groups', 'train_timesteps', 'beta_schedule', 't_max', 'crop', 'layout')
 
 def differences(theirs: dict, mine: dict, keys) -> tuple:
     "The values of `keys` in which two settings dicts differ, as two dicts (theirs, mine)."
@@ -240,14 +261,18 @@ def start_info(start, config: DDPMConfig, out: Path, new_run: bool = True) -> di
     return dict(folder=str(start), weights_hash=weights_hash(start, skip=(STATE_FILE,)), step=meta.get('step'))
 
 # %% ../nbs/11a_ddpm_train.ipynb #0b51c164
-def training_step(run: TrainingRun, x0: torch.Tensor, config: DDPMConfig, alphas: torch.Tensor, bf16: bool) -> float:
-    "One iteration on the clean crops `x0` (B,1,H,W in [-1, 1]): noise, predict, clip, step, update the EMA; returns the loss."
+def training_step(run: TrainingRun, x0: torch.Tensor, config: DDPMConfig, alphas: torch.Tensor, bf16: bool, cond=None) -> float:
+    """One iteration on the clean crops `x0` (B,1,H,W in [-1, 1]) — with `cond`, their ship masks (B,1,H,W), a share
+    `cond_dropout` of them replaced by `NULL_LAYOUT`: noise, predict, clip, step, update the EMA; returns the loss."""
     dev = alphas.device
     noise = torch.randn(x0.shape, generator=run.gen)   # drawn on the CPU: the same numbers on every device
     t = torch.randint(0, config.t_max or config.train_timesteps, (len(x0),), generator=run.gen)
     x0, noise, t = x0.to(dev), noise.to(dev), t.to(dev)
     a = alphas[t].view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    if cond is not None:
+        drop = torch.rand(len(x0), generator=run.gen) < config.cond_dropout
+        xt = torch.cat([xt, torch.where(drop.view(-1, 1, 1, 1), torch.full_like(cond, NULL_LAYOUT), cond).to(dev)], dim=1)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16): pred = run.unet(xt, t).sample
     loss = torch.nn.functional.mse_loss(pred.float(), noise)
     for g in run.opt.param_groups: g['lr'] = lr_at(run.step, config)
@@ -265,7 +290,7 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     config = config.check()
     check_device(device)
     bf16 = resolve_dtype(dtype, 'ddpm', device) == 'bf16'
-    images, boxes, n_skipped = training_pool(dataset)   # before anything is written: a refused dataset leaves no folder
+    pool = training_pool(dataset, config.layout)   # before anything is written: a refused dataset leaves no folder
     out, dev = Path(out), torch.device(device)
     resuming = resume and has_state(out) and (out/CONFIG_FILE).exists()
     begin = start_info(start, config, out, not resuming) if start is not None else None   # refused before anything is written
@@ -275,15 +300,17 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     run.precisions = run.precisions | {'bfloat16' if bf16 else 'float32'}   # a resumed model may have trained in both
     alphas = build_scheduler(config).alphas_cumprod.to(dev)
     t0, seconds0 = time.monotonic(), run.seconds
-    save = lambda **kw: save_checkpoint(out, run, config, len(images), seconds0 + time.monotonic() - t0, **kw)
+    save = lambda **kw: save_checkpoint(out, run, config, len(pool.images), seconds0 + time.monotonic() - t0, **kw)
     last_save, window = t0, []
     bar = tqdm(total=config.steps, initial=run.step, disable=not progress, desc='train-ddpm', unit='it')
-    if n_skipped and progress: bar.write(f'training on {len(images)} images ({n_skipped} val/test images left out)')
+    if pool.skipped and progress: bar.write(f'training on {len(pool.images)} images ({pool.skipped} val/test images left out)')
     def done(): return (config.steps is not None and run.step >= config.steps) or (config.minutes and time.monotonic() - t0 >= 60 * config.minutes)
     try:
         while not done():
-            x0 = torch.from_numpy(sample_crops(images, boxes, config.batch, config.crop, run.rng, config.object_weight))[:, None] * 2 - 1
-            window.append(training_step(run, x0, config, alphas, bf16))
+            crops = sample_crops(pool.images, pool.boxes, config.batch, config.crop, run.rng, config.object_weight, pool.masks)
+            x0, cond = (crops, None) if pool.masks is None else crops
+            cond = None if cond is None else torch.from_numpy(cond)[:, None]
+            window.append(training_step(run, torch.from_numpy(x0)[:, None] * 2 - 1, config, alphas, bf16, cond))
             if len(window) >= config.log_every:
                 run.history.append([run.step, round(float(np.mean(window)), 5)]); window = []
                 bar.set_postfix(loss=run.history[-1][1])

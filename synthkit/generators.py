@@ -299,6 +299,7 @@ GENERATORS = {
     'classic':      'synthkit.augment:ClassicGenerator',       # flips / 90° turns / speckle, boxes moved (the control)
     'paste':        'synthkit.paste:PasteGenerator',           # ship crops pasted at new places, exact boxes (layout control)
     'ddpm-paste':   'synthkit.paste:HarmonizedPasteGenerator', # paste, then the pasted windows re-synthesized (harmonizer='ddpm:FOLDER')
+    'drawn':        'synthkit.drawn:DrawnShipsGenerator',     # new ships drawn by a layout DDPM at paste's places (bank=BANK)
 }
 
 def generator_class(name: str):

@@ -14,6 +14,7 @@ from .data.items import Dataset
 from .generators import Generator, GenParams, output_seeds, load_pretrained, weights_hash, check_device
 from .precision import resolve_dtype
 from .masks import check_mask, keep_outside
+from .layout import NULL_LAYOUT
 from .ddpm import DDPMConfig, STATE_FILE, read_meta, built_model
 
 import torch
@@ -22,8 +23,8 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SPACINGS', 'SOLVERS', 'ETAS', 'sampler_scheduler', 'sdedit_timesteps', 'scheduler_of', 't_max_for', 'noise_sigma',
-           'check_sdedit', 'sdedit_schedule', 'solver_scheduler', 'DDPMGenerator', 'sea_mask', 'speckle_ratio',
-           'strength_grid']
+           'check_sdedit', 'sdedit_schedule', 'solver_scheduler', 'DDPMGenerator', 'check_guidance', 'sea_mask',
+           'speckle_ratio', 'strength_grid']
 
 # %% ../nbs/11b_sdedit.ipynb #6bc0a2ec
 def sampler_scheduler(train_timesteps: int = 1000, beta_schedule: str = 'squaredcos_cap_v2') -> DDIMScheduler:
@@ -151,11 +152,16 @@ class DDPMGenerator(Generator):
         self.meta = read_meta(self.folder)
         check(self.meta.get('step', 1) >= 1, f'the DDPM in {self.folder} was never trained (0 iterations): its "variations" would be noise',
               'train it first: synthkit train-ddpm DATA --out FOLDER --steps N', path=self.folder)
-        self.t_max = built_model(self.meta).get('t_max')
+        self.t_max, self.layout = built_model(self.meta).get('t_max'), bool(built_model(self.meta).get('layout'))
+        self.crop = int(self.meta.get('config', {}).get('crop', 64))
         self.scheduler = DDIMScheduler.from_config(DDPMScheduler.load_config(self.folder/'scheduler'),
                                                    timestep_spacing='trailing', clip_sample=False, set_alpha_to_one=True)
         self.solver_scheduler = solver_scheduler(self.scheduler, solver, eta)   # refuses a solver or η it has no steps for
         self.unet = load_pretrained(UNet2DModel, self.folder/'unet', 'DDPM UNet').to(device).eval()
+        check(self.unet.config.in_channels == (2 if self.layout else 1),
+              f'{self.folder}/unet takes {self.unet.config.in_channels} input channels, but its synthkit_ddpm.json says layout={self.layout}: '
+              'the folder has lost its layout settings', 'restore synthkit_ddpm.json (its model settings name layout), or train the model again',
+              path=self.folder)
         if channels_last: self.unet = self.unet.to(memory_format=torch.channels_last)
         self.device, self.channels_last = torch.device(device), channels_last
         self.solver, self.spacing, self.eta = solver, spacing, float(eta)
@@ -170,10 +176,21 @@ class DDPMGenerator(Generator):
         check_sdedit(strength, steps, self.scheduler, self.t_max, f'the model in {self.folder}')
         return sdedit_schedule(self.scheduler, strength, steps, self.spacing)
 
-    def _unet(self, x, t):
+    def _unet(self, x, t, cond=None):
+        "The UNet's noise prediction for `x` at `t`; a layout model also sees `cond` (B,1,H,W; None: `NULL_LAYOUT`, no layout)."
+        if self.layout: x = torch.cat([x, torch.full_like(x, NULL_LAYOUT) if cond is None else cond.to(x.dtype)], dim=1)
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         self.unet_evals += len(x)
         return self.unet(x, t).sample
+
+    def _eps(self, x, t, cond=None, guidance: float = 1.0):
+        """The noise estimate: with a layout `cond`, classifier-free guidance ε = ε(∅) + `guidance`·(ε(cond) − ε(∅)) — 0: the
+        unconditional estimate alone, 1: the conditional one alone (one UNet evaluation each), else both in one batch."""
+        if cond is None or guidance == 0: return self._unet(x, t)
+        if guidance == 1: return self._unet(x, t, cond)
+        e = self._unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.full_like(cond, NULL_LAYOUT), cond]))
+        eu, ec = e.float().chunk(2)
+        return eu + guidance * (ec - eu)
 
     def describe(self) -> dict:
         return {**super().describe(), 'dtype': 'bfloat16' if self.bf16 else 'float32', 'threads': torch.get_num_threads()}
@@ -185,17 +202,19 @@ class DDPMGenerator(Generator):
 
 # %% ../nbs/11b_sdedit.ipynb #288a8828
 @patch
-def _denoise(self: DDPMGenerator, x0: torch.Tensor, noise: torch.Tensor, timesteps: list, z=None, mask=None) -> torch.Tensor:
+def _denoise(self: DDPMGenerator, x0: torch.Tensor, noise: torch.Tensor, timesteps: list, z=None, mask=None, cond=None,
+             guidance: float = 1.0) -> torch.Tensor:
     """SDEdit on a batch: noise `x0` (B,1,H,W in [-1, 1]) to `timesteps[0]` with `noise`, then the solver's steps (η = 1:
     fresh noise `z[i]` at step i) from each timestep to the next and from the last to the clean image. `mask` (B,1,H,W in
     [0, 1]; None: everywhere): before every step after the first, the latent outside it is replaced by `x0` noised to that
-    step's timestep with the same `noise` (masked SDEdit; the caller composites the clean result)."""
+    step's timestep with the same `noise` (masked SDEdit; the caller composites the clean result). `cond`, `guidance`: a
+    layout model's ship masks and guidance scale (`_eps`)."""
     s, solver = self.scheduler, self.solver_scheduler
     solver.set_timesteps(timesteps=list(timesteps))   # also resets the solver's multistep history
     x = s.add_noise(x0, noise, torch.tensor([timesteps[0]]))
     for i, t in enumerate(timesteps):
         if mask is not None and i: x = (mask * x + (1 - mask) * s.add_noise(x0, noise, torch.tensor([t]))).to(x.dtype)
-        eps = self._unet(x, torch.full((len(x),), t, device=x.device, dtype=torch.long)).float()
+        eps = self._eps(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), cond, guidance).float()
         zi = None if not self.eta else z[i] if z is not None and i < len(z) else torch.zeros_like(x)   # the last step adds none
         x = solver.step(eps, t, x, variance_noise=zi).prev_sample
     return x
@@ -211,7 +230,7 @@ def _noise(self: DDPMGenerator, seeds: list, shape: tuple, n_steps: int) -> tupl
     return noise, torch.stack([torch.randn((n_steps - 1, 1, *shape), generator=g) for g in gens], dim=1)
 
 @patch
-def _tiled(self: DDPMGenerator, x0, noise, ts, z, mk) -> torch.Tensor:
+def _tiled(self: DDPMGenerator, x0, noise, ts, z, mk, cond=None, guidance: float = 1.0) -> torch.Tensor:
     "`_denoise` over overlapping tiles blended with linear ramps; a tile the mask `mk` doesn't touch is the source, not run."
     H, W = noise.shape[-2:]
     y = torch.zeros_like(noise); wsum = torch.zeros((1, 1, H, W), device=self.device)
@@ -224,19 +243,33 @@ def _tiled(self: DDPMGenerator, x0, noise, ts, z, mk) -> torch.Tensor:
             sl = (slice(None), slice(None), slice(r, r + th), slice(c, c + tw))
             if mk is not None and not mk[sl].any(): y[sl] += wt * x0[sl]   # nothing to re-synthesize: the source (composited later)
             else: y[sl] += wt * self._denoise(x0[sl], noise[sl], ts, None if z is None else z[(slice(None), *sl)],
-                                              None if mk is None else mk[sl])
+                                              None if mk is None else mk[sl], None if cond is None else cond[sl], guidance)
             wsum[sl] += wt
     return y / wsum
 
+def check_guidance(guidance) -> float:
+    "`guidance` as a float, refused in one line unless it is a number ≥ 0."
+    check(isinstance(guidance, (int, float, np.floating, np.integer)) and not isinstance(guidance, bool) and math.isfinite(guidance)
+          and guidance >= 0, f'guidance={guidance!r} must be a number ≥ 0', 'use 0 (ignore the layout), 1 (follow it) or more (follow it harder), e.g. 2')
+    return float(guidance)
+
 @patch
-def sdedit_many(self: DDPMGenerator, xs: list, strength: float, steps: int, seeds: list, masks=None) -> list:
+def sdedit_many(self: DDPMGenerator, xs: list, strength: float, steps: int, seeds: list, masks=None, layouts=None,
+                guidance: float = 1.0) -> list:
     """Variations of grey float images of one shape (`seeds[i]` for `xs[i]`) as rows of one batch; the outputs flat, in order.
-    `masks`: None, or one HxW mask in [0, 1] per source (masked SDEdit: exactly the source where its mask is 0)."""
+    `masks`: None, or one HxW mask in [0, 1] per source (masked SDEdit: exactly the source where its mask is 0).
+    `layouts`: a layout model's ship mask per source (HxW in [0, 1]), followed with classifier-free `guidance`."""
     ts = self.timesteps(strength, steps)   # refused here, before any work: no step, under a grey level, beyond t_max
     h, w = xs[0].shape; m = self.multiple
+    guidance = check_guidance(guidance)
     if masks is not None:
         check(len(masks) == len(xs), f'{len(masks)} masks given for {len(xs)} sources', 'give one mask per source, or masks=None')
         masks = [check_mask(mk, np.shape(x)) for mk, x in zip(masks, xs)]
+    if layouts is not None:
+        check(self.layout, f'the model in {self.folder} has no layout channel: it was trained without layout=True',
+              'train a layout model (DDPMConfig(layout=True)), or give no layouts')
+        check(len(layouts) == len(xs), f'{len(layouts)} layouts given for {len(xs)} sources', 'give one layout per source, or layouts=None')
+        layouts = [check_mask(lm, np.shape(x)) for lm, x in zip(layouts, xs)]
     ph, pw = -h % m, -w % m
     pad = lambda a: torch.nn.functional.pad(a, (0, pw, 0, ph), mode='reflect' if min(h, w) > max(ph, pw) else 'replicate') if ph or pw else a
     src = pad(torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in xs]))[:, None] * 2 - 1)
@@ -245,15 +278,16 @@ def sdedit_many(self: DDPMGenerator, xs: list, strength: float, steps: int, seed
     src, noise = src.to(self.device), noise.to(self.device)
     if z is not None: z = z.to(self.device)
     reps = torch.tensor([len(sd) for sd in seeds])
-    mk = None if masks is None else pad(torch.from_numpy(np.stack(masks))[:, None]).repeat_interleave(reps, dim=0).to(self.device)
+    per_row = lambda arrays: None if arrays is None else pad(torch.from_numpy(np.stack(arrays))[:, None]).repeat_interleave(reps, dim=0).to(self.device)
+    mk, cond = per_row(masks), per_row(layouts)
     with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
         x0 = src.repeat_interleave(reps.to(self.device), dim=0)
-        if H > self.tile or W > self.tile: y = self._tiled(x0, noise, ts, z, mk)
-        else: y = self._denoise(x0, noise, ts, z, mk) if mk is None or mk.any() else x0.clone()
+        if H > self.tile or W > self.tile: y = self._tiled(x0, noise, ts, z, mk, cond, guidance)
+        else: y = self._denoise(x0, noise, ts, z, mk, cond, guidance) if mk is None or mk.any() else x0.clone()
     y = ((y[:, 0, :h, :w].float().cpu() + 1) / 2).clamp(0, 1).numpy()
     if masks is None: return list(y)
-    per_row = [(np.asarray(x, np.float32), mk) for x, mk, sd in zip(xs, masks, seeds) for _ in sd]
-    return [np.where(mk > 0, mk * v + (1 - mk) * x, x) for v, (x, mk) in zip(y, per_row)]   # exactly the source where mask == 0
+    rows = [(np.asarray(x, np.float32), mk) for x, mk, sd in zip(xs, masks, seeds) for _ in sd]
+    return [np.where(mk > 0, mk * v + (1 - mk) * x, x) for v, (x, mk) in zip(y, rows)]   # exactly the source where mask == 0
 
 @patch
 def sdedit(self: DDPMGenerator, x: np.ndarray, strength: float, steps: int, seeds: list, mask=None) -> list:
