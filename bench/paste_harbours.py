@@ -14,7 +14,7 @@ from scipy.ndimage import uniform_filter
 
 from synthkit.data.formats import load_dataset
 from synthkit.paste import CropBank, paste_ships
-from synthkit.tuning import grid_png
+from synthkit.grids import grid_png
 
 
 def clutter(item) -> float:

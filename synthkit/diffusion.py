@@ -274,6 +274,11 @@ class ControlNetGenerator(DiffusersGenerator):
         return {**super().describe(), 'condition': self.condition, 'conditioning_scale': self.conditioning_scale,
                 'controlnet': str(self.controlnet_id or '')}
 
+    def folders(self) -> list:
+        "The pipeline's folder and the ControlNet's, where they are local folders: outputs may not be written into either."
+        cn = Path(str(self.controlnet_id)).expanduser() if self.controlnet_id else None
+        return super().folders() + ([cn] if cn is not None and cn.is_dir() else [])
+
     def control_image(self, x: np.ndarray, boxes) -> np.ndarray:
         "The HxWx3 condition for source `x` (floats in [0, 1]) and its `boxes`."
         return box_condition(x.shape, boxes) if self.condition == 'boxes' else canny_condition(x, *self.canny)

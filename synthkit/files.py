@@ -70,26 +70,27 @@ def _nearest_existing(p: Path) -> Path:
     while not p.exists() and p != p.parent: p = p.parent
     return p
 
-def check_out_folder(out, inputs=(), writes=None, what: str = '--out', same=()) -> Path:
+def check_out_folder(out, inputs=(), writes=None, what: str = '--out', same=(), models=()) -> Path:
     """Refuse an output folder before any work is done: an existing file; an input folder or a folder inside one; a
     folder holding an input where this command writes (`writes`: the names it writes at the top of `out`, None: anywhere);
-    one of the folders `same` (inputs it may sit inside); a place this user can't write. Creates nothing; returns `Path(out)`."""
+    one of the folders `same` (inputs it may sit inside); a place this user can't write. `models`: the folders a generator
+    reads (its weights, a crop bank), guarded as inputs. Creates nothing; returns `Path(out)`."""
     out = Path(out).expanduser()
     check(out.is_dir() or not out.exists(), f'{what} is a file, not a folder', 'pass a folder (it is created if missing)', path=out)
     o = out.resolve()
     for inp in same:
         check(o != Path(inp).expanduser().resolve(), f'{what} is the input folder {inp}: the outputs would mix with the files they are made from',
               'write into another folder', path=out)
-    for inp in inputs:
+    for inp, kind in [(i, 'the input') for i in inputs] + [(m, "the generator's model") for m in models]:
         i = Path(inp).expanduser().resolve()
         if not i.is_dir(): continue
         if o == i or i in o.parents:
-            where = 'is the input folder' if o == i else f'is inside the input folder {inp}'
+            where = f'is {kind} folder' if o == i else f'is inside {kind} folder {inp}'
             raise SynthkitError(f'{what} {where}: the outputs would mix with (or replace) the files they are made from',
-                                'write into a folder outside the input', path=out)
+                                f'write into a folder outside {kind} folder', path=out)
         if o in i.parents and (writes is None or i.relative_to(o).parts[0] in writes):
-            raise SynthkitError(f'the input {inp} is inside {what}, where this command writes {i.relative_to(o).parts[0]}: '
-                                'it would overwrite its own input', "write into a folder that doesn't hold the input", path=out)
+            raise SynthkitError(f'{kind} {inp} is inside {what}, where this command writes {i.relative_to(o).parts[0]}: '
+                                f'it would overwrite its own input', f"write into a folder that doesn't hold {kind}", path=out)
     base = _nearest_existing(o)
     check(base.is_dir(), f'{what} cannot be created: {base} is a file', 'pass a folder path', path=out)
     try:

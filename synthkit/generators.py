@@ -191,6 +191,11 @@ class Generator:
         "What names this generator's model: `weights:<hash>` of its weight files, else `id:<model id>`, else '' (the code is the model)."
         return f'weights:{self.weights_hash}' if self.weights_hash else f'id:{self.model_id}' if str(self.model_id) else ''
 
+    def folders(self) -> list:
+        "The local folders this generator reads its model from (`model_id` when it is one); outputs may not be written there."
+        p = Path(str(self.model_id)).expanduser() if str(self.model_id) else None
+        return [p] if p is not None and p.is_dir() else []
+
     def _run(self, x: np.ndarray, boxes: np.ndarray, cls: np.ndarray, params: GenParams, seeds: list) -> list:
         raise NotImplementedError
 

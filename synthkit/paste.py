@@ -178,8 +178,9 @@ def save(self: CropBank, folder, overwrite: bool = False) -> Path:
     data = self.to_bytes()
     key = hashlib.sha256(CROPS_FILE.encode() + data).hexdigest()[:16]
     if folder.is_dir() and any(folder.iterdir()):
-        if weights_hash(folder) == key: self.folder = folder; return folder   # the very same bank is there already
-        check(overwrite, 'the crop bank folder exists and holds something else', 'pass overwrite=True, or another folder', path=folder)
+        same = weights_hash(folder) == key
+        if same and _record_problem(folder, self.describe()) is None: self.folder = folder; return folder   # the very same bank is there already
+        check(same or overwrite, 'the crop bank folder exists and holds something else', 'pass overwrite=True, or another folder', path=folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-bank-', dir=folder.parent))
     try:
@@ -196,9 +197,25 @@ def save(self: CropBank, folder, overwrite: bool = False) -> Path:
     self.folder = folder
     return folder
 
+_REBUILD = 'build the bank again: synthkit crop-bank DATA --out FOLDER --overwrite (or CropBank.from_dataset(...).save(FOLDER, overwrite=True))'
+
+def _record_problem(folder: Path, meta: dict) -> SynthkitError | None:
+    "What is wrong with `folder/bank.json` as the record of the crops described by `meta` (`describe()`), or None."
+    f = folder/BANK_FILE
+    if not f.is_file(): return SynthkitError(f'not a complete crop bank: no {BANK_FILE}, its record of which images its ships come from', _REBUILD, path=folder)
+    try: rec = json.loads(f.read_text(encoding='utf-8'))
+    except ValueError as e: return SynthkitError(f'{BANK_FILE} is not a complete record of the crop bank (cut short or not JSON: {str(e)[:120]})', _REBUILD, path=f)
+    if not isinstance(rec, dict): return SynthkitError(f'{BANK_FILE} is not a complete record of the crop bank (a JSON {type(rec).__name__})', _REBUILD, path=f)
+    for k in ('sources', 'crops'):
+        if k not in rec: return SynthkitError(f"{BANK_FILE} has no '{k}': the crop bank's record of where its ships come from is incomplete", _REBUILD, path=f)
+    sources = sorted({str(r['source']) for r in meta['crops']})
+    for k, theirs in (('sources', sources), ('crops', meta['crops'])):
+        if rec[k] != theirs: return SynthkitError(f'{BANK_FILE} does not describe {CROPS_FILE}: their {k} differ', _REBUILD, path=f)
+    return None
+
 @patch(cls_method=True)
 def load(cls: CropBank, folder) -> CropBank:
-    "The bank saved in `folder` (read from its `crops.safetensors`)."
+    "The bank saved in `folder`: the crops from its `crops.safetensors`, refused unless its `bank.json` records them."
     from safetensors import safe_open
     folder = Path(folder).expanduser()
     check(folder.is_dir(), 'crop bank folder does not exist', 'build one with CropBank.from_dataset(...).save(FOLDER)', path=folder)
@@ -209,6 +226,8 @@ def load(cls: CropBank, folder) -> CropBank:
             crops = [Crop(f.get_tensor(f'c{i:06d}'), r['box'], r['cls'], r['source'], r['source_box']) for i, r in enumerate(meta['crops'])]
     except Exception as e:   # a truncated or foreign file: safetensors, JSON and key errors alike
         raise SynthkitError(f'unreadable crop bank ({type(e).__name__}: {str(e)[:200]})', 'build it again', path=folder/CROPS_FILE)
+    problem = _record_problem(folder, meta)
+    if problem is not None: raise problem
     return cls(crops, meta.get('names', ['ship']), meta.get('margin', 4), meta.get('skipped'), folder)
 
 # %% ../nbs/22a_paste.ipynb #27ad94be
@@ -386,7 +405,8 @@ class PasteGenerator(Generator):
                  gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60, looks: float | None = None):
         "`bank`: a `CropBank` or the folder one was saved to."
         self.bank = bank if isinstance(bank, CropBank) else CropBank.load(bank)
-        check(isinstance(k, (int, np.integer)) and k >= 0, f'k={k!r} must be an integer ≥ 0', 'the number of ships pasted per output, e.g. 3')
+        check(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1, f'k={k!r} must be an integer ≥ 1',
+              'the number of ships pasted per output, e.g. 3 (with none, the outputs would be copies of their sources)')
         lo, hi = _scale_range(scale)
         check(feather is None or (isinstance(feather, (int, float)) and feather >= 0), f'feather={feather!r} must be ≥ 0 px or None (the whole margin)')
         check(isinstance(gap, (int, float)) and gap >= 0, f'gap={gap!r} must be ≥ 0 px', 'use e.g. 2')
@@ -407,6 +427,10 @@ class PasteGenerator(Generator):
                     sea_tolerance=self.sea_tolerance, tries=self.tries, looks=self.looks)
 
     def describe(self) -> dict: return {**super().describe(), **self.options(), 'bank_crops': len(self.bank)}
+
+    def folders(self) -> list:
+        "The crop bank's folder (none for a bank not saved): outputs may not be written there."
+        return [] if self.bank.folder is None else [Path(self.bank.folder)]
 
     def generate_labelled(self, image, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
                           seeds=None, source_id: str = 'image', batch_size=None) -> list:
@@ -516,6 +540,10 @@ class HarmonizedPasteGenerator(PasteGenerator):
 
     def options(self) -> dict:
         return {**super().options(), 'pad': self.pad, 'harmonizer': self.harmonizer_recipe}
+
+    def folders(self) -> list:
+        "The crop bank's folder and the harmonizer's model folders: outputs may not be written into either."
+        return super().folders() + self.harmonizer.folders()
 
     def describe(self) -> dict:
         hd = self.harmonizer.describe()

@@ -174,12 +174,14 @@ def _shard_from_env():
 
 WRITES = ('images', 'labels', 'data.yaml', MANIFEST, REJECTED)   # what synthesize writes at the top of `out`
 
-def _check_out(out, dataset: Dataset, plan: list) -> Path:
+def _check_out(out, dataset: Dataset, plan: list, generator) -> Path:
     """The output guard for a dataset: `out` may not be its root or a source image folder, nor lie inside an `images/`
-    part folder (an importer would take the outputs for real images); a loose folder of images may hold it."""
+    part folder (an importer would take the outputs for real images); a loose folder of images may hold it. Nor may it be,
+    or lie inside, a folder the generator reads its model from (`Generator.folders()`)."""
     dirs = list(dict.fromkeys(Path(it.path).parent.resolve() for it, _ in plan))
     parts = [d for d in dirs if 'images' in d.parts]
-    return check_out_folder(out, parts, WRITES, same=dirs + ([] if dataset.root is None else [Path(dataset.root)]))
+    return check_out_folder(out, parts, WRITES, same=dirs + ([] if dataset.root is None else [Path(dataset.root)]),
+                            models=getattr(generator, 'folders', list)())
 
 def _check_sizes(plan: list, generator: Generator):
     "Refuse, before anything is written, a source smaller than the generator can take, naming its file."
@@ -277,7 +279,7 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
     want = set(range(n_per_image)) if ks is None else {int(k) for k in ks}
     check(want and want <= set(range(n_per_image)), f'ks={sorted(want)} must name outputs 0 … {n_per_image - 1}', 'pick some of them')
     plan = _plan(dataset, parts, into)
-    out = _check_out(out, dataset, plan)   # before anything is written
+    out = _check_out(out, dataset, plan, generator)   # before anything is written
     _check_sizes(plan, generator)
     bs = max(1, int(batch_size or generator.batch_size))
     rank, world = shard or _shard_from_env()

@@ -4,8 +4,7 @@
 
 # %% ../nbs/30_tuning.ipynb #ffb20fae
 from __future__ import annotations
-import hashlib, io, json, shlex, threading, time, traceback
-from collections import OrderedDict
+import shlex, threading, time, traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,128 +16,20 @@ from fastcore.basics import patch
 from .errors import SynthkitError, check
 from .offline import setup_offline, config_dir
 from .generators import Generator, GenParams, GENERATORS, KNOBS, DTYPE_ARGS, derive_seed, load_generator, generator_class
-from .recipe import Recipe
 from .panels import Panel
+from .grids import display_scale, grid_png
+from .output_cache import OutputCache, generator_spec, output_key
+from .panel_text import pasted_text, score_html
+from .panel_bank import HELD_PARTS, bank_split, panel_bank
+from .labelcheck import pasted_boxes
 
 setup_offline()
 
 # %% auto #0
-__all__ = ['display_scale', 'grid_png', 'OutputCache', 'generator_spec', 'output_key', 'PreviewResult', 'TuningPanel',
-           'noise_text', 'score_html']
-
-# %% ../nbs/30_tuning.ipynb #cf10a280
-BOX_COLOUR, PASTED_COLOUR = (0, 230, 0), (255, 0, 255)   # a source's (inherited) boxes; the boxes a generator pasted in
+__all__ = ['PreviewResult', 'TuningPanel']
 
 # %% ../nbs/30_tuning.ipynb #314cd194
-def display_scale(a: np.ndarray) -> tuple[float, float]:
-    "The (lo, hi) pixel range used to show `a` and its variations: 0–255 for 8-bit, the image's own range otherwise."
-    if a.dtype == np.uint8: return 0.0, 255.0
-    lo, hi = float(np.min(a)), float(np.max(a))
-    return lo, (hi if hi > lo else lo + 1.0)
-
-def _to_display(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    x = (np.asarray(a, np.float32) - lo) / (hi - lo)
-    if x.ndim == 3 and x.shape[2] == 1: x = x[..., 0]
-    if x.ndim == 3: x = x[..., :3]
-    return np.clip(x, 0, 1)
-
-def _font(size: int):
-    from PIL import ImageFont
-    try: return ImageFont.load_default(size=size)
-    except TypeError: return ImageFont.load_default()   # Pillow < 10.1: the small bitmap font
-
-def grid_png(cells, boxes=None, cls=None, *, scale=None, row_labels=None, col_labels=None, names=None,
-             cell_labels=None, cell_px: int = 200) -> bytes:
-    """PNG of a grid: `cells` is a list of rows of images (None leaves a cell blank); `boxes` (x0,y0,x1,y1 px) drawn on each,
-    or per cell `cell_labels[i][j] = (boxes, cls)` or `(boxes, cls, pasted)` (indices of the boxes drawn in `PASTED_COLOUR`)."""
-    from PIL import Image, ImageDraw
-    rows = [list(r) for r in cells]
-    check(rows and all(rows), 'nothing to draw', 'pass at least one image')
-    nr, nc = len(rows), max(map(len, rows))
-    first = next(c for r in rows for c in r if c is not None)
-    lo, hi = scale or display_scale(first)
-    boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
-    cls = np.zeros(len(boxes), int) if cls is None else np.asarray(cls).reshape(-1)
-    h, w = first.shape[:2]
-    f = cell_px / w
-    cw, ch, gap = cell_px, max(1, round(h * f)), 4
-    font = _font(12)
-    left = (max(int(font.getlength(str(t))) for t in row_labels) + 8) if row_labels else 0
-    top = 18 if col_labels else 0
-    canvas = Image.new('RGB', (left + nc * (cw + gap), top + nr * (ch + gap)), 'white')
-    draw = ImageDraw.Draw(canvas)
-    for i in range(nr):
-        y0 = top + i * (ch + gap)
-        if row_labels and i < len(row_labels): draw.text((2, y0 + ch // 2), str(row_labels[i]), fill='black', font=font, anchor='lm')
-        for j in range(nc):
-            x0 = left + j * (cw + gap)
-            if i == 0 and col_labels and j < len(col_labels):
-                draw.text((x0 + cw // 2, 2), str(col_labels[j]), fill='black', font=font, anchor='mt')
-            a = rows[i][j] if j < len(rows[i]) else None
-            if a is None: continue
-            u8 = (_to_display(a, lo, hi) * 255).round().astype(np.uint8)
-            cell = Image.fromarray(u8).convert('RGB')
-            hh, ww = a.shape[:2]                  # outputs may differ from the source (a quarter turn swaps w and h)
-            fc = min(cw / ww, ch / hh)
-            size = (max(1, round(ww * fc)), max(1, round(hh * fc)))
-            cell = cell.resize(size, Image.Resampling.NEAREST if fc >= 1 else Image.Resampling.BOX)
-            cx, cy = x0 + (cw - size[0]) // 2, y0 + (ch - size[1]) // 2
-            canvas.paste(cell, (cx, cy))
-            bb, cc, pasted = boxes, cls, set()
-            if cell_labels is not None and j < len(cell_labels[i]) and cell_labels[i][j] is not None:
-                lab = cell_labels[i][j]
-                bb, cc = np.asarray(lab[0]).reshape(-1, 4), np.asarray(lab[1]).reshape(-1)
-                pasted = {int(v) for v in (lab[2] if len(lab) > 2 and lab[2] is not None else ())}
-            for n_, (b, c) in enumerate(zip(bb, cc)):
-                colour = PASTED_COLOUR if n_ in pasted else BOX_COLOUR
-                draw.rectangle([cx + b[0] * fc, cy + b[1] * fc, cx + b[2] * fc, cy + b[3] * fc], outline=colour, width=1)
-                if names and len(names) > 1: draw.text((cx + b[0] * fc, cy + b[1] * fc - 1), str(names[int(c)]), fill=colour, font=_font(10), anchor='lb')
-    buf = io.BytesIO(); canvas.save(buf, format='PNG', compress_level=1)
-    return buf.getvalue()
-
-# %% ../nbs/30_tuning.ipynb #f424fe9a
-class OutputCache:
-    "Least-recently-used cache of generated images, safe to use from the worker thread; counts hits and misses."
-    def __init__(self, maxsize: int = 256):
-        self.maxsize, self.hits, self.misses = maxsize, 0, 0
-        self._d, self._lock = OrderedDict(), threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key); self.hits += 1
-                return self._d[key]
-            self.misses += 1
-            return None
-
-    def put(self, key, value):
-        with self._lock:
-            self._d[key] = value; self._d.move_to_end(key)
-            while len(self._d) > self.maxsize: self._d.popitem(last=False)
-
-    def __contains__(self, key):
-        with self._lock: return key in self._d
-    def __len__(self): return len(self._d)
-    def clear(self):
-        with self._lock: self._d.clear()
-
-def generator_spec(gen: Generator) -> str:
-    "`NAME` or `NAME:MODEL`, the way `load_generator` and `synthkit generate --generator` take it."
-    return f'{gen.name}:{gen.model_id}' if str(gen.model_id) else gen.name
-
-def output_key(item_id: str, gen: Generator, params: GenParams, seed: int) -> tuple:
-    "Cache key of one output the panel computes (one per model call): `Recipe.output_key`, the key `synthesize` reads."
-    return Recipe.of(gen, params, batch_size=1).output_key(item_id, seed)
-
-# %% ../nbs/30_tuning.ipynb #7442425f
 PANEL_OPTIONS = {'paste': ('k', 'scale', 'looks'), 'ddpm-paste': ('k', 'scale', 'looks', 'harmonizer')}   # generator options set by the panel's knobs
-BANK_MARGIN = 4   # px of sea around each ship crop in the panel's bank
-_HELD = ('val', 'test')
-
-def pasted_boxes(output) -> list:
-    "Indices of the boxes of `output` (image, boxes, cls, or its `.info` dict) that a generator pasted in (`info['paste']['pasted']`); [] for others."
-    info = output if isinstance(output, dict) else getattr(output, 'info', None)
-    return [int(i) for i in ((info or {}).get('paste') or {}).get('pasted', ())]
 
 def _name_of(g) -> str:
     "The registry name of a generator or a spec string (`'ddpm:FOLDER'` → 'ddpm')."
@@ -156,38 +47,6 @@ def _offer_paste(gens: dict, dataset) -> dict:
     if 'ddpm-paste' in GENERATORS and 'ddpm' in names and 'ddpm-paste' not in names and 'ddpm-paste' not in gens:
         gens['ddpm-paste'] = 'ddpm-paste'
     return gens
-
-def bank_split(dataset) -> tuple:
-    "(training ids, held-out ids) for a crop bank: val/test images (`meta['split']`) are held out; the rest are training, but for variations made for another part."
-    held = [it.id for it in dataset if it.meta.get('split') in _HELD]
-    train = [it.id for it in dataset if it.meta.get('split') not in _HELD and it.meta.get('origin') in (None, 'train')]
-    return train, held
-
-def bank_key(dataset, ids, held, margin=BANK_MARGIN) -> str:
-    "Hash of what decides a bank's crops: the training images (id, file, size, mtime, boxes, classes), the held-out ids, the margin."
-    rows = []
-    for i in ids:
-        it = dataset[i]
-        st = Path(it.path).stat()
-        rows.append([str(i), str(Path(it.path).resolve()), st.st_size, st.st_mtime_ns, np.round(it.boxes, 3).tolist(), it.cls.tolist()])
-    rec = dict(version=1, margin=margin, held=sorted(map(str, held)), images=rows, names=list(dataset.names))
-    return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
-
-def panel_bank(dataset, folder, margin=BANK_MARGIN):
-    "The `CropBank` of `dataset`'s training images: read from `folder/KEY` when built before, else cut (val/test ids `forbidden`) and saved there."
-    from synthkit.paste import CropBank, CROPS_FILE
-    ids, held = bank_split(dataset)
-    check(ids, 'the dataset has no training images to cut ship crops from (all are val or test)',
-          'open the panel on a dataset with training images to preview paste')
-    where, bank = Path(folder).expanduser()/bank_key(dataset, ids, held, margin), None
-    if (where/CROPS_FILE).is_file():
-        try: bank = CropBank.load(where)
-        except SynthkitError: bank = None        # unreadable: cut it again
-    if bank is None:
-        bank = CropBank.from_dataset(dataset, ids, margin=margin, forbidden=held)
-        bank.save(where, overwrite=True)
-    bank.check_lineage(held, 'val/test')        # a bank read back is held to the guard too
-    return bank
 
 # %% ../nbs/30_tuning.ipynb #2a7d171b
 @dataclass
@@ -276,7 +135,7 @@ class TuningPanel(Panel):
         self.w_n = W.IntSlider(value=n, min=1, max=8, description='variations', style=st, continuous_update=False)
         self.w_prompt = W.Text(value=params.prompt, description='prompt', style=st, layout=L(width='420px'))
         self.w_negative = W.Text(value=params.negative_prompt, description='negative', style=st, layout=L(width='420px'))
-        self.w_k = W.IntSlider(value=3, min=0, max=16, description='ships k', style=st, continuous_update=False,
+        self.w_k = W.IntSlider(value=3, min=1, max=16, description='ships k', style=st, continuous_update=False,
                                tooltip='ships pasted into each output')
         self.w_scale = W.FloatRangeSlider(value=(0.8, 1.25), min=0.25, max=4.0, step=0.05, description='scale', style=st,
                                           continuous_update=False, readout_format='.2f',
@@ -369,6 +228,9 @@ def set(self: TuningPanel, **kw) -> 'TuningPanel':
             w = self.w_scale
             check(len(v) == 2 and w.min <= v[0] <= v[1] <= w.max, f'scale={kw[k]!r} is not a range inside [{w.min:g}, {w.max:g}]',
                   'use e.g. (0.8, 1.25) or 1.0')
+        if k == 'k':
+            check(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and self.w_k.min <= v <= self.w_k.max,
+                  f'k={v!r} is not a number of ships in [{self.w_k.min}, {self.w_k.max}]', 'use e.g. 3 ships per output')
         if k == 'looks':
             v = 0 if v is None else v
             check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= self.w_looks.max,
@@ -517,19 +379,14 @@ def _work(self: TuningPanel, res: PreviewResult, gen, it, cancel: threading.Even
     self.w_which.value = tuple(self.w_which.options)
     if res.error: self.w_progress.bar_style = 'danger'; self._status(res.error, error=True)
     elif res.cancelled: self.w_progress.bar_style = 'warning'; self._status(f'cancelled after {res.done} of {res.total}')
-    else: self.w_progress.bar_style = 'success'; self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s' + _pasted_text(res))
-
-def _pasted_text(res: PreviewResult) -> str:
-    "' · 7 of 12 ships pasted (magenta boxes)' for outputs of a paste generator, '' for others."
-    pa = res.pasted()
-    return '' if pa is None else f' · {pa[0]} of {pa[1]} ships pasted (magenta boxes; the source\'s are green)'
+    else: self.w_progress.bar_style = 'success'; self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s' + pasted_text(res.pasted()))
 
 @patch
 def _render(self: TuningPanel, res: PreviewResult):
     t0 = time.time()
     it = self.dataset[res.item_id]
     src = self._source(it)
-    labels = [[(it.boxes, it.cls)] + [(*lab, pasted_boxes(info)) for lab, info in zip(r, ri)] for r, ri in zip(res.labels, res.infos)]
+    labels = [[(it.boxes, it.cls)] + [(*lab, pasted_boxes(info, len(lab[0]))) for lab, info in zip(r, ri)] for r, ri in zip(res.labels, res.infos)]
     g = res.gen if res.gen is not None else self.generators.get(res.generator)
     knob = not isinstance(g, str) and 'strength' in getattr(g, 'knobs', ())
     cols = ['source'] + [f'k={k}' for k in res.ks]
@@ -547,7 +404,7 @@ def _render(self: TuningPanel, res: PreviewResult):
     self._last_render, self._render_s = time.time(), time.time() - t0
     p = res.params
     self.w_caption.value = (f'{res.mode}: {res.item_id} · {res.generator} · strength {" / ".join(f"{s:g}" for s in res.strengths)} '
-                           f'· seed {p.seed} · steps {p.steps} · {res.done}/{res.total}{" (cancelled)" if res.cancelled else ""}{_pasted_text(res)}')
+                           f'· seed {p.seed} · steps {p.steps} · {res.done}/{res.total}{" (cancelled)" if res.cancelled else ""}{pasted_text(res.pasted())}')
 
 @patch
 def cancel(self: TuningPanel):
@@ -566,29 +423,10 @@ def wait(self: TuningPanel, timeout: float | None = None, raise_error: bool = Tr
 def busy(self: TuningPanel) -> bool: return self._thread is not None and self._thread.is_alive()
 
 # %% ../nbs/30_tuning.ipynb #9bce1255
-def noise_text(gen, params: GenParams) -> str:
-    "For the in-domain DDPM, the noise SDEdit adds at `params` in grey levels; '' for other generators."
-    if getattr(gen, 'name', '') != 'ddpm': return ''
-    try: from synthkit.ddpm import noise_sigma
-    except ImportError: return ''
-    try: sigma = noise_sigma(params.strength, params.steps, gen)
-    except SynthkitError as e: return str(e)
-    return f'noise σ = {sigma:.1f} grey levels at strength {params.strength:g}, {params.steps} steps'
-
-def score_html(q, gen, params: GenParams) -> str:
-    "The Score button's output: the numbers of a `QuickScore`, the DDPM's noise, and the notes in grey."
-    import html
-    grey = lambda t: f'<span style="color:#888">{html.escape(t, quote=False)}</span>'
-    lines = [f'<b>{html.escape(q.summary, quote=False)}</b> <span style="color:#888">({q.seconds:.1f} s)</span>']
-    if noise_text(gen, params): lines.append(grey(noise_text(gen, params)))
-    if q.notes: lines.append(grey('; '.join(q.notes)))
-    return '<br>'.join(lines)
-
-# %% ../nbs/30_tuning.ipynb #e40b6afd
 @patch
 def _score_split(self: TuningPanel) -> tuple:
     "(source ids, held-out items): images whose split is val or test are KID's real side, the others the sources (the picked one first)."
-    held = [it for it in self.dataset if it.meta.get('split') in ('val', 'test')]
+    held = [it for it in self.dataset if it.meta.get('split') in HELD_PARTS]
     hid = {it.id for it in held}
     ids = [i for i in self.dataset.ids if i not in hid]
     check(ids, 'every image of the dataset is a val or test image', 'open the panel on training images to score a generator')
@@ -647,7 +485,7 @@ def keep(self: TuningPanel, which=None, out=None) -> list:
     it = self.dataset[res.item_id]
     gen = res.gen if res.gen is not None else self.generators[res.generator]
     part = it.meta.get('split') or self.part
-    check(getattr(gen, 'bank', None) is None or part not in _HELD,
+    check(getattr(gen, 'bank', None) is None or part not in HELD_PARTS,
           f'{res.item_id!r} is a {part} image: its pasted variations would carry ships of training images into the {part} part',
           'keep pasted variations of training images only')
     before = Manifest(out).done()

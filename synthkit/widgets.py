@@ -7,8 +7,10 @@ __all__ = ['display_scale', 'grid_png', 'OutputCache', 'generator_spec', 'output
            'noise_text', 'score_html', 'grid_presets', 'results_plot_png', 'rows_html', 'CaseStudyPanel']
 
 # %% ../nbs/30b_widgets.ipynb #c2956c83
-from .tuning import (
-    display_scale, grid_png, OutputCache, generator_spec, output_key, PreviewResult, TuningPanel, noise_text, score_html)
+from .grids import display_scale, grid_png
+from .output_cache import OutputCache, generator_spec, output_key
+from .tuning import PreviewResult, TuningPanel
+from .panel_text import noise_text, score_html
 from .casestudy_panel import grid_presets, results_plot_png, rows_html, CaseStudyPanel
 
 _all_ = ['display_scale', 'grid_png', 'OutputCache', 'generator_spec', 'output_key', 'PreviewResult', 'TuningPanel',

@@ -130,6 +130,22 @@ def voc_named_images(w: Path, cid: str) -> Path:
     return d
 
 
+def crop_bank(w: Path, cid: str, damage=None) -> Path:
+    "A crop bank of the dataset's training images under <cases>/<cid>/bank; `damage(bank.json text)` → what bank.json holds then (None: no bank.json)."
+    from synthkit.paste import BANK_FILE, CropBank
+    d = CropBank.from_dataset(load_dataset(w/'data'), margin=2).save(w/'cases'/cid/'bank')
+    if damage is not None:
+        text = damage((d/BANK_FILE).read_text())
+        if text is None: (d/BANK_FILE).unlink()
+        else: (d/BANK_FILE).write_text(text)
+    return d
+
+
+def record_without(key):
+    "A `damage` for `crop_bank`: bank.json less `key`."
+    return lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != key})
+
+
 @dataclass
 class Case:
     id: str
@@ -150,6 +166,15 @@ def ddpm(*extra, data='data'):
     return lambda w, cid: ['train-ddpm', w/data, '--crop', '32', '--batch', '2', '--quiet', *[(e(w, cid) if callable(e) else e) for e in extra]]
 def convert(src, *extra):
     return lambda w, cid: ['convert', src(w, cid), *[(e(w, cid) if callable(e) else e) for e in extra]]
+
+
+def paste(*extra, damage=None, name='paste'):
+    "`generate DATA --generator NAME:<the case's crop bank> --parts train ...`; `<bank>` in `extra` is that bank's folder."
+    def argv(w, cid):
+        b = crop_bank(w, cid, damage)
+        return ['generate', w/'data', '--generator', f'{name}:{b}', '--n', '1', '--parts', 'train', '--quiet',
+                *[(b if e == '<bank>' else e(w, cid) if callable(e) else e) for e in extra]]
+    return argv
 
 
 CASES = [
@@ -257,6 +282,23 @@ CASES = [
     Case('gen-n-0', lambda w, c: gen('--out', out())(w, c)[:4] + ['--n', '0'] + gen('--out', out())(w, c)[6:], 'n_per_image=0', held=True),
     Case('gen-other-settings', gen('--strength', '0.6', '--out', path('var')), 'other settings', held=True),
     Case('gen-other-batch-size', gen('--batch-size', '3', '--out', path('var')), 'computed 8 per model call, but this run would compute 3'),
+    # ---- crop banks, paste options, a generator's own folder (issue 24)
+    Case('gen-paste-bank-record-truncated', paste('--out', out(), damage=lambda t: t[:len(t) // 2]), 'bank.json is not a complete record'),
+    Case('gen-paste-bank-record-no-sources', paste('--out', out(), damage=record_without('sources')), "bank.json has no 'sources'"),
+    Case('gen-paste-bank-record-no-crops', paste('--out', out(), damage=record_without('crops')), "bank.json has no 'crops'"),
+    Case('gen-paste-bank-record-missing', paste('--out', out(), damage=lambda t: None), 'no bank.json'),
+    Case('gen-paste-bank-record-other-sources', paste('--out', out(), damage=lambda t: json.dumps({**json.loads(t), 'sources': json.loads(t)['sources'][1:]})),
+         'bank.json does not describe crops.safetensors'),
+    Case('gen-paste-k-0', paste('--option', 'k=0', '--out', out()), 'k=0 must be an integer ≥ 1'),
+    Case('gen-paste-k-true', paste('--option', 'k=True', '--out', out()), 'k=True must be an integer ≥ 1'),
+    Case('gen-ddpm-paste-k-0', paste('--option', 'k=0', '--option', lambda w, c: f'harmonizer=ddpm:{w/"model"}', '--out', out(),
+                                     name='ddpm-paste'), 'k=0 must be an integer ≥ 1'),
+    Case('gen-out-is-bank', paste('--out', '<bank>'), "--out is the generator's model folder"),
+    Case('gen-out-in-bank', paste('--out', lambda w, c: w/'cases'/c/'bank'/'gen'), "--out is inside the generator's model folder"),
+    Case('gen-out-is-model', gen('--out', path('model')), "--out is the generator's model folder"),
+    Case('gen-out-in-model', gen('--out', path('model', 'unet', 'gen')), "--out is inside the generator's model folder"),
+    Case('gen-out-is-harmonizer', paste('--option', lambda w, c: f'harmonizer=ddpm:{w/"model"}', '--out', path('model'), name='ddpm-paste'),
+         "--out is the generator's model folder"),
     Case('convert-missing', convert(path('nope'), '--out', out()), 'dataset not found', held=True),
     Case('convert-no-format', convert(lambda w, c: (w/'cases'/c).mkdir(parents=True) or w/'cases'/c, '--out', out()),
          'cannot tell the dataset format', held=True),

@@ -1,4 +1,4 @@
-"""paste: exact boxes, no overlap, inside the image, off land; the crop bank's lineage guard; k=0; byte-exact regenerate; kill and resume; bad input."""
+"""paste: exact boxes, no overlap, inside the image, off land; the crop bank's lineage guard and its record; k ≥ 1; byte-exact regenerate; kill and resume; bad input."""
 import json, os, signal, subprocess, sys, textwrap
 from pathlib import Path
 
@@ -181,16 +181,28 @@ def test_save_writes_nothing_half_way(toy, tmp_path, monkeypatch):
 
 # --- counts and bad input --------------------------------------------------------------------------------------------
 
-def test_k0_gives_the_source_unchanged(toy, bank_dir, tmp_path):
-    g = PasteGenerator(bank_dir, k=0)
-    it = toy['img1']
-    o = g.generate_labelled(it.read(), it.boxes, it.cls, n=2, params=GenParams(seed=4), source_id=it.id)
-    for img, boxes, cls in o:
-        assert np.array_equal(img, it.read()) and np.array_equal(boxes, it.boxes) and np.array_equal(cls, it.cls)
-    assert o[0].info['paste']['asked'] == 0 and o[0].info['paste']['placed'] == 0
-    synthesize(toy, g, 1, GenParams(seed=4), tmp_path/'out', parts={'train': ['img1']}, progress=False)
-    r = Manifest(tmp_path/'out').read()[0]
-    assert np.array_equal(read_image(tmp_path/'out'/r['path']), it.read()) and r['paste']['placed'] == 0
+def test_k0_and_a_bool_k_are_refused(bank_dir):
+    "k=0 would write copies of the sources; k=True would be read as 1 ship."
+    for k in (0, True, False, -1, 1.5):
+        with pytest.raises(SynthkitError, match=f'k={k!r} must be an integer ≥ 1'): PasteGenerator(bank_dir, k=k)
+    assert PasteGenerator(bank_dir, k=1).k == 1 and PasteGenerator(bank_dir, k=np.int64(2)).k == 2
+
+
+@pytest.mark.parametrize('damage, says', [(lambda t: t[:len(t) // 3], 'is not a complete record'), (lambda t: None, 'no bank.json'),
+                                          (lambda t: '[]', 'a JSON list'),
+                                          (lambda t: json.dumps({k: v for k, v in json.loads(t).items() if k != 'crops'}), "has no 'crops'"),
+                                          (lambda t: json.dumps(dict(json.loads(t), sources=['img5'])), 'their sources differ')])
+def test_a_bank_without_its_record_is_refused_and_save_writes_it_again(bank_dir, tmp_path, damage, says):
+    "bank.json says where the ships come from: a bank whose record is missing, cut short or not its crops' is not used."
+    d = tmp_path/'b'
+    import shutil; shutil.copytree(bank_dir, d)
+    text = damage((d/'bank.json').read_text())
+    if text is None: (d/'bank.json').unlink()
+    else: (d/'bank.json').write_text(text)
+    with pytest.raises(SynthkitError, match=says): CropBank.load(d)
+    with pytest.raises(SynthkitError, match=says): load_generator(f'paste:{d}')
+    CropBank.load(bank_dir).save(d)   # the same crops: the record is written again
+    assert CropBank.load(d).sources == CropBank.load(bank_dir).sources and json.loads((d/'bank.json').read_text()) == json.loads((bank_dir/'bank.json').read_text())
 
 
 def test_too_large_crops_are_skipped_and_counted(toy, bank_dir):

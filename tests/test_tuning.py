@@ -11,7 +11,9 @@ from synthkit.data.items import Dataset, Item
 from synthkit.errors import SynthkitError
 from synthkit.generators import GENERATORS, Generator, GenParams, derive_seed
 from synthkit.images import save_image
-from synthkit.tuning import TuningPanel, generator_spec, grid_png, output_key
+from synthkit.grids import BOX_COLOUR, PASTED_COLOUR, grid_png
+from synthkit.output_cache import generator_spec, output_key
+from synthkit.tuning import TuningPanel
 
 
 class NoiseGenerator(Generator):
@@ -392,10 +394,12 @@ def test_score_errors_show_under_the_button(ds, tmp_path):
 
 def test_the_old_widgets_module_reexports_both_panels():
     "`from synthkit.widgets import TuningPanel` (the panels' old home) still works: the same objects, the same public names."
-    from synthkit import casestudy_panel, tuning, widgets
-    assert widgets.TuningPanel is TuningPanel and widgets.grid_png is tuning.grid_png
-    assert widgets.CaseStudyPanel is casestudy_panel.CaseStudyPanel and widgets.rows_html is casestudy_panel.rows_html
-    assert set(widgets.__all__) == set(tuning.__all__) | set(casestudy_panel.__all__)
+    from synthkit import casestudy_panel, grids, output_cache, panel_text, tuning, widgets
+    homes = {'display_scale': grids, 'grid_png': grids, 'OutputCache': output_cache, 'generator_spec': output_cache,
+             'output_key': output_cache, 'PreviewResult': tuning, 'TuningPanel': tuning, 'noise_text': panel_text,
+             'score_html': panel_text, **{n: casestudy_panel for n in casestudy_panel.__all__}}
+    assert set(widgets.__all__) == set(homes) and set(tuning.__all__) == {'PreviewResult', 'TuningPanel'}
+    assert all(getattr(widgets, n) is getattr(m, n) for n, m in homes.items())
 
 
 # ---- paste and ddpm-paste in the panel (issue 18, point 6) ----
@@ -426,7 +430,6 @@ def _edge_colours(im, cell, box):
 
 def test_paste_previews_with_pasted_boxes_in_their_own_colour(ds, tmp_path):
     from synthkit.paste import PasteGenerator
-    from synthkit.tuning import BOX_COLOUR, PASTED_COLOUR
     p = TuningPanel(ds, NoiseGenerator(), n=3, cache_dir=tmp_path / 'cache')
     assert list(p.w_generator.options) == ['noise', 'paste']         # offered by itself; no DDPM, so no ddpm-paste
     assert p.w_k.disabled and p.w_scale.disabled                      # the noise generator has no ships to paste
@@ -493,6 +496,9 @@ def test_k_and_scale_reach_the_paste_generator(ds, tmp_path, monkeypatch):
     parser = argparse.ArgumentParser(); synth.cli_args(parser)
     args = parser.parse_args(shlex.split(cli)[2:])
     assert parse_assignments(args.options, '--option') == dict(k=1, scale=(1.5, 1.5))
+    for k in (0, True, 17):   # no ships would be copies of the sources; True is not a count
+        with pytest.raises(SynthkitError, match=f'k={k!r} is not a number of ships in \\[1, 16\\]'): p.set(k=k)
+    assert p.w_k.value == 1
     with pytest.raises(SynthkitError, match=r'scale=\(2, 1\) is not a range'):
         p.set(scale=(2, 1))
 
