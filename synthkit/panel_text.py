@@ -22,8 +22,7 @@ def pasted_text(pasted: tuple | None) -> str:
 def noise_text(gen, params: GenParams) -> str:
     "For the in-domain DDPM, the noise SDEdit adds at `params` in grey levels; '' for other generators."
     if getattr(gen, 'name', '') != 'ddpm': return ''
-    try: from synthkit.ddpm import noise_sigma
-    except ImportError: return ''
+    from synthkit.sdedit import noise_sigma
     try: sigma = noise_sigma(params.strength, params.steps, gen)
     except SynthkitError as e: return str(e)
     return f'noise σ = {sigma:.1f} grey levels at strength {params.strength:g}, {params.steps} steps'
