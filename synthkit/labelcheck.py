@@ -73,10 +73,12 @@ class LabelVerdict:
     pasted_found: int = 0      # … of them matched by a detection
 
 def pasted_boxes(info, n_boxes: int) -> list:
-    "Indices of the pasted boxes named by an output's `info` or by its manifest record (`info['paste']['pasted']`), sorted; [] when none."
+    """Indices of the new ships named by an output's `info` or by its manifest record, sorted; [] when none: pasted ones
+    (`info['paste']['pasted']`) and drawn ones (`info['drawn']['new']`, `synthkit.drawn`)."""
     check(info is None or isinstance(info, dict), f'info of type {type(info).__name__} is not a dict',
           "pass the output's .info or its manifest record")
-    idx = sorted({int(i) for i in ((info or {}).get('paste') or {}).get('pasted', [])})
+    named = list(((info or {}).get('paste') or {}).get('pasted', [])) + list(((info or {}).get('drawn') or {}).get('new', []))
+    idx = sorted({int(i) for i in named})
     bad = [i for i in idx if not 0 <= i < n_boxes]
     check(not bad, f'the info names pasted box {bad[0] if bad else ""} but the output has {n_boxes} boxes',
           "pass the info that came with these boxes (the output's .info or its manifest record)")
