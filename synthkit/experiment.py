@@ -358,7 +358,7 @@ class _Prep:
         if not read_done(d):
             src = self.sources()
             bank = CropBank.from_dataset(src, src.ids, margin=margin, forbidden=self.parts['val'] + self.parts['test'])
-            check_lineage({'train': bank.sources}, self.parts['test'])   # tiles of a test image too
+            for part in ('val', 'test'): bank.check_lineage(self.parts[part], part)   # no ship of a val or test image, or of its tiles
             bank.save(d, overwrite=True); mark_done(d, crops=len(bank))
         return d
 

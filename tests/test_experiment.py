@@ -372,3 +372,18 @@ def test_paste_and_harmonized_conditions_add_new_ships_with_exact_boxes(toy, tmp
     assert {('paste+1', 'baseline'), ('harmonized+1', 'baseline'), ('harmonized+1', 'paste+1')} <= vs
     with pytest.raises(SynthkitError, match='harmonized conditions'): replace(cfg, generator='stub').check()
     with pytest.raises(SynthkitError, match="paste=\\{'kk': 1\\}"): replace(cfg, paste={'kk': 1}).check()
+
+
+def test_the_crop_bank_of_a_split_holds_no_tile_of_a_val_or_test_image(toy, tmp_path, monkeypatch):
+    "The grid checks the bank it cut against the split's val images as well as its test images, tile by tile."
+    from synthkit.data.formats import load_dataset
+    from synthkit.data.items import Dataset
+    from synthkit.paste import CropBank
+    cfg = replace(CFG, conditions=('baseline', 'paste+1'), tiles=dict(size=32, overlap=0), paste=dict(margin=2))
+    prep = ex._Prep(toy, RunSpec('split_1', 0, 'paste+1', cfg, 'x'), deal(toy, 0)['split_1'], tmp_path)
+    real = load_dataset(prep.real()/'data.yaml', check_pixels=False)
+    leaky = Dataset([replace(it, meta={**it.meta, 'split': 'train'}) for it in real if it.meta['split'] in ('train', 'val')], real.names)
+    cut = CropBank.from_dataset
+    monkeypatch.setattr(CropBank, 'from_dataset', lambda *a, **k: cut(leaky, margin=2))   # a cut that let val tiles through
+    with pytest.raises(SynthkitError, match=r"the crop bank holds ships of val image '\w+@x\d+y\d+'"): prep.bank()
+    assert not list((tmp_path/'synth').rglob('bank.json'))
