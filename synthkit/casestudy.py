@@ -14,7 +14,10 @@ from .errors import SynthkitError, check
 from .files import write_json
 from .detect import DetectConfig
 from .files import config_hash, read_done, mark_done
-from .experiment import GridConfig, run_grid, fingerprint, default_split_fn, start_of
+from .grid.config import GridConfig, fingerprint
+from .grid.lineage import default_split_fn
+from .grid.starts import start_of
+from .grid.runner import run_grid
 from .report import write_report
 
 # %% auto #0
@@ -190,7 +193,7 @@ def grid_scorecard(rows, out, config, *, progress: bool = False) -> list:
     "Scorecard rows (dicts, with `split` and `seed`) of the variations and copies of each split's first seed, plus the real tiles."
     import yaml
     from synthkit.scorecard import scorecard, Scorecard
-    from synthkit.experiment import RunSpec
+    from synthkit.grid.config import RunSpec
     from synthkit.detect import split_images
     out, result = Path(out), []
     for split in dict.fromkeys(r['split'] for r in rows):
@@ -229,7 +232,7 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
                on_result=None, should_stop=None, **overrides) -> Path:
     """Run the case-study grid for `preset` on `data` (None: the simulator) and write `out/report.md`; returns its path.
     Under a launcher every process runs its share of the grid and rank 0 writes the report; the others return None."""
-    from synthkit.experiment import process_share, exclusive
+    from synthkit.grid.share import process_share, exclusive
     if generator is not None: overrides['generator'] = generator
     config, settings = resolve(preset, **overrides)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -299,8 +302,8 @@ def dose_response(data, out, budgets, *, preset: str = 'standard', n: int = 2, c
 
 def plot_dose_response(rows: list, path) -> Path:
     "`+N` − baseline and `+N` − `classic+N` (95 % intervals) against the DDPM's training iterations, one line per split."
-    from synthkit.report import _figure, _save
-    fig = _figure(8, 3.2)
+    from synthkit.report import new_figure, save_figure
+    fig = new_figure(8, 3.2)
     axs = fig.subplots(1, 2, sharey=True)
     for ax, ref in zip(axs, ('baseline', 'classic')):
         for i, sp in enumerate(dict.fromkeys(r['split'] for r in rows)):
@@ -314,7 +317,7 @@ def plot_dose_response(rows: list, path) -> Path:
         ax.set_xlabel('DDPM training iterations (start + fine-tune)')
         ax.set_title(f"+N − {'baseline' if ref == 'baseline' else 'classic+N'}", fontsize=10)
     axs[0].set_ylabel('paired difference, mAP50'); axs[0].legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 # %% ../nbs/26_casestudy.ipynb #c4b40792
 def cli_args(parser):
@@ -342,7 +345,7 @@ def cli_run(args) -> int:
         try: ov['seeds'] = tuple(int(s) for s in args.seeds.split(','))
         except ValueError: raise SynthkitError(f'--seeds {args.seeds!r} is not a comma-separated list of integers', 'write e.g. --seeds 0,1,2')
     if args.device: ov['device'] = args.device
-    from synthkit.experiment import process_share
+    from synthkit.grid.share import process_share
     rank, world = process_share()
     who = f'[{rank + 1}/{world}]' if world > 1 else ''   # several processes: each line says which one trained the run
     p = case_study(args.preset, args.data, args.generator, args.out, progress=not args.quiet,

@@ -126,7 +126,7 @@ class CaseStudyPanel(Panel):
         check(not self.busy, 'the grid is already running', 'press Stop or wait for it')
         config = self.config()
         try:
-            from synthkit.experiment import plan
+            from synthkit.grid.config import plan
             total = len(plan(config))
         except Exception:
             total = len(self.w_splits.value) * len(self.w_conditions.value) * len(self.seeds)

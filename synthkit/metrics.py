@@ -15,12 +15,12 @@ from .errors import SynthkitError, check
 from .images import to_unit, PixelScale, read_image
 
 # %% auto #0
-__all__ = ['ssim_psnr', 'dihedral', 'align_to', 'fidelity', 'diversity', 'FeatureExtractor', 'distribution_distance',
+__all__ = ['pixels_of', 'ssim_psnr', 'dihedral', 'align_to', 'fidelity', 'diversity', 'FeatureExtractor', 'distribution_distance',
            'quality_report']
 
 # %% ../nbs/23_metrics.ipynb #98adfae7
-def _pixels(a) -> np.ndarray:
-    "An array, or the pixels of an `Item` or an image path."
+def pixels_of(a) -> np.ndarray:
+    "The pixels of `a`: an array as it is, an `Item` or an image path read."
     if hasattr(a, 'read'): return a.read()
     if isinstance(a, (str, Path)): return read_image(a)
     return np.asarray(a)
@@ -57,12 +57,12 @@ def align_to(ref: np.ndarray, y: np.ndarray) -> np.ndarray:
 # %% ../nbs/23_metrics.ipynb #27b2711c
 def fidelity(source, variations, align: bool = True) -> dict:
     "SSIM and PSNR of each variation to `source` (on the source's pixel scale; flips/turns undone if `align`), and their means."
-    src = _pixels(source)
+    src = pixels_of(source)
     x, scale = to_unit(src)
     grey = x.ndim == 2
     ssims, psnrs, skipped = [], [], 0
     for v in variations:
-        y = _on_scale(_pixels(v), scale, grey)
+        y = _on_scale(pixels_of(v), scale, grey)
         ref = align_to(x, y) if align else x
         if y.shape != ref.shape: skipped += 1; continue
         s, p = ssim_psnr(y, np.ascontiguousarray(ref))
@@ -73,7 +73,7 @@ def fidelity(source, variations, align: bool = True) -> dict:
 # %% ../nbs/23_metrics.ipynb #5e957ad9
 def diversity(variations, align: bool = True) -> float:
     "Mean pairwise `1 - SSIM` among the variations of one source (on one pixel scale; flips/turns undone if `align`); NaN if < 2."
-    vs = [_pixels(v) for v in variations]
+    vs = [pixels_of(v) for v in variations]
     if len(vs) < 2: return float('nan')
     if vs[0].dtype == np.uint8: scale = PixelScale(0.0, 255.0, 'uint8', 1)
     else:
@@ -125,7 +125,7 @@ class FeatureExtractor(nn.Module):
         "A batch `(N, 3, size, size)` in [0, 1] from arrays (any dtype, grey or RGB), `Item`s or paths."
         out = []
         for im in images:
-            x, _ = to_unit(_pixels(im), grey=False)
+            x, _ = to_unit(pixels_of(im), grey=False)
             t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
             out.append(nn.functional.interpolate(t, size=(self.size, self.size), mode='bilinear', antialias=True, align_corners=False))
         return torch.cat(out).clamp_(0, 1)
@@ -277,7 +277,7 @@ def quality_report(dataset_real, dataset_synth_or_manifest, *, extractor: Featur
     rows = []
     for key in sorted(groups, key=lambda k: tuple((v is None, str(v)) for v in k)):
         per_src = defaultdict(list)
-        for src, img in groups[key]: per_src[src].append(_pixels(img))
+        for src, img in groups[key]: per_src[src].append(pixels_of(img))
         fids, divs = [], []
         for src, vs in per_src.items():
             check(src in dataset_real, f'source image {src!r} of a variation is not in the real dataset', 'pass the dataset the variations were made from')

@@ -98,9 +98,10 @@ class CropBank:
         return sorted({c.source for c in self.crops})
 
     def check_lineage(self, ids, what: str = 'test'):
-        "Refuse (lineage guard) a bank holding a crop of one of `ids` (e.g. the split's val or test images)."
-        ids = set(map(str, ids))
-        bad = [s for s in self.sources if s in ids]
+        "Refuse (lineage guard) a bank holding a crop of one of the images `ids` (e.g. the split's val or test images) or of a tile of one."
+        from synthkit.data.tiles import source_image, source_keys
+        keys = source_keys(map(str, ids))
+        bad = [s for s in self.sources if source_image(s) in keys]
         check(not bad, f'lineage guard: the crop bank holds ships of {what} image {bad[0] if bad else ""!r} ({len(bad)} such images)',
               "rebuild it from the split's training images only (CropBank.from_dataset(ds, split.train, forbidden=split.val + split.test))",
               path=self.folder)
@@ -125,17 +126,18 @@ class CropBank:
 _EVAL_PARTS = ('val', 'test')
 
 def _bank_images(dataset, ids, forbidden) -> list:
-    "The items the bank may be cut from, after the lineage guard."
+    "The items the bank may be cut from, after the lineage guard (a tile of a forbidden image is forbidden: `source_image`)."
+    from synthkit.data.tiles import source_image, source_keys
     if ids is None:
         has_split = any(it.meta.get('split') for it in dataset)
         ids = [it.id for it in dataset if it.meta.get('split') == 'train'] if has_split else dataset.ids
-    ids, forbidden = [str(i) for i in ids], {str(i) for i in forbidden or ()}
+    ids, forbidden = [str(i) for i in ids], source_keys(str(i) for i in forbidden or ())
     check(ids, 'no training images to cut the crop bank from', 'pass ids=the split\'s training ids')
     items = []
     for i in ids:
         check(i in dataset, f'image id {i!r} is not in the dataset', 'use ids from dataset.ids')
         it = dataset[i]
-        where = ('a forbidden (val/test) image' if i in forbidden else f"a {it.meta['split']} image" if it.meta.get('split') in _EVAL_PARTS
+        where = ('a forbidden (val/test) image' if source_image(i) in forbidden else f"a {it.meta['split']} image" if it.meta.get('split') in _EVAL_PARTS
                  else f"a variation made for the {it.meta['origin']} part" if it.meta.get('origin') not in (None, 'train') else '')
         check(not where, f'lineage guard: the crop bank would hold ships of {i!r}, {where}',
               "cut the bank from the split's training images only (ids=split.train, forbidden=split.val + split.test)", path=it.path)
@@ -144,7 +146,7 @@ def _bank_images(dataset, ids, forbidden) -> list:
 
 @patch(cls_method=True)
 def from_dataset(cls: CropBank, dataset, ids=None, *, margin=4, forbidden=(), min_side: float = 2) -> 'CropBank':
-    "Cut every usable ship of the images `ids` (the split's training images) with `margin` px of context; ids in `forbidden` are refused."
+    "Cut every usable ship of the images `ids` (the split's training images) with `margin` px of context; the images in `forbidden`, and their tiles, are refused."
     check((isinstance(margin, int) and margin >= 1) or (isinstance(margin, float) and 0 < margin < 1),
           f'margin={margin!r} must be an integer ≥ 1 (px) or a fraction in (0, 1) of the box\'s longer side', 'use e.g. 4 or 0.25')
     items = _bank_images(dataset, ids, forbidden)

@@ -21,7 +21,7 @@ __all__ = ['PretrainConfig', 'StartPlan', 'plan_start', 'pretrain', 'start_note'
 class PretrainConfig:
     "How the offline start is made."
     scenes: int = 300          # simulated scenes (20 of them validate)
-    steps: int = 1200          # optimizer steps from scratch
+    steps: int = 1200          # batches trained from scratch
     seed: int = 0              # the scenes' and the detector's seed: one start shared by every seed of a grid
     fit: bool = True           # fit the simulator to the given images (else its SSDD-like defaults)
     min_fit_images: int = 30   # fewer never-test images than this: the defaults are used, and the record says so

@@ -14,7 +14,7 @@ from .errors import SynthkitError, check
 from .files import config_hash, write_text, write_json, read_done, mark_done, check_out_folder
 from .detect import DetectConfig
 from .labelcheck import HALLUCINATION_CONF, HALLUCINATION_IOU, detections, unlabelled_detections
-from .metrics import fidelity, distribution_distance, FeatureExtractor, _pixels
+from .metrics import fidelity, distribution_distance, FeatureExtractor, pixels_of
 
 # %% auto #0
 __all__ = ['KID_MIN', 'TSTR_WRITES', 'WRITES', 'Output', 'moves_boxes', 'labelled_outputs', 'real_outputs', 'fidelity_scores',
@@ -34,7 +34,7 @@ class Output:
     strength: float | None = None   # None where the generator has no strength knob (classic) or for real images
     moved: bool = False             # the generator moves boxes (flips / turns): fidelity undoes them
 
-    def read(self) -> np.ndarray: return _pixels(self.image)
+    def read(self) -> np.ndarray: return pixels_of(self.image)
 
     @property
     def path(self) -> Path | None:
@@ -100,7 +100,7 @@ def fidelity_scores(outputs) -> dict:
         s = o.source
         if s is None or (isinstance(s, (str, Path)) and not Path(s).is_file()): skipped += 1; continue
         key = str(s) if isinstance(s, (str, Path)) else id(s)
-        if key not in decoded: decoded = {key: _pixels(s)}     # outputs come grouped by source: keep one decoded
+        if key not in decoded: decoded = {key: pixels_of(s)}     # outputs come grouped by source: keep one decoded
         f = fidelity(decoded[key], [o.read()], align=o.moved)
         if f['n']: each[o.id] = (f['ssim_each'][0], f['psnr_each'][0])
         else: skipped += 1
@@ -141,12 +141,6 @@ class TSTRResult:
     cached: bool = False
 
 
-def _names(data_yaml) -> list:
-    import yaml
-    n = yaml.safe_load(Path(data_yaml).read_text())['names']
-    return [v for _, v in sorted(n.items())] if isinstance(n, dict) else list(n)
-
-
 def _training_list(images) -> list:
     "Absolute paths of the training images, each checked to have its YOLO label file."
     from synthkit.data.formats import label_path_for
@@ -172,7 +166,7 @@ def tstr(images, test_data, out, config: DetectConfig = DetectConfig(), *, start
          verbose: bool = False) -> TSTRResult:
     "Train a detector only on `images` (labelled paths, `Output`s, a variation folder or a data.yaml's train part) under `config` (from `start` weights if given); mAP50 on `part` of `test_data`."
     from synthkit.detect import split_images, train_detector
-    from synthkit.data.formats import write_data_yaml
+    from synthkit.data.formats import write_data_yaml, data_yaml_names
     import yaml
     config = (config.replace(model=str(start)) if start else config).check()
     train = _training_list(images)
@@ -195,7 +189,7 @@ def tstr(images, test_data, out, config: DetectConfig = DetectConfig(), *, start
     parts = dict(train=str((out/'train.txt').resolve()), test=str((out/'test.txt').resolve()))
     if val:
         write_text(out/'val.txt', '\n'.join(val) + '\n'); parts['val'] = str((out/'val.txt').resolve())
-    y = write_data_yaml(out, _names(test_yaml), parts, f'TSTR: trained on {len(train)} given images, tested on {part} of {test_yaml}')
+    y = write_data_yaml(out, data_yaml_names(test_yaml), parts, f'TSTR: trained on {len(train)} given images, tested on {part} of {test_yaml}')
     run = train_detector(y, out/'detector', config, verbose=verbose)
     mark_done(out, tstr_key=key, metrics=run.metrics, n_train=len(train), test_data=str(test_yaml.resolve()), part=part)
     return TSTRResult(run.metrics['map50'], run.metrics, len(train), y, out)

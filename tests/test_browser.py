@@ -48,7 +48,7 @@ panel.preview(); panel.wait()   # a first grid at strength 0.3
 panel.generator.delay = 1.0     # from now on 1 s per output: the kernel must stay free meanwhile
 panel''',
     "print(f'kernel answered: strength={panel.w_strength.value:.2f} busy={panel.busy}')",
-    '''import synthkit.experiment as E
+    '''import synthkit.grid.config as E
 from synthkit.casestudy_panel import CaseStudyPanel
 
 def fake_run_grid(dataset, config, out, *, progress=True, on_result=None, should_stop=None, **kw):

@@ -24,8 +24,8 @@ class FakeGridConfig:
 
 @pytest.fixture
 def fake_grid(monkeypatch):
-    "Stand-ins for synthkit.casestudy.PRESETS and synthkit.experiment.run_grid / plan (mechanics, not YOLO)."
-    import synthkit.report   # the panel's plot is the report's: imported before the fakes, it binds the real experiment helpers
+    "Stand-ins for synthkit.casestudy.PRESETS and synthkit.grid's run_grid / plan (mechanics, not YOLO)."
+    import synthkit.report   # the panel's plot is the report's: imported before the fakes, it binds the real grid helpers
     calls = dict(gate=threading.Semaphore(0), configs=[], started=0)
 
     def plan(config):
@@ -43,7 +43,8 @@ def fake_grid(monkeypatch):
             if on_result: on_result(row)
         return rows
 
-    exp = types.ModuleType('synthkit.experiment'); exp.run_grid, exp.plan, exp.GridConfig = run_grid, plan, FakeGridConfig
+    # the panel counts the runs with synthkit.grid.config.plan; the fake case study calls grid.run_grid
+    grid = types.ModuleType('synthkit.grid.config'); grid.run_grid, grid.plan, grid.GridConfig = run_grid, plan, FakeGridConfig
     cs = types.ModuleType('synthkit.casestudy'); cs.PRESETS = {'quick': FakeGridConfig(), 'standard': FakeGridConfig(epochs=30)}
     cs.resolve = lambda preset, **ov: (dataclasses.replace(cs.PRESETS[preset], **{k: tuple(v) for k, v in ov.items() if not k.startswith('sim_')}), {})
 
@@ -51,16 +52,17 @@ def fake_grid(monkeypatch):
         "What the panel's Run calls: the preset with the panel's overrides, the (fake) grid, results.json and a report."
         calls['case_study'] = dict(preset=preset, data=data, overrides=ov)
         config, _ = cs.resolve(preset, **ov)
-        rows = exp.run_grid(data, config, out, progress=progress, on_result=on_result, should_stop=should_stop)
+        rows = grid.run_grid(data, config, out, progress=progress, on_result=on_result, should_stop=should_stop)
         Path(out).mkdir(parents=True, exist_ok=True); (Path(out) / 'results.json').write_text(json.dumps(rows))
         (Path(out) / 'report.md').write_text('# report\n')
         return Path(out) / 'report.md'
     cs.case_study = case_study
-    monkeypatch.setitem(sys.modules, 'synthkit.experiment', exp)
+    monkeypatch.setitem(sys.modules, 'synthkit.grid.config', grid)
     monkeypatch.setitem(sys.modules, 'synthkit.casestudy', cs)
-    import synthkit
-    monkeypatch.setattr(synthkit, 'experiment', exp, raising=False)
+    import synthkit, synthkit.grid
+    monkeypatch.setattr(synthkit.grid, 'config', grid, raising=False)
     monkeypatch.setattr(synthkit, 'casestudy', cs, raising=False)
+    calls['grid'] = grid
     return calls
 
 
@@ -117,16 +119,16 @@ def test_case_study_panel_errors_show_in_status(fake_grid, tmp_path):
 
 
 def test_case_study_panel_shows_cached_rows_and_real_grid_config(fake_grid, ds, tmp_path, monkeypatch):
-    exp = sys.modules['synthkit.experiment']
+    grid = fake_grid['grid']
     cached = [dict(split='split_1', condition='baseline', seed=0, map50=0.4), dict(split='split_1', condition='+2', seed=0, map50=0.5)]
-    monkeypatch.setattr(exp, 'run_grid', lambda *a, **kw: cached)   # everything came from the cache: no callbacks
+    monkeypatch.setattr(grid, 'run_grid', lambda *a, **kw: cached)   # everything came from the cache: no callbacks
     p = CaseStudyPanel(out=tmp_path / 'cs')
     p.run(); rows = p.wait(timeout=20)
     assert rows == cached and '0.500' in p.w_table.value and bytes(p.w_plot.value).startswith(b'\x89PNG')
 
 
 def test_case_study_panel_on_the_real_grid_config(monkeypatch):
-    exp = pytest.importorskip('synthkit.experiment')
+    exp = pytest.importorskip('synthkit.grid.config')
     from synthkit.casestudy import PRESETS
     assert list(casestudy_panel.grid_presets()) == list(PRESETS)
     p = CaseStudyPanel(seeds=(0, 1))

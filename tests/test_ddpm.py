@@ -209,7 +209,7 @@ def test_new_settings_are_saved_and_read_back(toy, tmp_path):
 def test_old_folders_keep_their_keys_and_resume_as_what_they_are(toy, tmp_path):
     "A folder from before t_max / ema / lr_decay names none of them: it is LEGACY's (no EMA, constant rate, all timesteps)."
     from synthkit.ddpm import LEGACY
-    from synthkit.experiment import without_legacy
+    from synthkit.grid.config import without_legacy
     old = DDPMConfig(**TINY, steps=2, minutes=None, t_max=None, ema=None, lr_decay='constant')
     assert not {'t_max', 'ema', 'lr_decay'} & set(without_legacy(asdict(old)))     # its grid key is the one it had
     assert {'ema', 'lr_decay'} <= set(without_legacy(asdict(DDPMConfig())))           # the new defaults: a new key

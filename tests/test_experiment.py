@@ -1,4 +1,4 @@
-"""synthkit.experiment: the cache, the equal budget, lineage (no test image or variation of one in training), stop/resume."""
+"""synthkit.grid: the cache, the equal budget, lineage (no test image or variation of one in training), stop/resume."""
 import json, random
 from dataclasses import replace
 from pathlib import Path
@@ -9,10 +9,14 @@ import pytest
 from synthkit.errors import SynthkitError
 from synthkit.detect import DetectConfig
 from synthkit.testing import toy_dataset
-from synthkit.experiment import GridConfig, RunSpec, plan, run_key, run_grid, check_lineage
+from synthkit.grid.config import GridConfig, RunSpec, plan, run_key
+from synthkit.grid.lineage import check_lineage
+from synthkit.grid.products import SplitProducts
+from synthkit.grid.runner import run_grid, row_fields
+from synthkit.data.tiles import source_image
 from synthkit.conditions import parse_condition
 from synthkit.stats import summarize
-import synthkit.experiment as ex
+import synthkit.grid.runner as runner
 
 
 
@@ -62,7 +66,7 @@ def test_keys_cover_the_configuration_and_nothing_else():
 
 
 def test_equal_steps_budget_in_the_plan_and_the_runs(grid):
-    "Every condition takes exactly the same optimizer steps: a drawn list of ceil(steps / passes) batches, walked `passes` times."
+    "Every condition trains exactly the same number of batches: a drawn list of ceil(steps / passes) batches, walked `passes` times."
     assert {s.detect_config().epochs for s in plan(GridConfig(passes=4, detect=DetectConfig(steps=500)))} == {4}
     assert {s.detect_config().epochs for s in plan(GridConfig(budget='epochs', detect=DetectConfig(epochs=7)))} == {7}
     _, rows, _ = grid
@@ -113,7 +117,7 @@ def test_check_lineage_message():
 
 def test_rerun_is_all_cache_hits(grid, toy, monkeypatch):
     out, rows, _ = grid
-    monkeypatch.setattr(ex, 'train_detector', lambda *a, **k: pytest.fail('a cached run was trained again'))
+    monkeypatch.setattr(runner, 'train_detector', lambda *a, **k: pytest.fail('a cached run was trained again'))
     assert run_grid(toy, CFG, out, split_fn=deal, generator_factory=Copier(), progress=False) == rows
     assert len(json.loads((out/'results.json').read_text())) == 3 and (out/'summary.csv').is_file()
 
@@ -124,8 +128,8 @@ def test_stop_then_resume_trains_only_what_is_missing(toy, tmp_path, monkeypatch
     first = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False, on_result=got.append, should_stop=lambda: len(got) >= 1)
     assert [r['condition'] for r in first] == ['baseline'] == [r['condition'] for r in got]
     trained = []
-    real = ex.train_detector
-    monkeypatch.setattr(ex, 'train_detector', lambda y, d, c, **k: trained.append(Path(d).parent.name) or real(y, d, c, **k))
+    real = runner.train_detector
+    monkeypatch.setattr(runner, 'train_detector', lambda y, d, c, **k: trained.append(Path(d).parent.name) or real(y, d, c, **k))
     rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
     assert [r['condition'] for r in rows] == ['baseline', 'classic+1'] and rows[0] == first[0]
     assert len(trained) == 1 and 'classic+1' in trained[0]
@@ -197,18 +201,18 @@ def test_ddpm_trains_on_the_generator_device(toy, tmp_path, monkeypatch):
     monkeypatch.setattr(dd, 'train_ddpm', fake_train)
     cfg = replace(CFG, generator='ddpm', ddpm=dict(TINY_DDPM, steps=3, minutes=None), generator_options=dict(device='cuda'))
     spec = RunSpec('split_1', 0, '+2', cfg, 'x')
-    ex._Prep(toy, spec, deal(toy, 0)['split_1'], tmp_path).ddpm_folder()
-    ex._Prep(toy, replace(spec, config=replace(cfg, generator_options={})), deal(toy, 0)['split_1'], tmp_path/'b').ddpm_folder()
+    SplitProducts(toy, spec, deal(toy, 0)['split_1'], tmp_path).ddpm_folder()
+    SplitProducts(toy, replace(spec, config=replace(cfg, generator_options={})), deal(toy, 0)['split_1'], tmp_path/'b').ddpm_folder()
     assert seen == ['cuda', 'cpu']
     assert dtypes == [dd.resolve_dtype('auto', 'cuda'), dd.resolve_dtype('auto', 'cpu')]   # resolved, so the key can hold it
-    ex._Prep(toy, replace(spec, config=replace(cfg, generator_options=dict(dtype='fp32'))), deal(toy, 0)['split_1'], tmp_path/'c').ddpm_folder()
+    SplitProducts(toy, replace(spec, config=replace(cfg, generator_options=dict(dtype='fp32'))), deal(toy, 0)['split_1'], tmp_path/'c').ddpm_folder()
     assert dtypes[-1] == 'fp32'
 
 
 def test_a_ddpm_cut_short_by_minutes_is_not_used(toy, tmp_path):
     "A minutes cap that stops training before `steps` is visible, and the grid refuses the model (no done.json)."
     cfg = replace(CFG, generator='ddpm', ddpm=dict(TINY_DDPM, steps=10**6, minutes=1e-4))
-    prep = ex._Prep(toy, RunSpec('split_1', 0, '+2', cfg, 'x'), deal(toy, 0)['split_1'], tmp_path)
+    prep = SplitProducts(toy, RunSpec('split_1', 0, '+2', cfg, 'x'), deal(toy, 0)['split_1'], tmp_path)
     with pytest.warns(UserWarning, match='stopped at'), pytest.raises(SynthkitError, match='stopped at .* minutes=0.0001 cap.*minutes=None'):
         prep.ddpm_folder()
     assert not list(tmp_path.rglob('done.json'))
@@ -287,7 +291,7 @@ def test_a_new_metric_is_one_declaration(grid, toy, tmp_path, monkeypatch):
     from synthkit.casestudy import result_line
     from synthkit.casestudy_panel import rows_html
     out = tmp_path/'grid'; shutil.copytree(grid[0], out)
-    monkeypatch.setattr(ex, 'train_detector', lambda *a, **k: pytest.fail('a cached run was retrained for a new metric'))
+    monkeypatch.setattr(runner, 'train_detector', lambda *a, **k: pytest.fail('a cached run was retrained for a new metric'))
     fitness = det.Metric('fitness', 'fitness', 'fitness')
     det.METRICS.append(fitness)
     try:
@@ -298,15 +302,15 @@ def test_a_new_metric_is_one_declaration(grid, toy, tmp_path, monkeypatch):
         text = write_report(rows, out, config=CFG).read_text()
         assert '| mAP50 | mAP50-95 | fitness |' in text
         assert f"fitness {rows[0]['fitness']:.3f}" in result_line(rows[0]) and '<th style="padding:2px 8px">fitness</th>' in rows_html(rows)
-        assert 'fitness' in ex.row_fields()
+        assert 'fitness' in row_fields()
     finally:
         det.METRICS.remove(fitness)
 
 
 def test_identical_training_lists_are_trained_once(toy, tmp_path, monkeypatch):
     "+1 and +2 at a share that only reaches output 0 of each source draw the same list: the second row is the first's result."
-    trained, real = [], ex.train_detector
-    monkeypatch.setattr(ex, 'train_detector', lambda y, d, c, **k: trained.append(Path(d).parent.name) or real(y, d, c, **k))
+    trained, real = [], runner.train_detector
+    monkeypatch.setattr(runner, 'train_detector', lambda y, d, c, **k: trained.append(Path(d).parent.name) or real(y, d, c, **k))
     rows = run_grid(toy, replace(CFG, conditions=('classic+1', 'classic+2'), synth_share=0.25), tmp_path, split_fn=deal, progress=False)
     a, b = rows
     assert (Path(a['run_dir'])/'train.txt').read_text() == (Path(tmp_path/'runs').glob('*classic+2*').__next__()/'train.txt').read_text()
@@ -327,7 +331,7 @@ def test_ddpm_start_made_once_and_every_split_fine_tuned_from_it(toy, tmp_path):
     assert json.loads(starts[0].read_text())['never_test'] == len(set(toy.ids) - tests)   # never a test image of any seed
     made = [read_meta(d) for d in (tmp_path/'ddpm').iterdir() if d.is_dir()]
     assert len(made) == 2 and all(m['start']['folder'] == str(start/'model') for m in made)
-    from synthkit.ddpm import t_max_for
+    from synthkit.sdedit import t_max_for
     assert all(m['config']['t_max'] == t_max_for(0.3, 4) < 1000 for m in made)   # trained only where the grid's strength samples
     with pytest.raises(SynthkitError, match='ddpm_start=-1'): replace(cfg, ddpm_start=-1).check()
 
@@ -338,8 +342,8 @@ def test_cells_run_part_of_a_grid_with_the_whole_grids_starts(toy, tmp_path, mon
     rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False, cells=[('split_1', 1)])
     assert {(r['split'], r['seed']) for r in rows} == {('split_1', 1)} and len(rows) == 2
     assert not (tmp_path/'grid.json').exists() and not (tmp_path/'results.csv').exists()
-    trained, real = [], ex.train_detector
-    monkeypatch.setattr(ex, 'train_detector', lambda y, d, c, **k: trained.append(Path(d).parent.name) or real(y, d, c, **k))
+    trained, real = [], runner.train_detector
+    monkeypatch.setattr(runner, 'train_detector', lambda y, d, c, **k: trained.append(Path(d).parent.name) or real(y, d, c, **k))
     whole = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
     assert len(whole) == 4 and len(trained) == 2 and all('-s0' in t for t in trained)   # seed 1 came from the cache
     assert (tmp_path/'results.csv').is_file()
@@ -360,15 +364,33 @@ def test_paste_and_harmonized_conditions_add_new_ships_with_exact_boxes(toy, tmp
     banks = list((tmp_path/'synth').glob('*/bank-*'))
     assert len(banks) == 1
     from synthkit.paste import CropBank
-    assert {ex.source_image(s) for s in CropBank.load(banks[0]).sources} <= train   # never a val or test image
+    assert {source_image(s) for s in CropBank.load(banks[0]).sources} <= train   # never a val or test image
     recs = {kind: {(r['source'], r['k']): r for r in Manifest(Path(by[kind]['synth_dir'])/'manifest.jsonl').read()} for kind in ('paste+1', 'harmonized+1')}
     assert recs['paste+1'].keys() == recs['harmonized+1'].keys()
+    from synthkit.data.formats import load_dataset
+    real, = [load_dataset(y, check_pixels=False) for y in (tmp_path/'data').glob('*/data.yaml')]
     for sk, r in recs['paste+1'].items():
         h = recs['harmonized+1'][sk]
         assert r['boxes'] == h['boxes'] and r['paste']['placed'] == h['paste']['placed']   # the same layout, paired
-        assert len(r['boxes']) >= len(toy[ex.source_image(sk[0])].boxes) if sk[0] in toy.ids else True
+        own = real[sk[0]].boxes                                                           # the source's boxes, then the pasted ships'
+        assert len(r['boxes']) == len(own) + r['paste']['placed'] and np.allclose(np.asarray(r['boxes'])[:len(own)], own), sk
     assert sum(r['paste']['placed'] for r in recs['paste+1'].values()) > 0
     vs = {(c['condition'], c['versus']) for c in comparisons(rows)}
     assert {('paste+1', 'baseline'), ('harmonized+1', 'baseline'), ('harmonized+1', 'paste+1')} <= vs
     with pytest.raises(SynthkitError, match='harmonized conditions'): replace(cfg, generator='stub').check()
     with pytest.raises(SynthkitError, match="paste=\\{'kk': 1\\}"): replace(cfg, paste={'kk': 1}).check()
+
+
+def test_the_crop_bank_of_a_split_holds_no_tile_of_a_val_or_test_image(toy, tmp_path, monkeypatch):
+    "The grid checks the bank it cut against the split's val images as well as its test images, tile by tile."
+    from synthkit.data.formats import load_dataset
+    from synthkit.data.items import Dataset
+    from synthkit.paste import CropBank
+    cfg = replace(CFG, conditions=('baseline', 'paste+1'), tiles=dict(size=32, overlap=0), paste=dict(margin=2))
+    prep = SplitProducts(toy, RunSpec('split_1', 0, 'paste+1', cfg, 'x'), deal(toy, 0)['split_1'], tmp_path)
+    real = load_dataset(prep.real()/'data.yaml', check_pixels=False)
+    leaky = Dataset([replace(it, meta={**it.meta, 'split': 'train'}) for it in real if it.meta['split'] in ('train', 'val')], real.names)
+    cut = CropBank.from_dataset
+    monkeypatch.setattr(CropBank, 'from_dataset', lambda *a, **k: cut(leaky, margin=2))   # a cut that let val tiles through
+    with pytest.raises(SynthkitError, match=r"the crop bank holds ships of val image '\w+@x\d+y\d+'"): prep.bank()
+    assert not list((tmp_path/'synth').rglob('bank.json'))

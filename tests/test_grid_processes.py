@@ -81,7 +81,8 @@ def test_a_failing_process_ends_the_waiting_one(tmp_path):
     script.write_text(textwrap.dedent('''
         import sys, time
         from pathlib import Path
-        from synthkit.experiment import GridConfig, plan, process_share, _gather
+        from synthkit.grid.config import GridConfig, plan
+        from synthkit.grid.share import process_share, gather
         rank, world = process_share()
         waiting = Path(sys.argv[1])/'waiting'
         if rank == 1:
@@ -89,16 +90,16 @@ def test_a_failing_process_ends_the_waiting_one(tmp_path):
             while not waiting.exists() and time.time() - t < 60: time.sleep(0.1)
             sys.exit(2)
         waiting.parent.mkdir(parents=True, exist_ok=True); waiting.touch()
-        _gather(plan(GridConfig()), [1] * 30, waiting.parent, world, grace=86400)
+        gather(plan(GridConfig()), [1] * 30, waiting.parent, world, grace=86400)
     '''))
     r = launch(2, str(script), str(tmp_path/'grid'), timeout=240)   # a rank 0 left waiting would run into this timeout
     assert (tmp_path/'grid'/'waiting').exists() and r.returncode != 0, r.stderr[-2000:]
 
 
 def test_a_share_runs_once_at_a_time(tmp_path):
-    import synthkit.experiment as ex
-    with ex._own_share(tmp_path, 1, 2):
-        assert ex._held(tmp_path/'processes'/'rank-1-of-2.lock')
+    from synthkit.grid.share import own_share, lock_held
+    with own_share(tmp_path, 1, 2):
+        assert lock_held(tmp_path/'processes'/'rank-1-of-2.lock')
         with pytest.raises(SynthkitError, match='another process is already running share 1 of 2'):
-            with ex._own_share(tmp_path, 1, 2): pass
-    assert not ex._held(tmp_path/'processes'/'rank-1-of-2.lock')
+            with own_share(tmp_path, 1, 2): pass
+    assert not lock_held(tmp_path/'processes'/'rank-1-of-2.lock')

@@ -44,7 +44,8 @@ def test_synthesize_records_and_resumes_the_new_backend(registered, toy, tmp_pat
 def test_the_grid_caches_the_new_backend_by_its_settings(registered, toy, tmp_path):
     import random
     from synthkit.detect import DetectConfig
-    from synthkit.experiment import GridConfig, run_grid
+    from synthkit.grid.config import GridConfig
+    from synthkit.grid.runner import run_grid
     def deal(ds, seed, sizes=None):
         ids = sorted(ds.ids); random.Random(seed).shuffle(ids)
         return {'split_1': dict(train=ids[:8], val=ids[8:12], test=ids[12:])}

@@ -130,6 +130,22 @@ def test_a_val_or_test_image_in_the_bank_is_refused(toy, tmp_path, kw, says):
     assert not (tmp_path/'b').exists()
 
 
+def test_the_guard_compares_tiles_by_their_source_image(toy, tmp_path):
+    "Tiles carry their image's id (`img4@x0y0`, or `dir__img4@x0y0` as a file stem): forbidding the whole image forbids its tiles."
+    from synthkit.data.tiles import Tiling, tile_dataset
+    tiles = tile_dataset(toy, tmp_path/'tiles', Tiling(size=64, overlap=0, keep_empty=0.0), part='train')   # every tile called train
+    assert any(i.startswith('img4@') for i in tiles.ids)
+    with pytest.raises(SynthkitError, match=r"ships of 'img4@x\d+y\d+', a forbidden \(val/test\) image"):
+        CropBank.from_dataset(tiles, tiles.ids, forbidden=['img4', 'img5'])
+    stems = Dataset([Item(it.path, it.width, it.height, it.boxes, it.cls, 'dir__' + it.id, dict(it.meta)) for it in tiles], ['ship'])
+    with pytest.raises(SynthkitError, match="a forbidden"):      # a tile read back from its file: '/' written as '__'
+        CropBank.from_dataset(stems, stems.ids, forbidden=['dir/img4', 'dir/img5'])
+    ok = [i for i in tiles.ids if i.split('@')[0] not in ('img4', 'img5')]
+    bank = CropBank.from_dataset(tiles, ok, forbidden=['img4', 'img5'])
+    bank.check_lineage(['img4', 'img5'])
+    with pytest.raises(SynthkitError, match=r"holds ships of val image 'img1@x\d+y\d+'"): bank.check_lineage(['img1'], 'val')
+
+
 def test_a_variation_made_for_another_part_is_refused(toy):
     it = toy['img0']
     ds = Dataset([Item(it.path, it.width, it.height, it.boxes, it.cls, 'v', {'split': 'train', 'origin': 'test'})], ['ship'])

@@ -171,7 +171,7 @@ def test_an_old_manifest_is_refused_on_resume_and_checked_on_regenerate(toy, tmp
 
 def test_grid_keys_follow_the_generator_batch_size_version_and_weights(tmp_path, monkeypatch):
     "The grid's keys named the generator by its spec and options only: another default batch size, code version or weights reused old runs."
-    from synthkit.experiment import GridConfig, RunSpec, run_key
+    from synthkit.grid.config import GridConfig, RunSpec, run_key
     from synthkit.sdedit import DDPMGenerator
     from synthkit.augment import ClassicGenerator
     diff, ctl = RunSpec('split_1', 0, '+2', GridConfig(), 'x'), RunSpec('split_1', 0, 'classic+2', GridConfig(), 'x')

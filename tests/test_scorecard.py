@@ -8,7 +8,7 @@ import pytest
 from synthkit.errors import SynthkitError
 from synthkit.scorecard import (Output, Scorecard, labelled_outputs, real_outputs, fidelity_scores, kid_score, tstr, hallucinations,
                                 scorecard, scorecard_table, quick_score, moves_boxes, KID_MIN)
-from synthkit.detect import DetectConfig, train_detector, split_images, _read_curve
+from synthkit.detect import DetectConfig, train_detector, split_images, read_curve
 from synthkit.generators import Generator, GenParams
 from synthkit.metrics import FeatureExtractor
 from test_labelcheck import BrightBlobs   # the stand-in real-data detector: finds every bright blob of the toy images
@@ -104,7 +104,7 @@ def test_kid(toy):
 def test_tstr_of_the_real_tiles_is_the_baseline_run(toy, baseline, tmp_path):
     r = tstr(split_images(toy['yaml'], 'train'), toy['yaml'], tmp_path / 'real', CFG)
     assert r.metrics == baseline.metrics and r.map50 == baseline.metrics['map50'] and r.n_train == 20 and not r.cached
-    a, b = _read_curve(tmp_path / 'real' / 'detector' / 'train' / 'results.csv'), baseline.curve
+    a, b = read_curve(tmp_path / 'real' / 'detector' / 'train' / 'results.csv'), baseline.curve
     assert [c['train/box_loss'] for c in a] == [c['train/box_loss'] for c in b]
     assert tstr(split_images(toy['yaml'], 'train'), toy['yaml'], tmp_path / 'real', CFG).cached
     assert 'holds a TSTR run of other images' in refused(lambda: tstr(split_images(toy['yaml'], 'val'), toy['yaml'], tmp_path / 'real', CFG))

@@ -20,9 +20,9 @@ from .items import Item, Dataset, ImportReport, find_dev_data
 
 # %% auto #0
 __all__ = ['FORMATS', 'probe_image', 'clean_boxes', 'label_path_for', 'read_yolo_label', 'load_yolo', 'yolo_lines',
-           'write_yolo_label', 'write_data_yaml', 'export_yolo', 'load_coco', 'glob_escape', 'load_voc',
-           'detect_format', 'load_dataset', 'load_reported', 'dataset_folders', 'cli_args', 'source_parts', 'cli_run',
-           'cli_inputs']
+           'write_yolo_label', 'write_data_yaml', 'data_yaml_names', 'export_yolo', 'load_coco', 'glob_escape',
+           'load_voc', 'detect_format', 'load_dataset', 'load_reported', 'dataset_folders', 'cli_args', 'source_parts',
+           'cli_run', 'cli_inputs']
 
 # %% ../../nbs/04_data_formats.ipynb #c94ccbb2
 def probe_image(path, decode: bool = True) -> tuple[int, int]:
@@ -328,6 +328,11 @@ def write_data_yaml(root, names, parts: dict, comment: str = '') -> Path:
     lines += [f'  {i}: {json.dumps(str(n))}' for i, n in enumerate(names)]
     text = '\n'.join(lines) + '\n'
     return atomic_write(root/'data.yaml', lambda p: p.write_text(text))
+
+# %% ../../nbs/04_data_formats.ipynb #8be74fd1
+def data_yaml_names(data_yaml) -> list:
+    "The class names of a `data.yaml`, in index order (its `names:` list or `{index: name}` mapping)."
+    return _yaml_names(yaml.safe_load(Path(data_yaml).read_text())['names'], Path(data_yaml))
 
 # %% ../../nbs/04_data_formats.ipynb #3611595e
 def _place(src: Path, dst: Path, link: bool):

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/05a_data_tiles.ipynb #4801ed88
 from __future__ import annotations
-import hashlib, math
+import hashlib, math, re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,8 +14,8 @@ from ..errors import SynthkitError, check
 from .items import Item, Dataset
 
 # %% auto #0
-__all__ = ['Tiling', 'tile_origins', 'tile_windows', 'crop_boxes', 'tile_id', 'tile_array', 'tile_item', 'tile_dataset',
-           'check_tiling', 'native_imgsz']
+__all__ = ['Tiling', 'tile_origins', 'tile_windows', 'crop_boxes', 'tile_id', 'tile_array', 'tile_item', 'source_image',
+           'source_keys', 'tile_dataset', 'check_tiling', 'native_imgsz']
 
 # %% ../../nbs/05a_data_tiles.ipynb #5cd92140
 @dataclass(frozen=True)
@@ -84,6 +84,19 @@ def tile_item(item: Item, tiling: Tiling = Tiling(), image: np.ndarray | None = 
         if len(b) == 0 and _keep_draw(tid) >= tiling.keep_empty: continue
         out.append((tid, tile_array(a, w), b, c, w))
     return out
+
+# %% ../../nbs/05a_data_tiles.ipynb #34ba23f9
+_TILE = re.compile(r'@x\d+y\d+$')
+
+def source_image(item_id: str) -> str:
+    "The id of the image a tile id (`tile_id`: `<image id>@x<x0>y<y0>`) was cut from; any other id is its own image."
+    return _TILE.sub('', str(item_id))
+
+def source_keys(ids) -> set:
+    """The images of `ids` (tile ids or image ids), each as its id and as file names write it (`/` as `__`):
+    `source_image(x) in source_keys(ids)` for a tile, a tile's file stem or the id of any of those images."""
+    images = {source_image(i) for i in ids}
+    return images | {i.replace('/', '__') for i in images}
 
 # %% ../../nbs/05a_data_tiles.ipynb #44268744
 def tile_dataset(dataset: Dataset, out, tiling: Tiling = Tiling(), *, ids=None, part: str = 'train', progress: bool = False) -> Dataset:
