@@ -192,13 +192,13 @@ TINY_DDPM = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, 
 
 def test_ddpm_trains_on_the_generator_device(toy, tmp_path, monkeypatch):
     "generator_options['device'] (and the precision it resolves to) reaches train_ddpm as well as the generator."
-    import synthkit.ddpm as dd
+    import synthkit.ddpm as dd, synthkit.ddpm_train as dt
     seen, dtypes = [], []
     def fake_train(ds, out, cfg, progress=True, device='cpu', dtype='auto', start=None):
         seen.append(device); dtypes.append(dtype); Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out)/dd.CONFIG_FILE).write_text(json.dumps(dict(step=cfg.steps, complete=True)))
+        (Path(out)/dd.CONFIG_FILE).write_text(json.dumps(dict(step=cfg.steps, complete=True, model=cfg.model_dict()))); (Path(out)/'unet').mkdir(exist_ok=True)
         return Path(out)
-    monkeypatch.setattr(dd, 'train_ddpm', fake_train)
+    monkeypatch.setattr(dt, 'train_ddpm', fake_train)
     cfg = replace(CFG, generator='ddpm', ddpm=dict(TINY_DDPM, steps=3, minutes=None), generator_options=dict(device='cuda'))
     spec = RunSpec('split_1', 0, '+2', cfg, 'x')
     SplitProducts(toy, spec, deal(toy, 0)['split_1'], tmp_path).ddpm_folder()

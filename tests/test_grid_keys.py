@@ -54,12 +54,12 @@ def deal(ds, seed, sizes=None):   # 8 / 4 / 4 and 4 images in no part: the extra
 @pytest.fixture
 def no_training(monkeypatch):
     "The DDPM trainer and the simulator stand-ins: the folders are named before anything is trained."
-    import synthkit.ddpm as dd, synthkit.sarsim as ss
+    import synthkit.ddpm as dd, synthkit.ddpm_train as dt, synthkit.sarsim as ss
     from synthkit.data.items import Dataset
     def train(ds, out, cfg, progress=True, device='cpu', dtype='auto', start=None):
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out)/dd.CONFIG_FILE).write_text(json.dumps(dict(step=cfg.steps, complete=True))); return Path(out)
-    monkeypatch.setattr(dd, 'train_ddpm', train)
+        (Path(out)/dd.CONFIG_FILE).write_text(json.dumps(dict(step=cfg.steps, complete=True, model=cfg.model_dict()))); (Path(out)/'unet').mkdir(exist_ok=True); return Path(out)
+    monkeypatch.setattr(dt, 'train_ddpm', train)
     monkeypatch.setattr(ss, 'simulate', lambda out, n=1, **k: Dataset([], ['ship']))
 
 
