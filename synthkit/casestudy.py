@@ -207,8 +207,8 @@ def grid_scorecard(rows, out, config, *, progress: bool = False) -> list:
         if base is None or not folders or not all(read_done(f) for f in folders.values()): continue
         real = Path(yaml.safe_load((Path(base['run_dir'])/'data.yaml').read_text())['test']).parents[1]   # the split's real parts
         dc = RunSpec(split, seed, 'baseline', config, eval_imgsz=base.get('eval_imgsz')).detect_config()
-        dc = dc.replace(steps=config.detect.steps, model=str(yaml.safe_load((Path(base['run_dir'])/'detector'/'train'/'args.yaml').read_text())['model'])) \
-            if config.budget == 'steps' else dc
+        dc = dc.replace(model=str(yaml.safe_load((Path(base['run_dir'])/'detector'/'train'/'args.yaml').read_text())['model']))   # the runs' own start
+        if config.budget == 'steps': dc = dc.replace(steps=config.detect.steps)
         sc_dir = out/'scorecard'/f'{split}-s{seed}'
         rs = scorecard(real/'data.yaml', folders, real_images=split_images(real/'data.yaml', 'val'),
                        detector=Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt', test_data=real/'data.yaml', out=sc_dir,

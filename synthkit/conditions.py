@@ -17,12 +17,12 @@ def conditions_for(variations=(2, 10), controls: bool = True, baseline: bool = T
     "Condition names in plot order: baseline, +N…, classic+N…"
     return tuple((['baseline'] if baseline else []) + [f'+{n}' for n in variations] + ([f'classic+{n}' for n in variations] if controls else []))
 
-KINDS = ('diffusion', 'classic', 'paste', 'harmonized')   # what a condition's extra images are; '' names diffusion (`+N`)
+KINDS = ('diffusion', 'classic', 'paste', 'harmonized', 'drawn')   # what a condition's extra images are; '' names diffusion (`+N`)
 STRENGTH_KINDS = ('diffusion', 'harmonized')                # kinds made by the grid's diffusion model, at a strength
 
 def condition_parts(name: str) -> tuple:
     """(kind, N, strength or None, checked) from 'baseline', '+N', '+N@strength', '+N:checked', '+N@strength:checked',
-    'classic+N', 'paste+N[:checked]' or 'harmonized+N[@strength][:checked]'."""
+    'classic+N', 'paste+N[:checked]', 'harmonized+N[@strength][:checked]' or 'drawn+N[:checked]'."""
     if name == 'baseline': return 'baseline', 0, None, False
     name, colon, flag = str(name).partition(':')
     check(not colon or (flag == 'checked' and not name.startswith('classic')), f'condition {name + colon + flag!r}',
@@ -36,20 +36,21 @@ def condition_parts(name: str) -> tuple:
     except ValueError: ok = False
     ok = ok and (strength is None or 0 < strength <= 1)
     check(ok, f'condition {name!r}', "use 'baseline', '+N', '+N@strength' (0 < strength ≤ 1), '+N:checked', 'classic+N', "
-          "'paste+N' or 'harmonized+N[@strength]'")
+          "'paste+N', 'harmonized+N[@strength]' or 'drawn+N'")
     return kind, int(n), strength, bool(colon)
 
 def parse_condition(name: str) -> tuple:
-    "('baseline', 0), ('diffusion', N), ('classic', N), ('paste', N) or ('harmonized', N) from a condition name."
+    "('baseline', 0), ('diffusion', N), ('classic', N), ('paste', N), ('harmonized', N) or ('drawn', N) from a condition name."
     return condition_parts(name)[:2]
 
 def references(name: str) -> list:
     """The conditions a condition is compared with (same split and seed): the baseline; for `+N` the classic copies
-    `classic+N` (what the generator adds over plain copies); for `paste+N` the copies too; for `harmonized+N` the plain
-    paste `paste+N` (what diffusion adds to a pasted layout); for a `:checked` one the same condition unchecked."""
+    `classic+N` (what the generator adds over plain copies); for `paste+N` the copies too; for `harmonized+N` and
+    `drawn+N` the plain paste `paste+N` (what diffusion adds to a pasted layout, what drawn ships add over pasted ones);
+    for a `:checked` one the same condition unchecked."""
     kind, n, s, checked = condition_parts(name)
     if kind == 'baseline': return []
-    refs = ['baseline', {'diffusion': f'classic+{n}', 'paste': f'classic+{n}', 'harmonized': f'paste+{n}'}.get(kind)]
+    refs = ['baseline', {'diffusion': f'classic+{n}', 'paste': f'classic+{n}', 'harmonized': f'paste+{n}', 'drawn': f'paste+{n}'}.get(kind)]
     return [r for r in refs if r] + ([name.partition(':')[0]] if checked else [])
 
 # %% ../nbs/24a_conditions.ipynb #d4d36ff1

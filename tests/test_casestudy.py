@@ -114,3 +114,27 @@ def test_tile_larger_than_every_image_is_one_line(tmp_path):
     err = [l for l in r.stderr.splitlines() if l.startswith('synthkit case-study: error:')]
     assert len(err) == 1 and 'tile size 512 px is larger than every image (the largest side is 64 px)' in err[0] and 'tiles.size=' in err[0], err
     assert not (out/'runs').exists() and not (out/'grid.json').exists()
+
+
+def test_grid_scorecard_trains_tstr_from_the_runs_start_under_either_budget(tmp_path, monkeypatch):
+    "The scorecard's TSTR detector starts where the grid's runs start (their args.yaml's model), under budget='epochs' too."
+    import yaml
+    import synthkit.scorecard as sc
+    from synthkit.casestudy import grid_scorecard, resolve
+    from synthkit.files import mark_done
+    real = tmp_path/'data'/'split_1-s0'
+    (real/'images'/'test').mkdir(parents=True); (real/'images'/'val').mkdir(parents=True)
+    run = tmp_path/'runs'/'base'
+    (run/'detector'/'train').mkdir(parents=True)
+    (run/'detector'/'train'/'args.yaml').write_text(yaml.safe_dump(dict(model='/starts/pretrained.pt')))
+    (run/'data.yaml').write_text(yaml.safe_dump(dict(test=str(real/'images'/'test'))))
+    synth = tmp_path/'synth'/'classic'; synth.mkdir(parents=True); mark_done(synth)
+    rows = [dict(split='split_1', seed=0, condition='baseline', kind='baseline', run_dir=str(run), map50=0.5, eval_imgsz=64),
+            dict(split='split_1', seed=0, condition='classic+2', kind='classic', n_per_image=2, run_dir=str(run), synth_dir=str(synth), map50=0.5)]
+    seen = []
+    monkeypatch.setattr(sc, 'scorecard', lambda *a, config=None, **k: seen.append(config) or [])
+    monkeypatch.setattr('synthkit.detect.split_images', lambda *a, **k: [])
+    for budget, epochs in (('steps', None), ('epochs', 5)):
+        config, _ = resolve('quick', budget=budget, **({'epochs': epochs} if epochs else {}))
+        grid_scorecard(rows, tmp_path/budget, config)
+        assert seen[-1].model == '/starts/pretrained.pt', (budget, seen[-1].model)

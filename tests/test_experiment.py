@@ -381,6 +381,31 @@ def test_paste_and_harmonized_conditions_add_new_ships_with_exact_boxes(toy, tmp
     with pytest.raises(SynthkitError, match="paste=\\{'kk': 1\\}"): replace(cfg, paste={'kk': 1}).check()
 
 
+def test_drawn_condition_draws_at_pastes_places_checked_by_the_baseline_detector(toy, tmp_path):
+    "drawn+N: paste+N's places and counts for the same split and seed, a layout DDPM of its own, ships checked by the baseline detector."
+    from synthkit.synthesize import Manifest
+    from synthkit.stats import comparisons
+    from synthkit.ddpm import read_meta
+    cfg = replace(CFG, conditions=('baseline', 'paste+1', 'drawn+1'), paste=dict(k=2, margin=2),
+                  layout_ddpm=dict(TINY_DDPM, steps=2, minutes=None), drawn=dict(window=32, verify_conf=0.0))
+    rows = run_grid(toy, cfg, tmp_path, split_fn=deal, progress=False)
+    by = {r['condition']: r for r in rows}
+    assert by['drawn+1']['n_train_real_distinct'] == by['baseline']['n_train_real_distinct']
+    layout, = list((tmp_path/'layout').glob('split_1-s0-*'))
+    assert read_meta(layout)['model']['layout'] is True
+    recs = {kind: {(r['source'], r['k']): r for r in Manifest(Path(by[kind]['synth_dir'])/'manifest.jsonl').read()} for kind in ('paste+1', 'drawn+1')}
+    assert recs['paste+1'].keys() == recs['drawn+1'].keys()
+    for sk, r in recs['paste+1'].items():
+        d = recs['drawn+1'][sk]['drawn']
+        assert d['placed'] == r['paste']['placed'] and d['paste_windows'] == r['paste']['windows']   # the same places, paired
+        assert d['checked'] and len(d['verified']) == d['placed'] and d['kept'] == sum(d['verified'])
+        assert len(recs['drawn+1'][sk]['boxes']) == len(r['boxes']) - r['paste']['placed'] + d['kept']
+    assert sum(r['drawn']['placed'] for r in recs['drawn+1'].values()) > 0
+    vs = {(c['condition'], c['versus']) for c in comparisons(rows)}
+    assert {('drawn+1', 'baseline'), ('drawn+1', 'paste+1')} <= vs
+    with pytest.raises(SynthkitError, match='checked by the baseline detector'): replace(cfg, conditions=('paste+1', 'drawn+1')).check()
+
+
 def test_the_crop_bank_of_a_split_holds_no_tile_of_a_val_or_test_image(toy, tmp_path, monkeypatch):
     "The grid checks the bank it cut against the split's val images as well as its test images, tile by tile."
     from synthkit.data.formats import load_dataset

@@ -17,8 +17,10 @@ from ..data.tiles import Tiling
 from ..conditions import condition_parts
 
 # %% auto #0
-__all__ = ['GRID_DDPM', 'PASTE_OPTIONS', 'GridConfig', 'grid_ddpm', 'without_legacy', 'RunSpec', 'run_key', 'run_dir_of',
-           'generation_params', 'generation_recipe', 'paste_options', 'classic_recipe', 'plan', 'fingerprint']
+__all__ = ['GRID_DDPM', 'PASTE_OPTIONS', 'GRID_DRAWN', 'DRAWN_OPTIONS', 'GRID_LAYOUT', 'GridConfig', 'grid_ddpm',
+           'without_legacy', 'drawn_settings', 'grid_layout_ddpm', 'drawn_params', 'drawn_options', 'check_drawn',
+           'RunSpec', 'run_key', 'run_dir_of', 'generation_params', 'generation_recipe', 'paste_options',
+           'drawn_recipe', 'classic_recipe', 'plan', 'fingerprint']
 
 # %% ../../nbs/24c_grid_config.ipynb #a2ffb14e
 # A grid's DDPM trains a fixed number of iterations with no wall-clock cap, so a cached model never depends on how
@@ -26,6 +28,12 @@ __all__ = ['GRID_DDPM', 'PASTE_OPTIONS', 'GridConfig', 'grid_ddpm', 'without_leg
 GRID_DDPM = dict(steps=300, minutes=None)
 
 PASTE_OPTIONS = ('k', 'scale', 'flips', 'turns', 'feather', 'gap', 'sea_tolerance', 'tries', 'looks', 'margin')   # GridConfig.paste keys ('margin': the crop bank's)
+
+# drawn+N: the knobs of the drawn ships (strength inside their windows, steps, guidance), whether the baseline detector
+# checks them, and DrawnShipsGenerator options; its layout DDPM trains like the grid's DDPM, with a layout channel
+GRID_DRAWN = dict(strength=0.8, steps=10, guidance=2.0, verify=True)
+DRAWN_OPTIONS = ('strength', 'steps', 'guidance', 'verify', 'prior_width', 'window', 'pad', 'verify_iou', 'verify_conf')
+GRID_LAYOUT = dict(steps=300, minutes=None, layout=True, object_weight=0.9)
 
 @dataclass(frozen=True)
 class GridConfig:
@@ -43,6 +51,9 @@ class GridConfig:
     synth_share: float | None = None     # share of a run's training entries that are synthetic (None: the pool's N / (N + 1)); capped so every real tile is in
     classic: dict = field(default_factory=dict)  # ClassicGenerator options of the control copies (flips, turns, looks); its defaults: all three
     paste: dict = field(default_factory=dict)    # paste+N / harmonized+N: PasteGenerator options (k, scale, flips, turns, feather, gap, sea_tolerance, tries, looks: the classic copies' unless given) and the crop bank's margin
+    drawn: dict = field(default_factory=dict)    # drawn+N: GRID_DRAWN overrides (strength, steps, guidance, verify) and DrawnShipsGenerator options (DRAWN_OPTIONS)
+    layout_ddpm: dict = field(default_factory=dict)  # drawn+N: DDPMConfig overrides of the per-split layout DDPM (GRID_LAYOUT); t_max from drawn's strength
+    layout_start: int = 0                # iterations of a layout-DDPM start made once per grid (simulated scenes with their hulls + never-test images); 0: none
     budget: str = 'steps'                # 'steps': every run trains passes·ceil(detect.steps / passes) batches; 'epochs': detect.epochs epochs each
     passes: int = 3                      # budget='steps': passes over the run's drawn training list (the LR schedule's epochs)
     tiles: dict | None = None            # Tiling fields, e.g. {'size': 160}: train on native-resolution tiles (None: whole images at detect.imgsz)
@@ -83,6 +94,7 @@ def check(self: GridConfig) -> GridConfig:
     check(self.splits, 'no splits', "use e.g. ('split_1', 'split_2')")
     check(set(self.classic) <= {'flips', 'turns', 'looks'}, f'classic={self.classic!r}', 'use ClassicGenerator options: flips, turns, looks')
     check(set(self.paste) <= set(PASTE_OPTIONS), f'paste={self.paste!r}', f'use PasteGenerator options: {", ".join(PASTE_OPTIONS)}')
+    if any(condition_parts(c)[0] == 'drawn' for c in self.conditions): check_drawn(self)
     if any(condition_parts(c)[0] == 'harmonized' for c in self.conditions):
         check(self.generator == 'ddpm', f"harmonized conditions re-synthesize pasted windows with the grid's own DDPM, not generator={self.generator!r}",
               "use generator='ddpm', or paste+N conditions only")
@@ -134,6 +146,47 @@ def without_legacy(d: dict) -> dict:
     from synthkit.ddpm import LEGACY
     return {k: v for k, v in d.items() if k not in LEGACY or LEGACY[k] != v}
 
+# %% ../../nbs/24c_grid_config.ipynb #29fc453b
+def drawn_settings(c: GridConfig) -> dict:
+    "The grid's drawn-ship settings: `GRID_DRAWN` with the grid's `drawn` overrides."
+    return {**GRID_DRAWN, **c.drawn}
+
+def grid_layout_ddpm(c: GridConfig, seed: int = 0):
+    """The `DDPMConfig` of the grid's per-split layout DDPM: `GRID_LAYOUT`, the grid's `layout_ddpm` overrides, a layout
+    channel, and — unless given — the timestep range its drawn ships' strength visits."""
+    from synthkit.ddpm import DDPMConfig
+    from synthkit.sdedit import t_max_for
+    d = drawn_settings(c)
+    cfg = DDPMConfig(**{**GRID_LAYOUT, **c.layout_ddpm, 'layout': True, 'seed': seed})
+    if 't_max' not in c.layout_ddpm: cfg = replace(cfg, t_max=t_max_for(float(d['strength']), int(d['steps']), cfg))
+    return cfg
+
+def drawn_params(c: GridConfig, seed: int):
+    "The knobs of the grid's drawn ships for seed `seed`."
+    from synthkit.generators import GenParams
+    d = drawn_settings(c)
+    return GenParams(strength=float(d['strength']), steps=int(d['steps']), guidance=float(d['guidance']), seed=seed)
+
+def drawn_options(c: GridConfig) -> dict:
+    "The DrawnShipsGenerator options of the grid's drawn ships (besides its model, bank and detector): `paste`'s placement and speckle, and `drawn`'s."
+    p = paste_options(c)
+    return {**{k: p[k] for k in ('k', 'scale', 'flips', 'turns', 'gap', 'sea_tolerance', 'tries', 'looks')},
+            **{k: v for k, v in c.drawn.items() if k not in GRID_DRAWN}, 'empty': 'copy'}
+
+def check_drawn(c: GridConfig):
+    "Refuse (one line) a grid whose drawn+N conditions could not run: unknown settings, bad knobs, no baseline to check by."
+    check(set(c.drawn) <= set(DRAWN_OPTIONS), f'drawn={c.drawn!r}', f'use {", ".join(DRAWN_OPTIONS)}')
+    d = drawn_settings(c)
+    from synthkit.sdedit import check_guidance
+    drawn_params(c, 0).check(img2img=True); check_guidance(d['guidance'])
+    check(isinstance(d['verify'], bool), f"drawn verify={d['verify']!r} must be True or False", 'True: the baseline detector checks each drawn ship')
+    check(not d['verify'] or 'baseline' in c.conditions, f'conditions={c.conditions!r}: drawn ships are checked by the baseline detector of their split and seed',
+          "add 'baseline' to the conditions, or set drawn.verify=False")
+    try: grid_layout_ddpm(c).check()
+    except TypeError as e: raise SynthkitError(f'layout_ddpm={c.layout_ddpm!r}: {e}', 'use DDPMConfig fields, e.g. layout_ddpm.steps=300')
+    check(isinstance(c.layout_start, int) and not isinstance(c.layout_start, bool) and c.layout_start >= 0,
+          f'layout_start={c.layout_start!r} must be an integer ≥ 0', 'use e.g. 1000 (iterations of the shared layout start), or 0 for none')
+
 # %% ../../nbs/24c_grid_config.ipynb #15be1c4f
 @dataclass(frozen=True)
 class RunSpec:
@@ -183,8 +236,10 @@ def key_fields(self: RunSpec) -> dict:
     if c.split_sizes is not None: d['split_sizes'] = {k: list(v) for k, v in sorted(c.split_sizes.items())}
     if self.kind == 'diffusion': d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
     if self.kind == 'classic': d['recipes'] = [classic_recipe(self.seed, c.classic).fields()]
-    if self.kind in ('paste', 'harmonized'):   # the crop bank is the split's training tiles (data, split and seed are in the key)
+    if self.kind in ('paste', 'harmonized', 'drawn'):   # the crop bank is the split's training tiles (data, split and seed are in the key)
         d['paste'] = dict(v=1, options=paste_options(c), seed=self.seed)
+    if self.kind == 'drawn':
+        d['drawn'] = drawn_recipe(c) | ({'baseline': run_key(replace(self, condition='baseline'))} if drawn_settings(c)['verify'] else {})
         if self.kind == 'harmonized': d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
     if self.checked: d['label_check'] = dict(c.label_check, baseline=run_key(replace(self, condition='baseline')))   # its detector
     return d
@@ -224,6 +279,16 @@ def paste_options(c: GridConfig) -> dict:
     given.setdefault('looks', ClassicGenerator(**(c.classic or {})).looks)
     opts = constructor_options(PasteGenerator, given)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()} | {'margin': c.paste.get('margin', 4)}
+
+def drawn_recipe(c: GridConfig) -> dict:
+    """What decides the grid's drawn ships besides the split, the seed and the checking detector: their settings and
+    options, and the layout DDPM by its whole configuration, start and precision as this machine resolves it."""
+    from synthkit.precision import resolve_dtype
+    device = c.generator_options.get('device') or 'cpu'
+    start = dict(steps=c.layout_start, pretrain=c.pretrain, seeds=list(c.seeds), splits=list(c.splits), split_sizes=c.split_sizes) if c.layout_start else None
+    return dict(v=1, settings=drawn_settings(c), options=drawn_options(c), start=start,
+                layout={k: v for k, v in without_legacy(asdict(grid_layout_ddpm(c))).items() if k != 'seed'},
+                dtype=resolve_dtype(c.generator_options.get('dtype'), 'ddpm', device))
 
 def classic_recipe(seed: int, options: dict | None = None):
     "The recipe of the grid's classic control copies (`ClassicGenerator(**options)`, `GridConfig.classic`) for seed `seed`."

@@ -17,7 +17,8 @@ from ..data.tiles import Tiling, tile_dataset, native_imgsz
 from ..data.splits import hash_order
 from ..conditions import STRENGTH_KINDS, sequence_counts
 from ..synthesize import Manifest, MANIFEST
-from .config import RunSpec, grid_ddpm, without_legacy, generation_params, generation_recipe, paste_options, classic_recipe
+from .config import (RunSpec, run_key, grid_ddpm, grid_layout_ddpm, without_legacy, generation_params, generation_recipe,
+                                  paste_options, classic_recipe, drawn_settings, drawn_options, drawn_params, drawn_recipe)
 
 # %% auto #0
 __all__ = ['SplitProducts', 'manifest_records', 'manifest_sources']
@@ -33,6 +34,8 @@ class SplitProducts:
         self.train_key = config_hash(dict(data=spec.data, train=parts['train']))   # what the DDPM learns from: neither tiles nor the test parts
         self.seconds, self._sources, self._gen = {}, None, None
         self.ddpm_start = None   # the grid's DDPM start folder (run_grid sets it when `ddpm_start` > 0)
+        self.layout_start = None   # the grid's layout-DDPM start folder (run_grid sets it when `layout_start` > 0)
+        self.baseline_weights = None   # the baseline detector of this (split, seed): what checks drawn ships (run_grid sets it)
 
     def real(self) -> Path:
         "The real parts in the Ultralytics layout (train/val tiled when `tiles` is set; test and extra whole, padded to one size); returns its folder."
@@ -68,31 +71,41 @@ def _as_train(dataset, ids):
     return replace(dataset, items=[replace(dataset[i], meta={**dataset[i].meta, 'split': 'train'}) for i in ids])
 
 @patch
-def ddpm_folder(self: SplitProducts) -> Path:
-    "The split's DDPM, trained on its training images (fine-tuned from `ddpm_start` when set), made once; returns its folder."
+def trained(self: SplitProducts, cfg, start, folder: str, what: str) -> Path:
+    """A DDPM of `cfg` trained on this split's training images (fine-tuned from the start folder `start` when given), made
+    once under `out/folder/`, named by the images, `cfg`, the precision and the start; returns its folder."""
     from synthkit.ddpm import read_meta
     from synthkit.ddpm_train import train_ddpm
     from synthkit.precision import resolve_dtype
     c = self.config
-    cfg = grid_ddpm(c, self.spec.seed)
     device = c.generator_options.get('device') or 'cpu'
     dtype = resolve_dtype(c.generator_options.get('dtype'), 'ddpm', device)
     key = dict(split=self.train_key, cfg=without_legacy(asdict(cfg))) | ({} if dtype == 'fp32' else {'dtype': dtype})   # fp32 keeps its old keys
-    if self.ddpm_start is not None: key['start'] = self.ddpm_start.name
-    d = self.out/'ddpm'/f'{self.tag}-{config_hash(key, 8)}'
+    if start is not None: key['start'] = start.name
+    d = self.out/folder/f'{self.tag}-{config_hash(key, 8)}'
     if not read_done(d):
         t = time.time()
         ids = self.parts['train']
         train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=device, dtype=dtype,
-                   start=None if self.ddpm_start is None else self.ddpm_start/'model')
+                   start=None if start is None else start/'model')
         meta = read_meta(d)
-        check(meta.get('complete', True), f'the DDPM of {self.tag} stopped at {meta.get("step")} of {cfg.steps} steps: '
+        check(meta.get('complete', True), f'the {what} of {self.tag} stopped at {meta.get("step")} of {cfg.steps} steps: '
               f'its minutes={cfg.minutes} cap ran out, so it is not the model the configuration asks for',
-              "set ddpm minutes=None so it trains by steps alone (the result then doesn't depend on machine speed), "
+              "set minutes=None so it trains by steps alone (the result then doesn't depend on machine speed), "
               'or run again to resume it', path=d)
         mark_done(d, seconds=round(time.time() - t, 1), images=len(ids))
-    self.seconds['ddpm'] = read_done(d).get('seconds', 0)
+    self.seconds[folder] = read_done(d).get('seconds', 0)
     return d
+
+@patch
+def ddpm_folder(self: SplitProducts) -> Path:
+    "The split's DDPM, trained on its training images (fine-tuned from `ddpm_start` when set), made once; returns its folder."
+    return self.trained(grid_ddpm(self.config, self.spec.seed), self.ddpm_start, 'ddpm', 'DDPM')
+
+@patch
+def layout_folder(self: SplitProducts) -> Path:
+    "The split's layout DDPM (drawn+N): trained on its training images and their ship masks (fine-tuned from `layout_start` when set)."
+    return self.trained(grid_layout_ddpm(self.config, self.spec.seed), self.layout_start, 'layout', 'layout DDPM')
 
 @patch
 def generator(self: SplitProducts):
@@ -122,11 +135,19 @@ def bank(self: SplitProducts) -> Path:
 
 @patch
 def paster(self: SplitProducts, kind: str):
-    "The paste generator on this split's crop bank; for `harmonized`, its pasted windows re-synthesized by the grid's DDPM."
+    """The generator of new ships on this split's crop bank: `paste`; for `harmonized`, its pasted windows re-synthesized
+    by the grid's DDPM; for `drawn`, new ships drawn at paste's places by the split's layout DDPM, checked by its baseline detector."""
     from synthkit.generators import load_generator
     opts = {k: v for k, v in paste_options(self.config).items() if k != 'margin'}
     if kind == 'paste': return load_generator(f'paste:{self.bank()}', **opts)
-    return load_generator(f'ddpm-paste:{self.bank()}', harmonizer=self.generator(), **opts)
+    if kind == 'harmonized': return load_generator(f'ddpm-paste:{self.bank()}', harmonizer=self.generator(), **opts)
+    c = self.config
+    verify = drawn_settings(c)['verify']
+    check(not verify or (self.baseline_weights is not None and Path(self.baseline_weights).is_file()),
+          f'the drawn ships of {self.tag} are checked by its baseline detector, and there is none yet', 'run the baseline first (plan does)')
+    dev = {k: c.generator_options[k] for k in ('device', 'dtype') if k in c.generator_options}
+    return load_generator(f'drawn:{self.layout_folder()}', bank=str(self.bank()), detector=self.baseline_weights if verify else None,
+                          **drawn_options(c), **dev)
 
 # %% ../../nbs/24e_grid_products.ipynb #159c6ac8
 def _output_path(folder: Path, record: dict) -> str:
@@ -149,6 +170,8 @@ def folder(self: SplitProducts, kind: str, strength: float | None) -> Path:
     c, seed = self.config, self.spec.seed
     if kind == 'diffusion': key = generation_recipe(c, strength, seed).key()
     elif kind == 'classic': key = classic_recipe(seed, c.classic).key()
+    elif kind == 'drawn': key = config_hash(dict(paste=paste_options(c), drawn=drawn_recipe(c), seed=seed,
+                                                 detector=run_key(replace(self.spec, condition='baseline')) if drawn_settings(c)['verify'] else None))
     else: key = config_hash(dict(paste=paste_options(c), harmonizer=generation_recipe(c, strength, seed).key() if kind == 'harmonized' else None))
     return self.out/'synth'/self.tag/f'{kind}-{config_hash(dict(v=3, split=self.split_key, recipe=key), 8)}'
 
@@ -167,8 +190,9 @@ def make(self: SplitProducts, kind: str, strength: float | None, counts: dict):
         else:
             from synthkit.synthesize import synthesize
             from synthkit.generators import GenParams
-            synthesize(src, gen, n, generation_params(c, strength, self.spec.seed) if strength is not None else GenParams(seed=self.spec.seed), d,
-                       parts={'train': sub}, progress=self.progress, shard=(0, 1))   # the group's own: never split by a launcher
+            params = drawn_params(c, self.spec.seed) if kind == 'drawn' else \
+                generation_params(c, strength, self.spec.seed) if strength is not None else GenParams(seed=self.spec.seed)
+            synthesize(src, gen, n, params, d, parts={'train': sub}, progress=self.progress, shard=(0, 1))   # the group's own: never split by a launcher
     mark_done(d, seconds=round(((read_done(d) or {}).get('seconds', 0)) + time.time() - t, 1))
 
 @patch

@@ -18,7 +18,7 @@ from .config import GridConfig, RunSpec, plan, run_key, run_dir_of, fingerprint
 from .lineage import default_split_fn, parts_of, splits_of
 from .products import SplitProducts
 from .lists import assemble, lists_key
-from .starts import start_of, ddpm_start_folder
+from .starts import start_of, ddpm_start_folder, layout_start_folder
 from .share import process_share, group_owners, exclusive, own_share, own_gpu, ultralytics_alone, record_share, finished_rows, gather
 
 # %% auto #0
@@ -104,8 +104,10 @@ def _products(g: _Grid, spec: RunSpec) -> SplitProducts:
     if tag not in g.products:
         parts = parts_of(splits_of(g.dataset, g.config, g.split_fn, spec.seed)[spec.split], g.dataset, g.config.extra_test)
         p = g.products[tag] = SplitProducts(g.dataset, spec, parts, g.out, g.factory, progress=g.verbose)
-        if any(s.kind in STRENGTH_KINDS for s in g.specs if (s.split, s.seed) == tag):   # the grid's DDPM: fine-tuned from the start
+        kinds = {s.kind for s in g.specs if (s.split, s.seed) == tag}
+        if kinds & set(STRENGTH_KINDS):   # the grid's DDPM: fine-tuned from the start
             p.ddpm_start = ddpm_start_folder(g.dataset, g.config, g.out, g.split_fn, g.world, progress=g.verbose)
+        if 'drawn' in kinds: p.layout_start = layout_start_folder(g.dataset, g.config, g.out, g.split_fn, g.world, progress=g.verbose)
     return g.products[tag]
 
 # %% ../../nbs/24i_grid_runner.ipynb #89c3654a
@@ -147,9 +149,10 @@ def _run(g: _Grid, spec: RunSpec, rows: list, bar) -> dict:
     products = _products(g, spec)
     real, rd = products.real(), run_dir_of(spec, g.out)
     if rd.exists(): shutil.rmtree(rd)   # a run interrupted in flight starts over
-    base = next((r for r in rows if (r['split'], r['seed'], r['condition']) == (spec.split, spec.seed, 'baseline')), None) if spec.checked else None
-    y = assemble(spec, real, products.parts, None if spec.kind == 'baseline' else products, rd,
-                 check_weights=None if base is None else Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt')
+    base = next((r for r in rows if (r['split'], r['seed'], r['condition']) == (spec.split, spec.seed, 'baseline')), None)
+    weights = None if base is None else Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt'
+    products.baseline_weights = weights   # what checks drawn ships
+    y = assemble(spec, real, products.parts, None if spec.kind == 'baseline' else products, rd, check_weights=weights if spec.checked else None)
     prep_s = round(time.time() - t0, 1)
     counts = json.loads((rd/'counts.json').read_text())
     lists = lists_key(rd, spec.detect_config(), real, g.out)
