@@ -21,9 +21,9 @@ from .grid.runner import run_grid
 from .report import write_report
 
 # %% auto #0
-__all__ = ['PRESETS', 'DATA_PRESETS', 'resolve', 'parse_sets', 'shrink', 'check_split_sizes', 'prepare_data', 'image_quality',
-           'grid_scorecard', 'case_study', 'partial_grid', 'dose_response', 'plot_dose_response', 'cli_args',
-           'result_line', 'cli_run']
+__all__ = ['PRESETS', 'DATA_PRESETS', 'INSTANCE_KINDS', 'PIECES', 'resolve', 'parse_sets', 'shrink', 'check_split_sizes',
+           'prepare_data', 'image_quality', 'grid_scorecard', 'grid_instances', 'case_study', 'partial_grid',
+           'dose_response', 'plot_dose_response', 'drawn_sweep', 'cli_args', 'result_line', 'cli_run']
 
 # %% ../nbs/26_casestudy.ipynb #2c225c8b
 PRESETS = {
@@ -40,6 +40,8 @@ PRESETS = {
                            generator='ddpm', strength=0.3, gen_steps=10,
                            ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=100, minutes=None, warmup=10),
                            ddpm_start=500, classic=dict(flips=False, turns=False), scorecard=True,
+                           layout_ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=100, minutes=None, warmup=10),
+                           layout_start=1000, drawn=dict(strength=0.8, steps=10, guidance=2.0),
                            budget='steps', passes=1, tiles=dict(size=160, overlap=32, keep_empty=0.25),
                            start='pretrained', pretrain=dict(scenes=300, steps=1200),
                            detect=DetectConfig(imgsz=160, batch=16, steps=150, warmup_steps=30, dtype='auto', flipud=0.5, lr_schedule='steps')),
@@ -58,7 +60,7 @@ DATA_PRESETS = {          # how the images are prepared: the simulator when no d
 # %% ../nbs/26_casestudy.ipynb #13ced62a
 _GRID = {f.name for f in fields(GridConfig)}
 _DET = {f.name for f in fields(DetectConfig)}
-_DICTS = ('ddpm', 'tiles', 'pretrain', 'generator_options', 'label_check', 'classic', 'paste')   # GridConfig fields that are dictionaries: overrides merge into the preset's
+_DICTS = ('ddpm', 'tiles', 'pretrain', 'generator_options', 'label_check', 'classic', 'paste', 'drawn', 'layout_ddpm')   # GridConfig fields that are dictionaries: overrides merge into the preset's
 
 def resolve(preset: str = 'quick', **overrides) -> tuple:
     "(GridConfig, data settings) of `preset` with `overrides` applied; unknown keys are an error naming the valid ones."
@@ -189,6 +191,31 @@ def image_quality(rows, out, *, imgsz: int = 320, max_sources: int = 12, max_k: 
     return result
 
 # %% ../nbs/26_casestudy.ipynb #94ba0220
+def _first_seeds(rows) -> list:
+    "(split, first seed, that cell's rows, its baseline row) of each split that has a baseline."
+    out = []
+    for split in dict.fromkeys(r['split'] for r in rows):
+        seed = min(r['seed'] for r in rows if r['split'] == split)
+        cell = [r for r in rows if r['split'] == split and r['seed'] == seed]
+        base = next((r for r in cell if r['condition'] == 'baseline'), None)
+        if base is not None: out.append((split, seed, cell, base))
+    return out
+
+def _real_parts(base: dict) -> Path:
+    "The folder of the split's real parts (data.yaml, images, labels), from its baseline row."
+    import yaml
+    return Path(yaml.safe_load((Path(base['run_dir'])/'data.yaml').read_text())['test']).parents[1]
+
+def _weights(base: dict) -> Path: return Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt'
+
+def _tstr_config(split: str, seed: int, base: dict, config):
+    "The detector settings of a TSTR run beside the grid: the grid's run settings, from the runs' own start, for the grid's budget."
+    import yaml
+    from synthkit.grid.config import RunSpec
+    dc = RunSpec(split, seed, 'baseline', config, eval_imgsz=base.get('eval_imgsz')).detect_config()
+    dc = dc.replace(model=str(yaml.safe_load((Path(base['run_dir'])/'detector'/'train'/'args.yaml').read_text())['model']))   # the runs' own start
+    return dc.replace(steps=config.detect.steps) if config.budget == 'steps' else dc
+
 def grid_scorecard(rows, out, config, *, progress: bool = False) -> list:
     "Scorecard rows (dicts, with `split` and `seed`) of the variations and copies of each split's first seed, plus the real tiles."
     import yaml
@@ -196,37 +223,63 @@ def grid_scorecard(rows, out, config, *, progress: bool = False) -> list:
     from synthkit.grid.config import RunSpec
     from synthkit.detect import split_images
     out, result = Path(out), []
-    for split in dict.fromkeys(r['split'] for r in rows):
-        seed = min(r['seed'] for r in rows if r['split'] == split)
-        cell = [r for r in rows if r['split'] == split and r['seed'] == seed]
-        base = next((r for r in cell if r['condition'] == 'baseline'), None)
+    for split, seed, cell, base in _first_seeds(rows):
         folders = {}
         for kind, label in (('diffusion', config.generator.partition(':')[0]), ('classic', 'classic')):
             rs = [r for r in cell if r['kind'] == kind and r.get('synth_dir') and not r.get('same_as', '').startswith('baseline')]
             if rs: folders[label] = max(rs, key=lambda r: r['n_per_image'])['synth_dir'].split(';')[0]
         if base is None or not folders or not all(read_done(f) for f in folders.values()): continue
-        real = Path(yaml.safe_load((Path(base['run_dir'])/'data.yaml').read_text())['test']).parents[1]   # the split's real parts
-        dc = RunSpec(split, seed, 'baseline', config, eval_imgsz=base.get('eval_imgsz')).detect_config()
-        dc = dc.replace(model=str(yaml.safe_load((Path(base['run_dir'])/'detector'/'train'/'args.yaml').read_text())['model']))   # the runs' own start
-        if config.budget == 'steps': dc = dc.replace(steps=config.detect.steps)
+        real, dc = _real_parts(base), _tstr_config(split, seed, base, config)
         sc_dir = out/'scorecard'/f'{split}-s{seed}'
         rs = scorecard(real/'data.yaml', folders, real_images=split_images(real/'data.yaml', 'val'),
-                       detector=Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt', test_data=real/'data.yaml', out=sc_dir,
+                       detector=_weights(base), test_data=real/'data.yaml', out=sc_dir,
                        config=dc, imgsz=config.train_imgsz, seed=seed, real_row=False, progress=progress)
         n_real = base.get('n_train_real_distinct', 0)
         rs.append(Scorecard('real', None, n_real, tstr_map50=base['map50'], notes='TSTR: the baseline run'))
         result += [dict(split=split, seed=seed, **r.asdict()) for r in rs]
     return result
 
+# %% ../nbs/26_casestudy.ipynb #9f4d67fa
+INSTANCE_KINDS = {'paste': 'pasted real crops', 'drawn': 'drawn ships', 'harmonized': 'harmonized paste'}
+
+def _val_windows(real: Path, size: int = 64) -> list:
+    "64 px windows around every ship of the split's validation tiles."
+    from synthkit.data.formats import load_dataset
+    from synthkit.instances import ship_windows
+    ds = load_dataset(real/'data.yaml', check_pixels=False)
+    return [w for it in ds if it.meta.get('split') == 'val' and it.n_boxes for w in ship_windows(it.read(), it.boxes, size)]
+
+def grid_instances(rows, out, config) -> list:
+    "Instance-scorecard rows (dicts with `split` and `seed`) of each split's first seed, one per condition kind that adds ships."
+    from synthkit.instances import instance_row
+    from synthkit.paste import CropBank
+    from synthkit.metrics import FeatureExtractor
+    from synthkit.scorecard import as_detector
+    out, result = Path(out), []
+    for split, seed, cell, base in _first_seeds(rows):
+        folders = {}
+        for kind, label in INSTANCE_KINDS.items():
+            rs = [r for r in cell if r['kind'] == kind and r.get('synth_dir')]
+            if rs: folders[label] = Path(max(rs, key=lambda r: r['n_per_image'])['synth_dir'].split(';')[0])
+        if not folders or not all(read_done(f) for f in folders.values()): continue
+        bank = CropBank.load(sorted(next(iter(folders.values())).parent.glob('bank-*'))[0])
+        real, w = _real_parts(base), _weights(base)
+        det, ext, val = as_detector(w, config.train_imgsz), FeatureExtractor.from_yolo(w, size=64), _val_windows(real)
+        for label, f in folders.items():
+            r = instance_row(label, f, bank, detector=det, extractor=ext, val_windows=val, test_data=real/'data.yaml',
+                             out=out/'instances'/f'{split}-s{seed}'/label.replace(' ', '-'), config=_tstr_config(split, seed, base, config))
+            result.append(dict(split=split, seed=seed, **r.asdict()))
+    return result
+
 # %% ../nbs/26_casestudy.ipynb #aaf6427e
+PIECES = {'pretrained start': 'pretrain/*/done.json', 'DDPM start': 'ddpm-start/*/done.json', 'ddpm training': 'ddpm/*/done.json',
+          'layout start': 'layout-start/*/done.json', 'layout training': 'layout/*/done.json',
+          **{f'{k} variations': f'synth/*/{k}-*/done.json' for k in ('diffusion', 'classic', 'paste', 'harmonized', 'drawn')}}
+
 def _piece_seconds(out: Path) -> dict:
-    "Seconds spent on DDPM training and on generation, from the cached products' done.json files."
-    t = {'pretrained start': 0.0, 'ddpm training': 0.0, 'diffusion variations': 0.0, 'classic variations': 0.0}
-    for f in (out/'pretrain').glob('*/done.json'): t['pretrained start'] += json.loads(f.read_text()).get('seconds', 0)
-    for f in (out/'ddpm').glob('*/done.json'): t['ddpm training'] += json.loads(f.read_text()).get('seconds', 0)
-    for f in (out/'synth').glob('*/*/done.json'):
-        t['diffusion variations' if f.parent.name.startswith('diffusion') else 'classic variations'] += json.loads(f.read_text()).get('seconds', 0)
-    return t
+    "Seconds spent on each start, model and kind of variations that the grid made (`PIECES`), from the cached products' done.json files."
+    t = {k: sum(json.loads(f.read_text()).get('seconds', 0) for f in Path(out).glob(g)) for k, g in PIECES.items()}
+    return {k: v for k, v in t.items() if v or k in ('pretrained start', 'ddpm training')}
 
 def case_study(preset: str = 'quick', data=None, generator: str | None = None, out='results/casestudy', *, progress: bool = True,
                on_result=None, should_stop=None, **overrides) -> Path:
@@ -260,12 +313,13 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
     _write_settings(out, preset, data, config, settings)
     quality = image_quality(rows, out, imgsz=config.train_imgsz)
     cards = grid_scorecard(rows, out, config, progress=progress) if config.scorecard and len(rows) == n_total else None
+    instances = grid_instances(rows, out, config) if config.scorecard and len(rows) == n_total else None
     note = ''
     if str(config.start) == 'pretrained':
         from synthkit.pretrain import start_note
         note = start_note(start_of(ds, config, out, default_split_fn)[2])
     return write_report(rows, out, config=config, title=f'synthkit case study ({preset})', timings=timings, notes=notes,
-                        quality=quality, start_note=note, scorecard=cards)
+                        quality=quality, start_note=note, scorecard=cards, instances=instances)
 
 def _write_settings(out, preset, data, config, settings):
     write_json(out/'settings.json', dict(preset=preset, data=None if data is None else str(data), data_settings=settings, grid=asdict(config)))
@@ -318,6 +372,33 @@ def plot_dose_response(rows: list, path) -> Path:
         ax.set_title(f"+N − {'baseline' if ref == 'baseline' else 'classic+N'}", fontsize=10)
     axs[0].set_ylabel('paired difference, mAP50'); axs[0].legend(fontsize=8)
     return save_figure(fig, path)
+
+# %% ../nbs/26_casestudy.ipynb #a9618ce3
+def drawn_sweep(data, out, guidances=(1.0, 2.0, 4.0), strengths=(0.6, 0.8, 1.0), *, preset: str = 'standard', split: str = 'split_2',
+                seed: int = 0, n: int = 2, progress: bool = True, **overrides) -> list:
+    "One row per (guidance, strength) on `split`, `seed`: the drawn ships' instance scores and `drawn+n` − `paste+n`, and one row for the pasted crops."
+    from synthkit.sdedit import t_max_for
+    from synthkit.ddpm import DDPMConfig
+    check(guidances and strengths, 'an empty sweep', 'give guidances and strengths, e.g. (1, 2, 4) and (0.6, 0.8, 1.0)')
+    config, _ = resolve(preset, **overrides)
+    steps = int({**config.drawn}.get('steps', 10))
+    t_max = t_max_for(list(strengths), steps, DDPMConfig(**{k: v for k, v in config.layout_ddpm.items() if k in ('train_timesteps', 'beta_schedule')}))
+    result = []
+    for g in guidances:
+        for s in strengths:
+            sets = {**overrides, 'conditions': ('baseline', f'paste+{n}', f'drawn+{n}'), 'drawn.guidance': float(g), 'drawn.strength': float(s),
+                    'layout_ddpm.t_max': t_max, 'scorecard': True}
+            rows = partial_grid(preset, data, out, [(split, seed)], progress=progress, **sets)
+            cfg, _ = resolve(preset, **sets)
+            inst = {r['instances']: r for r in grid_instances(rows, out, cfg)}
+            by = {r['condition']: r for r in rows}
+            drawn = inst.get(INSTANCE_KINDS['drawn'], {})
+            result.append(dict(guidance=float(g), strength=float(s), **{k: drawn.get(k) for k in ('n', 'novelty', 'near_copies', 'kid', 'verified', 'tstr')},
+                               drawn_minus_paste=by[f'drawn+{n}']['map50'] - by[f'paste+{n}']['map50']))
+    paste = inst.get(INSTANCE_KINDS['paste'], {})
+    result.append(dict(guidance=None, strength=None, **{k: paste.get(k) for k in ('n', 'novelty', 'near_copies', 'kid', 'verified', 'tstr')},
+                       drawn_minus_paste=0.0))
+    return result
 
 # %% ../nbs/26_casestudy.ipynb #c4b40792
 def cli_args(parser):

@@ -13,8 +13,9 @@ from .errors import SynthkitError, check
 from .metrics import dihedral
 
 # %% auto #0
-__all__ = ['PATCH', 'CONTEXT', 'NEAR_QUANTILE', 'ship_patch', 'ship_patches', 'nearest', 'near_copy_threshold', 'new_ship_boxes',
-           'ship_windows', 'InstanceRow', 'novelty_row', 'instance_table']
+__all__ = ['PATCH', 'CONTEXT', 'NEAR_QUANTILE', 'VERIFY_IOU', 'VERIFY_CONF', 'ship_patch', 'ship_patches', 'nearest',
+           'near_copy_threshold', 'new_ship_boxes', 'ship_windows', 'InstanceRow', 'novelty_row', 'instance_table',
+           'verified_share', 'folder_outputs', 'instance_row']
 
 # %% ../nbs/23b_instances.ipynb #b93cc6d9
 PATCH, CONTEXT, NEAR_QUANTILE = 32, 0.25, 10
@@ -111,3 +112,53 @@ def instance_table(rows) -> str:
     head = '| instances | novelty | near-copies | KID | verified | TSTR mAP50 |\n|---|---|---|---|---|---|\n'
     return head + ''.join(f'| {r.instances} ({r.n} ships) | {_fmt(r.novelty, ".3f")} | {_fmt(r.near_copies, ".0%")} | {_fmt(r.kid, ".4f")} '
                           f'| {_fmt(r.verified, ".0%")} | {_fmt(r.tstr, ".3f")} |\n' for r in rows)
+
+# %% ../nbs/23b_instances.ipynb #1ba4f43a
+VERIFY_IOU, VERIFY_CONF = 0.3, 0.1   # Gen2Det's rule: a new object counts as found with IoU ≥ 0.3 at score ≥ 0.1
+
+def verified_share(detector, outputs, iou: float = VERIFY_IOU, conf: float = VERIFY_CONF) -> float | None:
+    """The share of the new ships of `outputs` (`(image, boxes, info)`) that `detector` finds (IoU ≥ `iou` with a detection
+    of score ≥ `conf`); a drawn output's own verdicts where its record has them. None when there is no new ship."""
+    import torch
+    from torchvision.ops import box_iou
+    from synthkit.labelcheck import detections
+    found = total = 0
+    for image, boxes, info in outputs:
+        d = (info or {}).get('drawn') or {}
+        if d.get('checked'):
+            found += sum(d['verified']); total += len(d['verified']); continue
+        nb = new_ship_boxes(boxes, info)
+        if not len(nb): continue
+        db, _, _ = detections(detector, np.asarray(image) if not isinstance(image, (str, bytes)) else _read(image), conf)
+        total += len(nb)
+        if len(db): found += int((box_iou(torch.from_numpy(nb), torch.from_numpy(db)).max(dim=1).values >= iou).sum())
+    return found / total if total else None
+
+def _read(path):
+    from synthkit.images import read_image
+    return read_image(path)
+
+def folder_outputs(folder) -> list:
+    "`(image path, boxes, record)` of every output of a variation folder (its `manifest.jsonl`, as `synthesize` wrote it)."
+    from synthkit.synthesize import Manifest, MANIFEST
+    from pathlib import Path
+    folder = Path(folder)
+    return [(str(folder/r['path']), np.asarray(r['boxes'], np.float32).reshape(-1, 4), r) for r in Manifest(folder/MANIFEST).read()]
+
+def instance_row(label: str, folder, bank, *, detector=None, extractor=None, val_windows=None, test_data=None, out=None,
+                 config=None, threshold: float | None = None) -> InstanceRow:
+    """The instance-scorecard row of the outputs in `folder` against the crop `bank`: novelty and near-copies; with
+    `extractor` and `val_windows`, KID; with `detector`, the verified share; with `test_data`, `out` and `config`
+    (a `DetectConfig`), TSTR."""
+    from synthkit.scorecard import kid_score, tstr
+    outs = folder_outputs(folder)
+    loaded = [(_read(p), b, r) for p, b, r in outs]
+    row = novelty_row(label, loaded, bank, threshold)
+    if extractor is not None and val_windows:
+        wins = [w for image, boxes, info in loaded for w in ship_windows(image, new_ship_boxes(boxes, info))]
+        k = kid_score(wins, val_windows, extractor)
+        row.kid = None if k is None else k['kid']
+    if detector is not None: row.verified = verified_share(detector, loaded)
+    if test_data is not None and out is not None and config is not None:
+        row.tstr = tstr([p for p, _, _ in outs], test_data, out, config).map50
+    return row

@@ -216,6 +216,11 @@ def _figures(rows: list, fig_dir: Path, metric: str) -> tuple:
     except (OSError, SynthkitError, ValueError) as e: figs['samples'] = None; note = f'\n\n(sample grid skipped: {e})'
     return figs, note
 
+def _precision() -> str:
+    "What 'auto' chose for the DDPM and the detector on this machine, and how much faster bf16 measured."
+    from synthkit.precision import precision_summary
+    return precision_summary()
+
 def _setup(rows: list, c, start_note: str) -> list:
     "The report's `Setup` section: splits, detector, budget, variations, metrics, and what each run trained on."
     budget = (f'{rows[0]["steps"]} batches of {c.detect.batch} per run, exactly equal across conditions ({c.passes} pass(es) over a drawn list; '
@@ -227,9 +232,16 @@ def _setup(rows: list, c, start_note: str) -> list:
     share = ('every real tile in every run, plus N / (N + 1) of the entries synthetic (the pool\'s share, capped to keep every real tile)' if c.synth_share is None
              else f'every real tile in every run, plus {c.synth_share:.0%} of the entries synthetic (capped to keep every real tile)')
     if 'classic' in kinds: share += f'; classic copies {c.classic or "with flips, 90° turns and speckle"}'
-    if kinds & {'paste', 'harmonized'}:
+    if kinds & {'paste', 'harmonized', 'drawn'}:
         share += (f'; pasted ships from a crop bank of the split\'s own training tiles ({c.paste or "PasteGenerator defaults"}), boxes exact'
                   + (f', the pasted windows of `harmonized` re-synthesized by the grid\'s DDPM (masked SDEdit)' if 'harmonized' in kinds else ''))
+    if 'drawn' in kinds:
+        from synthkit.grid.config import drawn_settings, grid_layout_ddpm
+        d, lc = drawn_settings(c), grid_layout_ddpm(c)
+        share += (f'; `drawn`: new ships at the pasted ships\' places drawn by a layout-conditioned DDPM ({lc.steps} iterations per split'
+                  + (f' from a {c.layout_start}-iteration start on simulated hulls and never-test images' if c.layout_start else '')
+                  + f'), strength {d["strength"]} inside each ship\'s window, {d["steps"]} steps, guidance {d["guidance"]}'
+                  + (', each ship checked by the split\'s baseline detector (a missed one goes back to the source)' if d['verify'] else ''))
     start = {'scratch': 'from random weights', 'pretrained': f'from one detector pretrained on simulated SAR scenes (`{rows[0].get("start", "")}`), shared by every run'
              + (f', {start_note}' if start_note else '')}.get(str(c.start), f'from `{c.start}`')
     scale = (f'native-resolution tiles of {c.tiling.size} px (overlap {c.tiling.overlap}, a cut box kept when ≥ {c.tiling.min_visible:.0%} inside, '
@@ -247,7 +259,9 @@ def _setup(rows: list, c, start_note: str) -> list:
           + 'made of training images only (test images never reach a generator)'),
          (f'- metrics: Ultralytics validation (last weights) on the whole held-out test images, each padded (not scaled) to {evals} px'
           if c.tiles is not None else f'- metrics: Ultralytics validation (last weights) on the held-out test images at {evals} px')
-         + ('; and on the extra pool: the real images in no part of the split' if any('extra_map50' in r for r in rows) else ''), '']
+         + ('; and on the extra pool: the real images in no part of the split, which no start and no model of the grid learns from'
+            if any('extra_map50' in r for r in rows) else ''),
+         f'- precision (`dtype=\'auto\'`, measured once on this machine by `synthkit.precision`): {_precision()}', '']
     if mix: L += ['What each run trained on (means over seeds):', '', *mix, '']
     return L
 
@@ -305,12 +319,26 @@ def _scorecard(scorecard: list) -> list:
         L += [f"### {split}, seed {next(r['seed'] for r in scorecard if r['split'] == split)}", '', scorecard_table(rs, legend=split == splits[-1]), '']
     return L
 
+def _instances(instances: list) -> list:
+    "The report's `Instance scorecard` section: what the new ships of each condition that adds ships are, one table per split."
+    from synthkit.instances import InstanceRow, instance_table
+    L = ['## Instance scorecard', '', 'The new ships of each condition that adds ships, on the first seed of each split (`synthkit.instances`): '
+         'novelty is the median distance of a new ship to its nearest crop of the split\'s crop bank (32 px patches around the '
+         'box, standardized, the smallest RMS difference over the crop\'s flips and quarter turns); near-copies the share closer '
+         'than the bank\'s own 10th-percentile nearest-neighbour distance; KID of 64 px windows around the new ships against '
+         'windows around the validation ships; verified the share the baseline detector finds (IoU ≥ 0.3, score ≥ 0.1); TSTR the '
+         'mAP50 of a detector trained on the outputs alone.', '']
+    for split in dict.fromkeys(r['split'] for r in instances):
+        rs = [InstanceRow(**{k: v for k, v in r.items() if k not in ('split', 'seed')}) for r in instances if r['split'] == split]
+        L += [f"### {split}, seed {next(r['seed'] for r in instances if r['split'] == split)}", '', instance_table(rs), '']
+    return L
+
 _FIGURES = {'map': 'mAP by split and condition', 'vs': 'mAP against variations per image', 'strength': 'mAP against generation strength',
             'samples': 'Real images and variations (boxes in green)', 'curves': 'Training curves against batches'}
 
 def write_report(rows: list, out, *, config=None, title: str = 'synthkit case study', notes: str = '',
                  timings: dict | None = None, metric: str = 'map50', quality: list | None = None, start_note: str = '',
-                 scorecard: list | None = None) -> Path:
+                 scorecard: list | None = None, instances: list | None = None) -> Path:
     "Figures under `out/figures/`, `summary.csv/json`, `comparisons.json` and `out/report.md`; returns the report path."
     check(rows, 'no finished runs to report on', 'run the grid first (or let it finish at least one run)')
     out = Path(out)
@@ -324,6 +352,7 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
     L += _results(rows, summ, comps, metric)
     if quality: write_table(quality, out, 'quality'); L += _quality(quality)
     if scorecard: write_table(scorecard, out, 'scorecard'); L += _scorecard(scorecard)
+    if instances: write_table(instances, out, 'instances'); L += _instances(instances)
     L += ['## Figures', '']
     for k in ('map', 'vs', 'strength', 'samples', 'curves'):
         if figs.get(k): L += [f'### {_FIGURES[k]}', '', f'![{_FIGURES[k]}]({figs[k].relative_to(out).as_posix()})', '']
