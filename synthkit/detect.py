@@ -143,9 +143,12 @@ def precision_workload(device='cpu'):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0); model = DetectionModel('yolov8n.yaml', nc=1, verbose=False).to(device).train()
     x = torch.rand(4, 3, 160, 160, generator=torch.Generator().manual_seed(0)).to(device)
+    def tensors(o):   # the training forward's outputs, whatever the nesting (a list of maps, or a dict of them)
+        if torch.is_tensor(o): return [o]
+        return [t for v in (o.values() if isinstance(o, dict) else o) for t in tensors(v)]
     def run(dtype: str):
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == 'bf16'): out = model(x)
-        sum(o.float().mean() for o in out).backward()
+        sum(t.float().mean() for t in tensors(out)).backward()
         model.zero_grad(set_to_none=True)
     return run
 
