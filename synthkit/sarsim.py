@@ -21,8 +21,8 @@ from .data.items import Item, Dataset
 from .data.formats import write_yolo_label, write_data_yaml, load_yolo
 
 # %% auto #0
-__all__ = ['HULLS_FILE', 'SceneParams', 'hull_mask', 'simulate_layout', 'simulate_scene', 'scene_hulls', 'simulate', 'chip_stats',
-           'summarize_stats', 'plot_stats', 'fit_params', 'parse_overrides', 'cli_args', 'cli_run']
+__all__ = ['HULLS_FILE', 'SceneParams', 'hull_mask', 'simulate_layout', 'simulate_scene', 'scene_seed', 'scene_hulls', 'simulate',
+           'chip_stats', 'summarize_stats', 'plot_stats', 'fit_params', 'parse_overrides', 'cli_args', 'cli_run']
 
 # %% ../nbs/06_sarsim.ipynb #f3ad3dcc
 @dataclass(frozen=True)
@@ -305,7 +305,9 @@ def simulate_scene(seed: int, params: SceneParams = SceneParams()) -> tuple:
     return s['image'], s['boxes'], s['cls']
 
 # %% ../nbs/06_sarsim.ipynb #43a70627
-def _scene_seed(seed: int, i: int) -> int: return derive_seed(seed, 'sarsim', i)
+def scene_seed(seed: int, i: int) -> int:
+    "The seed of scene `i` of a dataset simulated with `seed`: `derive_seed(seed, 'sarsim', i)`, whatever `n` and the workers."
+    return derive_seed(seed, 'sarsim', i)
 
 HULLS_FILE = 'hulls.json'   # each scene's ships as [centre x, centre y, length, beam, heading], in its boxes' order
 
@@ -320,7 +322,7 @@ def scene_hulls(folder) -> dict:
 def _write_one(job) -> tuple:
     "Render scene `i` and write its image and label (runs in a worker process)."
     i, seed, params, img_path, lab_path, id_ = job
-    s = simulate_layout(_scene_seed(seed, i), params)
+    s = simulate_layout(scene_seed(seed, i), params)
     img = s['image']
     kw = dict(compress_level=1) if Path(img_path).suffix.lower() == '.png' else dict(quality=95)
     save_image(img, img_path, **kw)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from synthkit.errors import SynthkitError
-from synthkit.sarsim import SceneParams, simulate, simulate_scene, parse_overrides, _scene_seed
+from synthkit.sarsim import SceneParams, simulate, simulate_scene, parse_overrides, scene_seed
 from synthkit.data.formats import load_yolo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_loaded_dataset_matches_scenes(tmp_path):
     ds = simulate(tmp_path/'d', n=3, seed=11, workers=1, progress=False)
     assert ds.names == ['ship'] and len(ds) == 3 and not ds.report.skipped_images
     for i, it in enumerate(ds):
-        img, boxes, _ = simulate_scene(_scene_seed(11, i))
+        img, boxes, _ = simulate_scene(scene_seed(11, i))
         assert it.id == f'sarsim_{i:06d}' and np.array_equal(it.read(), img)
         assert np.allclose(it.boxes, boxes, atol=0.01)
 
