@@ -27,8 +27,8 @@ from diffusers.training_utils import EMAModel
 # %% auto #0
 __all__ = ['START_KEYS', 'TrainingPool', 'training_pool', 'sample_crops', 'lr_at', 'weights_ema', 'write_state', 'read_state',
            'has_state', 'TrainingRun', 'new_run', 'check_resumable', 'resumed_run', 'save_checkpoint', 'differences',
-           'start_info', 'training_step', 'train_ddpm', 'training_history', 'plot_losses', 'cli_args', 'cli_inputs',
-           'cli_run']
+           'start_info', 'training_step', 'train_ddpm', 'training_history', 'plot_losses', 'cli_args', 'with_hulls',
+           'cli_inputs', 'cli_run']
 
 # %% ../nbs/11a_ddpm_train.ipynb #dfb0025e
 @dataclass
@@ -363,12 +363,24 @@ def cli_args(parser):
                                                                   f'when resuming it, else {d.ema})')
     parser.add_argument('--lr-decay', choices=LR_DECAYS, default=None,
                         help=f"learning rate after the warm-up (default: the --out folder's when resuming it, else {d.lr_decay})")
+    parser.add_argument('--layout', action='store_true', default=None,
+                        help="a layout-conditioned model (the drawn generator's): the UNet also sees each image's ship mask "
+                             "(hulls from a simulated dataset's hulls.json, else ellipses in the boxes); default: the --out folder's when resuming it")
     parser.add_argument('--start', default=None, help='a synthkit DDPM folder (same model settings, crop and t-max) to fine-tune from')
     parser.add_argument('--lr', type=float, default=d.lr)
     parser.add_argument('--device', default='cpu', help="torch device to train on: cpu (default) or cuda")
     parser.add_argument('--dtype', default='auto', help='auto (default: the faster of bf16 and fp32, measured once on this machine) | fp32 | bf16')
     parser.add_argument('--no-resume', action='store_true', help='start over even if --out holds a checkpoint')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
+
+def with_hulls(dataset: Dataset, folder) -> Dataset:
+    "`dataset` with each simulated scene's exact hulls in its items' `meta['hulls']` where `folder` holds a `hulls.json` (`synthkit simulate` writes it)."
+    from dataclasses import replace as rep_
+    from synthkit.sarsim import scene_hulls
+    f = Path(folder)
+    hulls = scene_hulls(f if f.is_dir() else f.parent)
+    if not hulls: return dataset
+    return rep_(dataset, items=[rep_(it, meta={**it.meta, 'hulls': hulls[it.id]}) if it.id in hulls else it for it in dataset])
 
 def cli_inputs(args) -> list:
     "What `train-ddpm` reads: the dataset's folders and the --start model folder."
@@ -378,11 +390,11 @@ def cli_inputs(args) -> list:
 def cli_run(args) -> int:
     from synthkit.data.formats import load_reported
     check_device(args.device); resolve_dtype(args.dtype, 'ddpm', args.device)   # refused before anything is read or removed
-    ds = load_reported(args.data)
+    ds = with_hulls(load_reported(args.data), args.data)
     minutes = args.minutes if args.minutes is not None else None if args.steps else DDPMConfig.minutes
     # not given: the folder's own when resuming it (models from before a setting existed: LEGACY's), else the default
     built = built_model(read_meta(args.out)) if (Path(args.out)/CONFIG_FILE).is_file() and not args.no_resume else {}
-    given = dict(head_dim=args.head_dim, t_max=args.t_max, ema=args.ema, lr_decay=args.lr_decay)
+    given = dict(head_dim=args.head_dim, t_max=args.t_max, ema=args.ema, lr_decay=args.lr_decay, layout=args.layout)
     model = {k: built.get(k, getattr(DDPMConfig, k)) if v is None else None if v == 'none' else v for k, v in given.items()}
     cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr, **model).check()
     if args.no_resume and Path(args.out).exists():

@@ -189,3 +189,20 @@ def test_no_room_for_any_ship_is_one_line(toy, bank_dir, model):
     with pytest.raises(SynthkitError, match=r"no room for a new ship in 'full': 0 of 2 placed") as e:
         g.generate(it.read(), [[0, 0, 128, 96]], [0], params=P, source_id='full')
     assert '\n' not in str(e.value)
+
+
+def test_cli_trains_a_layout_model_on_simulated_hulls(tmp_path):
+    "`synthkit simulate` writes each ship's hull; `synthkit train-ddpm --layout` trains the drawn generator's model on them."
+    from synthkit.ddpm import read_meta
+    from synthkit.ddpm_train import with_hulls
+    from synthkit.data.formats import load_dataset
+    from synthkit.sarsim import SceneParams
+    r = subprocess.run([str(BIN/'synthkit'), 'simulate', '--out', str(tmp_path/'sim'), '--n', '3', '--seed', '0', '--workers', '1', '--quiet',
+                        '--set', 'width=[96, 128]', '--set', 'height=[64, 96]'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    ds = with_hulls(load_dataset(tmp_path/'sim'), tmp_path/'sim')
+    assert all(len(it.meta['hulls']) == it.n_boxes for it in ds)
+    r = subprocess.run([str(BIN/'synthkit'), 'train-ddpm', str(tmp_path/'sim'), '--out', str(tmp_path/'m'), '--crop', '32', '--batch', '2',
+                        '--steps', '1', '--layout', '--quiet'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert read_meta(tmp_path/'m')['model']['layout'] is True
