@@ -267,7 +267,7 @@ def grid_instances(rows, out, config) -> list:
         det, ext, val = as_detector(w, config.train_imgsz), FeatureExtractor.from_yolo(w, size=64), _val_windows(real)
         for label, f in folders.items():
             r = instance_row(label, f, bank, detector=det, extractor=ext, val_windows=val, test_data=real/'data.yaml',
-                             out=out/'instances'/f'{split}-s{seed}'/label.replace(' ', '-'), config=_tstr_config(split, seed, base, config))
+                             out=out/'instances'/f'{split}-s{seed}'/f.name, config=_tstr_config(split, seed, base, config))   # one TSTR per folder of outputs
             result.append(dict(split=split, seed=seed, **r.asdict()))
     return result
 
