@@ -261,7 +261,7 @@ def test_regenerate_is_byte_exact(toy, bank_dir, tmp_path):
     # the batch size decides nothing: one output at a time gives the same files
     synthesize(toy, g, 3, GenParams(seed=7), tmp_path/'one', batch_size=1, progress=False)
     one, out = _files(tmp_path/'one'), _files(tmp_path/'out')
-    assert one.pop('manifest.jsonl') != out.pop('manifest.jsonl') and one == out   # records differ in batch_size only
+    assert one.pop('manifest.jsonl') != out.pop('manifest.jsonl') and one == out   # records differ in batch_size and row only
 
 
 def test_fresh_speckle_regenerates_byte_exact_and_keeps_the_layout(toy, bank_dir, tmp_path):
