@@ -306,10 +306,10 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
             if all((it.id, k) in done for it, _, k in batch): continue
             seeds = [derive_seed(params.seed, it.id, k) for it, _, k in batch]
             outs = _compute(generator, batch, seeds, params, recipe, cache)
-            for (it, part, k), sd, o in zip(batch, seeds, outs):
+            for row, ((it, part, k), sd, o) in enumerate(zip(batch, seeds, outs)):
                 if (it.id, k) in done: continue
                 y, gb, gc = o
-                rec = dict(base, seed=int(sd), batch_size=len(batch), source_part=it.meta.get('split') or part)
+                rec = dict(base, seed=int(sd), batch_size=len(batch), row=row, source_part=it.meta.get('split') or part)
                 rec.update(_info(o, rec))
                 boxes, cls = gb, gc
                 if label_check is not None:   # a real check of the output and the boxes it came with
@@ -379,10 +379,12 @@ def regenerate(record: dict, generator: Generator, dataset: Dataset | None = Non
         src = Path(record['source_path'])
         check(src.exists(), 'the source image of this record is gone', 'pass the dataset it came from (dataset=...)', path=src)
         image, boxes, cls = read_image(src), None, None
-    bs = int(record.get('batch_size', 1))
-    seeds = [int(record['seed'])] + [derive_seed(params.seed, f'{record["source"]}#filler', j) for j in range(bs - 1)]
-    with torch_threads(record.get('threads')):   # reduced precision rounds differently with another thread count
-        out = generator.generate_labelled(image, boxes, cls, n=bs, params=params, seeds=seeds, source_id=record['source'], batch_size=bs)[0]
+    bs, row = int(record.get('batch_size', 1)), int(record.get('row', 0))   # a record from before rows were recorded: the first
+    check(0 <= row < bs, f"the record's row={row} is not a place in its batch of {bs}", 'regenerate from the record synthesize wrote')
+    fill = [derive_seed(params.seed, f'{record["source"]}#filler', j) for j in range(bs - 1)]
+    with torch_threads(record.get('threads')):   # the same kernels: the batch's size, the output's place in it, the thread count
+        out = generator.generate_labelled(image, boxes, cls, n=bs, params=params, seeds=fill[:row] + [int(record['seed'])] + fill[row:],
+                                          source_id=record['source'], batch_size=bs)[row]
     if theirs is None and record.get('sha256'):
         check(_written_sha(out[0]) == record['sha256'], 'the record predates recorded generator options, and the output recomputed from it '
               'is not the one it names: this generator was loaded with other options than the run\'s',

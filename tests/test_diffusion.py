@@ -70,7 +70,11 @@ def test_batching_changes_only_rounding(gens, name):
     src = sources()['u8']
     a = gens[name].generate(src, n=3, params=P, batch_size=1)
     b = gens[name].generate(src, n=3, params=P, batch_size=3)
-    assert max(np.abs(u.astype(int) - v).max() for u, v in zip(a, b)) <= 2
+    # other kernels for another batch size (oneDNN / MKL choose blockings and sum orders by batch, threads and CPU): in
+    # float32 a pixel may cross a rounding boundary (measured: ≤ 1 grey level on ≤ 0.03 % of the pixels, batch 1/2/3,
+    # 1 or 2 threads, oneDNN on or off); another seed differs everywhere
+    d = np.stack([np.abs(u.astype(int) - v) for u, v in zip(a, b)])
+    assert d.max() <= 2 and d.mean() <= 0.01, (d.max(), d.mean())
 
 
 def test_knobs_declared():

@@ -289,7 +289,7 @@ def test_regenerate_is_byte_exact(toy, bank_dir, tmp_path):
     # the batch size decides nothing: one output at a time gives the same files
     synthesize(toy, g, 3, GenParams(seed=7), tmp_path/'one', batch_size=1, progress=False)
     one, out = _files(tmp_path/'one'), _files(tmp_path/'out')
-    assert one.pop('manifest.jsonl') != out.pop('manifest.jsonl') and one == out   # records differ in batch_size only
+    assert one.pop('manifest.jsonl') != out.pop('manifest.jsonl') and one == out   # records differ in batch_size and row only
 
 
 def test_fresh_speckle_regenerates_byte_exact_and_keeps_the_layout(toy, bank_dir, tmp_path):
@@ -452,7 +452,8 @@ def test_same_layout_and_boxes_as_paste_only_the_windows_change(toy, bank_dir, h
 
 
 def test_a_batch_is_what_masked_generate_makes_per_output(toy, bank_dir, ddpm_dir, hgen):
-    "The DDPM path batches the outputs of a call; one at a time it is exactly masked_generate (the DDPM's masked SDEdit)."
+    """The DDPM path batches the outputs of a call; one at a time it is exactly masked_generate (the DDPM's masked SDEdit,
+    the same computation), and a batch of three is the same up to float rounding (other kernels)."""
     from synthkit.sdedit import DDPMGenerator
     from synthkit.masks import masked_generate
     it, d = toy['img3'], DDPMGenerator(ddpm_dir)
@@ -462,11 +463,16 @@ def test_a_batch_is_what_masked_generate_makes_per_output(toy, bank_dir, ddpm_di
         p = paste_ships(it.read(), it.boxes, it.cls, hgen.bank, s, k=2)
         ref = masked_generate(d, p[0], windows_mask(p[0].shape, p.info['paste']['windows'], 4), HP, [harmonize_seed(s)])[0]
         assert np.array_equal(o[0], ref)
-    # in float32, a batch of three gives each output's bytes (bf16 rounds by batch size, as the DDPM alone does: the recipe holds it)
+    # A batch of three runs other kernels than three batches of one: oneDNN / MKL pick blockings and reduction orders by
+    # batch size, threads and CPU, so the bytes may differ (the recipe holds the batch size). In float32 the values before
+    # rounding move by ~2e-4 grey levels (batch 1/2/3/6, 1 or 2 threads, NCHW, oneDNN off): a pixel can only cross a
+    # rounding boundary, by one grey level, and rarely. The layout and the boxes are the paste's (numpy): exact.
     f32 = load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2, dtype='fp32')
     one = [f32.generate_labelled(it.read(), it.boxes, it.cls, params=HP, seeds=[s], batch_size=1)[0] for s in seeds]
     three = f32.generate_labelled(it.read(), it.boxes, it.cls, n=3, params=HP, seeds=seeds, batch_size=3)
-    assert all(np.array_equal(u[0], v[0]) and u.info == v.info for u, v in zip(one, three))
+    assert all(u.info == v.info and np.array_equal(u[1], v[1]) for u, v in zip(one, three))
+    dd = np.stack([np.abs(u[0].astype(int) - v[0]) for u, v in zip(one, three)])
+    assert dd.max() <= 1 and dd.mean() <= 0.01, (dd.max(), dd.mean())   # ≤ 1 grey level, on at most 1 % of the pixels
     assert hgen.batch_size == d.batch_size and not hgen.batch_invariant and Recipe.of(hgen, HP, 3).batch_size == 3
 
 
