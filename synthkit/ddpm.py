@@ -16,8 +16,8 @@ import torch
 from diffusers import UNet2DModel, DDPMScheduler
 
 # %% auto #0
-__all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LR_DECAYS', 'LEGACY', 'DDPMConfig', 'read_meta',
-           'built_model', 'build_unet', 'build_scheduler', 'precision_workload']
+__all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LR_DECAYS', 'LAYOUT_MASKS', 'LEGACY', 'DDPMConfig',
+           'read_meta', 'built_model', 'build_unet', 'build_scheduler', 'precision_workload']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
@@ -49,6 +49,7 @@ class DDPMConfig:
     lr_decay: str = 'cosine'                # 'cosine': lr → lr/10 over `steps` after warm-up; 'constant'
     layout: bool = False                    # a layout channel: the UNet also sees a ship mask (synthkit.layout)
     cond_dropout: float = 0.1               # a layout model: share of training crops whose mask is dropped (guidance)
+    layout_masks: str = 'ellipse'           # a layout model: a real box's mask, 'ellipse' (inscribed) or 'footprint' (its bright pixels)
 
     def check(self) -> 'DDPMConfig':
         check(isinstance(self.crop, int) and self.crop >= 16 and self.crop % 2 ** (len(self.channels) - 1) == 0,
@@ -70,6 +71,8 @@ class DDPMConfig:
               f'ema={self.ema!r} must be None or a decay in (0, 1)', 'use e.g. 0.999, or None for no EMA')
         check(self.lr_decay in LR_DECAYS, f'lr_decay={self.lr_decay!r} is not one of {", ".join(LR_DECAYS)}', "use 'cosine' or 'constant'")
         check(isinstance(self.layout, bool), f'layout={self.layout!r} must be True or False')
+        check(self.layout_masks in LAYOUT_MASKS, f'layout_masks={self.layout_masks!r} is not one of {", ".join(LAYOUT_MASKS)}',
+              "use 'ellipse' (inscribed in the box) or 'footprint' (the ship's own bright pixels in it)")
         check(isinstance(self.cond_dropout, (int, float)) and not isinstance(self.cond_dropout, bool) and 0 <= self.cond_dropout < 1,
               f'cond_dropout={self.cond_dropout!r} must be in [0, 1)', 'use e.g. 0.1 (guidance needs some crops without their mask)')
         return self
@@ -87,7 +90,8 @@ class DDPMConfig:
         "The fields that define the model (a resumed run must match them)."
         return dict(channels=list(self.channels), head_dim=self.heads_width, layers_per_block=self.layers_per_block,
                     norm_groups=self.norm_groups, train_timesteps=self.train_timesteps, beta_schedule=self.beta_schedule,
-                    t_max=self.t_max, ema=self.ema, lr_decay=self.lr_decay, layout=self.layout, cond_dropout=self.cond_dropout)
+                    t_max=self.t_max, ema=self.ema, lr_decay=self.lr_decay, layout=self.layout, cond_dropout=self.cond_dropout,
+                    layout_masks=self.layout_masks)
 
     @property
     def in_channels(self) -> int:
@@ -95,10 +99,11 @@ class DDPMConfig:
         return 2 if self.layout else 1
 
 LR_DECAYS = ('cosine', 'constant')
+LAYOUT_MASKS = ('ellipse', 'footprint')
 
 # Settings that were fixed before they became fields: models built with them keep their old cache keys, and their
 # folders (whose synthkit_ddpm.json doesn't name them) resume as what they are.
-LEGACY = dict(head_dim=8, t_max=None, ema=None, lr_decay='constant', layout=False, cond_dropout=0.1)
+LEGACY = dict(head_dim=8, t_max=None, ema=None, lr_decay='constant', layout=False, cond_dropout=0.1, layout_masks='ellipse')
 
 def read_meta(folder) -> dict:
     """The settings, step and loss history of the DDPM model folder `folder` (its synthkit_ddpm.json), refused in one line

@@ -39,14 +39,14 @@ class TrainingPool:
     masks: list | None = None
     skipped: int = 0
 
-def training_pool(dataset: Dataset, layout: bool = False) -> TrainingPool:
-    "The items of `dataset`'s training split as a `TrainingPool`; with `layout`, each with its ship mask."
+def training_pool(dataset: Dataset, layout: bool = False, masks: str = 'ellipse') -> TrainingPool:
+    "The items of `dataset`'s training split as a `TrainingPool`; with `layout`, each with its ship mask (`masks`: how a real box becomes one)."
     items = [it for it in dataset if it.meta.get('split', 'train') == 'train']
     check(items, f'no training images among the {len(dataset)} given', 'pass the training split (items with split "train")')
     check_origins([(it, 'train') for it in items])   # no variations of val/test images, wherever data.yaml points
     imgs = [to_unit(it.read(), grey=True)[0] for it in items]
-    masks = [layout_mask(im.shape, it.boxes, it.meta.get('hulls')) for im, it in zip(imgs, items)] if layout else None
-    return TrainingPool(imgs, [it.boxes for it in items], masks, len(dataset) - len(items))
+    lay = [layout_mask(im.shape, it.boxes, it.meta.get('hulls'), im if masks == 'footprint' else None) for im, it in zip(imgs, items)] if layout else None
+    return TrainingPool(imgs, [it.boxes for it in items], lay, len(dataset) - len(items))
 
 def _pad(a: np.ndarray, crop: int) -> np.ndarray:
     h, w = a.shape
@@ -290,7 +290,7 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     config = config.check()
     check_device(device)
     bf16 = resolve_dtype(dtype, 'ddpm', device) == 'bf16'
-    pool = training_pool(dataset, config.layout)   # before anything is written: a refused dataset leaves no folder
+    pool = training_pool(dataset, config.layout, config.layout_masks)   # before anything is written: a refused dataset leaves no folder
     out, dev = Path(out), torch.device(device)
     resuming = resume and has_state(out) and (out/CONFIG_FILE).exists()
     begin = start_info(start, config, out, not resuming) if start is not None else None   # refused before anything is written

@@ -94,6 +94,8 @@ class DrawnShipsGenerator(PasteGenerator):
               'the number of new ships per output, e.g. 3 (k=0 would make copies of the sources)')
         self.ddpm = g = DDPMGenerator(model, device=device, dtype=dtype)
         check(g.layout, f'the model in {g.folder} has no layout channel: it was trained without layout=True', _DRAWN_HINT, path=g.folder)
+        from synthkit.ddpm import built_model
+        self.footprints = built_model(g.meta).get('layout_masks') == 'footprint'
         check(isinstance(window, (int, np.integer)) and not isinstance(window, bool) and window >= g.crop and window % g.multiple == 0,
               f'window={window!r} must be a multiple of {g.multiple} px and at least the {g.crop} px crops the model was trained on',
               f'use e.g. {max(64, g.crop)}')
@@ -148,7 +150,8 @@ def _jobs(self: DrawnShipsGenerator, image: np.ndarray, boxes, layouts: list, se
             top, left, side = ship_window(hull, h, w, self.window, self.ddpm.multiple, self.pad)
             win = (slice(top, top + side), slice(left, left + side))
             hp = hull_layout((h, w), hull)[win]
-            cond = np.maximum(layout_mask((side, side), src - np.array([left, top, left, top], np.float32)), hp)
+            own = src - np.array([left, top, left, top], np.float32)   # the source's ships in the window, drawn as the model learnt them
+            cond = np.maximum(layout_mask((side, side), own, image=image[win] if self.footprints else None), hp)
             jobs.append(dict(out=o, ship=j, win=win, side=side, region=region_mask(hp, self.pad), cond=cond, seed=derive_seed(int(s), 'drawn', j + 1)))
     return jobs
 

@@ -13,7 +13,7 @@ from .errors import SynthkitError, check
 from .sarsim import hull_mask
 
 # %% auto #0
-__all__ = ['NULL_LAYOUT', 'ellipse_mask', 'hull_layout', 'layout_mask', 'hull_box', 'ShipPrior']
+__all__ = ['NULL_LAYOUT', 'ellipse_mask', 'hull_layout', 'footprint_mask', 'layout_mask', 'hull_box', 'ShipPrior']
 
 # %% ../nbs/10c_layout.ipynb #4e6aa6a8
 NULL_LAYOUT = -1.0   # the mask value that says "no layout given" (condition dropout, the unconditional half of guidance)
@@ -41,13 +41,37 @@ def hull_layout(shape, hull) -> np.ndarray:
     if Y1 > Y0 and X1 > X0: m[Y0:Y1, X0:X1] = mask[Y0 - y0:Y1 - y0, X0 - x0:X1 - x0]
     return m
 
-def layout_mask(shape, boxes, hulls=None) -> np.ndarray:
-    "HxW float32 mask of an image's ships: the hull `hulls[i]` where given (not None), else an ellipse in `boxes[i]`."
+def footprint_mask(image, box, min_pixels: int = 3) -> np.ndarray:
+    """HxW float32: 1 on the ship's own bright pixels in `box` — those above the Otsu threshold of the box's grey values,
+    the largest connected blob, holes filled — or the inscribed ellipse when that blob has fewer than `min_pixels`."""
+    from scipy import ndimage as ndi
+    a = np.asarray(image, np.float64)
+    if a.ndim == 3: a = a.mean(axis=2)
+    h, w = a.shape
+    X0, Y0 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
+    X1, Y1 = min(w, int(math.ceil(box[2]))), min(h, int(math.ceil(box[3])))
+    m = np.zeros((h, w), np.float32)
+    win = a[Y0:Y1, X0:X1]
+    if win.size < min_pixels or win.max() <= win.min(): return ellipse_mask((h, w), box)
+    v = np.sort(win.ravel()); c = np.cumsum(v); n = np.arange(1, len(v))   # Otsu: the split with the largest between-class variance
+    between = n * (len(v) - n) * (c[:-1] / n - (c[-1] - c[:-1]) / (len(v) - n)) ** 2
+    lab, k = ndi.label(win > v[int(np.argmax(between))])
+    if not k: return ellipse_mask((h, w), box)
+    blob = lab == (1 + int(np.argmax(ndi.sum(np.ones_like(win), lab, range(1, k + 1)))))
+    if blob.sum() < min_pixels: return ellipse_mask((h, w), box)
+    m[Y0:Y1, X0:X1] = ndi.binary_fill_holes(blob)
+    return m
+
+def layout_mask(shape, boxes, hulls=None, image=None) -> np.ndarray:
+    """HxW float32 mask of an image's ships: the hull `hulls[i]` where given (not None), else — with `image` — the ship's
+    bright footprint in `boxes[i]` (`footprint_mask`), or an ellipse in it."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     hulls = list(hulls) if hulls is not None else [None] * len(boxes)
     check(len(hulls) == len(boxes), f'{len(hulls)} hulls for {len(boxes)} boxes', 'give one hull (or None) per box, in the boxes\' order')
     m = np.zeros(tuple(shape)[:2], np.float32)
-    for b, hl in zip(boxes, hulls): m = np.maximum(m, ellipse_mask(m.shape, b) if hl is None else hull_layout(m.shape, hl))
+    for b, hl in zip(boxes, hulls):
+        one = hull_layout(m.shape, hl) if hl is not None else ellipse_mask(m.shape, b) if image is None else footprint_mask(image, b)
+        m = np.maximum(m, one)
     return m
 
 def hull_box(hull) -> np.ndarray:

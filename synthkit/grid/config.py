@@ -19,8 +19,8 @@ from ..conditions import condition_parts
 # %% auto #0
 __all__ = ['GRID_DDPM', 'PASTE_OPTIONS', 'GRID_DRAWN', 'DRAWN_OPTIONS', 'GRID_LAYOUT', 'GridConfig', 'grid_ddpm',
            'without_legacy', 'drawn_settings', 'grid_layout_ddpm', 'drawn_params', 'drawn_options', 'check_drawn',
-           'RunSpec', 'run_key', 'run_dir_of', 'generation_params', 'generation_recipe', 'paste_options',
-           'drawn_recipe', 'classic_recipe', 'plan', 'fingerprint']
+           'RunSpec', 'run_key', 'run_dir_of', 'generation_params', 'generation_recipe', 'start_recipe',
+           'paste_options', 'drawn_recipe', 'classic_recipe', 'plan', 'fingerprint']
 
 # %% ../../nbs/24c_grid_config.ipynb #a2ffb14e
 # A grid's DDPM trains a fixed number of iterations with no wall-clock cap, so a cached model never depends on how
@@ -238,9 +238,9 @@ def key_fields(self: RunSpec) -> dict:
     if self.kind == 'classic': d['recipes'] = [classic_recipe(self.seed, c.classic).fields()]
     if self.kind in ('paste', 'harmonized', 'drawn'):   # the crop bank is the split's training tiles (data, split and seed are in the key)
         d['paste'] = dict(v=1, options=paste_options(c), seed=self.seed)
-    if self.kind == 'drawn':
-        d['drawn'] = drawn_recipe(c) | ({'baseline': run_key(replace(self, condition='baseline'))} if drawn_settings(c)['verify'] else {})
         if self.kind == 'harmonized': d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
+    if self.kind == 'drawn':   # the layout DDPM and the settings; the checking detector by its run's key
+        d['drawn'] = drawn_recipe(c) | ({'baseline': run_key(replace(self, condition='baseline'))} if drawn_settings(c)['verify'] else {})
     if self.checked: d['label_check'] = dict(c.label_check, baseline=run_key(replace(self, condition='baseline')))   # its detector
     return d
 
@@ -266,8 +266,15 @@ def generation_recipe(c: GridConfig, strength: float, seed: int):
     trains = None
     if c.generator == 'ddpm':
         trains = dict(ddpm={k: v for k, v in without_legacy(asdict(grid_ddpm(c))).items() if k != 'seed'})
-        if c.ddpm_start: trains['start'] = dict(steps=c.ddpm_start, pretrain=c.pretrain, seeds=list(c.seeds), splits=list(c.splits), split_sizes=c.split_sizes)
+        if c.ddpm_start: trains['start'] = start_recipe(c, c.ddpm_start)
     return Recipe.planned(c.generator, c.generator_options, generation_params(c, strength, seed), trains=trains)
+
+def start_recipe(c: GridConfig, steps: int) -> dict:
+    """What names a DDPM start in a recipe: its iterations and what it learns from — the simulator's settings and the
+    images no run of the grid evaluates on (`synthkit.grid.starts.never_test`), decided by the seeds, splits and sizes;
+    with `extra_test`, no image of an extra pool either."""
+    d = dict(steps=steps, pretrain=c.pretrain, seeds=list(c.seeds), splits=list(c.splits), split_sizes=c.split_sizes)
+    return d | ({'never': 'no test image, no extra pool'} if c.extra_test else {})
 
 def paste_options(c: GridConfig) -> dict:
     """The grid's PasteGenerator options (its defaults filled in) and the crop bank's margin. `looks` defaults to the
@@ -285,7 +292,7 @@ def drawn_recipe(c: GridConfig) -> dict:
     options, and the layout DDPM by its whole configuration, start and precision as this machine resolves it."""
     from synthkit.precision import resolve_dtype
     device = c.generator_options.get('device') or 'cpu'
-    start = dict(steps=c.layout_start, pretrain=c.pretrain, seeds=list(c.seeds), splits=list(c.splits), split_sizes=c.split_sizes) if c.layout_start else None
+    start = start_recipe(c, c.layout_start) if c.layout_start else None
     return dict(v=1, settings=drawn_settings(c), options=drawn_options(c), start=start,
                 layout={k: v for k, v in without_legacy(asdict(grid_layout_ddpm(c))).items() if k != 'seed'},
                 dtype=resolve_dtype(c.generator_options.get('dtype'), 'ddpm', device))
