@@ -405,8 +405,8 @@ def scorecard(sources, variations=None, *, real_images=None, extractor=None, det
         if test_data is not None:
             tag = name + ('' if strength is None else f'-{strength:g}')
             what = [str(o.path) for o in outs] if imgs is None else [str(p) for p in imgs]
-            run = Path(out)/'tstr'/(f'{_slug(tag)}-'
-                                    f'{config_hash([what, config.key(), str(start), str(Path(test_data).resolve())], 8)}')
+            run = Path(out)/'tstr'/(
+                f'{_slug(tag)}-{config_hash([what, config.key(), str(start), str(Path(test_data).resolve())], 8)}')
         rows.append(score_outputs(outs, name, strength, out=run, folder=folder, train_images=imgs, **kw))
     if out is not None:
         write_json(out/'scorecard.json', [r.asdict() for r in rows])
