@@ -151,8 +151,8 @@ def _bank_images(dataset, ids, forbidden) -> list:
         it = dataset[i]
         where = ('a forbidden (val/test) image' if source_image(i) in forbidden
                  else f"a {it.meta['split']} image" if it.meta.get('split') in _EVAL_PARTS
-                 else f"a variation made for the {it.meta['origin']} part" if it.meta.get('origin') not in (None, 'train')
-                 else '')
+                 else f"a variation made for the {it.meta['origin']} part"
+                 if it.meta.get('origin') not in (None, 'train') else '')
         check(not where, f'lineage guard: the crop bank would hold ships of {i!r}, {where}',
               "cut the bank from the split's training images only (ids=split.train, forbidden=split.val + split.test)",
               path=it.path)
@@ -549,8 +549,8 @@ class HarmonizedPasteGenerator(PasteGenerator):
     batch_invariant = False   # with a DDPM, the outputs of a call are one batch (set per instance)
     min_size = 16
 
-    # a clear line for the one argument a registry spec cannot carry (no arguments at all: a copy)
     def __new__(cls, *args, **kw):
+        # a clear line for the one argument a registry spec cannot carry (no arguments at all: a copy)
         check(not (args or kw) or len(args) >= 2 or 'harmonizer' in kw, f'the {cls.name} generator needs a harmonizer',
               _HARMONIZER_HINT)
         return super().__new__(cls)
@@ -647,8 +647,8 @@ class HarmonizedPasteGenerator(PasteGenerator):
             return [masked_generate(h, o[0], m, params, [s], boxes=o[1], cls=o[2], source_id=source_id)[0]
                     for o, m, s in zip(pasted, masks, seeds)]
         bs, out = max(1, int(batch_size or self.batch_size)), []
-        # as DDPMGenerator.harmonize does it for one source, with one source per output
         for i in range(0, len(pasted), bs):
+            # as DDPMGenerator.harmonize does it for one source, with one source per output
             part, mk = [np.asarray(o[0]) for o in pasted[i:i + bs]], masks[i:i + bs]
             units = [h._unit(im) for im in part]
             ys = h.sdedit_many([x for x, _ in units], params.strength, params.steps, [[s] for s in seeds[i:i + bs]], mk)
