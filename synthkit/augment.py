@@ -14,7 +14,8 @@ from .generators import Generator, GenParams, derive_seed, output_seeds
 __all__ = ['flip_boxes', 'rot90_boxes', 'add_speckle', 'augment_image', 'ClassicGenerator', 'classic_variations']
 
 # %% ../nbs/22_augment.ipynb #8d8a733a
-def flip_boxes(boxes: np.ndarray, width: int, height: int, horizontal: bool = False, vertical: bool = False) -> np.ndarray:
+def flip_boxes(boxes: np.ndarray, width: int, height: int, horizontal: bool = False,
+               vertical: bool = False) -> np.ndarray:
     "Boxes after flipping a `width` x `height` image left-right and/or top-bottom."
     b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
     if horizontal: b[:, [0, 2]] = width - b[:, [2, 0]]
@@ -47,7 +48,8 @@ def add_speckle(image: np.ndarray, rng: np.random.Generator, looks: float | None
 # %% ../nbs/22_augment.ipynb #40c34511
 def augment_image(image: np.ndarray, boxes=None, cls=None, seed: int = 0, *, flips: bool = True, turns: bool = True,
                   looks: float | None = 8.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "A random flip / 90° turn (boxes moved exactly) and fresh gamma speckle of `image`; returns `(image, boxes, cls)`, dtype kept."
+    ("A random flip / 90° turn (boxes moved exactly) and fresh gamma speckle of `image`; "
+     "returns `(image, boxes, cls)`, dtype kept.")
     image = np.asarray(image)
     check(image.ndim in (2, 3) and min(image.shape[:2]) > 0, f'image of shape {image.shape} is not HxW or HxWxC')
     boxes = np.zeros((0, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -69,19 +71,24 @@ def augment_image(image: np.ndarray, boxes=None, cls=None, seed: int = 0, *, fli
 
 # %% ../nbs/22_augment.ipynb #49a260c8
 class ClassicGenerator(Generator):
-    "Classic augmentation (flip / 90° turn / gamma speckle) behind the `Generator` interface; outputs carry moved boxes."
+    ("Classic augmentation (flip / 90° turn / gamma speckle) behind the `Generator` interface; "
+     "outputs carry moved boxes.")
     name, version, knobs = 'classic', '1', frozenset({'seed'})
     channels, min_size, batch_size = 1, 1, 64
     batch_invariant = True   # each copy is made alone: the batch size decides nothing
     model_arg = 'spec'
 
     def __init__(self, spec: str = '', flips: bool = True, turns: bool = True, looks: float | None = 8.0):
-        "`spec`: the `model_id` form `'flips=True,turns=False,looks=4'` (any subset), so `load_generator('classic:looks=4')` works."
+        ("`spec`: the `model_id` form `'flips=True,turns=False,looks=4'` (any subset), "
+         "so `load_generator('classic:looks=4')` works.")
         for kv in filter(None, (s.strip() for s in str(spec).split(','))):
             k, _, v = kv.partition('=')
-            check(k in ('flips', 'turns', 'looks') and v, f'classic generator option {kv!r}', "write e.g. 'classic:flips=True,turns=False,looks=4'")
+            check(k in ('flips', 'turns', 'looks') and v, f'classic generator option {kv!r}',
+                  "write e.g. 'classic:flips=True,turns=False,looks=4'")
             try: val = None if v == 'None' else {'True': True, 'False': False}[v] if k != 'looks' else float(v)
-            except (KeyError, ValueError): raise SynthkitError(f'classic generator option {kv!r} has a bad value', 'flips/turns take True or False, looks a number or None')
+            except (KeyError, ValueError):
+                raise SynthkitError(f'classic generator option {kv!r} has a bad value',
+                                    'flips/turns take True or False, looks a number or None')
             if k == 'flips': flips = val
             elif k == 'turns': turns = val
             else: looks = val
@@ -108,7 +115,8 @@ class ClassicGenerator(Generator):
 # %% ../nbs/22_augment.ipynb #d7c12b52
 def classic_variations(dataset, n_per_image: int, out, *, parts=None, seed: int = 0, progress: bool = True,
                        flips: bool = True, turns: bool = True, looks: float | None = 8.0, **kw):
-    "The control condition: `n_per_image` classic copies of each image, written by `synthesize` (same layout and manifest)."
+    ("The control condition: `n_per_image` classic copies of each image, written by `synthesize` "
+     "(same layout and manifest).")
     from synthkit.synthesize import synthesize
     gen = ClassicGenerator(flips=flips, turns=turns, looks=looks)
     return synthesize(dataset, gen, n_per_image, GenParams(seed=seed), out, parts=parts, progress=progress, **kw)

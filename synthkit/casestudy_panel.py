@@ -30,7 +30,8 @@ def _grid_config(preset: str, **overrides):
     return resolve(preset, **overrides)[0]
 
 def results_plot_png(rows: list, metric: str = 'map50') -> bytes:
-    "The report's mAP figure (`synthkit.report.plot_map`: a panel per split, 95 % intervals, a dot per run) as PNG bytes."
+    ("The report's mAP figure (`synthkit.report.plot_map`: a panel per split, 95 % intervals, "
+     "a dot per run) as PNG bytes.")
     import tempfile
     from synthkit.report import plot_map
     rows = [r for r in rows if metric in r]
@@ -38,31 +39,40 @@ def results_plot_png(rows: list, metric: str = 'map50') -> bytes:
     with tempfile.TemporaryDirectory() as d: return plot_map(rows, Path(d)/'map.png', metric).read_bytes()
 
 def rows_html(rows: list, cols=None) -> str:
-    "A small HTML table of result rows: split, condition, seed, the shown metrics (`synthkit.detect.METRICS`), counts, time; columns no row has are left out."
+    ("A small HTML table of result rows: split, condition, seed, the shown metrics (`synthkit.detect.METRICS`), "
+     "counts, time; columns no row has are left out.")
     import html
     from synthkit.detect import metric_names
-    cols = cols or ('split', 'condition', 'seed', *metric_names(shown=True), 'n_train_real', 'n_train_synth', 'train_seconds')
+    cols = cols or ('split', 'condition', 'seed', *metric_names(shown=True), 'n_train_real', 'n_train_synth',
+                    'train_seconds')
     cols = [c for c in cols if any(c in r for r in rows)] or sorted({k for r in rows for k in r})[:6]
     fmt = lambda v: f'{v:.3f}' if isinstance(v, float) else html.escape(str(v))
     head = ''.join(f'<th style="padding:2px 8px">{c}</th>' for c in cols)
-    body = ''.join('<tr>' + ''.join(f'<td style="padding:2px 8px">{fmt(r.get(c, ""))}</td>' for c in cols) + '</tr>' for r in rows)
+    body = ''.join('<tr>' + ''.join(f'<td style="padding:2px 8px">{fmt(r.get(c, ""))}</td>' for c in cols)
+                   + '</tr>' for r in rows)
     return f'<table class="synthkit-results"><tr>{head}</tr>{body}</table>'
 
 # %% ../nbs/31_casestudy_panel.ipynb #2e76d24e
 class CaseStudyPanel(Panel):
-    "Choose data, splits, conditions, seeds and a preset; Run the experiment grid with live progress, table and plot; Stop keeps what finished."
+    ("Choose data, splits, conditions, seeds and a preset; Run the experiment grid with live progress, table and plot; "
+     "Stop keeps what finished.")
     def __init__(self, out='results/casestudy-panel', *, preset: str | None = None, data: str | None = None,
                  splits=('split_1', 'split_2'), conditions=None, seeds=(0,), sim_n: int = 200, sim_seed: int = 0):
         presets = list(grid_presets())
         st, L = {'description_width': '90px'}, (lambda **kw: W.Layout(**kw))
-        self.w_source = W.ToggleButtons(options=['simulator', 'folder'], value='folder' if data else 'simulator', description='data', style=st)
-        self.w_folder = W.Text(value=str(data or ''), description='folder', placeholder='a YOLO / COCO / VOC dataset folder', style=st, layout=L(width='420px'))
-        self.w_sim_n = W.BoundedIntText(value=sim_n, min=10, max=100000, description='scenes', style=st, layout=L(width='200px'))
+        self.w_source = W.ToggleButtons(options=['simulator', 'folder'], value='folder' if data else 'simulator',
+                                        description='data', style=st)
+        self.w_folder = W.Text(value=str(data or ''), description='folder',
+                               placeholder='a YOLO / COCO / VOC dataset folder', style=st, layout=L(width='420px'))
+        self.w_sim_n = W.BoundedIntText(value=sim_n, min=10, max=100000, description='scenes', style=st,
+                                        layout=L(width='200px'))
         self.w_sim_seed = W.IntText(value=sim_seed, description='sim seed', style=st, layout=L(width='200px'))
         self.w_preset = W.Dropdown(options=presets, value=preset or presets[0], description='preset', style=st)
-        self.w_splits = W.SelectMultiple(options=['split_1', 'split_2'], value=tuple(splits), description='splits', rows=2, style=st)
+        self.w_splits = W.SelectMultiple(options=['split_1', 'split_2'], value=tuple(splits), description='splits',
+                                         rows=2, style=st)
         conds = list(conditions or _grid_config(self.w_preset.value).conditions)
-        self.w_conditions = W.SelectMultiple(options=conds, value=tuple(conds), description='conditions', rows=min(4, len(conds)), style=st)
+        self.w_conditions = W.SelectMultiple(options=conds, value=tuple(conds), description='conditions',
+                                             rows=min(4, len(conds)), style=st)
         self.w_seeds = W.Text(value=', '.join(map(str, seeds)), description='seeds', style=st, layout=L(width='200px'))
         self.w_out = W.Text(value=str(out), description='out', style=st, layout=L(width='420px'))
         self.b_run = W.Button(description='Run', button_style='primary', icon='play')
@@ -89,7 +99,9 @@ class CaseStudyPanel(Panel):
     @property
     def seeds(self) -> list:
         try: seeds = [int(s) for s in self.w_seeds.value.replace(';', ',').split(',') if s.strip()]
-        except ValueError: raise SynthkitError(f'seeds {self.w_seeds.value!r} is not a comma-separated list of integers', 'write e.g. 0, 1, 2')
+        except ValueError:
+            raise SynthkitError(f'seeds {self.w_seeds.value!r} is not a comma-separated list of integers',
+                                'write e.g. 0, 1, 2')
         check(seeds, 'no seeds given', 'write e.g. 0, 1, 2')
         return seeds
 
@@ -97,8 +109,8 @@ class CaseStudyPanel(Panel):
         "The `GridConfig` the panel's choices make."
         check(self.w_splits.value, 'no split chosen', 'pick split_1 and/or split_2')
         check(self.w_conditions.value, 'no condition chosen', 'pick at least one condition, e.g. baseline')
-        return _grid_config(self.w_preset.value, splits=list(self.w_splits.value), conditions=list(self.w_conditions.value),
-                            seeds=self.seeds)
+        return _grid_config(self.w_preset.value, splits=list(self.w_splits.value),
+                            conditions=list(self.w_conditions.value), seeds=self.seeds)
 
     def data(self) -> Path | None:
         "The data folder the panel points at (None: the built-in simulator)."
@@ -111,14 +123,16 @@ class CaseStudyPanel(Panel):
     def overrides(self) -> dict:
         "The panel's choices as `case_study` overrides (what `synthkit case-study --set` would say)."
         ov = dict(splits=tuple(self.w_splits.value), conditions=tuple(self.w_conditions.value), seeds=tuple(self.seeds))
-        if self.w_source.value == 'simulator': ov.update(sim_n=int(self.w_sim_n.value), sim_seed=int(self.w_sim_seed.value))
+        if self.w_source.value == 'simulator':
+            ov.update(sim_n=int(self.w_sim_n.value), sim_seed=int(self.w_sim_seed.value))
         return ov
 
     def dataset(self):
         """The data the panel points at, prepared exactly as `synthkit case-study` prepares it for the chosen preset
         (the simulator's scenes at the preset's size, or a folder's images); made once under `out/data/`."""
         from synthkit.casestudy import resolve, prepare_data
-        _, settings = resolve(self.w_preset.value, **{k: v for k, v in self.overrides().items() if k.startswith('sim_')})
+        _, settings = resolve(self.w_preset.value,
+                              **{k: v for k, v in self.overrides().items() if k.startswith('sim_')})
         return prepare_data(self.data(), Path(self.w_out.value).expanduser(), settings, progress=False)
 
     def run(self):
@@ -153,8 +167,9 @@ class CaseStudyPanel(Panel):
             from synthkit.casestudy import case_study
             self._status('preparing data …')
             out = Path(self.w_out.value).expanduser()
-            self.report = case_study(self.w_preset.value, self.data(), None, out, progress=False, on_result=lambda r: self._on_result(r, total),
-                                     should_stop=self._stop.is_set, **self.overrides())
+            self.report = case_study(self.w_preset.value, self.data(), None, out, progress=False,
+                                     on_result=lambda r: self._on_result(r, total), should_stop=self._stop.is_set,
+                                     **self.overrides())
             rows = json.loads((out/'results.json').read_text())
             if len(rows) != len(self.rows):   # runs found in the cache come back without a callback
                 self.rows = [dict(r) for r in rows]
@@ -165,8 +180,12 @@ class CaseStudyPanel(Panel):
             self.error = f'{type(e).__name__}: {e}'; traceback.print_exc()
         self.b_stop.disabled, self.b_run.disabled = True, False
         if self.error: self.w_progress.bar_style = 'danger'; self._status(self.error, error=True)
-        elif self._stop.is_set(): self.w_progress.bar_style = 'warning'; self._status(f'stopped after {len(self.rows)} of {total} runs (finished runs are cached)')
-        else: self.w_progress.bar_style = 'success'; self._status(f'{len(self.rows)} runs in {(time.time() - self._t0) / 60:.1f} min; report: {self.report}')
+        elif self._stop.is_set():
+            self.w_progress.bar_style = 'warning'
+            self._status(f'stopped after {len(self.rows)} of {total} runs (finished runs are cached)')
+        else:
+            self.w_progress.bar_style = 'success'
+            self._status(f'{len(self.rows)} runs in {(time.time() - self._t0) / 60:.1f} min; report: {self.report}')
 
     def stop(self):
         "End after the run in flight; finished runs stay in the experiment cache."

@@ -14,19 +14,23 @@ __all__ = ['COMMANDS', 'WRITES', 'main']
 
 # %% ../nbs/90_cli.ipynb #597363b6
 COMMANDS = {
-    'convert':    ('synthkit.data.formats', 'import a dataset (YOLO, COCO json, Pascal VOC) and write the Ultralytics layout + data.yaml'),
+    'convert':    ('synthkit.data.formats',
+                   'import a dataset (YOLO, COCO json, Pascal VOC) and write the Ultralytics layout + data.yaml'),
     'simulate':   ('synthkit.sarsim', 'write a simulated, labelled SAR ship dataset (Ultralytics layout)'),
     'train-ddpm': ('synthkit.ddpm_train', "train the small in-domain diffusion model on a dataset's images"),
     'generate':   ('synthkit.synthesize', 'make diffusion variations of a dataset, with a manifest; resumable'),
-    'crop-bank':  ('synthkit.paste', "cut the ships of a dataset's training images into a crop bank for the paste generators"),
-    'case-study': ('synthkit.casestudy', 'run the experiment grid (baseline vs diffusion vs classic augmentation) and write the report'),
+    'crop-bank':  ('synthkit.paste',
+                   "cut the ships of a dataset's training images into a crop bank for the paste generators"),
+    'case-study': ('synthkit.casestudy',
+                   'run the experiment grid (baseline vs diffusion vs classic augmentation) and write the report'),
 }
 
 # What each command writes at the top of its --out: the output guard refuses an input folder there (None: anywhere).
 WRITES = {
     'convert':    ('images', 'labels', 'data.yaml', 'splits.json', 'import_report.txt'),
     'simulate':   ('images', 'labels', 'data.yaml', 'sarsim.json'),
-    'train-ddpm': ('unet', 'scheduler', 'synthkit_ddpm.json', 'training_state.safetensors', 'training_state.json', 'training_state.pth'),
+    'train-ddpm': ('unet', 'scheduler', 'synthkit_ddpm.json', 'training_state.safetensors', 'training_state.json',
+                   'training_state.pth'),
     'generate':   ('images', 'labels', 'data.yaml', 'manifest.jsonl', 'rejected.jsonl'),
     'crop-bank':  ('crops.safetensors', 'bank.json'),
     'case-study': None,
@@ -63,10 +67,13 @@ def main(argv=None) -> int:
         return mod.cli_run(args) or 0
     except SynthkitError as e:
         print(f'synthkit {cmd}: error: {e}', file=sys.stderr); return 2
-    except OSError as e:   # the file system said no where no check could foresee it (permissions, disk full, a vanished path)
+    except OSError as e:
+        # the file system said no where no check could foresee it (permissions, disk full, a vanished path)
         where = f'{e.filename}: ' if e.filename else ''
-        print(f'synthkit {cmd}: error: {where}{e.strerror or e} — check the path, its permissions and the free space', file=sys.stderr)
+        print(f'synthkit {cmd}: error: {where}{e.strerror or e} — check the path, its permissions and the free space',
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f'synthkit {cmd}: interrupted; finished outputs are kept, run the same command again to resume', file=sys.stderr)
+        print(f'synthkit {cmd}: interrupted; finished outputs are kept, run the same command again to resume',
+              file=sys.stderr)
         return 130

@@ -15,9 +15,11 @@ __all__ = ['KINDS', 'STRENGTH_KINDS', 'conditions_for', 'condition_parts', 'pars
 # %% ../nbs/24a_conditions.ipynb #7e59bda4
 def conditions_for(variations=(2, 10), controls: bool = True, baseline: bool = True) -> tuple:
     "Condition names in plot order: baseline, +N…, classic+N…"
-    return tuple((['baseline'] if baseline else []) + [f'+{n}' for n in variations] + ([f'classic+{n}' for n in variations] if controls else []))
+    return tuple((['baseline'] if baseline else []) + [f'+{n}' for n in variations]
+                 + ([f'classic+{n}' for n in variations] if controls else []))
 
-KINDS = ('diffusion', 'classic', 'paste', 'harmonized', 'drawn')   # what a condition's extra images are; '' names diffusion (`+N`)
+# what a condition's extra images are; '' names diffusion (`+N`)
+KINDS = ('diffusion', 'classic', 'paste', 'harmonized', 'drawn')
 STRENGTH_KINDS = ('diffusion', 'harmonized')                # kinds made by the grid's diffusion model, at a strength
 
 def condition_parts(name: str) -> tuple:
@@ -35,12 +37,14 @@ def condition_parts(name: str) -> tuple:
     try: strength = float(s) if at else None
     except ValueError: ok = False
     ok = ok and (strength is None or 0 < strength <= 1)
-    check(ok, f'condition {name!r}', "use 'baseline', '+N', '+N@strength' (0 < strength ≤ 1), '+N:checked', 'classic+N', "
+    check(ok, f'condition {name!r}',
+          "use 'baseline', '+N', '+N@strength' (0 < strength ≤ 1), '+N:checked', 'classic+N', "
           "'paste+N', 'harmonized+N[@strength]' or 'drawn+N'")
     return kind, int(n), strength, bool(colon)
 
 def parse_condition(name: str) -> tuple:
-    "('baseline', 0), ('diffusion', N), ('classic', N), ('paste', N), ('harmonized', N) or ('drawn', N) from a condition name."
+    ("('baseline', 0), ('diffusion', N), ('classic', N), ('paste', N), ('harmonized', N) or ('drawn', N) "
+     "from a condition name.")
     return condition_parts(name)[:2]
 
 def references(name: str) -> list:
@@ -50,13 +54,16 @@ def references(name: str) -> list:
     for a `:checked` one the same condition unchecked."""
     kind, n, s, checked = condition_parts(name)
     if kind == 'baseline': return []
-    refs = ['baseline', {'diffusion': f'classic+{n}', 'paste': f'classic+{n}', 'harmonized': f'paste+{n}', 'drawn': f'paste+{n}'}.get(kind)]
+    refs = ['baseline',
+            {'diffusion': f'classic+{n}', 'paste': f'classic+{n}', 'harmonized': f'paste+{n}',
+             'drawn': f'paste+{n}'}.get(kind)]
     return [r for r in refs if r] + ([name.partition(':')[0]] if checked else [])
 
 # %% ../nbs/24a_conditions.ipynb #d4d36ff1
 def mix_counts(n: int, n_real: int, n_per_image: int, share: float | None = None) -> tuple:
-    """(real entries, synthetic entries) of a run's `n`-entry list over `n_real` real tiles with `n_per_image` variations
-    of each: a share `share` synthetic (None: the pool's proportion N / (N + 1)), capped so that every real tile is in."""
+    """(real entries, synthetic entries) of a run's `n`-entry list over `n_real` real tiles with `n_per_image`
+    variations of each: a share `share` synthetic (None: the pool's proportion N / (N + 1)), capped so that
+    every real tile is in."""
     check(n_real >= 1, 'no real training images', 'check the split')
     check(n >= n_real, f'a {n}-entry training list cannot hold all {n_real} real training tiles',
           f'raise the budget to at least {n_real} entries (detect.steps × batch / passes), or use fewer passes')
@@ -67,10 +74,13 @@ def mix_counts(n: int, n_real: int, n_per_image: int, share: float | None = None
 
 # %% ../nbs/24a_conditions.ipynb #cfa268ca
 def draw_training_list(real: list, synthetic: list, n: int, n_syn: int, seed) -> list:
-    "`n` entries: the first `n_syn` of `synthetic` (cycled) and `n - n_syn` real ones covering every real entry, each real cycle in a seeded order."
+    ("`n` entries: the first `n_syn` of `synthetic` (cycled) and `n - n_syn` real ones covering every real entry, "
+     "each real cycle in a seeded order.")
     check(real, 'no real training images', 'check the split')
-    check(0 <= n_syn <= n and (n_syn == 0 or synthetic), f'{n_syn} synthetic entries of {n} asked, {len(synthetic)} available')
-    check(n - n_syn >= len(set(real)), f'{n - n_syn} real entries cannot hold all {len(set(real))} real training images',
+    check(0 <= n_syn <= n and (n_syn == 0 or synthetic),
+          f'{n_syn} synthetic entries of {n} asked, {len(synthetic)} available')
+    check(n - n_syn >= len(set(real)),
+          f'{n - n_syn} real entries cannot hold all {len(set(real))} real training images',
           'give the synthetic entries a smaller share (mix_counts caps it)')
     rng = random.Random(str(seed))
     out = []
@@ -88,7 +98,8 @@ def sequence_counts(order: list, m: int) -> dict:
 
 # %% ../nbs/24a_conditions.ipynb #f555a6f8
 def mix_summary(entries: list, synthetic: set, passes: int = 1) -> dict:
-    "distinct real / synthetic, synthetic share and real exposures per tile of a run's training list walked `passes` times."
+    ("distinct real / synthetic, synthetic share and real exposures per tile of a run's training "
+     "list walked `passes` times.")
     syn = [e for e in entries if e in synthetic]
     real = [e for e in entries if e not in synthetic]
     return dict(distinct_real=len(set(real)), distinct_synthetic=len(set(syn)),

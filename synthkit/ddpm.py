@@ -23,7 +23,8 @@ __all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LR_DECA
 CONFIG_FILE = 'synthkit_ddpm.json'
 STATE_FILE = 'training_state.safetensors'   # optimizer and RNG tensors for resuming (not part of the weights hash)
 STATE_JSON = 'training_state.json'          # the rest of the resume state: step, optimizer settings, numpy RNG
-OLD_STATE_FILE = 'training_state.pth'       # a pickle (an older form of the resume state): read as tensors only, then re-saved
+# a pickle (an older form of the resume state): read as tensors only, then re-saved
+OLD_STATE_FILE = 'training_state.pth'
 
 @dataclass
 class DDPMConfig:
@@ -36,45 +37,57 @@ class DDPMConfig:
     lr: float = 5e-4
     warmup: int = 100                       # linear learning-rate warm-up (iterations)
     batch: int = 16
-    minutes: float | None = 5.0             # wall-clock cap of one call (interactive use: machine-dependent); None: no cap
-    steps: int | None = None                # total iterations (over resumed calls); None: until `minutes` run out
+    minutes: float | None = 5.0   # wall-clock cap of one call (interactive use: machine-dependent); None: no cap
+    steps: int | None = None      # total iterations (over resumed calls); None: until `minutes` run out
     seed: int = 0
     object_weight: float = 0.7              # share of crops centred on a (jittered) object box
     train_timesteps: int = 1000
     beta_schedule: str = 'squaredcos_cap_v2'
-    save_every_s: float = 60.0              # checkpoint interval, so a killed run loses at most this much
-    log_every: int = 10                     # loss-curve resolution (iterations)
-    t_max: int | None = None                # train on timesteps t < t_max only (see "Train where SDEdit samples"); None: all
-    ema: float | None = 0.999               # largest decay of the weights' EMA (warm-up (1+k)/(10+k)); None: no EMA
-    lr_decay: str = 'cosine'                # 'cosine': lr → lr/10 over `steps` after warm-up; 'constant'
-    layout: bool = False                    # a layout channel: the UNet also sees a ship mask (synthkit.layout)
-    cond_dropout: float = 0.1               # a layout model: share of training crops whose mask is dropped (guidance)
-    layout_masks: str = 'ellipse'           # a layout model: a real box's mask, 'ellipse' (inscribed) or 'footprint' (its bright pixels)
+    save_every_s: float = 60.0   # checkpoint interval, so a killed run loses at most this much
+    log_every: int = 10          # loss-curve resolution (iterations)
+    t_max: int | None = None     # train on timesteps t < t_max only (see "Train where SDEdit samples"); None: all
+    ema: float | None = 0.999    # largest decay of the weights' EMA (warm-up (1+k)/(10+k)); None: no EMA
+    lr_decay: str = 'cosine'     # 'cosine': lr → lr/10 over `steps` after warm-up; 'constant'
+    layout: bool = False         # a layout channel: the UNet also sees a ship mask (synthkit.layout)
+    cond_dropout: float = 0.1    # a layout model: share of training crops whose mask is dropped (guidance)
+    layout_masks: str = 'ellipse'  # a layout model: a real box's mask, 'ellipse' (inscribed) or 'footprint' (its bright pixels)
 
     def check(self) -> 'DDPMConfig':
         check(isinstance(self.crop, int) and self.crop >= 16 and self.crop % 2 ** (len(self.channels) - 1) == 0,
-              f'crop={self.crop!r} must be ≥ 16 and a multiple of {2 ** (len(self.channels) - 1)}', 'use e.g. 64 or 128')
+              f'crop={self.crop!r} must be ≥ 16 and a multiple of {2 ** (len(self.channels) - 1)}',
+              'use e.g. 64 or 128')
         check(len(self.channels) >= 2 and all(c % self.norm_groups == 0 for c in self.channels),
               f'channels={self.channels} must have ≥ 2 levels, each a multiple of norm_groups={self.norm_groups}')
-        check(isinstance(self.head_dim, int) and self.head_dim >= 1, f'head_dim={self.head_dim!r} must be an integer ≥ 1', 'use e.g. 64')
+        check(isinstance(self.head_dim, int) and self.head_dim >= 1,
+              f'head_dim={self.head_dim!r} must be an integer ≥ 1', 'use e.g. 64')
         check(self.batch >= 1 and self.lr > 0, f'batch={self.batch} and lr={self.lr} must be positive')
-        check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1), f'steps={self.steps!r} must be None or an integer ≥ 1',
+        check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+              f'steps={self.steps!r} must be None or an integer ≥ 1',
               'an untrained model only returns noise: use e.g. --steps 2000')
-        check(self.minutes is None or self.minutes > 0, f'minutes={self.minutes!r} must be > 0 or None', 'use None (no cap) with steps, or e.g. 5')
-        check(self.minutes or self.steps, 'no training budget: minutes=None and steps=None', 'set steps (reproducible), or minutes for a timed interactive run')
+        check(self.minutes is None or self.minutes > 0, f'minutes={self.minutes!r} must be > 0 or None',
+              'use None (no cap) with steps, or e.g. 5')
+        check(self.minutes or self.steps, 'no training budget: minutes=None and steps=None',
+              'set steps (reproducible), or minutes for a timed interactive run')
         check(0 <= self.object_weight <= 1, f'object_weight={self.object_weight} is outside [0, 1]')
-        check(isinstance(self.train_timesteps, int) and self.train_timesteps >= 2, f'train_timesteps={self.train_timesteps!r} must be an integer ≥ 2')
-        check(self.t_max is None or (isinstance(self.t_max, int) and not isinstance(self.t_max, bool) and 1 <= self.t_max <= self.train_timesteps),
+        check(isinstance(self.train_timesteps, int) and self.train_timesteps >= 2,
+              f'train_timesteps={self.train_timesteps!r} must be an integer ≥ 2')
+        check(self.t_max is None or (isinstance(self.t_max, int) and not isinstance(self.t_max, bool)
+                                     and 1 <= self.t_max <= self.train_timesteps),
               f't_max={self.t_max!r} must be None or an integer in [1, {self.train_timesteps}]',
-              'use t_max_for(strengths, steps) for the strengths you will sample, e.g. 300 for strength ≤ 0.3, or None for all')
-        check(self.ema is None or (isinstance(self.ema, (int, float)) and not isinstance(self.ema, bool) and 0 < self.ema < 1),
+              'use t_max_for(strengths, steps) for the strengths you will sample, e.g. '
+              '300 for strength ≤ 0.3, or None for all')
+        check(self.ema is None or (isinstance(self.ema, (int, float)) and not isinstance(self.ema, bool)
+                                   and 0 < self.ema < 1),
               f'ema={self.ema!r} must be None or a decay in (0, 1)', 'use e.g. 0.999, or None for no EMA')
-        check(self.lr_decay in LR_DECAYS, f'lr_decay={self.lr_decay!r} is not one of {", ".join(LR_DECAYS)}', "use 'cosine' or 'constant'")
+        check(self.lr_decay in LR_DECAYS, f'lr_decay={self.lr_decay!r} is not one of {", ".join(LR_DECAYS)}',
+              "use 'cosine' or 'constant'")
         check(isinstance(self.layout, bool), f'layout={self.layout!r} must be True or False')
-        check(self.layout_masks in LAYOUT_MASKS, f'layout_masks={self.layout_masks!r} is not one of {", ".join(LAYOUT_MASKS)}',
+        check(self.layout_masks in LAYOUT_MASKS,
+              f'layout_masks={self.layout_masks!r} is not one of {", ".join(LAYOUT_MASKS)}',
               "use 'ellipse' (inscribed in the box) or 'footprint' (the ship's own bright pixels in it)")
-        check(isinstance(self.cond_dropout, (int, float)) and not isinstance(self.cond_dropout, bool) and 0 <= self.cond_dropout < 1,
-              f'cond_dropout={self.cond_dropout!r} must be in [0, 1)', 'use e.g. 0.1 (guidance needs some crops without their mask)')
+        check(isinstance(self.cond_dropout, (int, float)) and not isinstance(self.cond_dropout, bool)
+              and 0 <= self.cond_dropout < 1, f'cond_dropout={self.cond_dropout!r} must be in [0, 1)',
+              'use e.g. 0.1 (guidance needs some crops without their mask)')
         return self
 
     @property
@@ -89,9 +102,9 @@ class DDPMConfig:
     def model_dict(self) -> dict:
         "The fields that define the model (a resumed run must match them)."
         return dict(channels=list(self.channels), head_dim=self.heads_width, layers_per_block=self.layers_per_block,
-                    norm_groups=self.norm_groups, train_timesteps=self.train_timesteps, beta_schedule=self.beta_schedule,
-                    t_max=self.t_max, ema=self.ema, lr_decay=self.lr_decay, layout=self.layout, cond_dropout=self.cond_dropout,
-                    layout_masks=self.layout_masks)
+                    norm_groups=self.norm_groups, train_timesteps=self.train_timesteps,
+                    beta_schedule=self.beta_schedule, t_max=self.t_max, ema=self.ema, lr_decay=self.lr_decay,
+                    layout=self.layout, cond_dropout=self.cond_dropout, layout_masks=self.layout_masks)
 
     @property
     def in_channels(self) -> int:
@@ -106,15 +119,19 @@ LAYOUT_MASKS = ('ellipse', 'footprint')
 LEGACY = dict(head_dim=8, t_max=None, ema=None, lr_decay='constant', layout=False, cond_dropout=0.1, layout_masks='ellipse')
 
 def read_meta(folder) -> dict:
-    """The settings, step and loss history of the DDPM model folder `folder` (its synthkit_ddpm.json), refused in one line
-    unless the folder exists, holds `unet/` and a readable synthkit_ddpm.json with the model's settings."""
+    """The settings, step and loss history of the DDPM model folder `folder` (its synthkit_ddpm.json), refused in one
+    line unless the folder exists, holds `unet/` and a readable synthkit_ddpm.json with the model's settings."""
     folder = Path(folder)
-    check(folder.is_dir(), f'DDPM model folder {str(folder)!r} does not exist', 'train one with `synthkit train-ddpm DATA --out DIR`', path=folder)
+    check(folder.is_dir(), f'DDPM model folder {str(folder)!r} does not exist',
+          'train one with `synthkit train-ddpm DATA --out DIR`', path=folder)
     f = folder/CONFIG_FILE
-    check(f.is_file() and (folder/'unet').is_dir(), f'{folder} is not a synthkit DDPM folder (no {CONFIG_FILE} or unet/)',
+    check(f.is_file() and (folder/'unet').is_dir(),
+          f'{folder} is not a synthkit DDPM folder (no {CONFIG_FILE} or unet/)',
           'pass the --out folder of `synthkit train-ddpm`', path=folder)
     try: meta = json.loads(f.read_text())
-    except ValueError as e: raise SynthkitError(f'{CONFIG_FILE} is not valid JSON ({e})', 'restore it, or train again with resume=False (--no-resume)', path=f)
+    except ValueError as e:
+        raise SynthkitError(f'{CONFIG_FILE} is not valid JSON ({e})',
+                            'restore it, or train again with resume=False (--no-resume)', path=f)
     check(isinstance(meta, dict) and isinstance(meta.get('model'), dict),
           f"{CONFIG_FILE} has no 'model' settings (the UNet's channels, heads, noise schedule…)",
           'restore it from a backup, or train again with resume=False (--no-resume)', path=f)
@@ -126,23 +143,30 @@ def built_model(meta: dict) -> dict:
 
 # %% ../nbs/11_ddpm.ipynb #5985714e
 def build_unet(config: DDPMConfig) -> UNet2DModel:
-    "A `UNet2DModel` predicting the noise of a grey image (and seeing its ship mask with `layout`); self-attention only at the deepest level."
+    ("A `UNet2DModel` predicting the noise of a grey image (and seeing its ship mask with `layout`); "
+     "self-attention only at the deepest level.")
     n = len(config.channels)
-    return UNet2DModel(sample_size=config.crop, in_channels=config.in_channels, out_channels=1, block_out_channels=tuple(config.channels),
-                       layers_per_block=config.layers_per_block, norm_num_groups=config.norm_groups,
+    return UNet2DModel(sample_size=config.crop, in_channels=config.in_channels, out_channels=1,
+                       block_out_channels=tuple(config.channels), layers_per_block=config.layers_per_block,
+                       norm_num_groups=config.norm_groups,
                        down_block_types=('DownBlock2D',) * (n - 1) + ('AttnDownBlock2D',),
-                       up_block_types=('AttnUpBlock2D',) + ('UpBlock2D',) * (n - 1), attention_head_dim=config.heads_width)
+                       up_block_types=('AttnUpBlock2D',) + ('UpBlock2D',) * (n - 1),
+                       attention_head_dim=config.heads_width)
 
 def build_scheduler(config: DDPMConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule, clip_sample=False)
+    return DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule,
+                         clip_sample=False)
 
 def precision_workload(device='cpu'):
     """The DDPM's workload for `synthkit.precision`: one evaluation of the default UNet on two 128 px images, as
     generation runs it (channels-last, inference mode); returns `run(dtype)`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0); unet = build_unet(DDPMConfig()).to(device).eval().to(memory_format=torch.channels_last)
-    x = torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(0)).to(device).contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(0))
+         .to(device).contiguous(memory_format=torch.channels_last))
     t = torch.full((2,), 200, device=device)
     def run(dtype: str):
-        with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == 'bf16'): unet(x, t)
+        with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                                    enabled=dtype == 'bf16'):
+            unet(x, t)
     return run

@@ -17,8 +17,8 @@ from .data.items import Dataset, check_origins
 from .generators import load_pretrained, weights_hash, check_device
 from .precision import resolve_dtype
 from .layout import NULL_LAYOUT, layout_mask
-from .ddpm import (DDPMConfig, LR_DECAYS, CONFIG_FILE, STATE_FILE, STATE_JSON, OLD_STATE_FILE, read_meta, built_model,
-                           build_unet, build_scheduler)
+from .ddpm import (DDPMConfig, LR_DECAYS, CONFIG_FILE, STATE_FILE, STATE_JSON, OLD_STATE_FILE,
+                           read_meta, built_model, build_unet, build_scheduler)
 
 import torch
 from diffusers import UNet2DModel
@@ -33,7 +33,8 @@ __all__ = ['START_KEYS', 'TrainingPool', 'training_pool', 'sample_crops', 'lr_at
 # %% ../nbs/11a_ddpm_train.ipynb #dfb0025e
 @dataclass
 class TrainingPool:
-    "What a DDPM trains on: grey float images in [0, 1], their boxes, their ship masks (layout models), how many items were left out."
+    ("What a DDPM trains on: grey float images in [0, 1], their boxes, their ship masks (layout models), "
+     "how many items were left out.")
     images: list
     boxes: list
     masks: list | None = None
@@ -42,7 +43,8 @@ class TrainingPool:
 def training_pool(dataset: Dataset, layout: bool = False, masks: str = 'ellipse') -> TrainingPool:
     "The items of `dataset`'s training split as a `TrainingPool`; with `layout`, each with its ship mask (`masks`: how a real box becomes one)."
     items = [it for it in dataset if it.meta.get('split', 'train') == 'train']
-    check(items, f'no training images among the {len(dataset)} given', 'pass the training split (items with split "train")')
+    check(items, f'no training images among the {len(dataset)} given',
+          'pass the training split (items with split "train")')
     check_origins([(it, 'train') for it in items])   # no variations of val/test images, wherever data.yaml points
     imgs = [to_unit(it.read(), grey=True)[0] for it in items]
     lay = [layout_mask(im.shape, it.boxes, it.meta.get('hulls'), im if masks == 'footprint' else None) for im, it in zip(imgs, items)] if layout else None
@@ -50,11 +52,12 @@ def training_pool(dataset: Dataset, layout: bool = False, masks: str = 'ellipse'
 
 def _pad(a: np.ndarray, crop: int) -> np.ndarray:
     h, w = a.shape
-    return np.pad(a, ((0, max(0, crop - h)), (0, max(0, crop - w))), mode='reflect' if min(h, w) > crop // 2 else 'edge')
+    return np.pad(a, ((0, max(0, crop - h)), (0, max(0, crop - w))),
+                  mode='reflect' if min(h, w) > crop // 2 else 'edge')
 
 def sample_crops(images, boxes, n: int, crop: int, rng: np.random.Generator, object_weight: float = 0.7, masks=None):
-    """`n` random `crop`-px crops `(n, crop, crop)`, a share `object_weight` of them around a random box; with `masks` (one
-    per image), `(crops, mask crops)` cut, turned and flipped alike (the same draws from `rng` either way)."""
+    """`n` random `crop`-px crops `(n, crop, crop)`, a share `object_weight` of them around a random box; with `masks`
+    (one per image), `(crops, mask crops)` cut, turned and flipped alike (the same draws from `rng` either way)."""
     out = np.empty((n, crop, crop), np.float32)
     mout = None if masks is None else np.empty((n, crop, crop), np.float32)
     for j in range(n):
@@ -82,8 +85,8 @@ def sample_crops(images, boxes, n: int, crop: int, rng: np.random.Generator, obj
 
 # %% ../nbs/11a_ddpm_train.ipynb #2033c3fa
 def lr_at(step: int, config: DDPMConfig) -> float:
-    """The learning rate of iteration `step` (0, 1, …): a linear warm-up over `warmup` iterations, then `lr` ('constant', or
-    with `steps=None`) or a half cosine from `lr` to `lr/10` at iteration `steps` ('cosine')."""
+    """The learning rate of iteration `step` (0, 1, …): a linear warm-up over `warmup` iterations, then `lr`
+    ('constant', or with `steps=None`) or a half cosine from `lr` to `lr/10` at iteration `steps` ('cosine')."""
     c = config
     warm = c.lr * min(1.0, (step + 1) / max(1, c.warmup))
     if c.lr_decay == 'constant' or c.steps is None or step + 1 <= c.warmup or c.steps <= c.warmup: return warm
@@ -91,7 +94,8 @@ def lr_at(step: int, config: DDPMConfig) -> float:
     return c.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 def weights_ema(unet, config: DDPMConfig, step: int = 0) -> EMAModel | None:
-    "diffusers' `EMAModel` of `unet`'s weights with `config.ema` as its largest decay, `step` updates in (None with no EMA)."
+    ("diffusers' `EMAModel` of `unet`'s weights with `config.ema` as its largest decay, "
+     "`step` updates in (None with no EMA).")
     if config.ema is None: return None
     ema = EMAModel(unet.parameters(), decay=float(config.ema), min_decay=0.0, update_after_step=0, use_ema_warmup=False)
     ema.optimization_step = int(step)
@@ -99,8 +103,8 @@ def weights_ema(unet, config: DDPMConfig, step: int = 0) -> EMAModel | None:
 
 # %% ../nbs/11a_ddpm_train.ipynb #c851018b
 def write_state(folder: Path, st: dict):
-    """Write a resume state `{'opt': optimizer state_dict, 'gen': torch RNG state, 'rng': numpy bit-generator state, 'step',
-    'raw': the trained (not averaged) weights when unet/ holds their EMA, else None}` as tensors + JSON."""
+    """Write a resume state `{'opt': optimizer state_dict, 'gen': torch RNG state, 'rng': numpy bit-generator state,
+    'step', 'raw': the trained (not averaged) weights when unet/ holds their EMA, else None}` as tensors + JSON."""
     from safetensors.torch import save_file
     tensors, scalars = {'gen': st['gen'].contiguous()}, {}
     for k, v in (st.get('raw') or {}).items(): tensors[f'raw/{k}'] = v.detach().cpu().contiguous()
@@ -110,10 +114,12 @@ def write_state(folder: Path, st: dict):
             else: scalars[f'{i}/{k}'] = v
     save_file(tensors, str(folder/STATE_FILE))
     groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in st['opt']['param_groups']]
-    (folder/STATE_JSON).write_text(json.dumps(dict(step=int(st['step']), param_groups=groups, opt_scalars=scalars, rng=st['rng'])))
+    (folder/STATE_JSON).write_text(json.dumps(dict(step=int(st['step']), param_groups=groups,
+                                                   opt_scalars=scalars, rng=st['rng'])))
 
 def read_state(folder: Path) -> dict:
-    "The resume state of a model folder (see `write_state`), read as tensors and JSON only; a pickled one is read weights-only and re-saved."
+    ("The resume state of a model folder (see `write_state`), read as tensors and JSON only; "
+     "a pickled one is read weights-only and re-saved.")
     from safetensors.torch import load_file
     folder = Path(folder)
     if not (folder/STATE_FILE).is_file() and (folder/OLD_STATE_FILE).is_file(): _convert_pickled_state(folder)
@@ -125,23 +131,29 @@ def read_state(folder: Path) -> dict:
             elif key.startswith('raw/'): raw[key[4:]] = v
         for key, v in j['opt_scalars'].items(): i, k = key.split('/', 1); state.setdefault(int(i), {})[k] = v
         groups = [{k: tuple(v) if k == 'betas' else v for k, v in g.items()} for g in j['param_groups']]
-        return dict(opt=dict(state=state, param_groups=groups), gen=t['gen'], rng=j['rng'], step=int(j['step']), raw=raw or None)
+        return dict(opt=dict(state=state, param_groups=groups), gen=t['gen'], rng=j['rng'], step=int(j['step']),
+                    raw=raw or None)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SynthkitError(f'the resume state ({STATE_FILE} + {STATE_JSON}) is damaged or missing ({type(e).__name__}: {e})',
+        raise SynthkitError(f'the resume state ({STATE_FILE} + {STATE_JSON}) is damaged or missing '
+                            f'({type(e).__name__}: {e})',
                             'train again with --no-resume (resume=False), or restore the folder', path=folder)
 
 def _convert_pickled_state(folder: Path):
-    "Read a `training_state.pth` with `weights_only=True` (tensors and plain containers; runs nothing), re-save it safely, remove it."
+    ("Read a `training_state.pth` with `weights_only=True` (tensors and plain containers; "
+     "runs nothing), re-save it safely, remove it.")
     import pickle
     old = folder/OLD_STATE_FILE
     try: st = torch.load(old, weights_only=True, map_location='cpu')
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise SynthkitError(f'{OLD_STATE_FILE} is not tensors only ({first}); it was not loaded: unpickling anything more could run '
-                            "code hidden in it", "if you didn't make this folder, delete it; else train again with --no-resume "
+        raise SynthkitError(f'{OLD_STATE_FILE} is not tensors only ({first}); it was not loaded: unpickling anything '
+                            "more could run code hidden in it",
+                            "if you didn't make this folder, delete it; else train again with --no-resume "
                             '(resume=False), which replaces it', path=old)
     try: st = dict(opt=st['opt'], gen=st['gen'], rng=st['rng'], step=st['step'], raw=st.get('raw'))
-    except (KeyError, TypeError): raise SynthkitError(f'{OLD_STATE_FILE} is not a synthkit resume state', 'train again with --no-resume', path=old)
+    except (KeyError, TypeError):
+        raise SynthkitError(f'{OLD_STATE_FILE} is not a synthkit resume state',
+                            'train again with --no-resume', path=old)
     with tempfile.TemporaryDirectory(dir=folder, prefix='.tmp-') as tmp:
         write_state(Path(tmp), st); _umask_modes(Path(tmp))
         for f in (STATE_JSON, STATE_FILE): os.replace(Path(tmp)/f, folder/f)
@@ -159,7 +171,8 @@ def has_state(folder: Path) -> bool:
 # %% ../nbs/11a_ddpm_train.ipynb #17abfa94
 @dataclass
 class TrainingRun:
-    "The state of one DDPM training: weights being trained, their EMA, optimizer, random streams, iteration, loss history."
+    ("The state of one DDPM training: weights being trained, their EMA, optimizer, "
+     "random streams, iteration, loss history.")
     unet: UNet2DModel
     ema: EMAModel | None
     opt: torch.optim.Optimizer
@@ -178,25 +191,32 @@ def new_run(config: DDPMConfig, device, start=None, begin: dict | None = None) -
     with torch.random.fork_rng(devices=[]):   # the initial weights depend on the seed only, not on the caller's RNG
         torch.manual_seed(config.seed); unet = build_unet(config).to(device)
     if begin is not None: unet = load_pretrained(UNet2DModel, Path(start)/'unet', 'start DDPM UNet').to(device)
-    return TrainingRun(unet, weights_ema(unet, config), _optimizer(unet, config), torch.Generator().manual_seed(config.seed),
-                       np.random.default_rng(config.seed), history=[], start=begin)
+    return TrainingRun(unet, weights_ema(unet, config), _optimizer(unet, config),
+                       torch.Generator().manual_seed(config.seed), np.random.default_rng(config.seed), history=[],
+                       start=begin)
 
 # %% ../nbs/11a_ddpm_train.ipynb #c75b2faf
 def check_resumable(meta: dict, config: DDPMConfig, out: Path, begin: dict | None, start=None):
-    "Refuse (one line) to resume the checkpoint in `out` (its `meta`) as `config` from `start` unless it is the same run."
+    ("Refuse (one line) to resume the checkpoint in `out` (its `meta`) as `config` from `start` "
+     "unless it is the same run.")
     theirs, mine = differences(built_model(meta), config.model_dict(), config.model_dict())
     check(not theirs, f'the checkpoint there was built with {theirs}, not {mine}',
-          'train with the same model settings, pass resume=False (--no-resume) to start over, or use another folder', path=out)
+          'train with the same model settings, pass resume=False (--no-resume) to start over, or use another folder',
+          path=out)
     was = meta.get('start')
     check(begin is None or (was or {}).get('weights_hash') == begin['weights_hash'],
-          f"the checkpoint there was started from {(was or {}).get('folder', 'scratch')} (weights {(was or {}).get('weights_hash', '-')}), "
-          f"not from {start} (weights {begin and begin['weights_hash']})", 'leave start out to resume it, or pass resume=False (--no-resume) to start over', path=out)
+          f"the checkpoint there was started from {(was or {}).get('folder', 'scratch')} (weights "
+          f"{(was or {}).get('weights_hash', '-')}), "
+          f"not from {start} (weights {begin and begin['weights_hash']})",
+          'leave start out to resume it, or pass resume=False (--no-resume) to start over', path=out)
     target, k = meta.get('target_steps'), int(meta.get('step', 0))
     warm = meta.get('config', {}).get('warmup', config.warmup)
-    if config.lr_decay == 'cosine' and target is not None and target != config.steps and k > warm:   # past the warm-up: the cosine began
-        raise SynthkitError(f'the checkpoint there trains towards steps={target} (its cosine learning rate decays over them); resuming it with '
-                            f'steps={config.steps} would move the rate at iteration {k} from {lr_at(k, replace(config, steps=target)):.2e} '
-                            f'to {lr_at(k, config):.2e}', f'resume with steps={target} (--steps {target}), or train a new folder from it '
+    # past the warm-up: the cosine began
+    if config.lr_decay == 'cosine' and target is not None and target != config.steps and k > warm:
+        raise SynthkitError(f'the checkpoint there trains towards steps={target} (its cosine learning rate decays over '
+                            f'them); resuming it with steps={config.steps} would move the rate at iteration {k} from '
+                            f'{lr_at(k, replace(config, steps=target)):.2e} to {lr_at(k, config):.2e}',
+                            f'resume with steps={target} (--steps {target}), or train a new folder from it '
                             f'(start={str(out)!r}, --start)', path=out)
 
 def resumed_run(out: Path, config: DDPMConfig, device, begin: dict | None = None, start=None) -> TrainingRun:
@@ -204,10 +224,12 @@ def resumed_run(out: Path, config: DDPMConfig, device, begin: dict | None = None
     meta = read_meta(out)
     check_resumable(meta, config, out, begin, start)
     st = read_state(out)
-    unet = UNet2DModel.from_pretrained(out/'unet', use_safetensors=True).to(device)   # the EMA weights when there is an EMA
+    # the EMA weights when there is an EMA
+    unet = UNet2DModel.from_pretrained(out/'unet', use_safetensors=True).to(device)
     ema = weights_ema(unet, config, st['step'])
     if ema is not None:   # unet/ holds the average; the weights being trained are in the resume state
-        check(st['raw'] is not None, f'the resume state ({STATE_FILE}) has no trained weights to go with the EMA in unet/',
+        check(st['raw'] is not None,
+              f'the resume state ({STATE_FILE}) has no trained weights to go with the EMA in unet/',
               'train again with --no-resume (resume=False), or restore the folder', path=out)
         unet.load_state_dict(st['raw'])
     run = TrainingRun(unet, ema, _optimizer(unet, config), torch.Generator(), np.random.default_rng(), step=st['step'],
@@ -217,16 +239,20 @@ def resumed_run(out: Path, config: DDPMConfig, device, begin: dict | None = None
     return run
 
 # %% ../nbs/11a_ddpm_train.ipynb #eb77e182
-def save_checkpoint(out: Path, run: TrainingRun, config: DDPMConfig, n_images: int, seconds: float, complete=False, stopped_by=None):
-    "Write `run` into `out` atomically: unet/ gets the EMA weights (the trained ones with no EMA), the resume state the trained ones."
+def save_checkpoint(out: Path, run: TrainingRun, config: DDPMConfig, n_images: int, seconds: float, complete=False,
+                    stopped_by=None):
+    ("Write `run` into `out` atomically: unet/ gets the EMA weights (the trained ones with no EMA), "
+     "the resume state the trained ones.")
     with tempfile.TemporaryDirectory(dir=out, prefix='.tmp-') as tmp:
         if run.ema is not None: run.ema.store(run.unet.parameters()); run.ema.copy_to(run.unet.parameters())
-        try: run.unet.save_pretrained(Path(tmp)/'unet', safe_serialization=True)   # the EMA weights, when there is an EMA
+        try:   # the EMA weights, when there is an EMA
+            run.unet.save_pretrained(Path(tmp)/'unet', safe_serialization=True)
         finally:
             if run.ema is not None: run.ema.restore(run.unet.parameters())          # back to the weights being trained
         build_scheduler(config).save_pretrained(Path(tmp)/'scheduler')
         raw = run.unet.state_dict() if run.ema is not None else None
-        write_state(Path(tmp), dict(opt=run.opt.state_dict(), gen=run.gen.get_state(), rng=run.rng.bit_generator.state, step=run.step, raw=raw))
+        write_state(Path(tmp), dict(opt=run.opt.state_dict(), gen=run.gen.get_state(), rng=run.rng.bit_generator.state,
+                                    step=run.step, raw=raw))
         _umask_modes(Path(tmp))
         for sub in ('unet', 'scheduler'):
             (out/sub).mkdir(exist_ok=True)
@@ -234,12 +260,14 @@ def save_checkpoint(out: Path, run: TrainingRun, config: DDPMConfig, n_images: i
         for f in (STATE_JSON, STATE_FILE): os.replace(Path(tmp)/f, out/f)
         (out/OLD_STATE_FILE).unlink(missing_ok=True)
     meta = dict(config={**asdict(config), 'channels': list(config.channels)}, model=config.model_dict(), step=run.step,
-                n_train_images=n_images, train_seconds=round(seconds, 1), target_steps=config.steps, complete=bool(complete),
-                stopped_by=stopped_by, train_dtype='+'.join(sorted(run.precisions)), start=run.start, history=run.history)
+                n_train_images=n_images, train_seconds=round(seconds, 1), target_steps=config.steps,
+                complete=bool(complete), stopped_by=stopped_by, train_dtype='+'.join(sorted(run.precisions)),
+                start=run.start, history=run.history)
     write_json(out/CONFIG_FILE, meta)
 
 # %% ../nbs/11a_ddpm_train.ipynb #44731fdd
-START_KEYS = ('channels', 'head_dim', 'layers_per_block', 'norm_groups', 'train_timesteps', 'beta_schedule', 't_max', 'crop', 'layout')
+START_KEYS = ('channels', 'head_dim', 'layers_per_block', 'norm_groups', 'train_timesteps', 'beta_schedule', 't_max',
+              'crop', 'layout')
 
 def differences(theirs: dict, mine: dict, keys) -> tuple:
     "The values of `keys` in which two settings dicts differ, as two dicts (theirs, mine)."
@@ -247,21 +275,25 @@ def differences(theirs: dict, mine: dict, keys) -> tuple:
     return {k: theirs.get(k) for k in keys}, {k: mine.get(k) for k in keys}
 
 def start_info(start, config: DDPMConfig, out: Path, new_run: bool = True) -> dict:
-    """The identity of the DDPM folder `start` (its folder, weights hash, iterations); for a `new_run` (not a resume), refused
-    unless it was built like this run (model settings, crop, t_max)."""
+    """The identity of the DDPM folder `start` (its folder, weights hash, iterations); for a `new_run` (not a resume),
+    refused unless it was built like this run (model settings, crop, t_max)."""
     start = Path(start)
     meta = read_meta(start)
-    check(start.resolve() != out.resolve(), 'start is the output folder itself', 'leave start out: an existing folder resumes by itself', path=start)
-    check(meta.get('step', 1) >= 1, f'the start {start} was never trained (0 iterations)', 'pass a trained DDPM folder, or leave start out', path=start)
+    check(start.resolve() != out.resolve(), 'start is the output folder itself',
+          'leave start out: an existing folder resumes by itself', path=start)
+    check(meta.get('step', 1) >= 1, f'the start {start} was never trained (0 iterations)',
+          'pass a trained DDPM folder, or leave start out', path=start)
     if new_run:
         theirs, mine = differences({**built_model(meta), 'crop': meta.get('config', {}).get('crop')},
                                    {**config.model_dict(), 'crop': config.crop}, START_KEYS)
         check(not theirs, f'the start {start} was built with {theirs}, this run with {mine}',
-              f"train with the start's settings ({', '.join(f'{k}={v!r}' for k, v in theirs.items())}), or leave start out (from scratch)", path=start)
+              f"train with the start's settings ({', '.join(f'{k}={v!r}' for k, v in theirs.items())}), "
+              "or leave start out (from scratch)", path=start)
     return dict(folder=str(start), weights_hash=weights_hash(start, skip=(STATE_FILE,)), step=meta.get('step'))
 
 # %% ../nbs/11a_ddpm_train.ipynb #0b51c164
-def training_step(run: TrainingRun, x0: torch.Tensor, config: DDPMConfig, alphas: torch.Tensor, bf16: bool, cond=None) -> float:
+def training_step(run: TrainingRun, x0: torch.Tensor, config: DDPMConfig, alphas: torch.Tensor, bf16: bool,
+                  cond=None) -> float:
     """One iteration on the clean crops `x0` (B,1,H,W in [-1, 1]) — with `cond`, their ship masks (B,1,H,W), a share
     `cond_dropout` of them replaced by `NULL_LAYOUT`: noise, predict, clip, step, update the EMA; returns the loss."""
     dev = alphas.device
@@ -272,7 +304,8 @@ def training_step(run: TrainingRun, x0: torch.Tensor, config: DDPMConfig, alphas
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     if cond is not None:
         drop = torch.rand(len(x0), generator=run.gen) < config.cond_dropout
-        xt = torch.cat([xt, torch.where(drop.view(-1, 1, 1, 1), torch.full_like(cond, NULL_LAYOUT), cond).to(dev)], dim=1)
+        xt = torch.cat([xt, torch.where(drop.view(-1, 1, 1, 1), torch.full_like(cond, NULL_LAYOUT), cond).to(dev)],
+                       dim=1)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16): pred = run.unet(xt, t).sample
     loss = torch.nn.functional.mse_loss(pred.float(), noise)
     for g in run.opt.param_groups: g['lr'] = lr_at(run.step, config)
@@ -285,7 +318,8 @@ def training_step(run: TrainingRun, x0: torch.Tensor, config: DDPMConfig, alphas
 def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resume: bool = True, progress: bool = True,
                device: str = 'cpu', dtype: str | None = 'auto', start=None) -> Path:
     """Train (or resume training) the in-domain DDPM on the training split of `dataset` on `device` (`dtype`: see
-    `synthkit.precision.resolve_dtype`); `start`: a DDPM folder whose (EMA) weights a new run starts from. Returns `out`."""
+    `synthkit.precision.resolve_dtype`); `start`: a DDPM folder whose (EMA) weights a new run starts from. Returns
+    `out`."""
     from tqdm.auto import tqdm
     config = config.check()
     check_device(device)
@@ -293,7 +327,8 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     pool = training_pool(dataset, config.layout, config.layout_masks)   # before anything is written: a refused dataset leaves no folder
     out, dev = Path(out), torch.device(device)
     resuming = resume and has_state(out) and (out/CONFIG_FILE).exists()
-    begin = start_info(start, config, out, not resuming) if start is not None else None   # refused before anything is written
+    # refused before anything is written
+    begin = start_info(start, config, out, not resuming) if start is not None else None
     run = resumed_run(out, config, dev, begin, start) if resuming else new_run(config, dev, start, begin)
     out.mkdir(parents=True, exist_ok=True)
     run.unet.train()
@@ -303,11 +338,15 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     save = lambda **kw: save_checkpoint(out, run, config, len(pool.images), seconds0 + time.monotonic() - t0, **kw)
     last_save, window = t0, []
     bar = tqdm(total=config.steps, initial=run.step, disable=not progress, desc='train-ddpm', unit='it')
-    if pool.skipped and progress: bar.write(f'training on {len(pool.images)} images ({pool.skipped} val/test images left out)')
-    def done(): return (config.steps is not None and run.step >= config.steps) or (config.minutes and time.monotonic() - t0 >= 60 * config.minutes)
+    if pool.skipped and progress:
+        bar.write(f'training on {len(pool.images)} images ({pool.skipped} val/test images left out)')
+    def done():
+        return ((config.steps is not None and run.step >= config.steps)
+                or (config.minutes and time.monotonic() - t0 >= 60 * config.minutes))
     try:
         while not done():
-            crops = sample_crops(pool.images, pool.boxes, config.batch, config.crop, run.rng, config.object_weight, pool.masks)
+            crops = sample_crops(pool.images, pool.boxes, config.batch, config.crop, run.rng,
+                                 config.object_weight, pool.masks)
             x0, cond = (crops, None) if pool.masks is None else crops
             cond = None if cond is None else torch.from_numpy(cond)[:, None]
             window.append(training_step(run, torch.from_numpy(x0)[:, None] * 2 - 1, config, alphas, bf16, cond))
@@ -320,8 +359,11 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
         bar.close()
     if window: run.history.append([run.step, round(float(np.mean(window)), 5)])
     short = config.steps is not None and run.step < config.steps
-    if short: warnings.warn(f'DDPM training in {out} stopped at {run.step} of {config.steps} steps: the minutes={config.minutes} cap ran out. '
-                            'The model is marked incomplete; call again to resume, or set minutes=None to train by steps alone.', stacklevel=2)
+    if short:
+        warnings.warn(f'DDPM training in {out} stopped at {run.step} of {config.steps} steps: the '
+                      f'minutes={config.minutes} cap ran out. '
+                      'The model is marked incomplete; call again to resume, '
+                      'or set minutes=None to train by steps alone.', stacklevel=2)
     save(complete=not short, stopped_by='steps' if config.steps is not None and not short else 'minutes')
     return out
 
@@ -349,38 +391,47 @@ def cli_args(parser):
     parser.add_argument('--out', required=True, help='model folder (created; an existing one is resumed)')
     d = DDPMConfig()
     parser.add_argument('--minutes', type=float, default=None,
-                        help=f'wall-clock cap of this run, machine-dependent (default: {d.minutes} without --steps, none with it)')
+                        help='wall-clock cap of this run, machine-dependent (default: '
+                             f'{d.minutes} without --steps, none with it)')
     parser.add_argument('--steps', type=int, default=None, help='total training iterations (over resumed runs)')
     parser.add_argument('--seed', type=int, default=d.seed)
     parser.add_argument('--crop', type=int, default=d.crop, help=f'training crop size in px (default {d.crop})')
     parser.add_argument('--batch', type=int, default=d.batch)
     parser.add_argument('--head-dim', type=int, default=None,
-                        help=f'channels per attention head (default: the --out folder\'s when resuming it, else {d.head_dim})')
+                        help='channels per attention head (default: '
+                             f'the --out folder\'s when resuming it, else {d.head_dim})')
     parser.add_argument('--t-max', type=int, default=None,
-                        help='train on timesteps t < T only: SDEdit at strength s never visits t ≥ ~s×1000 (e.g. 300 for strength ≤ 0.3; '
-                             "default: the --out folder's when resuming it, else all)")
-    parser.add_argument('--ema', type=_ema_arg, default=None, help=f"largest EMA decay of the weights, or none (default: the --out folder's "
-                                                                  f'when resuming it, else {d.ema})')
+                        help='train on timesteps t < T only: SDEdit at strength s never visits t ≥ ~s×1000 (e.g. 300 '
+                             "for strength ≤ 0.3; default: the --out folder's when resuming it, else all)")
+    parser.add_argument('--ema', type=_ema_arg, default=None,
+                        help=f"largest EMA decay of the weights, or none (default: the --out folder's "
+                             f'when resuming it, else {d.ema})')
     parser.add_argument('--lr-decay', choices=LR_DECAYS, default=None,
-                        help=f"learning rate after the warm-up (default: the --out folder's when resuming it, else {d.lr_decay})")
+                        help="learning rate after the warm-up (default: "
+                             f"the --out folder's when resuming it, else {d.lr_decay})")
     parser.add_argument('--layout', action='store_true', default=None,
-                        help="a layout-conditioned model (the drawn generator's): the UNet also sees each image's ship mask "
-                             "(hulls from a simulated dataset's hulls.json, else ellipses in the boxes); default: the --out folder's when resuming it")
-    parser.add_argument('--start', default=None, help='a synthkit DDPM folder (same model settings, crop and t-max) to fine-tune from')
+                        help="a layout-conditioned model (the drawn generator's): the UNet also sees each image's ship "
+                             "mask (hulls from a simulated dataset's hulls.json, else ellipses in the boxes); default: "
+                             "the --out folder's when resuming it")
+    parser.add_argument('--start', default=None,
+                        help='a synthkit DDPM folder (same model settings, crop and t-max) to fine-tune from')
     parser.add_argument('--lr', type=float, default=d.lr)
     parser.add_argument('--device', default='cpu', help="torch device to train on: cpu (default) or cuda")
-    parser.add_argument('--dtype', default='auto', help='auto (default: the faster of bf16 and fp32, measured once on this machine) | fp32 | bf16')
+    parser.add_argument('--dtype', default='auto',
+                        help='auto (default: the faster of bf16 and fp32, measured once on this machine) | fp32 | bf16')
     parser.add_argument('--no-resume', action='store_true', help='start over even if --out holds a checkpoint')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 def with_hulls(dataset: Dataset, folder) -> Dataset:
-    "`dataset` with each simulated scene's exact hulls in its items' `meta['hulls']` where `folder` holds a `hulls.json` (`synthkit simulate` writes it)."
+    ("`dataset` with each simulated scene's exact hulls in its items' `meta['hulls']` where `folder` holds a "
+     "`hulls.json` (`synthkit simulate` writes it).")
     from dataclasses import replace as rep_
     from synthkit.sarsim import scene_hulls
     f = Path(folder)
     hulls = scene_hulls(f if f.is_dir() else f.parent)
     if not hulls: return dataset
-    return rep_(dataset, items=[rep_(it, meta={**it.meta, 'hulls': hulls[it.id]}) if it.id in hulls else it for it in dataset])
+    return rep_(dataset, items=[rep_(it, meta={**it.meta, 'hulls': hulls[it.id]}) if it.id in hulls else it
+                                for it in dataset])
 
 def cli_inputs(args) -> list:
     "What `train-ddpm` reads: the dataset's folders and the --start model folder."
@@ -389,18 +440,22 @@ def cli_inputs(args) -> list:
 
 def cli_run(args) -> int:
     from synthkit.data.formats import load_reported
-    check_device(args.device); resolve_dtype(args.dtype, 'ddpm', args.device)   # refused before anything is read or removed
+    # refused before anything is read or removed
+    check_device(args.device); resolve_dtype(args.dtype, 'ddpm', args.device)
     ds = with_hulls(load_reported(args.data), args.data)
     minutes = args.minutes if args.minutes is not None else None if args.steps else DDPMConfig.minutes
     # not given: the folder's own when resuming it (models from before a setting existed: LEGACY's), else the default
     built = built_model(read_meta(args.out)) if (Path(args.out)/CONFIG_FILE).is_file() and not args.no_resume else {}
     given = dict(head_dim=args.head_dim, t_max=args.t_max, ema=args.ema, lr_decay=args.lr_decay, layout=args.layout)
-    model = {k: built.get(k, getattr(DDPMConfig, k)) if v is None else None if v == 'none' else v for k, v in given.items()}
-    cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr, **model).check()
+    model = {k: built.get(k, getattr(DDPMConfig, k)) if v is None else None if v == 'none' else v
+             for k, v in given.items()}
+    cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr,
+                     **model).check()
     if args.no_resume and Path(args.out).exists():
         for f in (STATE_FILE, STATE_JSON, OLD_STATE_FILE, CONFIG_FILE): (Path(args.out)/f).unlink(missing_ok=True)
     out = train_ddpm(ds, args.out, cfg, resume=not args.no_resume, progress=not args.quiet, device=args.device,
                      dtype=args.dtype, start=args.start)
     h = training_history(out)
-    print(f'trained {int(h[-1, 0]) if len(h) else 0} iterations, last loss {h[-1, 1] if len(h) else float("nan"):.4f}; model in {out}')
+    print(f'trained {int(h[-1, 0]) if len(h) else 0} iterations, last loss {h[-1, 1] if len(h) else float("nan"):.4f}; '
+          f'model in {out}')
     return 0

@@ -30,34 +30,45 @@ class DetectConfig:
     seed: int = 0
     device: str = 'cpu'
     workers: int = 0
-    warmup_steps: int | None = None  # None: Ultralytics' default of 3 epochs; set it to make the warm-up equal in batches
+    # None: Ultralytics' default of 3 epochs; set it to make the warm-up equal in batches
+    warmup_steps: int | None = None
     mosaic: float = 1.0
-    close_mosaic: int = 0         # epochs without mosaic at the end (0: never turn it off; epochs differ across conditions)
+    close_mosaic: int = 0   # epochs without mosaic at the end (0: never turn it off; epochs differ across conditions)
     lr0: float = 0.01
     val_every_epoch: bool = False # validate after every epoch (slower); the final epoch is always validated
-    eval_imgsz: int | None = None # inference size of the test evaluation (None: imgsz); whole native images need their own size
+    # inference size of the test evaluation (None: imgsz); whole native images need their own size
+    eval_imgsz: int | None = None
     extra: tuple = ()             # more Ultralytics train arguments as (key, value) pairs
-    dtype: str = 'fp32'           # training precision: 'fp32', 'bf16' (autocast), or 'auto' (the faster, measured: synthkit.precision)
-    flipud: float = 0.0           # probability of an up-down flip (Ultralytics' own default 0; overhead imagery has no up: use 0.5)
+    # training precision: 'fp32', 'bf16' (autocast), or 'auto' (the faster, measured: synthkit.precision)
+    dtype: str = 'fp32'
+    # probability of an up-down flip (Ultralytics' own default 0; overhead imagery has no up: use 0.5)
+    flipud: float = 0.0
     fliplr: float = 0.5           # probability of a left-right flip (Ultralytics' default)
-    lr_schedule: str = 'epochs'   # 'epochs': Ultralytics' schedule, stepped per epoch; 'steps': warm-up then linear decay per batch
+    # 'epochs': Ultralytics' schedule, stepped per epoch; 'steps': warm-up then linear decay per batch
+    lr_schedule: str = 'epochs'
 
     def check(self) -> 'DetectConfig':
         "Raise `SynthkitError` for values Ultralytics can't use; returns self."
         check(isinstance(self.imgsz, int) and self.imgsz >= 32 and self.imgsz % 32 == 0,
               f'imgsz={self.imgsz!r} must be a multiple of 32, at least 32', 'use e.g. 320 or 640')
-        check(self.eval_imgsz is None or (isinstance(self.eval_imgsz, int) and self.eval_imgsz >= 32 and self.eval_imgsz % 32 == 0),
-              f'eval_imgsz={self.eval_imgsz!r} must be None or a multiple of 32', 'use e.g. 544 for whole 531 px images')
+        check(self.eval_imgsz is None or (isinstance(self.eval_imgsz, int) and self.eval_imgsz >= 32
+                                          and self.eval_imgsz % 32 == 0),
+              f'eval_imgsz={self.eval_imgsz!r} must be None or a multiple of 32',
+              'use e.g. 544 for whole 531 px images')
         check(isinstance(self.epochs, int) and self.epochs >= 1, f'epochs={self.epochs!r} must be an integer ≥ 1')
-        check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1), f'steps={self.steps!r} must be None or an integer ≥ 1')
-        check(isinstance(self.batch, int) and self.batch >= 1, f'batch={self.batch!r} must be an integer ≥ 1', 'use e.g. 16')
-        check(str(self.model).endswith(('.yaml', '.yml', '.pt')), f'model={self.model!r} is neither a .yaml architecture nor a .pt file',
+        check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1),
+              f'steps={self.steps!r} must be None or an integer ≥ 1')
+        check(isinstance(self.batch, int) and self.batch >= 1,
+              f'batch={self.batch!r} must be an integer ≥ 1', 'use e.g. 16')
+        check(str(self.model).endswith(('.yaml', '.yml', '.pt')),
+              f'model={self.model!r} is neither a .yaml architecture nor a .pt file',
               'use e.g. yolov8n.yaml (trained from scratch) or the path of a local .pt')
         check(self.dtype in ('fp32', 'bf16', 'auto'), f'dtype={self.dtype!r} is not one of fp32, bf16, auto',
               "use 'fp32' (full precision), 'bf16' or 'auto' (the faster of the two on this machine)")
         for k in ('flipud', 'fliplr'):
             v = getattr(self, k)
-            check(isinstance(v, (int, float)) and 0 <= v <= 1, f'{k}={v!r} must be a probability in [0, 1]', 'use e.g. 0.5')
+            check(isinstance(v, (int, float)) and 0 <= v <= 1,
+                  f'{k}={v!r} must be a probability in [0, 1]', 'use e.g. 0.5')
         check(self.lr_schedule in ('epochs', 'steps'), f'lr_schedule={self.lr_schedule!r} is not epochs or steps',
               "use 'steps' (the same schedule however long the training list is) or 'epochs' (Ultralytics' own)")
         return self
@@ -70,7 +81,8 @@ class DetectConfig:
         return resolve_dtype(self.dtype, 'detector', 'cuda' if gpu else self.device)
 
     def key(self) -> dict:
-        "The fields as a cache key: `dtype` as this machine resolves it; fields added later are left out at their defaults (older keys stay valid)."
+        ("The fields as a cache key: `dtype` as this machine resolves it; fields added later are left out at their "
+         "defaults (older keys stay valid).")
         d = asdict(self)
         for k, v in dict(flipud=0.0, fliplr=0.5, lr_schedule='epochs').items():
             if d[k] == v: d.pop(k)
@@ -86,7 +98,8 @@ class DetectConfig:
 def _read_yaml(path) -> dict:
     import yaml
     path = Path(path)
-    check(path.is_file(), 'data.yaml not found', 'pass the data.yaml written by `synthkit convert` or export_yolo', path=path)
+    check(path.is_file(), 'data.yaml not found', 'pass the data.yaml written by `synthkit convert` or export_yolo',
+          path=path)
     try: d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e: raise SynthkitError(f'not valid YAML ({e})', 'fix the file', path=path)
     check(isinstance(d, dict) and 'train' in d and 'names' in d, "needs at least 'train:' and 'names:' keys",
@@ -110,7 +123,9 @@ def split_images(data_yaml, part: str = 'train') -> list[Path]:
                 if ln.strip():
                     q = Path(ln.strip())
                     out.append(q if q.is_absolute() else (root/q).resolve())
-        else: raise SynthkitError(f'{part} entry {str(e)!r} is neither a folder nor a .txt list', 'check the paths in data.yaml', path=data_yaml)
+        else:
+            raise SynthkitError(f'{part} entry {str(e)!r} is neither a folder nor a .txt list',
+                                'check the paths in data.yaml', path=data_yaml)
     check(out, f'the {part} part has no images', 'check the paths in data.yaml', path=data_yaml)
     return out
 
@@ -119,14 +134,16 @@ def _model_source(model: str) -> str:
     m = str(model)
     if m.endswith('.pt'):
         p = Path(m).expanduser()
-        check(p.is_file(), f'model weights {m!r} not found', 'synthkit never downloads weights: pass the path of a local .pt, '
+        check(p.is_file(), f'model weights {m!r} not found',
+              'synthkit never downloads weights: pass the path of a local .pt, '
               'or an architecture such as yolov8n.yaml to train from scratch', path=p)
         return str(p.resolve())
     p = Path(m).expanduser()
     return str(p.resolve()) if p.is_file() else m
 
 def plan_budget(config: DetectConfig, n_train: int) -> dict:
-    "Epochs, batches per epoch, the batches trained in all (`steps`) and warm-up epochs for `n_train` images under `config`."
+    ("Epochs, batches per epoch, the batches trained in all (`steps`) and warm-up epochs for "
+     "`n_train` images under `config`.")
     check(n_train >= 1, 'the training set is empty', 'check the train: entry of data.yaml')
     nb = max(1, math.ceil(n_train / config.batch))
     epochs = config.epochs if config.steps is None else max(1, math.ceil(config.steps / nb))
@@ -168,7 +185,8 @@ class DetectRun:
         d = asdict(self); d['out_dir'], d['weights'] = str(self.out_dir), str(self.weights); return d
 
 class _LogToFile:
-    "Copy the Ultralytics logger into `path` for the duration of a run; unless `verbose`, its progress bars go there too."
+    ("Copy the Ultralytics logger into `path` for the duration of a run; "
+     "unless `verbose`, its progress bars go there too.")
     def __init__(self, path, verbose: bool = False): self.path, self.verbose = path, verbose
     def __enter__(self):
         import contextlib
@@ -184,7 +202,8 @@ class _LogToFile:
         _quiet(True); self.stack.close(); self.log.removeHandler(self.h); self.h.close()
 
 def read_curve(csv_path) -> list:
-    "The per-epoch rows of an Ultralytics `results.csv` as `{column: float}` (names stripped, empty cells left out); [] when absent."
+    ("The per-epoch rows of an Ultralytics `results.csv` as `{column: float}` (names stripped, "
+     "empty cells left out); [] when absent.")
     import csv
     if not Path(csv_path).is_file(): return []
     with open(csv_path) as f:
@@ -230,15 +249,19 @@ def step_schedule(warmup: int):
             if i < warmup:
                 start = trainer.args.warmup_bias_lr if g.get('param_group') == 'bias' else 0.0
                 g['lr'] = float(np.interp(i, [0, warmup], [start, g['initial_lr'] * f(warmup)]))
-                if 'momentum' in g: g['momentum'] = float(np.interp(i, [0, warmup], [trainer.args.warmup_momentum, trainer.args.momentum]))
+                if 'momentum' in g:
+                    g['momentum'] = float(np.interp(i, [0, warmup],
+                                                    [trainer.args.warmup_momentum, trainer.args.momentum]))
             else:
                 g['lr'] = float(target)
                 if 'momentum' in g: g['momentum'] = trainer.args.momentum
-        trainer.accumulate = max(1, int(np.interp(i, [0, max(warmup, 1)], [1, state['acc']]).round())) if i < warmup else state['acc']
+        trainer.accumulate = (max(1, int(np.interp(i, [0, max(warmup, 1)], [1, state['acc']]).round())) if i < warmup
+                              else state['acc'])
     return callback
 
 def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *, verbose: bool = False) -> DetectRun:
-    "Train YOLO on `data_yaml` under `config`, keep logs in `out_dir`, evaluate on the test split; returns a `DetectRun`."
+    ("Train YOLO on `data_yaml` under `config`, keep logs in `out_dir`, evaluate on the test "
+     "split; returns a `DetectRun`.")
     config = config.check()
     ultralytics_settings()
     from ultralytics import YOLO
@@ -248,33 +271,39 @@ def train_detector(data_yaml, out_dir, config: DetectConfig = DetectConfig(), *,
     out_dir.mkdir(parents=True, exist_ok=True)
     model_src = _model_source(config.model)
     args = dict(data=str(data_yaml), epochs=budget['epochs'], imgsz=config.imgsz, batch=config.batch, seed=config.seed,
-                deterministic=True, device=config.device, workers=config.workers, amp=config.resolved_dtype == 'bf16' and 'bf16', plots=False,
-                val=config.val_every_epoch, project=str(out_dir), name='train', exist_ok=True, verbose=verbose,
+                deterministic=True, device=config.device, workers=config.workers,
+                amp=config.resolved_dtype == 'bf16' and 'bf16', plots=False, val=config.val_every_epoch,
+                project=str(out_dir), name='train', exist_ok=True, verbose=verbose,
                 warmup_epochs=0 if config.lr_schedule == 'steps' else budget['warmup_epochs'], mosaic=config.mosaic,
-                close_mosaic=config.close_mosaic, flipud=config.flipud, fliplr=config.fliplr,
-                lr0=config.lr0, patience=0, save=True, cache=False, pretrained=model_src.endswith('.pt'))
+                close_mosaic=config.close_mosaic, flipud=config.flipud, fliplr=config.fliplr, lr0=config.lr0,
+                patience=0, save=True, cache=False, pretrained=model_src.endswith('.pt'))
     args.update(dict(config.extra))
     t0 = time.time()
     with _LogToFile(out_dir/'train.log', verbose), _cpu_compute(config.resolved_dtype):
         try:
             model = YOLO(model_src)
-            if config.lr_schedule == 'steps': model.add_callback('on_train_batch_start', step_schedule(config.warmup_steps or 0))
+            if config.lr_schedule == 'steps':
+                model.add_callback('on_train_batch_start', step_schedule(config.warmup_steps or 0))
             model.train(**args)
         except FileNotFoundError as e:
-            raise SynthkitError(f'Ultralytics could not find a file ({e})', 'check the paths in data.yaml', path=data_yaml)
+            raise SynthkitError(f'Ultralytics could not find a file ({e})',
+                                'check the paths in data.yaml', path=data_yaml)
     weights = out_dir/'train'/'weights'/'last.pt'
-    check(weights.is_file(), 'training finished without writing last.pt', f'see the log {out_dir/"train.log"}', path=weights)
+    check(weights.is_file(), 'training finished without writing last.pt',
+          f'see the log {out_dir/"train.log"}', path=weights)
     split = 'test' if 'test' in _read_yaml(data_yaml) else 'val'
-    metrics = evaluate(weights, data_yaml, split=split, imgsz=config.eval_imgsz or config.imgsz, batch=config.batch, device=config.device,
-                       out_dir=out_dir/'eval', verbose=verbose)
-    run = DetectRun(out_dir, weights, read_curve(out_dir/'train'/'results.csv'), metrics, budget, round(time.time() - t0, 2), split)
+    metrics = evaluate(weights, data_yaml, split=split, imgsz=config.eval_imgsz or config.imgsz, batch=config.batch,
+                       device=config.device, out_dir=out_dir/'eval', verbose=verbose)
+    run = DetectRun(out_dir, weights, read_curve(out_dir/'train'/'results.csv'), metrics, budget,
+                    round(time.time() - t0, 2), split)
     (out_dir/'run.json').write_text(json.dumps(dict(run.asdict(), config=config.asdict()), indent=1, default=str))
     return run
 
 # %% ../nbs/20_detect.ipynb #ed1c2aa8
 @dataclass(frozen=True)
 class Metric:
-    "One detector metric, declared once: its row key, its label, where Ultralytics' validator reports it, its direction, and whether tables show it."
+    ("One detector metric, declared once: its row key, its label, where Ultralytics' validator reports it, "
+     "its direction, and whether tables show it.")
     name: str                       # the key in result rows ('map50'); 'extra_' + name on the extra pool
     label: str                      # how tables, plots and the CLI line name it
     source: str                     # the key in Ultralytics' `results_dict`
@@ -282,7 +311,8 @@ class Metric:
     shown: bool = True              # a column of the report's table, the panel's table and the CLI line
 
 METRICS = [Metric('map50', 'mAP50', 'metrics/mAP50(B)'), Metric('map50_95', 'mAP50-95', 'metrics/mAP50-95(B)'),
-           Metric('precision', 'precision', 'metrics/precision(B)', shown=False), Metric('recall', 'recall', 'metrics/recall(B)', shown=False)]
+           Metric('precision', 'precision', 'metrics/precision(B)', shown=False),
+           Metric('recall', 'recall', 'metrics/recall(B)', shown=False)]
 
 def metric_names(shown: bool = False) -> tuple:
     "The names of the declared metrics (only those tables show, with `shown`)."
@@ -290,7 +320,8 @@ def metric_names(shown: bool = False) -> tuple:
 
 def evaluate(weights, data_yaml, split: str = 'test', *, imgsz: int = 320, batch: int = 16, device: str = 'cpu',
              out_dir=None, verbose: bool = False, **kw) -> dict:
-    "Every declared metric (`METRICS`: mAP50, mAP50-95, precision, recall) of `weights` on one split of `data_yaml`, from Ultralytics' validator."
+    ("Every declared metric (`METRICS`: mAP50, mAP50-95, precision, recall) of `weights` on one split of `data_yaml`, "
+     "from Ultralytics' validator.")
     ultralytics_settings()
     from ultralytics import YOLO
     import tempfile
@@ -299,12 +330,13 @@ def evaluate(weights, data_yaml, split: str = 'test', *, imgsz: int = 320, batch
     out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix='synthkit-eval-'))
     out_dir.mkdir(parents=True, exist_ok=True)
     with _LogToFile(out_dir/'eval.log', verbose), _cpu_compute():
-        res = YOLO(str(w)).val(data=str(Path(data_yaml).resolve()), split=split, imgsz=imgsz, batch=batch, device=device,
-                               workers=0, plots=False, project=str(Path(out_dir).resolve()), name=split, exist_ok=True,
-                               verbose=verbose, **kw)
+        res = YOLO(str(w)).val(data=str(Path(data_yaml).resolve()), split=split, imgsz=imgsz,
+                               batch=batch, device=device, workers=0, plots=False, project=str(Path(out_dir).resolve()),
+                               name=split, exist_ok=True, verbose=verbose, **kw)
     rd = res.results_dict
     missing = [m.source for m in METRICS if m.source not in rd]
-    check(not missing, f'Ultralytics reports no {missing[0]!r}' if missing else '', f'declare metrics by keys it reports: {", ".join(rd)}')
+    check(not missing, f'Ultralytics reports no {missing[0]!r}' if missing else '',
+          f'declare metrics by keys it reports: {", ".join(rd)}')
     return {m.name: float(rd[m.source]) for m in METRICS}
 
 # %% ../nbs/20_detect.ipynb #afb4ac7a
@@ -322,6 +354,8 @@ class Detector:
         x, _ = to_unit(np.asarray(image), grey=False)           # HxWx3 floats in [0, 1]
         bgr = np.ascontiguousarray((x * 255).round().astype(np.uint8)[..., ::-1])
         with _cpu_compute():
-            r = self.model.predict(bgr, imgsz=self.imgsz, conf=self.conf if conf is None else conf, device=self.device, verbose=False)[0]
+            r = self.model.predict(bgr, imgsz=self.imgsz, conf=self.conf if conf is None else conf, device=self.device,
+                                   verbose=False)[0]
         b = r.boxes
-        return (b.xyxy.cpu().numpy().astype(np.float32), b.conf.cpu().numpy().astype(np.float32), b.cls.cpu().numpy().astype(np.int64))
+        return (b.xyxy.cpu().numpy().astype(np.float32), b.conf.cpu().numpy().astype(np.float32),
+                b.cls.cpu().numpy().astype(np.int64))

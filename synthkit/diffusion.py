@@ -55,9 +55,12 @@ def _model_index(model: str) -> dict:
     if p.is_dir():
         f = p/'model_index.json'
         check(f.is_file(), f'{str(model)!r} has no model_index.json, so it is not a diffusers pipeline folder',
-              'pass the folder written by `pipeline.save_pretrained(folder)` (or `hf download ID --local-dir DIR`)', path=p)
+              'pass the folder written by `pipeline.save_pretrained(folder)` (or `hf download ID --local-dir DIR`)',
+              path=p)
         try: return json.loads(f.read_text())
-        except ValueError as e: raise SynthkitError(f'model_index.json is not valid JSON ({e})', 'download or save the pipeline again', path=f)
+        except ValueError as e:
+            raise SynthkitError(f'model_index.json is not valid JSON ({e})',
+                                'download or save the pipeline again', path=f)
     from diffusers import DiffusionPipeline
     class _Index:  # load_pretrained's error handling, for just the config
         @staticmethod
@@ -68,7 +71,8 @@ _DTYPES = {None: 'float32', 'fp32': 'float32', 'float32': 'float32', 'fp16': 'fl
            'bf16': 'bfloat16', 'bfloat16': 'bfloat16'}
 
 def _dtype_key() -> str:
-    "diffusers ≥ 0.36 calls the `from_pretrained` argument `dtype` (and deprecates `torch_dtype`); older ones only know `torch_dtype`."
+    ("diffusers ≥ 0.36 calls the `from_pretrained` argument `dtype` (and deprecates `torch_dtype`); "
+     "older ones only know `torch_dtype`.")
     import diffusers.pipelines.pipeline_utils as pu
     return 'dtype' if hasattr(pu, '_resolve_dtype') else 'torch_dtype'
 
@@ -83,7 +87,8 @@ def encode_once(vae):
     import torch
     encode, own, last = vae.encode, 'encode' in vae.__dict__, {}
     def once(x, *a, **kw):
-        if a or kw or not (last and last['x'].shape == x.shape and last['x'].dtype == x.dtype and torch.equal(last['x'], x)):
+        if a or kw or not (last and last['x'].shape == x.shape and last['x'].dtype == x.dtype
+                           and torch.equal(last['x'], x)):
             last.clear(); last.update(x=x.clone(), y=encode(x, *a, **kw))
         return last['y']
     vae.encode = once
@@ -105,23 +110,28 @@ class DiffusersGenerator(Generator):
         import torch, diffusers
         model = str(model or self.default_model)
         check(model != '', f'no model given for the {self.name} generator', 'pass a local pipeline folder or a hub id')
-        check(dtype in _DTYPES, f'dtype={dtype!r} is not one of fp32, fp16, bf16', "use 'fp16' on a CUDA GPU, else leave it out")
+        check(dtype in _DTYPES, f'dtype={dtype!r} is not one of fp32, fp16, bf16',
+              "use 'fp16' on a CUDA GPU, else leave it out")
         self.device = device or self.resolve_device()
         try: torch.device(self.device)
-        except (RuntimeError, TypeError): raise SynthkitError(f'device={self.device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
+        except (RuntimeError, TypeError):
+            raise SynthkitError(f'device={self.device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
         on_cuda = torch.device(self.device).type == 'cuda'
-        check(not on_cuda or torch.cuda.is_available(), f'device={self.device!r} asked for, but torch sees no CUDA GPU', "use device='cpu'")
+        check(not on_cuda or torch.cuda.is_available(), f'device={self.device!r} asked for, but torch sees no CUDA GPU',
+              "use device='cpu'")
         want, self.dtype = _DTYPES[dtype], self.resolve_precision(dtype, self.device)
         self.options_applied = dict(device=self.device, dtype=self.dtype)
         if self.dtype != want: warnings.warn(f'{want} needs a CUDA GPU; running in float32 on {self.device}')
         if batch_size: self.batch_size = int(batch_size)
         index = _model_index(model)
         cname = index.get('_class_name', '')
-        check(cname in self.classes or self.fallback_class, f'{model!r} holds a {cname or "unknown"} pipeline, which the {self.name} generator cannot run',
+        check(cname in self.classes or self.fallback_class,
+              f'{model!r} holds a {cname or "unknown"} pipeline, which the {self.name} generator cannot run',
               f'pass a folder or id of one of: {", ".join(self.classes)}')
         cls = getattr(diffusers, self.classes.get(cname, self.fallback_class))
         kw = {**load_kw, _dtype_key(): getattr(torch, self.dtype)}
-        if 'safety_checker' in index and not safety_checker: kw.update(safety_checker=None, requires_safety_checker=False)
+        if 'safety_checker' in index and not safety_checker:
+            kw.update(safety_checker=None, requires_safety_checker=False)
         kw.update(self._load_extra(index, kw))
         self.pipe = load_pretrained(cls, model, f'{self.name} pipeline', **kw)
         self.pipe.set_progress_bar_config(disable=True)
@@ -152,8 +162,10 @@ class DiffusersGenerator(Generator):
 
     def _apply_options(self, on_cuda, attention_slicing, vae_slicing, cpu_offload):
         p, applied = self.pipe, self.options_applied
-        if attention_slicing and hasattr(p, 'enable_attention_slicing'): p.enable_attention_slicing(); applied['attention_slicing'] = True
-        if vae_slicing and hasattr(getattr(p, 'vae', None), 'enable_slicing'): p.vae.enable_slicing(); applied['vae_slicing'] = True
+        if attention_slicing and hasattr(p, 'enable_attention_slicing'):
+            p.enable_attention_slicing(); applied['attention_slicing'] = True
+        if vae_slicing and hasattr(getattr(p, 'vae', None), 'enable_slicing'):
+            p.vae.enable_slicing(); applied['vae_slicing'] = True
         if cpu_offload and on_cuda:
             p.enable_model_cpu_offload(device=self.device); applied['cpu_offload'] = True
         else:
@@ -162,7 +174,8 @@ class DiffusersGenerator(Generator):
 
     def describe(self) -> dict:
         import torch
-        return {**super().describe(), 'pipeline': self.pipeline_class, 'dtype': self.dtype, 'threads': torch.get_num_threads()}
+        return {**super().describe(), 'pipeline': self.pipeline_class, 'dtype': self.dtype,
+                'threads': torch.get_num_threads()}
 
     def _tensor(self, x: np.ndarray, n: int):
         "HxWx3 floats in [0, 1] → an n x 3 x H x W tensor (the pipelines map [0, 1] to [-1, 1] themselves)."
@@ -190,20 +203,24 @@ class SDImg2ImgGenerator(DiffusersGenerator):
     "Stable Diffusion (1.x / 2.x / SDXL) img2img: prompt, negative prompt, strength, guidance, steps, seed."
     name = 'sd-img2img'
     knobs = frozenset({'strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt'})
-    img2img_steps = True   # runs the last int(strength × steps) steps: GenParams.check refuses 0 before anything is written
+    # runs the last int(strength × steps) steps: GenParams.check refuses 0 before anything is written
+    img2img_steps = True
     default_model = 'stable-diffusion-v1-5/stable-diffusion-v1-5'
-    classes = {c: 'StableDiffusionImg2ImgPipeline' for c in ('StableDiffusionPipeline', 'StableDiffusionImg2ImgPipeline')}
-    classes |= {c: 'StableDiffusionXLImg2ImgPipeline' for c in ('StableDiffusionXLPipeline', 'StableDiffusionXLImg2ImgPipeline')}
+    classes = {c: 'StableDiffusionImg2ImgPipeline' for c in ('StableDiffusionPipeline',
+                                                             'StableDiffusionImg2ImgPipeline')}
+    classes |= {c: 'StableDiffusionXLImg2ImgPipeline' for c in ('StableDiffusionXLPipeline',
+                                                                'StableDiffusionXLImg2ImgPipeline')}
 
     def _call(self, xp, boxes, params, gens):
         n = len(gens)
-        return self.pipe(prompt=[params.prompt] * n, negative_prompt=[params.negative_prompt] * n, image=self._tensor(xp, n),
-                         strength=params.strength, guidance_scale=params.guidance, num_inference_steps=params.steps,
-                         generator=gens, output_type='np').images
+        return self.pipe(prompt=[params.prompt] * n, negative_prompt=[params.negative_prompt] * n,
+                         image=self._tensor(xp, n), strength=params.strength, guidance_scale=params.guidance,
+                         num_inference_steps=params.steps, generator=gens, output_type='np').images
 
 # %% ../nbs/12_diffusion.ipynb #437ed6cc
 class UnCLIPGenerator(DiffusersGenerator):
-    "Stable unCLIP img2img: variations conditioned on the source's CLIP image embedding; `strength` sets its noise level."
+    ("Stable unCLIP img2img: variations conditioned on the source's CLIP image embedding; "
+     "`strength` sets its noise level.")
     name = 'unclip'
     knobs = frozenset({'strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt'})
     default_model = 'stabilityai/stable-diffusion-2-1-unclip-small'
@@ -217,10 +234,12 @@ class UnCLIPGenerator(DiffusersGenerator):
         n, (h, w) = len(gens), xp.shape[:2]
         return self.pipe(image=self._pil(xp), prompt=params.prompt, negative_prompt=params.negative_prompt or None,
                          height=h, width=w, num_images_per_prompt=n, noise_level=self.noise_level(params.strength),
-                         guidance_scale=params.guidance, num_inference_steps=params.steps, generator=gens, output_type='np').images
+                         guidance_scale=params.guidance, num_inference_steps=params.steps, generator=gens,
+                         output_type='np').images
 
 class ImageVariationGenerator(DiffusersGenerator):
-    "SD image variations (`StableDiffusionImageVariationPipeline`): prompt-free, conditioned on the CLIP image embedding."
+    ("SD image variations (`StableDiffusionImageVariationPipeline`): "
+     "prompt-free, conditioned on the CLIP image embedding.")
     name = 'sd-variation'
     knobs = frozenset({'guidance', 'steps', 'seed'})
     default_model = 'lambdalabs/sd-image-variations-diffusers'
@@ -228,8 +247,9 @@ class ImageVariationGenerator(DiffusersGenerator):
 
     def _call(self, xp, boxes, params, gens):
         n, (h, w) = len(gens), xp.shape[:2]
-        return self.pipe(image=self._pil(xp), height=h, width=w, num_images_per_prompt=n, guidance_scale=params.guidance,
-                         num_inference_steps=params.steps, generator=gens, output_type='np').images
+        return self.pipe(image=self._pil(xp), height=h, width=w, num_images_per_prompt=n,
+                         guidance_scale=params.guidance, num_inference_steps=params.steps, generator=gens,
+                         output_type='np').images
 
 # %% ../nbs/12_diffusion.ipynb #5984d9c5
 CONDITIONS = ('boxes', 'canny')
@@ -243,7 +263,8 @@ class ControlNetGenerator(DiffusersGenerator):
     default_controlnet = 'lllyasviel/sd-controlnet-canny'
     fallback_class = 'StableDiffusionControlNetImg2ImgPipeline'   # an SD base folder + a separate ControlNet
     classes = {c: 'StableDiffusionControlNetImg2ImgPipeline' for c in (
-        'StableDiffusionControlNetImg2ImgPipeline', 'StableDiffusionControlNetPipeline', 'StableDiffusionPipeline', 'StableDiffusionImg2ImgPipeline')}
+        'StableDiffusionControlNetImg2ImgPipeline', 'StableDiffusionControlNetPipeline', 'StableDiffusionPipeline',
+        'StableDiffusionImg2ImgPipeline')}
 
     def __init__(self, model=None, *, controlnet: str | Path | None = None, condition: str = 'boxes',
                  conditioning_scale: float = 1.0, canny_low: int = 100, canny_high: int = 200, **kw):
@@ -251,7 +272,8 @@ class ControlNetGenerator(DiffusersGenerator):
               "use 'boxes' (rectangles from the labels) or 'canny' (edges of the source)")
         check(isinstance(conditioning_scale, (int, float)) and conditioning_scale >= 0,
               f'conditioning_scale={conditioning_scale!r} must be a number ≥ 0', 'use e.g. 1.0')
-        check(0 <= canny_low <= canny_high <= 255, f'canny thresholds {canny_low}, {canny_high} must satisfy 0 ≤ low ≤ high ≤ 255', 'use e.g. 100, 200')
+        check(0 <= canny_low <= canny_high <= 255,
+              f'canny thresholds {canny_low}, {canny_high} must satisfy 0 ≤ low ≤ high ≤ 255', 'use e.g. 100, 200')
         self.controlnet_id, self.condition, self.conditioning_scale = controlnet, condition, float(conditioning_scale)
         self.canny = (int(canny_low), int(canny_high))
         super().__init__(model, **kw)
@@ -275,7 +297,8 @@ class ControlNetGenerator(DiffusersGenerator):
                 'controlnet': str(self.controlnet_id or '')}
 
     def folders(self) -> list:
-        "The pipeline's folder and the ControlNet's, where they are local folders: outputs may not be written into either."
+        ("The pipeline's folder and the ControlNet's, where they are local folders: "
+         "outputs may not be written into either.")
         cn = Path(str(self.controlnet_id)).expanduser() if self.controlnet_id else None
         return super().folders() + ([cn] if cn is not None and cn.is_dir() else [])
 
@@ -285,7 +308,8 @@ class ControlNetGenerator(DiffusersGenerator):
 
     def _call(self, xp, boxes, params, gens):
         n = len(gens)
-        return self.pipe(prompt=[params.prompt] * n, negative_prompt=[params.negative_prompt] * n, image=self._tensor(xp, n),
-                         control_image=self._tensor(self.control_image(xp, boxes), n), strength=params.strength,
-                         controlnet_conditioning_scale=self.conditioning_scale, guidance_scale=params.guidance,
-                         num_inference_steps=params.steps, generator=gens, output_type='np').images
+        return self.pipe(prompt=[params.prompt] * n, negative_prompt=[params.negative_prompt] * n,
+                         image=self._tensor(xp, n), control_image=self._tensor(self.control_image(xp, boxes), n),
+                         strength=params.strength, controlnet_conditioning_scale=self.conditioning_scale,
+                         guidance_scale=params.guidance, num_inference_steps=params.steps, generator=gens,
+                         output_type='np').images

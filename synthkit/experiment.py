@@ -12,8 +12,8 @@ __all__ = ['GRID_DDPM', 'PASTE_OPTIONS', 'GridConfig', 'grid_ddpm', 'RunSpec', '
 # %% ../nbs/24_experiment.ipynb #9f1f890c
 from .data.tiles import source_image
 from .grid.config import (
-    GRID_DDPM, PASTE_OPTIONS, GridConfig, grid_ddpm, RunSpec, without_legacy, generation_params, generation_recipe, paste_options,
-    classic_recipe, run_key, run_dir_of, plan, fingerprint)
+    GRID_DDPM, PASTE_OPTIONS, GridConfig, grid_ddpm, RunSpec, without_legacy, generation_params,
+    generation_recipe, paste_options, classic_recipe, run_key, run_dir_of, plan, fingerprint)
 from .grid.lineage import default_split_fn, check_lineage
 from .grid.products import manifest_records, manifest_sources
 from .grid.lists import entries_of, assemble, lists_key

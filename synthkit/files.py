@@ -24,7 +24,8 @@ def umask() -> int:
     return m
 
 def atomic_write(path, write) -> Path:
-    "Call `write(tmp_path)` on a hidden temp file next to `path`, then rename it to `path`. Nothing half-written is ever visible."
+    ("Call `write(tmp_path)` on a hidden temp file next to `path`, then rename it to `path`. "
+     "Nothing half-written is ever visible.")
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix=path.suffix, dir=path.parent)
     os.close(fd)
@@ -52,7 +53,8 @@ def sha256_file(path, n: int | None = None) -> str:
     return h.hexdigest()[:n] if n else h.hexdigest()
 
 def config_hash(d, n: int = 16) -> str:
-    "A short sha256 of a JSON-able configuration (keys sorted, other values via `str`): the cache key of whatever it decides."
+    ("A short sha256 of a JSON-able configuration (keys sorted, other values via `str`): "
+     "the cache key of whatever it decides.")
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 def read_done(folder) -> dict | None:
@@ -72,14 +74,16 @@ def _nearest_existing(p: Path) -> Path:
 
 def check_out_folder(out, inputs=(), writes=None, what: str = '--out', same=(), models=()) -> Path:
     """Refuse an output folder before any work is done: an existing file; an input folder or a folder inside one; a
-    folder holding an input where this command writes (`writes`: the names it writes at the top of `out`, None: anywhere);
-    one of the folders `same` (inputs it may sit inside); a place this user can't write. `models`: the folders a generator
-    reads (its weights, a crop bank), guarded as inputs. Creates nothing; returns `Path(out)`."""
+    folder holding an input where this command writes (`writes`: the names it writes at the top of `out`, None:
+    anywhere); one of the folders `same` (inputs it may sit inside); a place this user can't write. `models`: the
+    folders a generator reads (its weights, a crop bank), guarded as inputs. Creates nothing; returns `Path(out)`."""
     out = Path(out).expanduser()
-    check(out.is_dir() or not out.exists(), f'{what} is a file, not a folder', 'pass a folder (it is created if missing)', path=out)
+    check(out.is_dir() or not out.exists(), f'{what} is a file, not a folder',
+          'pass a folder (it is created if missing)', path=out)
     o = out.resolve()
     for inp in same:
-        check(o != Path(inp).expanduser().resolve(), f'{what} is the input folder {inp}: the outputs would mix with the files they are made from',
+        check(o != Path(inp).expanduser().resolve(),
+              f'{what} is the input folder {inp}: the outputs would mix with the files they are made from',
               'write into another folder', path=out)
     for inp, kind in [(i, 'the input') for i in inputs] + [(m, "the generator's model") for m in models]:
         i = Path(inp).expanduser().resolve()
@@ -89,12 +93,14 @@ def check_out_folder(out, inputs=(), writes=None, what: str = '--out', same=(), 
             raise SynthkitError(f'{what} {where}: the outputs would mix with (or replace) the files they are made from',
                                 f'write into a folder outside {kind} folder', path=out)
         if o in i.parents and (writes is None or i.relative_to(o).parts[0] in writes):
-            raise SynthkitError(f'{kind} {inp} is inside {what}, where this command writes {i.relative_to(o).parts[0]}: '
-                                f'it would overwrite its own input', f"write into a folder that doesn't hold {kind}", path=out)
+            raise SynthkitError(f'{kind} {inp} is inside {what}, where this command writes '
+                                f'{i.relative_to(o).parts[0]}: it would overwrite its own input',
+                                f"write into a folder that doesn't hold {kind}", path=out)
     base = _nearest_existing(o)
     check(base.is_dir(), f'{what} cannot be created: {base} is a file', 'pass a folder path', path=out)
     try:
         fd, probe = tempfile.mkstemp(prefix='.tmp-probe-', dir=base); os.close(fd); os.unlink(probe)
     except OSError as e:
-        raise SynthkitError(f'cannot write in {base} ({e.strerror or e})', 'choose a folder you can write to, or fix its permissions', path=out)
+        raise SynthkitError(f'cannot write in {base} ({e.strerror or e})',
+                            'choose a folder you can write to, or fix its permissions', path=out)
     return out

@@ -33,7 +33,8 @@ def min_steps(strength: float) -> int:
     return n
 
 def min_strength(steps: int) -> float:
-    "The smallest strength (4 significant digits, rounded up) that gives `steps` sampler steps at least one denoising step."
+    ("The smallest strength (4 significant digits, rounded up) that gives `steps` sampler steps at "
+     "least one denoising step.")
     s = math.ceil(1e4 / int(steps)) / 1e4
     while int(int(steps) * s) < 1: s = round(s + 1e-4, 4)
     return s
@@ -49,22 +50,29 @@ class GenParams:
     negative_prompt: str = ''
 
     def check(self, img2img: bool = False) -> 'GenParams':
-        "Raise `SynthkitError` for values no backend can use, and with `img2img` a strength × steps that runs no step; returns self."
+        ("Raise `SynthkitError` for values no backend can use, and with `img2img` a strength × steps that "
+         "runs no step; returns self.")
         s = self.strength
         check(isinstance(s, (int, float)) and 0 < s <= 1, f'strength={s!r} is outside (0, 1]',
               'use e.g. 0.2 for close variations, 0.6 for freer ones')
-        check(isinstance(self.steps, (int, np.integer)) and self.steps >= 1, f'steps={self.steps!r} must be an integer ≥ 1', 'use e.g. 25')
-        check(isinstance(self.guidance, (int, float)) and self.guidance >= 0, f'guidance={self.guidance!r} must be ≥ 0', 'use e.g. 7.5, or 1 for none')
-        check(isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63, f'seed={self.seed!r} must be an integer in [0, 2**63)')
+        check(isinstance(self.steps, (int, np.integer)) and self.steps >= 1,
+              f'steps={self.steps!r} must be an integer ≥ 1', 'use e.g. 25')
+        check(isinstance(self.guidance, (int, float)) and self.guidance >= 0, f'guidance={self.guidance!r} must be ≥ 0',
+              'use e.g. 7.5, or 1 for none')
+        check(isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**63,
+              f'seed={self.seed!r} must be an integer in [0, 2**63)')
         if img2img:
-            check(self.denoising_steps >= 1, f'strength={s!r} with steps={self.steps} runs {self.denoising_steps} denoising steps',
-                  f'use steps ≥ {min_steps(s)} for this strength, or strength ≥ {min_strength(self.steps)} with steps={self.steps} '
+            check(self.denoising_steps >= 1,
+                  f'strength={s!r} with steps={self.steps} runs {self.denoising_steps} denoising steps',
+                  f'use steps ≥ {min_steps(s)} for this strength, '
+                  f'or strength ≥ {min_strength(self.steps)} with steps={self.steps} '
                   '(with no step, every "variation" would be a copy of its source)')
         return self
 
     @property
     def denoising_steps(self) -> int:
-        "Sampler steps an img2img / SDEdit run takes: the last `int(strength * steps)` of the schedule (diffusers' rule)."
+        ("Sampler steps an img2img / SDEdit run takes: "
+         "the last `int(strength * steps)` of the schedule (diffusers' rule).")
         return min(int(int(self.steps) * float(self.strength)), int(self.steps))
 
     def asdict(self) -> dict: return asdict(self)
@@ -83,19 +91,24 @@ def torch_generators(seeds, device='cpu') -> list:
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 # %% ../nbs/10_generators.ipynb #35cc2396
-DTYPE_ARGS = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}   # describe()'s dtype -> the `dtype=` that asks for it
+# describe()'s dtype -> the `dtype=` that asks for it
+DTYPE_ARGS = {'float32': 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}
 
 def check_device(device):
     "`torch.device(device)`, refused in one line when it isn't a device name or this machine has no such device."
     import torch
     try: dev = torch.device(device)
-    except (RuntimeError, TypeError): raise SynthkitError(f'device={device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
+    except (RuntimeError, TypeError):
+        raise SynthkitError(f'device={device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
     if dev.type == 'cuda':
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        check(n, f'device={device!r}, but torch sees no CUDA GPU on this machine', 'use --device cpu, or run where a GPU is visible')
-        check(dev.index is None or dev.index < n, f'device={device!r}, but this machine has {n} CUDA GPU(s)', f'use cuda:0 … cuda:{n - 1}')
+        check(n, f'device={device!r}, but torch sees no CUDA GPU on this machine',
+              'use --device cpu, or run where a GPU is visible')
+        check(dev.index is None or dev.index < n, f'device={device!r}, but this machine has {n} CUDA GPU(s)',
+              f'use cuda:0 … cuda:{n - 1}')
     elif dev.type == 'mps':
-        check(torch.backends.mps.is_available(), f'device={device!r}, but this machine has no Apple GPU', 'use --device cpu')
+        check(torch.backends.mps.is_available(), f'device={device!r}, but this machine has no Apple GPU',
+              'use --device cpu')
     return dev
 
 @contextmanager
@@ -135,7 +148,8 @@ def _recording(init):
     return __init__
 
 def constructor_options(cls, given: dict | None = None, with_model: bool = False) -> dict:
-    "The options `cls(**given)` runs with: its constructors' defaults (along the class tree) updated by `given`, less `OWN_FIELDS` and (unless `with_model`) the model."
+    ("The options `cls(**given)` runs with: its constructors' defaults (along the class tree) updated by `given`, "
+     "less `OWN_FIELDS` and (unless `with_model`) the model.")
     opts = {}
     for klass in reversed(cls.__mro__):
         init = klass.__dict__.get('__init__')
@@ -147,8 +161,10 @@ def constructor_options(cls, given: dict | None = None, with_model: bool = False
     return {k: opts[k] for k in sorted(opts) if k not in skip}
 
 def output_seeds(params: GenParams, n: int, seeds=None, source_id: str = 'image') -> list:
-    "The seeds of `n` outputs of one source: `seeds` as given, or `derive_seed(params.seed, source_id, k)`; refuses a bad `n` or count."
-    check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
+    ("The seeds of `n` outputs of one source: `seeds` as given, or `derive_seed(params.seed, source_id, k)`; "
+     "refuses a bad `n` or count.")
+    check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1',
+          'ask for at least one variation')
     seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
     check(len(seeds) == n, f'{len(seeds)} seeds given for n={n} outputs')
     return seeds
@@ -163,7 +179,8 @@ class Generator:
     model_id: str = ''          # hub id or local folder it was loaded from
     weights_hash: str = ''      # sha256 (first 16 hex digits) of the weight files
     batch_size: int = 4         # outputs computed per model call by default
-    img2img_steps: bool = False # runs the last int(strength × steps) sampler steps (img2img, SDEdit): 0 is refused up front
+    # runs the last int(strength × steps) sampler steps (img2img, SDEdit): 0 is refused up front
+    img2img_steps: bool = False
     cross_source: bool = False  # `_run_many` computes outputs of several same-shape sources in one model call
     batch_invariant: bool = False  # no batched model: an output's pixels don't depend on the batch size
     model_arg: str = 'model'    # the constructor parameter that names the model (the weights name it in a recipe)
@@ -174,7 +191,8 @@ class Generator:
         if '__init__' in cls.__dict__: cls.__init__ = _recording(cls.__dict__['__init__'])
 
     def options(self) -> dict:
-        "The constructor options that decide this generator's pixels (defaults filled in), less the model and `OWN_FIELDS`."
+        ("The constructor options that decide this generator's pixels (defaults filled in), "
+         "less the model and `OWN_FIELDS`.")
         return constructor_options(type(self), getattr(self, 'given_options', {}), with_model=not self.identity())
 
     @classmethod
@@ -184,15 +202,19 @@ class Generator:
 
     @classmethod
     def resolve_precision(cls, dtype=None, device=None) -> str | None:
-        "The precision (`float32`, `bfloat16`, …; None: not a torch model) the constructor's `dtype=` runs in on `device`."
+        ("The precision (`float32`, `bfloat16`, …; None: not a torch model) "
+         "the constructor's `dtype=` runs in on `device`.")
         return None
 
     def identity(self) -> str:
-        "What names this generator's model: `weights:<hash>` of its weight files, else `id:<model id>`, else '' (the code is the model)."
-        return f'weights:{self.weights_hash}' if self.weights_hash else f'id:{self.model_id}' if str(self.model_id) else ''
+        ("What names this generator's model: `weights:<hash>` of its weight files, else `id:<model id>`, "
+         "else '' (the code is the model).")
+        return (f'weights:{self.weights_hash}' if self.weights_hash
+                else f'id:{self.model_id}' if str(self.model_id) else '')
 
     def folders(self) -> list:
-        "The local folders this generator reads its model from (`model_id` when it is one); outputs may not be written there."
+        ("The local folders this generator reads its model from (`model_id` when it is one); "
+         "outputs may not be written there.")
         p = Path(str(self.model_id)).expanduser() if str(self.model_id) else None
         return [p] if p is not None and p.is_dir() else []
 
@@ -200,7 +222,8 @@ class Generator:
         raise NotImplementedError
 
     def _run_many(self, xs: list, params: GenParams, seeds: list) -> list:
-        "One model call for same-shape sources `xs` (`seeds[i]`: a list, the seeds of `xs[i]`); the outputs flat, in order."
+        ("One model call for same-shape sources `xs` (`seeds[i]`: a list, the seeds of `xs[i]`); "
+         "the outputs flat, in order.")
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -210,20 +233,24 @@ class Generator:
 
     def generate(self, image: np.ndarray, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
                  seeds=None, source_id: str = 'image', batch_size: int | None = None) -> list:
-        "`n` variations of `image` (same dtype, range and channels). Seeds default to `derive_seed(params.seed, source_id, k)`."
+        ("`n` variations of `image` (same dtype, range and channels). "
+         "Seeds default to `derive_seed(params.seed, source_id, k)`.")
         params = params.check(self.img2img_steps)
         seeds = output_seeds(params, n, seeds, source_id)
         x, scale = self._unit(image)
         boxes, cls = _labels(boxes, cls)
         bs = max(1, int(batch_size or self.batch_size))
-        return [self._back(y, scale) for i in range(0, n, bs) for y in self._run(x, boxes, cls, params, seeds[i:i + bs])]
+        return [self._back(y, scale) for i in range(0, n, bs)
+                for y in self._run(x, boxes, cls, params, seeds[i:i + bs])]
 
     def _unit(self, image) -> tuple:
-        "The source as the model's float input in [0, 1], and how to convert back; refuses shapes and sizes it can't take."
+        ("The source as the model's float input in [0, 1], and how to convert back; "
+         "refuses shapes and sizes it can't take.")
         image = np.asarray(image)
         check(image.ndim in (2, 3), f'image of shape {image.shape} is not HxW or HxWxC')
         h, w = image.shape[:2]
-        check(min(h, w) >= self.min_size, f'image is {w}x{h} px, smaller than the {self.min_size} px the {self.name} generator needs',
+        check(min(h, w) >= self.min_size,
+              f'image is {w}x{h} px, smaller than the {self.min_size} px the {self.name} generator needs',
               'use a larger image or crop less')
         return to_unit(image, grey=self.channels == 1)
 
@@ -234,18 +261,22 @@ class Generator:
 
     def generate_labelled(self, image: np.ndarray, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
                           seeds=None, source_id: str = 'image', batch_size: int | None = None) -> list:
-        "`n` outputs as `(image, boxes, cls)`, what `synthesize` writes: each inherits a copy of the source's labels (box-moving generators override this)."
+        ("`n` outputs as `(image, boxes, cls)`, what `synthesize` writes: each inherits a copy of the source's labels "
+         "(box-moving generators override this).")
         boxes, cls = _labels(boxes, cls)
-        outs = self.generate(image, boxes, cls, n=n, params=params, seeds=seeds, source_id=source_id, batch_size=batch_size)
+        outs = self.generate(image, boxes, cls, n=n, params=params, seeds=seeds, source_id=source_id,
+                             batch_size=batch_size)
         return [(y, boxes.copy(), cls.copy()) for y in outs]
 
     def generate_many(self, jobs: list, params: GenParams = GenParams()) -> list:
         """One model call for several sources of one shape, `jobs` = [(image, boxes, cls, seeds)] (a `cross_source`
         backend only): per job, its outputs as `(image, boxes, cls)`, each inheriting a copy of its source's labels."""
-        check(self.cross_source, f'the {self.name} generator computes one source per model call', 'call generate_labelled per source')
+        check(self.cross_source, f'the {self.name} generator computes one source per model call',
+              'call generate_labelled per source')
         params = params.check(self.img2img_steps)
         units = [self._unit(im) for im, *_ in jobs]
-        check(len({x.shape for x, _ in units}) == 1, f'one model call needs sources of one shape, got {sorted({x.shape for x, _ in units})}',
+        check(len({x.shape for x, _ in units}) == 1,
+              f'one model call needs sources of one shape, got {sorted({x.shape for x, _ in units})}',
               'group the sources by shape')
         ys = iter(self._run_many([x for x, _ in units], params, [[int(s) for s in sd] for *_, sd in jobs]))
         out = []
@@ -264,17 +295,21 @@ def load_pretrained(cls, id_or_path, what: str = 'model', **kw):
     p = Path(str(id_or_path)).expanduser()
     looks_local = p.is_absolute() or str(id_or_path).startswith(('.', '~')) or p.exists()
     if looks_local and not p.exists():
-        raise SynthkitError(f'{what} folder {str(id_or_path)!r} does not exist', 'pass the folder that holds its model_index.json or config.json')
+        raise SynthkitError(f'{what} folder {str(id_or_path)!r} does not exist',
+                            'pass the folder that holds its model_index.json or config.json')
     try:
         with warnings.catch_warnings():  # hub deprecation chatter would bury the one line that matters
             warnings.simplefilter('ignore', UserWarning)
             warnings.simplefilter('ignore', FutureWarning)
-            return cls.from_pretrained(str(p) if looks_local else str(id_or_path), use_safetensors=kw.pop('use_safetensors', True), **kw)
+            return cls.from_pretrained(str(p) if looks_local else str(id_or_path),
+                                       use_safetensors=kw.pop('use_safetensors', True), **kw)
     except (OSError, ValueError, EnvironmentError) as e:
         hint = ('this machine is offline (set SYNTHKIT_ONLINE=1 where downloads are allowed), so download it elsewhere '
                 '(e.g. `hf download ID --local-dir DIR`) and pass the local folder DIR instead of the id'
-                if not looks_local and not online_allowed() else 'check that the folder holds a complete diffusers/transformers model in safetensors format')
-        raise SynthkitError(f'could not load {what} {str(id_or_path)!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})', hint)
+                if not looks_local and not online_allowed()
+                else 'check that the folder holds a complete diffusers/transformers model in safetensors format')
+        raise SynthkitError(f'could not load {what} {str(id_or_path)!r} ({type(e).__name__}: '
+                            f'{str(e).splitlines()[0][:200]})', hint)
 
 WEIGHT_FILES = ('.safetensors', '.bin', '.pt', '.ckpt')
 
@@ -283,7 +318,8 @@ def weight_files(folder, skip=()) -> list:
     return sorted(p for p in Path(folder).rglob('*') if p.suffix in WEIGHT_FILES and p.is_file() and p.name not in skip)
 
 def weights_hash(folder, skip=()) -> str:
-    "sha256 (first 16 hex digits) over the weight files under `folder` (not those named in `skip`), in path order; '' when there are none."
+    ("sha256 (first 16 hex digits) over the weight files under `folder` (not those named in `skip`), "
+     "in path order; '' when there are none.")
     folder = Path(folder)
     if not folder.is_dir(): return ''
     h = hashlib.sha256()
@@ -302,9 +338,12 @@ GENERATORS = {
     'sd-variation': 'synthkit.diffusion:ImageVariationGenerator',  # SD image variations (prompt-free)
     'controlnet':   'synthkit.diffusion:ControlNetGenerator',  # ControlNet img2img, Canny or box-mask condition
     'classic':      'synthkit.augment:ClassicGenerator',       # flips / 90° turns / speckle, boxes moved (the control)
-    'paste':        'synthkit.paste:PasteGenerator',           # ship crops pasted at new places, exact boxes (layout control)
-    'ddpm-paste':   'synthkit.paste:HarmonizedPasteGenerator', # paste, then the pasted windows re-synthesized (harmonizer='ddpm:FOLDER')
-    'drawn':        'synthkit.drawn:DrawnShipsGenerator',     # new ships drawn by a layout DDPM at paste's places (bank=BANK)
+    # ship crops pasted at new places, exact boxes (layout control)
+    'paste':        'synthkit.paste:PasteGenerator',
+    # paste, then the pasted windows re-synthesized (harmonizer='ddpm:FOLDER')
+    'ddpm-paste':   'synthkit.paste:HarmonizedPasteGenerator',
+    # new ships drawn by a layout DDPM at paste's places (bank=BANK)
+    'drawn':        'synthkit.drawn:DrawnShipsGenerator',
 }
 
 def generator_class(name: str):
@@ -326,20 +365,23 @@ def load_generator(spec: str, **options) -> Generator:
               f'its options: {", ".join(list(params)[1:]) or "none"}')
     if not model:
         first = next(iter(list(params.values())[1:2]), None)
-        check(first is None or first.default is not inspect.Parameter.empty or first.kind is not first.POSITIONAL_OR_KEYWORD,
-              f'generator {name!r} needs a model', f'name it as {name}:FOLDER (a local folder' +
+        check(first is None or first.default is not inspect.Parameter.empty
+              or first.kind is not first.POSITIONAL_OR_KEYWORD, f'generator {name!r} needs a model',
+              f'name it as {name}:FOLDER (a local folder' +
               (', e.g. made by `synthkit train-ddpm DATA --out FOLDER`)' if name == 'ddpm' else ' or a hub id)'))
         return cls(**options)
     return cls(model, **options)
 
 # %% ../nbs/10_generators.ipynb #5f483bd1
 def parse_assignments(pairs, flag: str = '--option') -> dict:
-    "`['condition=boxes', 'conditioning_scale=0.5']` → `{'condition': 'boxes', 'conditioning_scale': 0.5}` (Python literals; bare words stay strings)."
+    ("`['condition=boxes', 'conditioning_scale=0.5']` → `{'condition': 'boxes', 'conditioning_scale': 0.5}` "
+     "(Python literals; bare words stay strings).")
     import ast
     out = {}
     for p in pairs or []:
         k, eq, v = str(p).partition('=')
-        check(eq and k.strip(), f'{flag} {p!r} is not KEY=VALUE', f'write e.g. {flag} ' + ('imgsz=160' if flag == '--set' else 'condition=boxes'))
+        check(eq and k.strip(), f'{flag} {p!r} is not KEY=VALUE',
+              f'write e.g. {flag} ' + ('imgsz=160' if flag == '--set' else 'condition=boxes'))
         try: out[k.strip()] = ast.literal_eval(v.strip())
         except (ValueError, SyntaxError): out[k.strip()] = v.strip()
     return out

@@ -38,8 +38,9 @@ def _font(size: int):
 
 def grid_png(cells, boxes=None, cls=None, *, scale=None, row_labels=None, col_labels=None, names=None,
              cell_labels=None, cell_px: int = 200) -> bytes:
-    """PNG of a grid: `cells` is a list of rows of images (None leaves a cell blank); `boxes` (x0,y0,x1,y1 px) drawn on each,
-    or per cell `cell_labels[i][j] = (boxes, cls)` or `(boxes, cls, pasted)` (indices of the boxes drawn in `PASTED_COLOUR`)."""
+    """PNG of a grid: `cells` is a list of rows of images (None leaves a cell blank); `boxes` (x0,y0,x1,y1 px) drawn on
+    each, or per cell `cell_labels[i][j] = (boxes, cls)` or `(boxes, cls, pasted)` (indices of the boxes
+    drawn in `PASTED_COLOUR`)."""
     from PIL import Image, ImageDraw
     rows = [list(r) for r in cells]
     check(rows and all(rows), 'nothing to draw', 'pass at least one image')
@@ -58,7 +59,8 @@ def grid_png(cells, boxes=None, cls=None, *, scale=None, row_labels=None, col_la
     draw = ImageDraw.Draw(canvas)
     for i in range(nr):
         y0 = top + i * (ch + gap)
-        if row_labels and i < len(row_labels): draw.text((2, y0 + ch // 2), str(row_labels[i]), fill='black', font=font, anchor='lm')
+        if row_labels and i < len(row_labels):
+            draw.text((2, y0 + ch // 2), str(row_labels[i]), fill='black', font=font, anchor='lm')
         for j in range(nc):
             x0 = left + j * (cw + gap)
             if i == 0 and col_labels and j < len(col_labels):
@@ -80,7 +82,10 @@ def grid_png(cells, boxes=None, cls=None, *, scale=None, row_labels=None, col_la
                 pasted = {int(v) for v in (lab[2] if len(lab) > 2 and lab[2] is not None else ())}
             for n_, (b, c) in enumerate(zip(bb, cc)):
                 colour = PASTED_COLOUR if n_ in pasted else BOX_COLOUR
-                draw.rectangle([cx + b[0] * fc, cy + b[1] * fc, cx + b[2] * fc, cy + b[3] * fc], outline=colour, width=1)
-                if names and len(names) > 1: draw.text((cx + b[0] * fc, cy + b[1] * fc - 1), str(names[int(c)]), fill=colour, font=_font(10), anchor='lb')
+                draw.rectangle([cx + b[0] * fc, cy + b[1] * fc, cx + b[2] * fc, cy + b[3] * fc],
+                               outline=colour, width=1)
+                if names and len(names) > 1:
+                    draw.text((cx + b[0] * fc, cy + b[1] * fc - 1), str(names[int(c)]), fill=colour,
+                              font=_font(10), anchor='lb')
     buf = io.BytesIO(); canvas.save(buf, format='PNG', compress_level=1)
     return buf.getvalue()

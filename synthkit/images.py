@@ -100,5 +100,8 @@ def save_image(a: np.ndarray, path, **kw) -> Path:
     path = Path(path)
     if a.dtype == np.uint16 and a.ndim == 2: im = Image.fromarray(a)
     elif a.dtype == np.uint8: im = Image.fromarray(a)
-    else: raise SynthkitError(f'cannot save a {a.dtype} image of shape {a.shape}', 'pass uint8 or uint16 pixels', path=path)
-    return atomic_write(path, lambda tmp: im.save(tmp, format=Image.registered_extensions().get(path.suffix.lower()), **kw))
+    else:
+        raise SynthkitError(f'cannot save a {a.dtype} image of shape {a.shape}',
+                            'pass uint8 or uint16 pixels', path=path)
+    return atomic_write(path, lambda tmp: im.save(
+        tmp, format=Image.registered_extensions().get(path.suffix.lower()), **kw))

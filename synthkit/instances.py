@@ -22,7 +22,8 @@ PATCH, CONTEXT, NEAR_QUANTILE = 32, 0.25, 10
 
 def ship_patch(image, box, size: int = PATCH, context: float = CONTEXT) -> np.ndarray:
     """One ship as a `size`×`size` float32 patch: the square around `box` (its longer side, `context` of it more on each
-    side; the image's edge repeated where the square leaves it), grey, resized bilinearly, standardized (mean 0, RMS 1)."""
+    side; the image's edge repeated where the square leaves it), grey, resized bilinearly,
+    standardized (mean 0, RMS 1)."""
     from PIL import Image
     a = np.asarray(image, np.float32)
     if a.ndim == 3: a = a.mean(axis=2)
@@ -39,11 +40,12 @@ def ship_patch(image, box, size: int = PATCH, context: float = CONTEXT) -> np.nd
 def ship_patches(image, boxes, **kw) -> np.ndarray:
     "`ship_patch` of every box of an image: (N, size, size)."
     b = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return np.stack([ship_patch(image, x, **kw) for x in b]) if len(b) else np.zeros((0, kw.get('size', PATCH), kw.get('size', PATCH)), np.float32)
+    return (np.stack([ship_patch(image, x, **kw) for x in b]) if len(b)
+            else np.zeros((0, kw.get('size', PATCH), kw.get('size', PATCH)), np.float32))
 
 def nearest(queries: np.ndarray, refs: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-    """For each query patch, the distance to its nearest reference patch: RMS difference, the smallest over the 8 flips /
-    quarter turns of each reference (`exclude_self`: queries are the references, each one's own distance left out)."""
+    """For each query patch, the distance to its nearest reference patch: RMS difference, the smallest over the 8 flips
+    / quarter turns of each reference (`exclude_self`: queries are the references, each one's own distance left out)."""
     q = np.asarray(queries, np.float32).reshape(len(queries), -1)
     check(len(refs), 'no reference ships to measure novelty against', 'pass the crop bank the outputs were made with')
     best = np.full(len(q), np.inf)
@@ -56,19 +58,23 @@ def nearest(queries: np.ndarray, refs: np.ndarray, exclude_self: bool = False) -
     return best
 
 def near_copy_threshold(bank_patches: np.ndarray, quantile: float = NEAR_QUANTILE) -> float:
-    "The distance under which a ship counts as a near-copy: the `quantile` % point of the bank ships' distances to their nearest other bank ship."
-    check(len(bank_patches) >= 2, f'{len(bank_patches)} bank ships: no spread to compare with', 'use a bank of at least two ships')
+    ("The distance under which a ship counts as a near-copy: the `quantile` % point of the bank ships' distances to "
+     "their nearest other bank ship.")
+    check(len(bank_patches) >= 2, f'{len(bank_patches)} bank ships: no spread to compare with',
+          'use a bank of at least two ships')
     return float(np.percentile(nearest(bank_patches, bank_patches, exclude_self=True), quantile))
 
 # %% ../nbs/23b_instances.ipynb #ace17cd3
 def new_ship_boxes(boxes, info) -> np.ndarray:
-    "The boxes (N, 4) of an output that its record (`info`: the output's `.info` or its manifest record) names as new ships."
+    ("The boxes (N, 4) of an output that its record (`info`: "
+     "the output's `.info` or its manifest record) names as new ships.")
     from synthkit.labelcheck import pasted_boxes
     b = np.asarray(boxes, np.float32).reshape(-1, 4)
     return b[pasted_boxes(info, len(b))].reshape(-1, 4)
 
 def ship_windows(image, boxes, size: int = 64) -> list:
-    "A `size`×`size` window centred on each box (shifted to lie inside the image; the image padded by its edge where it is smaller)."
+    ("A `size`×`size` window centred on each box (shifted to lie inside the image; "
+     "the image padded by its edge where it is smaller).")
     a = np.asarray(image)
     h, w = a.shape[:2]
     if h < size or w < size:
@@ -76,7 +82,8 @@ def ship_windows(image, boxes, size: int = 64) -> list:
         a = np.pad(a, pad, mode='edge'); h, w = a.shape[:2]
     out = []
     for x0, y0, x1, y1 in np.asarray(boxes, np.float32).reshape(-1, 4):
-        top = int(np.clip(round((y0 + y1) / 2 - size / 2), 0, h - size)); left = int(np.clip(round((x0 + x1) / 2 - size / 2), 0, w - size))
+        top = int(np.clip(round((y0 + y1) / 2 - size / 2), 0, h - size))
+        left = int(np.clip(round((x0 + x1) / 2 - size / 2), 0, w - size))
         out.append(a[top:top + size, left:left + size].copy())
     return out
 
@@ -110,15 +117,17 @@ def _fmt(v, spec: str) -> str: return '—' if v is None else format(v, spec)
 def instance_table(rows) -> str:
     "The instance scorecard as a markdown table: instances | novelty | near-copies | KID | verified | TSTR mAP50."
     head = '| instances | novelty | near-copies | KID | verified | TSTR mAP50 |\n|---|---|---|---|---|---|\n'
-    return head + ''.join(f'| {r.instances} ({r.n} ships) | {_fmt(r.novelty, ".3f")} | {_fmt(r.near_copies, ".0%")} | {_fmt(r.kid, ".4f")} '
+    return head + ''.join(f'| {r.instances} ({r.n} ships) | {_fmt(r.novelty, ".3f")} | {_fmt(r.near_copies, ".0%")} | '
+                          f'{_fmt(r.kid, ".4f")} '
                           f'| {_fmt(r.verified, ".0%")} | {_fmt(r.tstr, ".3f")} |\n' for r in rows)
 
 # %% ../nbs/23b_instances.ipynb #1ba4f43a
 VERIFY_IOU, VERIFY_CONF = 0.3, 0.1   # Gen2Det's rule: a new object counts as found with IoU ≥ 0.3 at score ≥ 0.1
 
 def verified_share(detector, outputs, iou: float = VERIFY_IOU, conf: float = VERIFY_CONF) -> float | None:
-    """The share of the new ships of `outputs` (`(image, boxes, info)`) that `detector` finds (IoU ≥ `iou` with a detection
-    of score ≥ `conf`); a drawn output's own verdicts where its record has them. None when there is no new ship."""
+    """The share of the new ships of `outputs` (`(image, boxes, info)`) that `detector` finds (IoU ≥ `iou` with a
+    detection of score ≥ `conf`); a drawn output's own verdicts where its record has them. None
+    when there is no new ship."""
     import torch
     from torchvision.ops import box_iou
     from synthkit.labelcheck import detections
@@ -129,7 +138,8 @@ def verified_share(detector, outputs, iou: float = VERIFY_IOU, conf: float = VER
             found += sum(d['verified']); total += len(d['verified']); continue
         nb = new_ship_boxes(boxes, info)
         if not len(nb): continue
-        db, _, _ = detections(detector, np.asarray(image) if not isinstance(image, (str, bytes)) else _read(image), conf)
+        db, _, _ = detections(detector,
+                              np.asarray(image) if not isinstance(image, (str, bytes)) else _read(image), conf)
         total += len(nb)
         if len(db): found += int((box_iou(torch.from_numpy(nb), torch.from_numpy(db)).max(dim=1).values >= iou).sum())
     return found / total if total else None
@@ -139,11 +149,13 @@ def _read(path):
     return read_image(path)
 
 def folder_outputs(folder) -> list:
-    "`(image path, boxes, record)` of every output of a variation folder (its `manifest.jsonl`, as `synthesize` wrote it)."
+    ("`(image path, boxes, record)` of every output of a variation folder (its `manifest.jsonl`, "
+     "as `synthesize` wrote it).")
     from synthkit.synthesize import Manifest, MANIFEST
     from pathlib import Path
     folder = Path(folder)
-    return [(str(folder/r['path']), np.asarray(r['boxes'], np.float32).reshape(-1, 4), r) for r in Manifest(folder/MANIFEST).read()]
+    return [(str(folder/r['path']), np.asarray(r['boxes'], np.float32).reshape(-1, 4), r)
+            for r in Manifest(folder/MANIFEST).read()]
 
 def instance_row(label: str, folder, bank, *, detector=None, extractor=None, val_windows=None, test_data=None, out=None,
                  config=None, threshold: float | None = None) -> InstanceRow:

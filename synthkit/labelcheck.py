@@ -19,7 +19,8 @@ __all__ = ['HALLUCINATION_CONF', 'HALLUCINATION_IOU', 'WEIGHTS_FIX', 'match_boxe
 
 # %% ../nbs/21_labelcheck.ipynb #306257e0
 def match_boxes(src_boxes, src_cls, det_boxes, det_cls, iou: float = 0.5, class_aware: bool = True) -> list:
-    "One-to-one `(source index, detection index)` pairs maximising total IoU (Hungarian), each with IoU ≥ `iou` (and the same class)."
+    ("One-to-one `(source index, detection index)` pairs maximising total IoU (Hungarian), "
+     "each with IoU ≥ `iou` (and the same class).")
     import torch
     from torchvision.ops import box_iou
     from scipy.optimize import linear_sum_assignment
@@ -35,19 +36,24 @@ HALLUCINATION_CONF = 0.5   # a detection this sure of itself, away from every bo
 HALLUCINATION_IOU = 0.3    # "away from every box": IoU below this with each of them
 
 def detections(detector, image, conf: float = 0.0) -> tuple:
-    "`(boxes (N, 4) float32, scores (N,) float32, class ids (N,) int64)` of `detector.predict(image)` with score ≥ `conf`."
+    ("`(boxes (N, 4) float32, scores (N,) float32, class ids (N,) int64)` of "
+     "`detector.predict(image)` with score ≥ `conf`.")
     try: takes_conf = 'conf' in inspect.signature(detector.predict).parameters
     except (TypeError, ValueError): takes_conf = False
     out = detector.predict(image, conf=conf) if takes_conf else detector.predict(image)
     try: b, s, c = out
-    except (TypeError, ValueError): raise SynthkitError(f'{type(detector).__name__}.predict returned {type(out).__name__}',
-                                                        'it must return (boxes xyxy, scores, class ids)')
-    b = np.asarray(b, np.float32).reshape(-1, 4); s = np.asarray(s, np.float32).reshape(-1); c = np.asarray(c, np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise SynthkitError(f'{type(detector).__name__}.predict returned {type(out).__name__}',
+                            'it must return (boxes xyxy, scores, class ids)')
+    b = np.asarray(b, np.float32).reshape(-1, 4); s = np.asarray(s, np.float32).reshape(-1)
+    c = np.asarray(c, np.int64).reshape(-1)
     keep = s >= conf
     return b[keep], s[keep], c[keep]
 
-def unlabelled_detections(boxes, det_boxes, det_scores, conf: float = HALLUCINATION_CONF, iou: float = HALLUCINATION_IOU) -> np.ndarray:
-    "Indices of the detections with score ≥ `conf` whose IoU with every labelled box (any class) is < `iou`: objects where no box is."
+def unlabelled_detections(boxes, det_boxes, det_scores, conf: float = HALLUCINATION_CONF,
+                          iou: float = HALLUCINATION_IOU) -> np.ndarray:
+    ("Indices of the detections with score ≥ `conf` whose IoU with every labelled box (any class) is < "
+     "`iou`: objects where no box is.")
     import torch
     from torchvision.ops import box_iou
     a = np.asarray(boxes, np.float32).reshape(-1, 4); b = np.asarray(det_boxes, np.float32).reshape(-1, 4)
@@ -69,7 +75,8 @@ class LabelVerdict:
     relabelled: bool = False
     n_detections: int = 0
     hallucinated: int = 0      # confident detections where no box is (counted only when `hallucination_conf` is set)
-    pasted: int = 0            # pasted ships the output's info named (checked only with `LabelCheck(pasted=True)`, the default)
+    # pasted ships the output's info named (checked only with `LabelCheck(pasted=True)`, the default)
+    pasted: int = 0
     pasted_found: int = 0      # … of them matched by a detection
 
 def pasted_boxes(info, n_boxes: int) -> list:
@@ -77,7 +84,8 @@ def pasted_boxes(info, n_boxes: int) -> list:
     (`info['paste']['pasted']`) and drawn ones (`info['drawn']['new']`, `synthkit.drawn`)."""
     check(info is None or isinstance(info, dict), f'info of type {type(info).__name__} is not a dict',
           "pass the output's .info or its manifest record")
-    named = list(((info or {}).get('paste') or {}).get('pasted', [])) + list(((info or {}).get('drawn') or {}).get('new', []))
+    named = (list(((info or {}).get('paste') or {}).get('pasted', []))
+             + list(((info or {}).get('drawn') or {}).get('new', [])))
     idx = sorted({int(i) for i in named})
     bad = [i for i in idx if not 0 <= i < n_boxes]
     check(not bad, f'the info names pasted box {bad[0] if bad else ""} but the output has {n_boxes} boxes',
@@ -85,7 +93,8 @@ def pasted_boxes(info, n_boxes: int) -> list:
     return idx
 
 
-_EXAMPLE = dict(iou=0.5, recall=0.8, conf=0.25, precision=0.5, hallucination_conf=HALLUCINATION_CONF, hallucination_iou=HALLUCINATION_IOU)
+_EXAMPLE = dict(iou=0.5, recall=0.8, conf=0.25, precision=0.5, hallucination_conf=HALLUCINATION_CONF,
+                hallucination_iou=HALLUCINATION_IOU)
 
 class LabelCheck:
     "Compare a detector's detections on a variation with the source boxes: keep, drop or relabel (`mode`)."
@@ -94,34 +103,41 @@ class LabelCheck:
                  hallucination_iou: float = HALLUCINATION_IOU, pasted: bool = True):
         check(hasattr(detector, 'predict'), f'{type(detector).__name__} has no predict(image) method',
               'pass synthkit.detect.Detector(weights) or LabelCheck.from_weights(path)')
-        given = dict(iou=iou, recall=recall, conf=conf, precision=precision, hallucination_conf=hallucination_conf, hallucination_iou=hallucination_iou)
+        given = dict(iou=iou, recall=recall, conf=conf, precision=precision, hallucination_conf=hallucination_conf,
+                     hallucination_iou=hallucination_iou)
         for k, v in given.items():
             if v is None and k in ('precision', 'hallucination_conf'): continue
-            check(isinstance(v, (int, float)) and 0 <= v <= 1, f'{k}={v!r} is outside [0, 1]', f'use e.g. {_EXAMPLE[k]}')
-        check(mode in ('drop', 'relabel'), f'mode={mode!r} is not one of drop, relabel', "use 'drop' (safe) or 'relabel'")
-        self.detector, self.iou, self.recall, self.conf, self.mode = detector, float(iou), float(recall), float(conf), mode
+            check(isinstance(v, (int, float)) and 0 <= v <= 1, f'{k}={v!r} is outside [0, 1]',
+                  f'use e.g. {_EXAMPLE[k]}')
+        check(mode in ('drop', 'relabel'), f'mode={mode!r} is not one of drop, relabel',
+              "use 'drop' (safe) or 'relabel'")
+        self.detector, self.iou, self.recall, self.conf, self.mode = (detector, float(iou), float(recall),
+                                                                      float(conf), mode)
         self.precision, self.class_aware = precision, class_aware
         self.hallucination_conf = None if hallucination_conf is None else float(hallucination_conf)
         self.hallucination_iou = float(hallucination_iou)
-        check(isinstance(pasted, bool), f'pasted={pasted!r} is not True or False', 'use True (every pasted ship must be found) or False')
+        check(isinstance(pasted, bool), f'pasted={pasted!r} is not True or False',
+              'use True (every pasted ship must be found) or False')
         self.pasted = pasted
         self.counts = Counter()
 
     @classmethod
     def from_weights(cls, weights, imgsz: int = 320, device: str = 'cpu', **kw) -> 'LabelCheck':
-        "A label check with `synthkit.detect.Detector(weights)` (a YOLO trained on the real training images), vetted by `check_yolo_weights`."
+        ("A label check with `synthkit.detect.Detector(weights)` (a YOLO trained on the real training images), "
+         "vetted by `check_yolo_weights`.")
         from synthkit.detect import Detector
         from synthkit.generators import check_device
         p = check_yolo_weights(weights); check_device(device)
         try: det = Detector(p, imgsz=imgsz, device=device)
         except SynthkitError: raise
         except Exception as e:   # Ultralytics' own failures come in many types; each is about this file
-            raise SynthkitError(f'could not load the YOLO weights ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""})',
-                                WEIGHTS_FIX, path=p)
+            raise SynthkitError(f'could not load the YOLO weights ({type(e).__name__}: '
+                                f'{str(e).splitlines()[0][:160] if str(e) else ""})', WEIGHTS_FIX, path=p)
         return cls(det, **kw)
 
     def __call__(self, image, boxes, cls, info: dict | None = None) -> LabelVerdict:
-        "The verdict on `image` labelled `boxes`, `cls`; `info` (the output's `.info` or its manifest record) names the pasted boxes."
+        ("The verdict on `image` labelled `boxes`, `cls`; `info` (the output's `.info` or its manifest "
+         "record) names the pasted boxes.")
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4); cls = np.asarray(cls, np.int64).reshape(-1)
         pasted = pasted_boxes(info, len(boxes)) if self.pasted else []
         hc = self.hallucination_conf
@@ -135,21 +151,26 @@ class LabelCheck:
         missed = sorted(set(pasted) - {i for i, _ in pairs})
         ok = rec >= self.recall and (self.precision is None or prec >= self.precision) and not halluc and not missed
         why = f'{m} of {n} source boxes found (recall {rec:.2f}, need {self.recall:.2f})'
-        if self.precision is not None: why += f', {m} of {nd} detections matched (precision {prec:.2f}, need {self.precision:.2f})'
+        if self.precision is not None:
+            why += f', {m} of {nd} detections matched (precision {prec:.2f}, need {self.precision:.2f})'
         if hc is not None: why += (f', {len(halluc)} confident detection(s) where no box is (score ≥ {hc:.2f}, '
                                    f'IoU < {self.hallucination_iou:.2f} with every box)')
-        if pasted: why += (f', {len(pasted) - len(missed)} of {len(pasted)} pasted ships found (need all, IoU ≥ {self.iou:.2f})'
-                           + (f', missed: box {", ".join(map(str, missed))}' if missed else ''))
+        if pasted:
+            why += (f', {len(pasted) - len(missed)} of {len(pasted)} pasted ships found '
+                    f'(need all, IoU ≥ {self.iou:.2f})'
+                    + (f', missed: box {", ".join(map(str, missed))}' if missed else ''))
         ps = dict(pasted=len(pasted), pasted_found=len(pasted) - len(missed))
         if ok: v = LabelVerdict(True, boxes, cls, 'kept: ' + why, rec, m, False, nd, len(halluc), **ps)
-        elif self.mode == 'drop' or missed:   # a pasted ship is in the pixels: removing its box would leave it unlabelled
+        elif self.mode == 'drop' or missed:
+            # a pasted ship is in the pixels: removing its box would leave it unlabelled
             v = LabelVerdict(False, boxes, cls, 'dropped: ' + why, rec, m, False, nd, len(halluc), **ps)
         else:
             si = sorted(i for i, _ in pairs); used = {j for _, j in pairs}
             extra = sorted({int(j) for j in sure if j not in used} | set(halluc))   # a painted ship gets its box
             nb = np.concatenate([boxes[si], db[extra]]).reshape(-1, 4).astype(np.float32)
             nc = np.concatenate([cls[si], dc[extra]]).astype(np.int64)
-            v = LabelVerdict(True, nb, nc, f'relabelled ({n - m} source boxes removed, {len(extra)} detections added): ' + why,
+            v = LabelVerdict(True, nb, nc,
+                             f'relabelled ({n - m} source boxes removed, {len(extra)} detections added): ' + why,
                              rec, m, True, nd, len(halluc), **ps)
         self.counts['relabelled' if v.relabelled else 'kept' if v.keep else 'dropped'] += 1
         return v
@@ -159,15 +180,19 @@ class LabelCheck:
         return {k: self.counts.get(k, 0) for k in ('kept', 'relabelled', 'dropped')}
 
     def __repr__(self):
-        h = '' if self.hallucination_conf is None else f', hallucination_conf={self.hallucination_conf}, hallucination_iou={self.hallucination_iou}'
-        return (f'LabelCheck(iou={self.iou}, recall={self.recall}, conf={self.conf}, mode={self.mode!r}, precision={self.precision}{h}'
+        h = ('' if self.hallucination_conf is None
+             else f', hallucination_conf={self.hallucination_conf}, hallucination_iou={self.hallucination_iou}')
+        return (f'LabelCheck(iou={self.iou}, recall={self.recall}, conf={self.conf}, mode={self.mode!r}, '
+                f'precision={self.precision}{h}'
                 + ('' if self.pasted else ', pasted=False') + ')')
 
 # %% ../nbs/21_labelcheck.ipynb #5ef8363f
-WEIGHTS_FIX = 'pass the best.pt / last.pt of a YOLO trained on the real training images (synthkit.detect.train_detector)'
+WEIGHTS_FIX = ('pass the best.pt / last.pt of a YOLO trained on the real training images '
+               '(synthkit.detect.train_detector)')
 
 def _is_layer(name: str) -> bool:
-    "Whether a pickle global `module.Name` is a torch / Ultralytics network layer class (imports only those two libraries)."
+    ("Whether a pickle global `module.Name` is a torch / Ultralytics network layer class "
+     "(imports only those two libraries).")
     import importlib, torch
     mod, _, attr = name.rpartition('.')
     if not mod.startswith(('ultralytics.nn.', 'torch.nn.modules.')): return False
@@ -176,15 +201,21 @@ def _is_layer(name: str) -> bool:
     return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
 
 def check_yolo_weights(weights) -> Path:
-    "`weights` as a Path if it is a PyTorch checkpoint whose pickle names nothing but tensors and network layers; else one clear error. Nothing is unpickled."
+    ("`weights` as a Path if it is a PyTorch checkpoint whose pickle names nothing but tensors and network layers; "
+     "else one clear error. Nothing is unpickled.")
     import zipfile, torch
     p = Path(weights).expanduser()
     check(p.is_file(), 'label-check weights not found', WEIGHTS_FIX, path=p)
     check(zipfile.is_zipfile(p), 'not YOLO weights (not a PyTorch .pt checkpoint)', WEIGHTS_FIX, path=p)
     try: names = torch.serialization.get_unsafe_globals_in_checkpoint(p)
-    except Exception as e: raise SynthkitError(f'not YOLO weights ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""})', WEIGHTS_FIX, path=p)
+    except Exception as e:
+        raise SynthkitError(f'not YOLO weights ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""})',
+                            WEIGHTS_FIX, path=p)
     bad = [n for n in names if not _is_layer(n)]
-    if bad: raise SynthkitError(f'the checkpoint names {bad[0]!r}, which is not a network layer: loading it could run code, so it '
-                                'was not loaded', 'use weights you trained yourself, or from a source you trust', path=p)
-    check(any(n.startswith('ultralytics.nn.tasks.') for n in names), 'not YOLO weights (no Ultralytics model in the checkpoint)', WEIGHTS_FIX, path=p)
+    if bad:
+        raise SynthkitError(f'the checkpoint names {bad[0]!r}, which is not a network layer: '
+                            'loading it could run code, so it was not loaded',
+                            'use weights you trained yourself, or from a source you trust', path=p)
+    check(any(n.startswith('ultralytics.nn.tasks.') for n in names),
+          'not YOLO weights (no Ultralytics model in the checkpoint)', WEIGHTS_FIX, path=p)
     return p

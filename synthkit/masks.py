@@ -16,12 +16,13 @@ __all__ = ['check_mask', 'keep_outside', 'mask_composite', 'window_mask', 'maske
 
 # %% ../nbs/10b_masks.ipynb #ba206e4d
 def check_mask(mask, shape) -> np.ndarray:
-    """`mask` as float32 HxW (1: the model re-synthesizes, 0: the source is kept, between: blended; bools too), refused in
-    one line unless it has one value per pixel of an image of `shape` (h, w[, c]) and every value lies in [0, 1]."""
+    """`mask` as float32 HxW (1: the model re-synthesizes, 0: the source is kept, between: blended; bools too), refused
+    in one line unless it has one value per pixel of an image of `shape` (h, w[, c]) and every value lies in [0, 1]."""
     h, w = tuple(shape)[:2]
     try: m = np.asarray(mask, dtype=np.float64)
-    except (TypeError, ValueError): raise SynthkitError(f'mask is not an array of numbers ({type(mask).__name__})',
-                                                       'pass an HxW float array in [0, 1] (1: re-synthesize, 0: keep the source)')
+    except (TypeError, ValueError):
+        raise SynthkitError(f'mask is not an array of numbers ({type(mask).__name__})',
+                            'pass an HxW float array in [0, 1] (1: re-synthesize, 0: keep the source)')
     check(m.shape == (h, w), f'mask of shape {m.shape} does not match the image of shape {(h, w)} (HxW)',
           'give one value per pixel of the image, HxW (1: re-synthesize, 0: keep the source)')
     lo, hi = (float(np.nanmin(m)), float(np.nanmax(m))) if m.size and not np.isnan(m).all() else (math.nan, math.nan)
@@ -39,7 +40,8 @@ def mask_composite(source: np.ndarray, output: np.ndarray, mask) -> np.ndarray:
     """mask·`output` + (1 − mask)·`source` in `source`'s dtype (integers rounded): exactly `source` where `mask` is 0,
     exactly `output` where it is 1. What a generator without a per-step hook is confined with, after the fact."""
     src, out = np.asarray(source), np.asarray(output)
-    check(out.shape == src.shape, f'an output of shape {out.shape} cannot be composited onto a source of shape {src.shape}',
+    check(out.shape == src.shape,
+          f'an output of shape {out.shape} cannot be composited onto a source of shape {src.shape}',
           'the generator must return images of its source size')
     m = check_mask(mask, src.shape).astype(np.float64)
     mm = m if src.ndim == 2 else m[..., None]
@@ -48,7 +50,8 @@ def mask_composite(source: np.ndarray, output: np.ndarray, mask) -> np.ndarray:
     return keep_outside(src, v.astype(src.dtype), m)
 
 def window_mask(shape, y0: int, y1: int, x0: int, x1: int, feather: int = 4) -> np.ndarray:
-    "1 inside rows y0:y1 × columns x0:x1 of an image of `shape`, a linear ramp `feather` px wide around it, 0 elsewhere."
+    ("1 inside rows y0:y1 × columns x0:x1 of an image of `shape`, a linear ramp `feather` px "
+     "wide around it, 0 elsewhere.")
     yy, xx = np.mgrid[:shape[0], :shape[1]]
     d = np.maximum(np.maximum(y0 - yy, yy - (y1 - 1)), np.maximum(x0 - xx, xx - (x1 - 1)))   # px outside the window
     return np.clip(1 - d / (feather + 1), 0, 1).astype(np.float32)
@@ -57,17 +60,18 @@ def window_mask(shape, y0: int, y1: int, x0: int, x1: int, feather: int = 4) -> 
 def masked_generate(generator: Generator, image: np.ndarray, mask, params: GenParams = GenParams(), seeds=None, *,
                     boxes=None, cls=None, n: int | None = None, source_id: str = 'image', batch_size: int | None = None,
                     per_step: bool = True) -> list:
-    """`image` re-synthesized by any `generator` where `mask` (HxW in [0, 1]) is > 0 and exactly the source where it is 0,
-    one output per seed (`seeds`; None: `n` (default 1) seeds derived as `generate` derives them). With `per_step` and a
-    generator that has a per-step hook (`harmonize`: `synthkit.sdedit.DDPMGenerator`), masked sampling; otherwise the
-    generator's own `generate` on the whole image, composited at the end (`mask_composite`). An all-zero mask returns
-    copies of the source."""
+    """`image` re-synthesized by any `generator` where `mask` (HxW in [0, 1]) is > 0 and exactly the source where it is
+    0, one output per seed (`seeds`; None: `n` (default 1) seeds derived as `generate` derives them). With `per_step`
+    and a generator that has a per-step hook (`harmonize`: `synthkit.sdedit.DDPMGenerator`), masked sampling; otherwise
+    the generator's own `generate` on the whole image, composited at the end (`mask_composite`). An all-zero mask
+    returns copies of the source."""
     image = np.asarray(image)
     check(image.ndim in (2, 3), f'image of shape {image.shape} is not HxW or HxWxC')
     m = check_mask(mask, image.shape)   # refused before any work
     n = (len(seeds) if seeds is not None else 1) if n is None else n
     kw = dict(n=n, params=params, seeds=seeds, source_id=source_id, batch_size=batch_size)
-    if per_step and callable(getattr(generator, 'harmonize', None)): return generator.harmonize(image, m, boxes, cls, **kw)
+    if per_step and callable(getattr(generator, 'harmonize', None)):
+        return generator.harmonize(image, m, boxes, cls, **kw)
     if not m.any():   # nothing to re-synthesize: the source, after the checks `generate` would make
         params.check(generator.img2img_steps)
         check(seeds is None or len(seeds) == n, f'{len(seeds or [])} seeds given for n={n} outputs')

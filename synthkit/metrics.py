@@ -39,8 +39,10 @@ def _nchw(x: np.ndarray) -> torch.Tensor:
 
 def ssim_psnr(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     "SSIM and PSNR (dB) of two float images in [0, 1] of the same shape (torchmetrics, data range 1)."
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim, peak_signal_noise_ratio as psnr
-    ta, tb = _nchw(a), _nchw(b)  # float32: ~3x faster than float64 on CPU; SSIM within ~1e-4 of it (variance cancellation)
+    from torchmetrics.functional.image import (structural_similarity_index_measure as ssim,
+                                               peak_signal_noise_ratio as psnr)
+    # float32: ~3x faster than float64 on CPU; SSIM within ~1e-4 of it (variance cancellation)
+    ta, tb = _nchw(a), _nchw(b)
     return float(ssim(ta, tb, data_range=1.0)), float(psnr(ta, tb, data_range=1.0))
 
 # %% ../nbs/23_metrics.ipynb #5a6617ef
@@ -49,14 +51,16 @@ def dihedral(x: np.ndarray) -> list:
     return [np.rot90(x[:, ::-1] if f else x, k) for f in (False, True) for k in range(4)]
 
 def align_to(ref: np.ndarray, y: np.ndarray) -> np.ndarray:
-    "The flip / quarter turn of `ref` with `y`'s shape closest to `y` (squared error on a 4× subsampled grid); `ref` if none fits."
+    ("The flip / quarter turn of `ref` with `y`'s shape closest to `y` (squared error on a 4× subsampled "
+     "grid); `ref` if none fits.")
     cands = [c for c in dihedral(ref) if c.shape == y.shape]
     if not cands: return ref
     return min(cands, key=lambda c: float(np.mean((c[::4, ::4] - y[::4, ::4]) ** 2)))
 
 # %% ../nbs/23_metrics.ipynb #27b2711c
 def fidelity(source, variations, align: bool = True) -> dict:
-    "SSIM and PSNR of each variation to `source` (on the source's pixel scale; flips/turns undone if `align`), and their means."
+    ("SSIM and PSNR of each variation to `source` (on the source's pixel scale; "
+     "flips/turns undone if `align`), and their means.")
     src = pixels_of(source)
     x, scale = to_unit(src)
     grey = x.ndim == 2
@@ -72,7 +76,8 @@ def fidelity(source, variations, align: bool = True) -> dict:
 
 # %% ../nbs/23_metrics.ipynb #5e957ad9
 def diversity(variations, align: bool = True) -> float:
-    "Mean pairwise `1 - SSIM` among the variations of one source (on one pixel scale; flips/turns undone if `align`); NaN if < 2."
+    ("Mean pairwise `1 - SSIM` among the variations of one source (on one pixel scale; "
+     "flips/turns undone if `align`); NaN if < 2.")
     vs = [pixels_of(v) for v in variations]
     if len(vs) < 2: return float('nan')
     if vs[0].dtype == np.uint8: scale = PixelScale(0.0, 255.0, 'uint8', 1)
@@ -107,7 +112,8 @@ class _YoloBackbone(nn.Module):
 
 class FeatureExtractor(nn.Module):
     "Images -> one feature vector each (`num_features` long), from a backbone that is already on this machine."
-    def __init__(self, body: nn.Module, *, size: int = 224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), name: str = 'custom'):
+    def __init__(self, body: nn.Module, *, size: int = 224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                 name: str = 'custom'):
         super().__init__()
         self.body, self.size, self.name = body.eval(), int(size), name
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -127,7 +133,8 @@ class FeatureExtractor(nn.Module):
         for im in images:
             x, _ = to_unit(pixels_of(im), grey=False)
             t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
-            out.append(nn.functional.interpolate(t, size=(self.size, self.size), mode='bilinear', antialias=True, align_corners=False))
+            out.append(nn.functional.interpolate(t, size=(self.size, self.size), mode='bilinear', antialias=True,
+                                                 align_corners=False))
         return torch.cat(out).clamp_(0, 1)
 
     @torch.inference_mode()
@@ -135,7 +142,8 @@ class FeatureExtractor(nn.Module):
         "`(N, num_features)` float64 features of `images`, computed in batches."
         images = list(images)
         check(len(images) > 0, 'no images to compute features of')
-        return torch.cat([self(self.prepare(images[i:i + batch_size])).double() for i in range(0, len(images), batch_size)])
+        return torch.cat([self(self.prepare(images[i:i + batch_size])).double()
+                          for i in range(0, len(images), batch_size)])
 
     @classmethod
     def random(cls, seed: int = 0, width: int = 16, size: int = 64) -> 'FeatureExtractor':
@@ -148,18 +156,23 @@ class FeatureExtractor(nn.Module):
 
     @classmethod
     def from_yolo(cls, model, layer: int | None = None, size: int = 320) -> 'FeatureExtractor':
-        "The backbone of a YOLO detector: a `Detector`, an Ultralytics `YOLO`, its `DetectionModel`, or a local `.pt` file."
+        ("The backbone of a YOLO detector: a `Detector`, an Ultralytics `YOLO`, "
+         "its `DetectionModel`, or a local `.pt` file.")
         src = model
         if isinstance(model, (str, Path)):
             p = Path(model)
-            check(p.is_file(), f'YOLO weights {str(p)!r} not found', 'pass the best.pt of a detector trained on the real images', path=p)
+            check(p.is_file(), f'YOLO weights {str(p)!r} not found',
+                  'pass the best.pt of a detector trained on the real images', path=p)
             from synthkit.offline import ultralytics_settings
             ultralytics_settings()
             from ultralytics import YOLO
             try: model = YOLO(str(p))
-            except Exception as e: raise SynthkitError(f'could not load YOLO weights ({type(e).__name__}: {e})', 'pass a .pt saved by Ultralytics', path=p)
+            except Exception as e:
+                raise SynthkitError(f'could not load YOLO weights ({type(e).__name__}: {e})',
+                                    'pass a .pt saved by Ultralytics', path=p)
         while not isinstance(getattr(model, 'model', None), nn.Sequential):  # Detector -> YOLO -> DetectionModel
-            check(hasattr(model, 'model'), f'{type(src).__name__} is not a YOLO detector', 'pass a synthkit Detector, an ultralytics YOLO or a .pt path')
+            check(hasattr(model, 'model'), f'{type(src).__name__} is not a YOLO detector',
+                  'pass a synthkit Detector, an ultralytics YOLO or a .pt path')
             model = model.model
         layers = model.model
         if layer is None:
@@ -174,9 +187,11 @@ class FeatureExtractor(nn.Module):
     def from_torchvision(cls, arch: str, weights, size: int = 224) -> 'FeatureExtractor':
         "A torchvision classifier `arch` (e.g. 'resnet18') with the weights file the user gives; never downloads."
         import torchvision
-        check(hasattr(torchvision.models, arch), f'unknown torchvision model {arch!r}', 'use e.g. resnet18, resnet50, efficientnet_b0')
+        check(hasattr(torchvision.models, arch), f'unknown torchvision model {arch!r}',
+              'use e.g. resnet18, resnet50, efficientnet_b0')
         p = Path(weights)
-        check(p.is_file(), f'weights file {str(p)!r} not found', 'download it where there is internet and pass its local path', path=p)
+        check(p.is_file(), f'weights file {str(p)!r} not found',
+              'download it where there is internet and pass its local path', path=p)
         net = getattr(torchvision.models, arch)(weights=None)
         try:
             if p.suffix == '.safetensors':
@@ -202,26 +217,32 @@ class _Given(nn.Module):
 
 def distribution_distance(real_images, synth_images, extractor: FeatureExtractor, *, kid_subset: int | None = None,
                           kid_subsets: int = 100, seed: int = 0, batch_size: int = 16) -> dict:
-    "FID and KID (torchmetrics) between two image sets in `extractor`'s feature space: `{'fid', 'kid_mean', 'kid_std', 'n_real', 'n_synth'}`."
+    ("FID and KID (torchmetrics) between two image sets in `extractor`'s feature space: "
+     "`{'fid', 'kid_mean', 'kid_std', 'n_real', 'n_synth'}`.")
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
     check(isinstance(extractor, nn.Module), f'extractor {extractor!r} is not a torch module',
           'pass FeatureExtractor.from_yolo(detector) or FeatureExtractor.from_torchvision(arch, weights_file)')
     real, synth = list(real_images), list(synth_images)
-    check(len(real) >= 2 and len(synth) >= 2, f'{len(real)} real and {len(synth)} synthetic images: FID/KID need at least 2 of each')
+    check(len(real) >= 2 and len(synth) >= 2,
+          f'{len(real)} real and {len(synth)} synthetic images: FID/KID need at least 2 of each')
     k = min(len(real), len(synth)) if kid_subset is None else int(kid_subset)
-    check(1 < k <= min(len(real), len(synth)), f'kid_subset={k} must be in 2..{min(len(real), len(synth))} (the smaller set)')
-    if isinstance(extractor, FeatureExtractor): fr, fs = extractor.features(real, batch_size), extractor.features(synth, batch_size)
+    check(1 < k <= min(len(real), len(synth)),
+          f'kid_subset={k} must be in 2..{min(len(real), len(synth))} (the smaller set)')
+    if isinstance(extractor, FeatureExtractor):
+        fr, fs = extractor.features(real, batch_size), extractor.features(synth, batch_size)
     else:
         with torch.inference_mode(): fr, fs = extractor(real).double(), extractor(synth).double()
     for f, what in ((fr, 'real'), (fs, 'synthetic')):
         check(float(f.std(dim=0).max()) > 1e-6 * max(1.0, float(f.abs().max())) and float(f.abs().max()) > 1e-6,
               f'the extractor gives (nearly) the same features for every {what} image, so FID/KID would be meaningless',
-              'use a trained backbone, e.g. FeatureExtractor.from_yolo("runs/real/weights/best.pt") (an untrained YOLO from a .yaml is not enough)')
+              'use a trained backbone, e.g. FeatureExtractor.from_yolo("runs/real/weights/best.pt") (an untrained YOLO '
+              'from a .yaml is not enough)')
     n = fr.shape[1]
     fid = FrechetInceptionDistance(feature=_Given(n), reset_real_features=True)
     with warnings.catch_warnings():  # 'KID keeps all features in memory': they are ours already
-        warnings.simplefilter('ignore'); kid = KernelInceptionDistance(feature=_Given(n), subsets=kid_subsets, subset_size=k)
+        warnings.simplefilter('ignore')
+        kid = KernelInceptionDistance(feature=_Given(n), subsets=kid_subsets, subset_size=k)
     for m in (fid, kid):
         m.update(fr, real=True); m.update(fs, real=False)
     with torch.random.fork_rng():
@@ -244,12 +265,14 @@ def _records(synth) -> list:
     if isinstance(synth, (str, Path)):
         p = Path(synth)
         p = p / 'manifest.jsonl' if p.is_dir() else p
-        check(p.is_file(), 'manifest not found', 'pass the output folder of synthesize / classic_variations or its manifest.jsonl', path=p)
+        check(p.is_file(), 'manifest not found',
+              'pass the output folder of synthesize / classic_variations or its manifest.jsonl', path=p)
         recs, root = [], p.parent
         for i, line in enumerate(p.read_text().splitlines(), 1):
             if not line.strip(): continue
             try: recs.append(json.loads(line))
-            except json.JSONDecodeError as e: raise SynthkitError(f'bad JSON ({e.msg})', 'fix or delete the line', path=p, line=i)
+            except json.JSONDecodeError as e:
+                raise SynthkitError(f'bad JSON ({e.msg})', 'fix or delete the line', path=p, line=i)
     else: recs, root = list(synth), Path('.')
     out = []
     for r in recs:
@@ -268,8 +291,10 @@ def _group_value(rec: dict, key: str):
 
 
 def quality_report(dataset_real, dataset_synth_or_manifest, *, extractor: FeatureExtractor | None = None,
-                   by=('generator', 'strength'), kid_subset: int | None = None, seed: int = 0, progress: bool = False) -> list:
-    "One row per `by` group: n images/sources, mean SSIM/PSNR to source, diversity, and FID/KID when `extractor` is given."
+                   by=('generator', 'strength'), kid_subset: int | None = None, seed: int = 0,
+                   progress: bool = False) -> list:
+    ("One row per `by` group: n images/sources, mean SSIM/PSNR to source, diversity, "
+     "and FID/KID when `extractor` is given.")
     from collections import defaultdict
     groups = defaultdict(list)
     for src, img, rec in _records(dataset_synth_or_manifest):
@@ -280,7 +305,8 @@ def quality_report(dataset_real, dataset_synth_or_manifest, *, extractor: Featur
         for src, img in groups[key]: per_src[src].append(pixels_of(img))
         fids, divs = [], []
         for src, vs in per_src.items():
-            check(src in dataset_real, f'source image {src!r} of a variation is not in the real dataset', 'pass the dataset the variations were made from')
+            check(src in dataset_real, f'source image {src!r} of a variation is not in the real dataset',
+                  'pass the dataset the variations were made from')
             fids.append(fidelity(dataset_real[src], vs)); divs.append(diversity(vs))
         nanmean = lambda v: float(np.nanmean(v)) if np.isfinite(np.asarray(v, float)).any() else float('nan')
         row = dict(zip(by, key), n_images=len(groups[key]), n_sources=len(per_src),
@@ -289,8 +315,9 @@ def quality_report(dataset_real, dataset_synth_or_manifest, *, extractor: Featur
                    diversity=nanmean(divs))
         if extractor is not None:
             synth_imgs = [v for vs in per_src.values() for v in vs]
-            row.update({k: v for k, v in distribution_distance(list(dataset_real), synth_imgs, extractor, kid_subset=
-                        kid_subset if kid_subset is None else min(kid_subset, len(synth_imgs), len(dataset_real)), seed=seed).items()
-                        if k in ('fid', 'kid_mean', 'kid_std')})
+            row.update({k: v for k, v in distribution_distance(
+                list(dataset_real), synth_imgs, extractor,
+                kid_subset=kid_subset if kid_subset is None else min(kid_subset, len(synth_imgs), len(dataset_real)),
+                seed=seed).items() if k in ('fid', 'kid_mean', 'kid_std')})
         rows.append(row)
     return rows

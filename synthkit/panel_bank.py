@@ -19,24 +19,29 @@ HELD_PARTS = ('val', 'test')   # the parts whose images never give ships to a tr
 BANK_MARGIN = 4                # px of sea around each ship crop in the panel's bank
 
 def bank_split(dataset) -> tuple:
-    "(training ids, held-out ids) for a crop bank: val/test images (`meta['split']`) are held out; the rest are training, but for variations made for another part."
+    ("(training ids, held-out ids) for a crop bank: val/test images (`meta['split']`) are held out; "
+     "the rest are training, but for variations made for another part.")
     held = [it.id for it in dataset if it.meta.get('split') in HELD_PARTS]
-    train = [it.id for it in dataset if it.meta.get('split') not in HELD_PARTS and it.meta.get('origin') in (None, 'train')]
+    train = [it.id for it in dataset if it.meta.get('split') not in HELD_PARTS
+             and it.meta.get('origin') in (None, 'train')]
     return train, held
 
 def bank_key(dataset, ids, held, margin=BANK_MARGIN) -> str:
-    "Hash of what decides a bank's crops: the training images (id, file, size, mtime, boxes, classes), the held-out ids, the margin."
+    ("Hash of what decides a bank's crops: the training images (id, file, size, mtime, boxes, classes), "
+     "the held-out ids, the margin.")
     rows = []
     for i in ids:
         it = dataset[i]
         st = Path(it.path).stat()
-        rows.append([str(i), str(Path(it.path).resolve()), st.st_size, st.st_mtime_ns, np.round(it.boxes, 3).tolist(), it.cls.tolist()])
+        rows.append([str(i), str(Path(it.path).resolve()), st.st_size, st.st_mtime_ns,
+                     np.round(it.boxes, 3).tolist(), it.cls.tolist()])
     rec = dict(version=1, margin=margin, held=sorted(map(str, held)), images=rows, names=list(dataset.names))
     return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
 
 # %% ../nbs/30f_panel_bank.ipynb #147fa373
 def panel_bank(dataset, folder, margin=BANK_MARGIN):
-    "The `CropBank` of `dataset`'s training images: read from `folder/KEY` when built before, else cut (val/test ids `forbidden`) and saved there."
+    ("The `CropBank` of `dataset`'s training images: read from `folder/KEY` when built before, else cut (val/test ids "
+     "`forbidden`) and saved there.")
     from synthkit.paste import CropBank, CROPS_FILE
     ids, held = bank_split(dataset)
     check(ids, 'the dataset has no training images to cut ship crops from (all are val or test)',

@@ -14,7 +14,8 @@ __all__ = ['pasted_text', 'noise_text', 'score_html']
 
 # %% ../nbs/30e_panel_text.ipynb #30a77558
 def pasted_text(pasted: tuple | None) -> str:
-    "' · 7 of 12 ships pasted (magenta boxes; …)' for `pasted` = (placed, asked) of a paste generator's outputs; '' for None."
+    ("' · 7 of 12 ships pasted (magenta boxes; …)' for `pasted` = (placed, asked) of a paste generator's outputs; "
+     "'' for None.")
     if pasted is None: return ''
     return f' · {pasted[0]} of {pasted[1]} ships pasted (magenta boxes; the source\'s are green)'
 

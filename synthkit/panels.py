@@ -15,7 +15,8 @@ __all__ = ['Panel']
 
 # %% ../nbs/30a_panels.ipynb #7b941df0
 class Panel:
-    "Base of the notebook panels: shown as `self.widget`; `_status` writes `self.w_status`; `_guard` runs a button's handler and shows a `SynthkitError` there."
+    ("Base of the notebook panels: shown as `self.widget`; `_status` writes `self.w_status`; "
+     "`_guard` runs a button's handler and shows a `SynthkitError` there.")
     widget: W.Widget        # what Jupyter shows
     w_status: W.HTML        # the status line
 
@@ -23,7 +24,8 @@ class Panel:
 
     def _status(self, text: str, error: bool = False):
         "Show `text` in the status line (red for an error)."
-        self.w_status.value = f'<span style="color:{"#c00" if error else "#444"}">{html.escape(text, quote=False)}</span>'
+        self.w_status.value = (f'<span style="color:{"#c00" if error else "#444"}">'
+                               f'{html.escape(text, quote=False)}</span>')
 
     def _guard(self, fn):
         "Button handlers show a user's mistake in the status line instead of a traceback."

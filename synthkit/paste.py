@@ -25,7 +25,8 @@ __all__ = ['BANK_FILE', 'CROPS_FILE', 'Crop', 'robust_stats', 'CropBank', 'trans
 # %% ../nbs/22a_paste.ipynb #0668f55b
 @dataclass
 class Crop:
-    "One ship with its margin: the pixels (the source's dtype), its box in crop pixels, class, source id and box in the source."
+    ("One ship with its margin: the pixels (the source's dtype), its box in crop pixels, class, "
+     "source id and box in the source.")
     image: np.ndarray
     box: np.ndarray          # (4,) float32, x0 y0 x1 y1 in crop pixels
     cls: int
@@ -51,15 +52,16 @@ class Crop:
         return robust_stats(out if out.size else g, offset)
 
     def record(self) -> dict:
-        return dict(source=self.source, cls=self.cls, box=[float(v) for v in self.box], source_box=[float(v) for v in self.source_box],
-                    shape=list(self.image.shape))
+        return dict(source=self.source, cls=self.cls, box=[float(v) for v in self.box],
+                    source_box=[float(v) for v in self.source_box], shape=list(self.image.shape))
 
 def _grey(a) -> np.ndarray:
     a = np.asarray(a, np.float64)
     return a.mean(axis=2) if a.ndim == 3 else a
 
 def robust_stats(pixels, offset: float = 0.0, axis=None) -> tuple:
-    "(median, interquartile range / (median + `offset`)) of `pixels`: a level and a spread that a few outliers don't move."
+    ("(median, interquartile range / (median + `offset`)) of `pixels`: "
+     "a level and a spread that a few outliers don't move.")
     q1, med, q3 = np.percentile(np.asarray(pixels, np.float64), [25, 50, 75], axis=axis)
     return med, (q3 - q1) / (med + offset)
 
@@ -68,8 +70,10 @@ def _offset(dtype) -> float:
     return 0.02 * (np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0)
 
 def _margin_px(margin, box) -> int:
-    "The margin of one box in pixels: `margin` itself, or (a float below 1) that fraction of the box's longer side, at least 2 px."
-    if isinstance(margin, float) and margin < 1: return max(2, int(math.ceil(margin * float(max(box[2] - box[0], box[3] - box[1])))))
+    ("The margin of one box in pixels: `margin` itself, or (a float below 1) that fraction of the box's "
+     "longer side, at least 2 px.")
+    if isinstance(margin, float) and margin < 1:
+        return max(2, int(math.ceil(margin * float(max(box[2] - box[0], box[3] - box[1])))))
     return int(margin)
 
 # %% ../nbs/22a_paste.ipynb #9621f9bf
@@ -83,13 +87,16 @@ class CropBank:
         self.folder = None if folder is None else Path(folder)
         check(self.crops, 'the crop bank holds no crops: nothing to paste', 'build it from images with labelled ships')
         kinds = {str(c.image.dtype) for c in self.crops}
-        check(len(kinds) == 1, f'the crop bank mixes pixel types {sorted(kinds)}', 'build it from images of one bit depth')
+        check(len(kinds) == 1, f'the crop bank mixes pixel types {sorted(kinds)}',
+              'build it from images of one bit depth')
         self.dtype = np.dtype(kinds.pop())
-        self._rings = [tuple(map(float, c.ring(_offset(self.dtype)))) for c in self.crops]   # what sea each ship came from
+        # what sea each ship came from
+        self._rings = [tuple(map(float, c.ring(_offset(self.dtype)))) for c in self.crops]
 
     def __len__(self): return len(self.crops)
     def __repr__(self):
-        return (f'CropBank({len(self)} crops from {len(self.sources)} images, margin={self.margin}, skipped={self.skipped}'
+        return (f'CropBank({len(self)} crops from {len(self.sources)} images, '
+                f'margin={self.margin}, skipped={self.skipped}'
                 + ('' if self.folder is None else f', folder={str(self.folder)!r}') + ')')
 
     @property
@@ -98,18 +105,21 @@ class CropBank:
         return sorted({c.source for c in self.crops})
 
     def check_lineage(self, ids, what: str = 'test'):
-        "Refuse (lineage guard) a bank holding a crop of one of the images `ids` (e.g. the split's val or test images) or of a tile of one."
+        ("Refuse (lineage guard) a bank holding a crop of one of the images `ids` (e.g. "
+         "the split's val or test images) or of a tile of one.")
         from synthkit.data.tiles import source_image, source_keys
         keys = source_keys(map(str, ids))
         bad = [s for s in self.sources if source_image(s) in keys]
-        check(not bad, f'lineage guard: the crop bank holds ships of {what} image {bad[0] if bad else ""!r} ({len(bad)} such images)',
-              "rebuild it from the split's training images only (CropBank.from_dataset(ds, split.train, forbidden=split.val + split.test))",
-              path=self.folder)
+        check(not bad, f'lineage guard: the crop bank holds ships of {what} image '
+                       f'{bad[0] if bad else ""!r} ({len(bad)} such images)',
+              "rebuild it from the split's training images only (CropBank.from_dataset(ds, split.train, "
+              "forbidden=split.val + split.test))", path=self.folder)
 
     def describe(self) -> dict:
-        "Everything but the pixels: class names, margin, what was skipped, and each crop's source, box, class and shape."
-        return dict(version=1, names=self.names, margin=self.margin, skipped=self.skipped, dtype=str(self.dtype), sources=self.sources,
-                    crops=[c.record() for c in self.crops])
+        ("Everything but the pixels: class names, margin, what was skipped, "
+         "and each crop's source, box, class and shape.")
+        return dict(version=1, names=self.names, margin=self.margin, skipped=self.skipped, dtype=str(self.dtype),
+                    sources=self.sources, crops=[c.record() for c in self.crops])
 
     def to_bytes(self) -> bytes:
         "The bank as one safetensors file: each crop a tensor, `describe()` in its metadata."
@@ -118,7 +128,8 @@ class CropBank:
                     metadata={'bank': json.dumps(self.describe(), sort_keys=True)})
 
     def content_hash(self) -> str:
-        "The bank's identity: the `weights_hash` its saved folder has (sha256 over `crops.safetensors`), computed without saving it."
+        ("The bank's identity: the `weights_hash` its saved folder has (sha256 over `crops.safetensors`), "
+         "computed without saving it.")
         h = hashlib.sha256(CROPS_FILE.encode()); h.update(self.to_bytes())
         return h.hexdigest()[:16]
 
@@ -126,7 +137,8 @@ class CropBank:
 _EVAL_PARTS = ('val', 'test')
 
 def _bank_images(dataset, ids, forbidden) -> list:
-    "The items the bank may be cut from, after the lineage guard (a tile of a forbidden image is forbidden: `source_image`)."
+    ("The items the bank may be cut from, after the lineage guard (a tile of a forbidden image is "
+     "forbidden: `source_image`).")
     from synthkit.data.tiles import source_image, source_keys
     if ids is None:
         has_split = any(it.meta.get('split') for it in dataset)
@@ -137,21 +149,27 @@ def _bank_images(dataset, ids, forbidden) -> list:
     for i in ids:
         check(i in dataset, f'image id {i!r} is not in the dataset', 'use ids from dataset.ids')
         it = dataset[i]
-        where = ('a forbidden (val/test) image' if source_image(i) in forbidden else f"a {it.meta['split']} image" if it.meta.get('split') in _EVAL_PARTS
-                 else f"a variation made for the {it.meta['origin']} part" if it.meta.get('origin') not in (None, 'train') else '')
+        where = ('a forbidden (val/test) image' if source_image(i) in forbidden
+                 else f"a {it.meta['split']} image" if it.meta.get('split') in _EVAL_PARTS
+                 else f"a variation made for the {it.meta['origin']} part"
+                 if it.meta.get('origin') not in (None, 'train') else '')
         check(not where, f'lineage guard: the crop bank would hold ships of {i!r}, {where}',
-              "cut the bank from the split's training images only (ids=split.train, forbidden=split.val + split.test)", path=it.path)
+              "cut the bank from the split's training images only (ids=split.train, forbidden=split.val + split.test)",
+              path=it.path)
         items.append(it)
     return items
 
 @patch(cls_method=True)
 def from_dataset(cls: CropBank, dataset, ids=None, *, margin=4, forbidden=(), min_side: float = 2) -> 'CropBank':
-    "Cut every usable ship of the images `ids` (the split's training images) with `margin` px of context; the images in `forbidden`, and their tiles, are refused."
+    ("Cut every usable ship of the images `ids` (the split's training images) with `margin` px of context; "
+     "the images in `forbidden`, and their tiles, are refused.")
     check((isinstance(margin, int) and margin >= 1) or (isinstance(margin, float) and 0 < margin < 1),
-          f'margin={margin!r} must be an integer ≥ 1 (px) or a fraction in (0, 1) of the box\'s longer side', 'use e.g. 4 or 0.25')
+          f'margin={margin!r} must be an integer ≥ 1 (px) or a fraction in (0, 1) of the box\'s longer side',
+          'use e.g. 4 or 0.25')
     items = _bank_images(dataset, ids, forbidden)
     n_boxes = sum(it.n_boxes for it in items)
-    check(n_boxes, f'the {len(items)} images given hold no ship boxes: nothing to paste', 'build the bank from labelled training images')
+    check(n_boxes, f'the {len(items)} images given hold no ship boxes: nothing to paste',
+          'build the bank from labelled training images')
     crops, skipped = [], dict(edge=0, crowded=0, tiny=0)
     for it in items:
         if not it.n_boxes: continue
@@ -164,9 +182,11 @@ def from_dataset(cls: CropBank, dataset, ids=None, *, margin=4, forbidden=(), mi
             x1, y1 = int(math.ceil(b[2])) + m, int(math.ceil(b[3])) + m
             if x0 < 0 or y0 < 0 or x1 > w or y1 > h: skipped['edge'] += 1; continue
             others = np.delete(it.boxes, j, axis=0)
-            if len(others) and ((others[:, 0] < x1) & (others[:, 2] > x0) & (others[:, 1] < y1) & (others[:, 3] > y0)).any():
+            if len(others) and ((others[:, 0] < x1) & (others[:, 2] > x0) & (others[:, 1] < y1)
+                                & (others[:, 3] > y0)).any():
                 skipped['crowded'] += 1; continue
-            crops.append(Crop(img[y0:y1, x0:x1].copy(), b - np.array([x0, y0, x0, y0], np.float32), it.cls[j], it.id, b))
+            crops.append(Crop(img[y0:y1, x0:x1].copy(), b - np.array([x0, y0, x0, y0], np.float32),
+                              it.cls[j], it.id, b))
     check(crops, f'none of the {n_boxes} ships in the {len(items)} images gives a crop (skipped: {skipped})',
           'use a smaller margin, or images with ships away from the borders and from each other')
     return cls(crops, dataset.names, margin, skipped)
@@ -174,15 +194,18 @@ def from_dataset(cls: CropBank, dataset, ids=None, *, margin=4, forbidden=(), mi
 # %% ../nbs/22a_paste.ipynb #fd93538e
 @patch
 def save(self: CropBank, folder, overwrite: bool = False) -> Path:
-    "Write the bank to `folder` (`crops.safetensors` + `bank.json`) through a temp folder and a rename; returns the folder."
+    ("Write the bank to `folder` (`crops.safetensors` + `bank.json`) through a temp folder and a "
+     "rename; returns the folder.")
     folder = Path(folder).expanduser()
     check(not folder.is_file(), 'the crop bank folder is a file', 'pass a folder path', path=folder)
     data = self.to_bytes()
     key = hashlib.sha256(CROPS_FILE.encode() + data).hexdigest()[:16]
     if folder.is_dir() and any(folder.iterdir()):
         same = weights_hash(folder) == key
-        if same and _record_problem(folder, self.describe()) is None: self.folder = folder; return folder   # the very same bank is there already
-        check(same or overwrite, 'the crop bank folder exists and holds something else', 'pass overwrite=True, or another folder', path=folder)
+        if same and _record_problem(folder, self.describe()) is None:   # the very same bank is there already
+            self.folder = folder; return folder
+        check(same or overwrite, 'the crop bank folder exists and holds something else',
+              'pass overwrite=True, or another folder', path=folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-bank-', dir=folder.parent))
     try:
@@ -199,20 +222,30 @@ def save(self: CropBank, folder, overwrite: bool = False) -> Path:
     self.folder = folder
     return folder
 
-_REBUILD = 'build the bank again: synthkit crop-bank DATA --out FOLDER --overwrite (or CropBank.from_dataset(...).save(FOLDER, overwrite=True))'
+_REBUILD = ('build the bank again: synthkit crop-bank DATA --out FOLDER --overwrite '
+            '(or CropBank.from_dataset(...).save(FOLDER, overwrite=True))')
 
 def _record_problem(folder: Path, meta: dict) -> SynthkitError | None:
     "What is wrong with `folder/bank.json` as the record of the crops described by `meta` (`describe()`), or None."
     f = folder/BANK_FILE
-    if not f.is_file(): return SynthkitError(f'not a complete crop bank: no {BANK_FILE}, its record of which images its ships come from', _REBUILD, path=folder)
+    if not f.is_file():
+        return SynthkitError('not a complete crop bank: '
+                             f'no {BANK_FILE}, its record of which images its ships come from', _REBUILD, path=folder)
     try: rec = json.loads(f.read_text(encoding='utf-8'))
-    except ValueError as e: return SynthkitError(f'{BANK_FILE} is not a complete record of the crop bank (cut short or not JSON: {str(e)[:120]})', _REBUILD, path=f)
-    if not isinstance(rec, dict): return SynthkitError(f'{BANK_FILE} is not a complete record of the crop bank (a JSON {type(rec).__name__})', _REBUILD, path=f)
+    except ValueError as e:
+        return SynthkitError(f'{BANK_FILE} is not a complete record of the crop bank (cut short or '
+                             f'not JSON: {str(e)[:120]})', _REBUILD, path=f)
+    if not isinstance(rec, dict):
+        return SynthkitError(f'{BANK_FILE} is not a complete record of the crop bank (a JSON {type(rec).__name__})',
+                             _REBUILD, path=f)
     for k in ('sources', 'crops'):
-        if k not in rec: return SynthkitError(f"{BANK_FILE} has no '{k}': the crop bank's record of where its ships come from is incomplete", _REBUILD, path=f)
+        if k not in rec:
+            return SynthkitError(f"{BANK_FILE} has no '{k}': "
+                                 "the crop bank's record of where its ships come from is incomplete", _REBUILD, path=f)
     sources = sorted({str(r['source']) for r in meta['crops']})
     for k, theirs in (('sources', sources), ('crops', meta['crops'])):
-        if rec[k] != theirs: return SynthkitError(f'{BANK_FILE} does not describe {CROPS_FILE}: their {k} differ', _REBUILD, path=f)
+        if rec[k] != theirs:
+            return SynthkitError(f'{BANK_FILE} does not describe {CROPS_FILE}: their {k} differ', _REBUILD, path=f)
     return None
 
 @patch(cls_method=True)
@@ -220,14 +253,18 @@ def load(cls: CropBank, folder) -> CropBank:
     "The bank saved in `folder`: the crops from its `crops.safetensors`, refused unless its `bank.json` records them."
     from safetensors import safe_open
     folder = Path(folder).expanduser()
-    check(folder.is_dir(), 'crop bank folder does not exist', 'build one with CropBank.from_dataset(...).save(FOLDER)', path=folder)
-    check((folder/CROPS_FILE).is_file(), f'not a crop bank folder (no {CROPS_FILE})', 'build one with CropBank.from_dataset(...).save(FOLDER)', path=folder)
+    check(folder.is_dir(), 'crop bank folder does not exist',
+          'build one with CropBank.from_dataset(...).save(FOLDER)', path=folder)
+    check((folder/CROPS_FILE).is_file(), f'not a crop bank folder (no {CROPS_FILE})',
+          'build one with CropBank.from_dataset(...).save(FOLDER)', path=folder)
     try:
         with safe_open(str(folder/CROPS_FILE), framework='np') as f:
             meta = json.loads((f.metadata() or {})['bank'])
-            crops = [Crop(f.get_tensor(f'c{i:06d}'), r['box'], r['cls'], r['source'], r['source_box']) for i, r in enumerate(meta['crops'])]
+            crops = [Crop(f.get_tensor(f'c{i:06d}'), r['box'], r['cls'], r['source'], r['source_box'])
+                     for i, r in enumerate(meta['crops'])]
     except Exception as e:   # a truncated or foreign file: safetensors, JSON and key errors alike
-        raise SynthkitError(f'unreadable crop bank ({type(e).__name__}: {str(e)[:200]})', 'build it again', path=folder/CROPS_FILE)
+        raise SynthkitError(f'unreadable crop bank ({type(e).__name__}: {str(e)[:200]})', 'build it again',
+                            path=folder/CROPS_FILE)
     problem = _record_problem(folder, meta)
     if problem is not None: raise problem
     return cls(crops, meta.get('names', ['ship']), meta.get('margin', 4), meta.get('skipped'), folder)
@@ -251,11 +288,14 @@ def _resize(a: np.ndarray, nh: int, nw: int) -> np.ndarray:
 def _scale_range(scale) -> tuple:
     "`scale` as (lo, hi): a number is a fixed scale, a pair a log-uniform range."
     lo, hi = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
-    check(0 < lo <= hi and hi < 20, f'scale={scale!r} must be a number > 0 or a range (lo, hi) with 0 < lo ≤ hi', 'use e.g. 1.0 or (0.8, 1.25)')
+    check(0 < lo <= hi and hi < 20, f'scale={scale!r} must be a number > 0 or a range (lo, hi) with 0 < lo ≤ hi',
+          'use e.g. 1.0 or (0.8, 1.25)')
     return float(lo), float(hi)
 
-def transform_crop(crop: Crop, rng: np.random.Generator, scale=(0.8, 1.25), flips: bool = True, turns: bool = True) -> tuple:
-    "A random scale / flip / quarter turn of `crop`: `(pixels as float64, box)`; every draw is made whatever the options, so the stream stays aligned."
+def transform_crop(crop: Crop, rng: np.random.Generator, scale=(0.8, 1.25), flips: bool = True,
+                   turns: bool = True) -> tuple:
+    ("A random scale / flip / quarter turn of `crop`: `(pixels as float64, box)`; "
+     "every draw is made whatever the options, so the stream stays aligned.")
     lo, hi = _scale_range(scale)
     u, hf, vf, k = rng.random(), rng.random() < 0.5, rng.random() < 0.5, int(rng.integers(4))
     if not flips: hf = vf = False
@@ -274,7 +314,8 @@ def transform_crop(crop: Crop, rng: np.random.Generator, scale=(0.8, 1.25), flip
 
 # %% ../nbs/22a_paste.ipynb #a03ab546
 def sea_stats(image: np.ndarray, boxes=(), offset: float = 0.0, block: int = 16) -> tuple:
-    "`robust_stats` of the image's sea: the medians of those of the darkest third of its `block` px blocks that no box touches."
+    ("`robust_stats` of the image's sea: the medians of those of the darkest third of its `block` px "
+     "blocks that no box touches.")
     g = _grey(image); h, w = g.shape
     b = max(2, min(block, h // 2, w // 2))
     nh, nw = max(1, h // b), max(1, w // b)
@@ -293,12 +334,14 @@ def _gaps(a: tuple, b: tuple, offset: float) -> tuple:
     return math.log((a[0] + offset) / (b[0] + offset)), math.log((a[1] + 0.01) / (b[1] + 0.01))
 
 def sea_like_stats(stats: tuple, ring: tuple, tolerance: float, offset: float, sea: tuple | None = None) -> bool:
-    "Whether `robust_stats` `stats` are within a factor `exp(tolerance)` of `ring`'s, and (`sea` given) no brighter or more textured than `sea`'s."
+    ("Whether `robust_stats` `stats` are within a factor `exp(tolerance)` of `ring`'s, and (`sea` given) no brighter "
+     "or more textured than `sea`'s.")
     if sea is not None and max(_gaps(stats, sea, offset)) > tolerance: return False   # land
     return max(map(abs, _gaps(stats, ring, offset))) <= tolerance
 
 def sea_like(window: np.ndarray, ring: tuple, tolerance: float, offset: float, sea: tuple | None = None) -> bool:
-    "Whether the grey pixels `window` look like the sea of `ring` (a crop's margin) and, `sea` given, not like land (`sea_like_stats`)."
+    ("Whether the grey pixels `window` look like the sea of `ring` (a crop's margin) and, `sea` given, "
+     "not like land (`sea_like_stats`).")
     return sea_like_stats(robust_stats(window, offset), ring, tolerance, offset, sea)
 
 def _free(window: tuple, boxes: np.ndarray, gap: float) -> bool:
@@ -310,7 +353,8 @@ def _free(window: tuple, boxes: np.ndarray, gap: float) -> bool:
 
 # %% ../nbs/22a_paste.ipynb #50515b50
 def feather_alpha(h: int, w: int, box, feather: float | None = None) -> np.ndarray:
-    "`h` x `w` blend weights: 1 on pixels whose centre lies in `box`, a smoothstep down to 0 at the outer pixels (over at most `feather` px)."
+    ("`h` x `w` blend weights: 1 on pixels whose centre lies in `box`, a smoothstep down to 0 at the outer pixels "
+     "(over at most `feather` px).")
     x0, y0, x1, y1 = [float(v) for v in box]
     f = math.inf if feather is None else float(feather)
     def ramp(n, lo, hi):
@@ -323,7 +367,8 @@ def feather_alpha(h: int, w: int, box, feather: float | None = None) -> np.ndarr
 
 # %% ../nbs/22a_paste.ipynb #aebbe6fe
 class Labelled(tuple):
-    "An output `(image, boxes, cls)` — it unpacks like every generator's — with `info`: facts `synthesize` adds to its manifest record."
+    ("An output `(image, boxes, cls)` — it unpacks like every generator's — with `info`: "
+     "facts `synthesize` adds to its manifest record.")
     def __new__(klass, image, boxes, cls, info: dict | None = None):
         t = super().__new__(klass, (image, boxes, cls))
         t.info = dict(info or {})
@@ -344,23 +389,27 @@ def _match_channels(a: np.ndarray, image: np.ndarray) -> np.ndarray:
     "The crop's pixels with the image's channels (grey crop on RGB: repeated; RGB crop on grey: averaged)."
     if image.ndim == 2: return _grey(a)
     if a.ndim == 2: return np.repeat(a[..., None], image.shape[2], axis=2)
-    check(a.shape[2] == image.shape[2], f'the crops have {a.shape[2]} channels, the image {image.shape[2]}', 'build the bank from images like these')
+    check(a.shape[2] == image.shape[2], f'the crops have {a.shape[2]} channels, the image {image.shape[2]}',
+          'build the bank from images like these')
     return a
 
-def paste_ships(image: np.ndarray, boxes, cls, bank: CropBank, seed: int = 0, *, k: int = 3, scale=(0.8, 1.25), flips: bool = True,
-                turns: bool = True, feather: float | None = None, gap: float = 2, sea_tolerance: float | None = 0.5,
-                tries: int = 60, looks: float | None = None) -> Labelled:
-    """Paste up to `k` ship crops of `bank` into `image` at free, sea-like places; returns `(image, boxes, cls)` with `.info` (see above).
-    `looks`: then fresh gamma speckle over the whole output, as the classic copies get it (None: the source's pixels kept)."""
+def paste_ships(image: np.ndarray, boxes, cls, bank: CropBank, seed: int = 0, *, k: int = 3, scale=(0.8, 1.25),
+                flips: bool = True, turns: bool = True, feather: float | None = None, gap: float = 2,
+                sea_tolerance: float | None = 0.5, tries: int = 60, looks: float | None = None) -> Labelled:
+    """Paste up to `k` ship crops of `bank` into `image` at free, sea-like places; returns `(image, boxes, cls)` with
+    `.info` (see above). `looks`: then fresh gamma speckle over the whole output, as the classic copies get it (None:
+    the source's pixels kept)."""
     image = np.asarray(image)
     check(image.ndim in (2, 3) and min(image.shape[:2]) > 0, f'image of shape {image.shape} is not HxW or HxWxC')
     check(boxes is not None, "paste places ships around the source's own boxes, and none were given",
-          'pass the source\'s boxes (an empty list for an image without ships); regenerate(record, gen, dataset) with the dataset')
+          'pass the source\'s boxes (an empty list for an image without ships); regenerate(record, gen, '
+          'dataset) with the dataset')
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     cls = np.zeros(len(boxes), np.int64) if cls is None else np.asarray(cls, np.int64).reshape(-1)
     check(len(boxes) == len(cls), f'{len(boxes)} boxes but {len(cls)} class ids')
     check(isinstance(seed, (int, np.integer)) and seed >= 0, f'seed={seed!r} must be an integer ≥ 0')
-    check(isinstance(k, (int, np.integer)) and k >= 0, f'k={k!r} must be an integer ≥ 0', 'the number of ships to paste, e.g. 3')
+    check(isinstance(k, (int, np.integer)) and k >= 0, f'k={k!r} must be an integer ≥ 0',
+          'the number of ships to paste, e.g. 3')
     check(np.dtype(image.dtype) == bank.dtype, f'the image is {image.dtype} but the crop bank holds {bank.dtype} crops',
           'build the bank from images of the same bit depth')
     h, w = image.shape[:2]
@@ -368,8 +417,8 @@ def paste_ships(image: np.ndarray, boxes, cls, bank: CropBank, seed: int = 0, *,
     rng, offset, redraw = np.random.default_rng(int(seed)), _offset(image.dtype), max(1, int(tries) // 4)
     sea = sea_stats(image, boxes, offset) if sea_tolerance is not None and k and fit else None
     ok = fit if sea is None else [i for i in fit if sea_like_stats(bank._rings[i], sea, sea_tolerance, offset)]
-    info = dict(asked=int(k), placed=0, pasted=[], crops=[], crop_sources=[], windows=[], too_large=len(bank) - len(fit),
-                unlike_sea=len(fit) - len(ok))
+    info = dict(asked=int(k), placed=0, pasted=[], crops=[], crop_sources=[], windows=[],
+                too_large=len(bank) - len(fit), unlike_sea=len(fit) - len(ok))
     out, all_boxes, all_cls = image.copy(), boxes.copy(), list(cls)
     for _ in range(int(k) if ok else 0):
         for t in range(int(tries)):
@@ -385,7 +434,8 @@ def paste_ships(image: np.ndarray, boxes, cls, bank: CropBank, seed: int = 0, *,
             if region.ndim == 3: al = al[..., None]
             out[y:y + ph, x:x + pw] = _to_dtype(al * _match_channels(patch, region) + (1 - al) * region, image.dtype)
             nb = np.clip(pbox + np.array([x, y, x, y], np.float32), 0, np.array([w, h, w, h], np.float32))
-            info['pasted'].append(len(all_boxes)); info['crops'].append(ci); info['crop_sources'].append(bank.crops[ci].source)
+            info['pasted'].append(len(all_boxes)); info['crops'].append(ci)
+            info['crop_sources'].append(bank.crops[ci].source)
             info['windows'].append([x, y, x + pw, y + ph])
             all_boxes = np.concatenate([all_boxes, nb[None].astype(np.float32)]); all_cls.append(bank.crops[ci].cls)
             break
@@ -397,24 +447,29 @@ def paste_ships(image: np.ndarray, boxes, cls, bank: CropBank, seed: int = 0, *,
 
 # %% ../nbs/22a_paste.ipynb #e111b2f8
 class PasteGenerator(Generator):
-    "Copy-paste of ship crops from a `CropBank` to free, sea-like places; outputs carry the source's boxes plus the pasted ones."
+    ("Copy-paste of ship crops from a `CropBank` to free, sea-like places; "
+     "outputs carry the source's boxes plus the pasted ones.")
     name, version, knobs = 'paste', '1', frozenset({'seed'})
     channels, min_size, batch_size = 1, 1, 64
     batch_invariant = True   # each output is made alone from its own seed
     model_arg = 'bank'
 
-    def __init__(self, bank, k: int = 3, scale=(0.8, 1.25), flips: bool = True, turns: bool = True, feather: float | None = None,
-                 gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60, looks: float | None = None):
+    def __init__(self, bank, k: int = 3, scale=(0.8, 1.25), flips: bool = True, turns: bool = True,
+                 feather: float | None = None, gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60,
+                 looks: float | None = None):
         "`bank`: a `CropBank` or the folder one was saved to."
         self.bank = bank if isinstance(bank, CropBank) else CropBank.load(bank)
-        check(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1, f'k={k!r} must be an integer ≥ 1',
+        check(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1,
+              f'k={k!r} must be an integer ≥ 1',
               'the number of ships pasted per output, e.g. 3 (with none, the outputs would be copies of their sources)')
         lo, hi = _scale_range(scale)
-        check(feather is None or (isinstance(feather, (int, float)) and feather >= 0), f'feather={feather!r} must be ≥ 0 px or None (the whole margin)')
+        check(feather is None or (isinstance(feather, (int, float)) and feather >= 0),
+              f'feather={feather!r} must be ≥ 0 px or None (the whole margin)')
         check(isinstance(gap, (int, float)) and gap >= 0, f'gap={gap!r} must be ≥ 0 px', 'use e.g. 2')
         check(sea_tolerance is None or (isinstance(sea_tolerance, (int, float)) and sea_tolerance > 0),
               f'sea_tolerance={sea_tolerance!r} must be > 0 or None (no background rule)', 'use e.g. 0.5')
-        check(isinstance(tries, (int, np.integer)) and tries >= 1, f'tries={tries!r} must be an integer ≥ 1', 'use e.g. 60')
+        check(isinstance(tries, (int, np.integer)) and tries >= 1,
+              f'tries={tries!r} must be an integer ≥ 1', 'use e.g. 60')
         check(looks is None or (isinstance(looks, (int, float)) and not isinstance(looks, bool) and looks > 0),
               f'looks={looks!r} must be > 0 or None (no fresh speckle)', 'use e.g. 8, as the classic copies')
         self.looks = None if looks is None else float(looks)
@@ -425,8 +480,9 @@ class PasteGenerator(Generator):
         self.weights_hash = self.bank.content_hash()
 
     def options(self) -> dict:
-        return dict(k=self.k, scale=list(self.scale), flips=self.flips, turns=self.turns, feather=self.feather, gap=self.gap,
-                    sea_tolerance=self.sea_tolerance, tries=self.tries, looks=self.looks)
+        return dict(k=self.k, scale=list(self.scale), flips=self.flips, turns=self.turns,
+                    feather=self.feather, gap=self.gap, sea_tolerance=self.sea_tolerance, tries=self.tries,
+                    looks=self.looks)
 
     def describe(self) -> dict: return {**super().describe(), **self.options(), 'bank_crops': len(self.bank)}
 
@@ -436,10 +492,12 @@ class PasteGenerator(Generator):
 
     def generate_labelled(self, image, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
                           seeds=None, source_id: str = 'image', batch_size=None) -> list:
-        "`n` pasted outputs as `(image, boxes, cls)` with `.info`; seeds default to `derive_seed(params.seed, source_id, k)`."
+        ("`n` pasted outputs as `(image, boxes, cls)` with `.info`; "
+         "seeds default to `derive_seed(params.seed, source_id, k)`.")
         params = params.check()
         seeds = output_seeds(params, n, seeds, source_id)
-        o = PasteGenerator.options(self); o['scale'] = tuple(o['scale'])   # the paste's own options (a subclass may add more)
+        # the paste's own options (a subclass may add more)
+        o = PasteGenerator.options(self); o['scale'] = tuple(o['scale'])
         return [paste_ships(image, boxes, cls, self.bank, s, **o) for s in seeds]
 
     def generate(self, image, boxes=None, cls=None, **kw) -> list:
@@ -448,7 +506,8 @@ class PasteGenerator(Generator):
 
 # %% ../nbs/22a_paste.ipynb #f6188b67
 def paste_counts(records) -> dict:
-    "Totals over manifest records (a list, or a folder holding `manifest.jsonl`): outputs, ships asked / placed, outputs short of k."
+    ("Totals over manifest records (a list, or a folder holding `manifest.jsonl`): "
+     "outputs, ships asked / placed, outputs short of k.")
     if not isinstance(records, (list, tuple)):
         from synthkit.synthesize import Manifest
         records = Manifest(records).read()
@@ -458,7 +517,8 @@ def paste_counts(records) -> dict:
 
 # %% ../nbs/22a_paste.ipynb #1dbae775
 def windows_mask(shape, windows, pad: int = 4) -> np.ndarray:
-    "HxW float32 mask: 1 over each window `[x0, y0, x1, y1]`, a smoothstep down to 0 across `pad` px outside it, 0 elsewhere."
+    ("HxW float32 mask: 1 over each window `[x0, y0, x1, y1]`, a smoothstep down to 0 across `pad` "
+     "px outside it, 0 elsewhere.")
     h, w = tuple(shape)[:2]
     m = np.zeros((h, w), np.float32)
     def ramp(lo, hi, a, b):   # the weight of pixels a … b-1 for the window edges lo, hi
@@ -477,33 +537,39 @@ def harmonize_seed(seed: int) -> int:
     return derive_seed(int(seed), 'harmonize', 0)
 
 # %% ../nbs/22a_paste.ipynb #76fe85e6
-_HARMONIZER_HINT = ("pass harmonizer='ddpm:FOLDER' (a DDPM made by `synthkit train-ddpm`), another img2img generator's spec "
-                    "(e.g. 'sd-img2img:MODEL'), or a Generator")
+_HARMONIZER_HINT = ("pass harmonizer='ddpm:FOLDER' (a DDPM made by `synthkit train-ddpm`), another img2img generator's "
+                    "spec (e.g. 'sd-img2img:MODEL'), or a Generator")
 
 class HarmonizedPasteGenerator(PasteGenerator):
-    "`paste`'s layout for the same seed, then only the pasted windows re-synthesized by an img2img `harmonizer`; the boxes are the paste's."
+    ("`paste`'s layout for the same seed, then only the pasted windows re-synthesized by an img2img `harmonizer`; "
+     "the boxes are the paste's.")
     name, version = 'ddpm-paste', '1'
     knobs = frozenset({'seed', 'strength', 'steps'})
     img2img_steps = True      # strength × steps must run a step: refused up front
     batch_invariant = False   # with a DDPM, the outputs of a call are one batch (set per instance)
     min_size = 16
 
-    def __new__(cls, *args, **kw):   # a clear line for the one argument a registry spec cannot carry (no arguments at all: a copy)
-        check(not (args or kw) or len(args) >= 2 or 'harmonizer' in kw, f'the {cls.name} generator needs a harmonizer', _HARMONIZER_HINT)
+    def __new__(cls, *args, **kw):
+        # a clear line for the one argument a registry spec cannot carry (no arguments at all: a copy)
+        check(not (args or kw) or len(args) >= 2 or 'harmonizer' in kw, f'the {cls.name} generator needs a harmonizer',
+              _HARMONIZER_HINT)
         return super().__new__(cls)
 
     def __init__(self, bank, harmonizer, k: int = 3, scale=(0.8, 1.25), flips: bool = True, turns: bool = True,
-                 feather: float | None = None, gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60, pad: int = 4,
-                 harmonizer_options: dict | None = None, device: str | None = None, dtype: str | None = None, looks: float | None = None):
-        "`bank`: a `CropBank` or its folder; `harmonizer`: a spec like `'ddpm:FOLDER'` (with `harmonizer_options`, `device`, `dtype`) or a `Generator`."
+                 feather: float | None = None, gap: float = 2, sea_tolerance: float | None = 0.5,
+                 tries: int = 60, pad: int = 4, harmonizer_options: dict | None = None, device: str | None = None,
+                 dtype: str | None = None, looks: float | None = None):
+        ("`bank`: a `CropBank` or its folder; `harmonizer`: a spec like `'ddpm:FOLDER'` (with `harmonizer_options`, "
+         "`device`, `dtype`) or a `Generator`.")
         from synthkit.sdedit import DDPMGenerator
         super().__init__(bank, k, scale, flips, turns, feather, gap, sea_tolerance, tries, looks)
-        check(isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and pad >= 0, f'pad={pad!r} must be an integer ≥ 0 (px)',
+        check(isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and pad >= 0,
+              f'pad={pad!r} must be an integer ≥ 0 (px)',
               'use e.g. 4: the mask falls from 1 at the crop to 0 across that many pixels')
         self.harmonizer = h = self._harmonizer(harmonizer, harmonizer_options, device, dtype)
         self.pad, self.batched = int(pad), isinstance(h, DDPMGenerator)
         self.knobs = type(self).knobs | frozenset(h.knobs)
-        self.batch_invariant = not self.batched                  # else one output per call: its pixels don't depend on the batch
+        self.batch_invariant = not self.batched   # else one output per call: its pixels don't depend on the batch
         self.batch_size = h.batch_size if self.batched else PasteGenerator.batch_size
         self.min_size, self.device = max(1, int(h.min_size)), h.device
         from synthkit.recipe import Recipe
@@ -516,20 +582,24 @@ class HarmonizedPasteGenerator(PasteGenerator):
     def _harmonizer(self, harmonizer, options, device, dtype) -> Generator:
         "The harmonizer, loaded from its spec (or given), refused in one line when it has no img2img path."
         from synthkit.generators import load_generator
-        check(options is None or isinstance(options, dict), f'harmonizer_options={options!r} is not a dict', "use e.g. {'eta': 0.5}")
+        check(options is None or isinstance(options, dict), f'harmonizer_options={options!r} is not a dict',
+              "use e.g. {'eta': 1.0}")
         extra = {k: v for k, v in (('device', device), ('dtype', dtype)) if v is not None}
         if isinstance(harmonizer, Generator):
-            check(not options and not extra, f'harmonizer is a ready {harmonizer.name} generator, so harmonizer_options/device/dtype would not reach it',
+            check(not options and not extra, f'harmonizer is a ready {harmonizer.name} generator, '
+                                             'so harmonizer_options/device/dtype would not reach it',
                   'pass them when you build it, or give the harmonizer as a spec string')
             h = harmonizer
         else:
-            check(isinstance(harmonizer, (str, Path)) and str(harmonizer).strip(), f'harmonizer={harmonizer!r} is not a generator spec or a Generator',
-                  _HARMONIZER_HINT)
+            check(isinstance(harmonizer, (str, Path)) and str(harmonizer).strip(),
+                  f'harmonizer={harmonizer!r} is not a generator spec or a Generator', _HARMONIZER_HINT)
             both = sorted(set(extra) & set(options or {}))
-            check(not both, f'{both[0] if both else ""} is given both as an option and in harmonizer_options', 'give it once')
+            check(not both, f'{both[0] if both else ""} is given both as an option and in harmonizer_options',
+                  'give it once')
             h = load_generator(str(harmonizer), **(options or {}), **extra)
         check('strength' in h.knobs and not isinstance(h, PasteGenerator),
-              f'the {h.name} generator cannot harmonize pasted windows: it has no img2img path (no strength knob)', _HARMONIZER_HINT)
+              f'the {h.name} generator cannot harmonize pasted windows: it has no img2img path (no strength knob)',
+              _HARMONIZER_HINT)
         return h
 
     @property
@@ -549,31 +619,36 @@ class HarmonizedPasteGenerator(PasteGenerator):
 
     def describe(self) -> dict:
         hd = self.harmonizer.describe()
-        return {**super().describe(), 'harmonizer_model_id': str(self.harmonizer.model_id), **{k: hd[k] for k in ('dtype', 'threads') if k in hd}}
+        return {**super().describe(), 'harmonizer_model_id': str(self.harmonizer.model_id),
+                **{k: hd[k] for k in ('dtype', 'threads') if k in hd}}
 
     def generate_labelled(self, image, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
                           seeds=None, source_id: str = 'image', batch_size=None) -> list:
         "`n` outputs as `(image, boxes, cls)` with `.info` (`paste`'s, and `harmonized`); seeds as `paste`'s."
         params = params.check(self.img2img_steps)
-        check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one variation')
+        check(isinstance(n, (int, np.integer)) and n >= 1, f'n={n!r} must be an integer ≥ 1',
+              'ask for at least one variation')
         seeds = [derive_seed(params.seed, source_id, k) for k in range(n)] if seeds is None else [int(s) for s in seeds]
         pasted = super().generate_labelled(image, boxes, cls, n=n, params=params, seeds=seeds, source_id=source_id)
         masks = [windows_mask(o[0].shape, o.info['paste']['windows'], self.pad) for o in pasted]
         noise = [harmonize_seed(s) for s in seeds]
         ys = self._harmonize(pasted, masks, noise, params, source_id, batch_size)
-        return [Labelled(y, o[1], o[2], dict(o.info, harmonized=dict(strength=float(params.strength), steps=int(params.steps),
-                         denoising_steps=params.denoising_steps, windows=len(o.info['paste']['windows']), pad=self.pad,
-                         pixels=int((m > 0).sum()), seed=int(s))))
+        return [Labelled(y, o[1], o[2], dict(o.info, harmonized=dict(
+                    strength=float(params.strength), steps=int(params.steps), denoising_steps=params.denoising_steps,
+                    windows=len(o.info['paste']['windows']), pad=self.pad, pixels=int((m > 0).sum()), seed=int(s))))
                 for y, o, m, s in zip(ys, pasted, masks, noise)]
 
     def _harmonize(self, pasted: list, masks: list, seeds: list, params: GenParams, source_id: str, batch_size) -> list:
-        "Each pasted image re-synthesized where its mask is > 0: a DDPM batch of up to `batch_size` per model call, else one `masked_generate` each."
+        ("Each pasted image re-synthesized where its mask is > 0: a DDPM batch of up to `batch_size` per model call, "
+         "else one `masked_generate` each.")
         from synthkit.masks import masked_generate, keep_outside
         h = self.harmonizer
         if not self.batched:
-            return [masked_generate(h, o[0], m, params, [s], boxes=o[1], cls=o[2], source_id=source_id)[0] for o, m, s in zip(pasted, masks, seeds)]
+            return [masked_generate(h, o[0], m, params, [s], boxes=o[1], cls=o[2], source_id=source_id)[0]
+                    for o, m, s in zip(pasted, masks, seeds)]
         bs, out = max(1, int(batch_size or self.batch_size)), []
-        for i in range(0, len(pasted), bs):   # as DDPMGenerator.harmonize does it for one source, with one source per output
+        for i in range(0, len(pasted), bs):
+            # as DDPMGenerator.harmonize does it for one source, with one source per output
             part, mk = [np.asarray(o[0]) for o in pasted[i:i + bs]], masks[i:i + bs]
             units = [h._unit(im) for im in part]
             ys = h.sdedit_many([x for x, _ in units], params.strength, params.steps, [[s] for s in seeds[i:i + bs]], mk)
@@ -584,8 +659,10 @@ class HarmonizedPasteGenerator(PasteGenerator):
 def cli_args(parser):
     parser.add_argument('data', help='a YOLO / COCO / Pascal VOC dataset folder (or its data.yaml)')
     parser.add_argument('--out', required=True, help='the bank folder to write (crops.safetensors + bank.json)')
-    parser.add_argument('--part', default='train', help="the part whose ships are cut (default train); every other image is refused")
-    parser.add_argument('--margin', type=float, default=4, help='context kept around each ship: px (≥ 1) or a fraction (< 1) of its longer side')
+    parser.add_argument('--part', default='train',
+                        help="the part whose ships are cut (default train); every other image is refused")
+    parser.add_argument('--margin', type=float, default=4,
+                        help='context kept around each ship: px (≥ 1) or a fraction (< 1) of its longer side')
     parser.add_argument('--overwrite', action='store_true', help='replace a bank folder that holds another bank')
 
 def cli_run(args) -> int:
@@ -593,7 +670,8 @@ def cli_run(args) -> int:
     ds = load_dataset(args.data)
     has_split = any(it.meta.get('split') for it in ds)
     ids = [it.id for it in ds if (it.meta.get('split') if has_split else 'train') == args.part]
-    check(ids, f'{args.data} has no {args.part!r} images', f"name the part the ships may come from with --part (parts here: "
+    check(ids, f'{args.data} has no {args.part!r} images',
+          f"name the part the ships may come from with --part (parts here: "
           f"{', '.join(sorted({str(it.meta.get('split')) for it in ds})) if has_split else 'none: every image counts as train'})")
     margin = int(args.margin) if args.margin >= 1 else float(args.margin)
     bank = CropBank.from_dataset(ds, ids, margin=margin, forbidden=[it.id for it in ds if it.id not in set(ids)])

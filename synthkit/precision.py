@@ -23,13 +23,15 @@ def cpu_flags() -> set:
     "Feature flags of this machine's CPU from /proc/cpuinfo (an empty set where there is none)."
     try: text = Path('/proc/cpuinfo').read_text()
     except OSError: return set()
-    return {f for ln in text.splitlines() if ln.split(':')[0].strip() in ('flags', 'Features') for f in ln.split(':', 1)[1].split()}
+    return {f for ln in text.splitlines() if ln.split(':')[0].strip() in ('flags', 'Features')
+            for f in ln.split(':', 1)[1].split()}
 
 def cpu_model() -> str:
     "The CPU's model name from /proc/cpuinfo (`platform.processor()` elsewhere)."
     try: text = Path('/proc/cpuinfo').read_text()
     except OSError: return platform.processor() or 'unknown'
-    names = [ln.split(':', 1)[1].strip() for ln in text.splitlines() if ln.split(':')[0].strip() in ('model name', 'Model', 'Hardware')]
+    names = [ln.split(':', 1)[1].strip() for ln in text.splitlines()
+             if ln.split(':')[0].strip() in ('model name', 'Model', 'Hardware')]
     return names[0] if names else platform.processor() or 'unknown'
 
 def check_dtype(dtype, device='cpu') -> str:
@@ -38,11 +40,13 @@ def check_dtype(dtype, device='cpu') -> str:
     check(dtype is None or dtype in DTYPES, f'dtype={dtype!r} is not one of {", ".join(DTYPES)}',
           "leave it out (auto: the faster of bf16 and fp32, measured on this machine) or use 'fp32' for full precision")
     try: torch.device(device)
-    except (RuntimeError, TypeError): raise SynthkitError(f'device={device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
+    except (RuntimeError, TypeError):
+        raise SynthkitError(f'device={device!r} is not a torch device', "use 'cpu', 'cuda' or 'cuda:1'")
     return dtype or 'auto'
 
 def native_bf16(device='cpu') -> bool:
-    "Whether `device` computes in bfloat16 natively (not emulated): a CUDA GPU with bf16, or a CPU with bf16 instructions."
+    ("Whether `device` computes in bfloat16 natively (not emulated): a CUDA GPU with bf16, "
+     "or a CPU with bf16 instructions.")
     import torch
     dev = torch.device(device)
     # Ampere (compute capability 8) and later; is_bf16_supported() also says yes where bf16 is only emulated (T4, V100)
@@ -55,7 +59,8 @@ WORKLOADS = {'ddpm': 'synthkit.ddpm:precision_workload', 'detector': 'synthkit.d
 BF16_MARGIN = 1.1   # bf16 is chosen only when float32 takes at least this much longer: a tie keeps full precision
 
 def time_precisions(run, repeats: int = 3, sync=None) -> dict:
-    "{'fp32': s, 'bf16': s}: the best of `repeats` interleaved timings of `run(dtype)` after one warm-up each (`sync`: wait for a device)."
+    ("{'fp32': s, 'bf16': s}: the best of `repeats` interleaved timings of `run(dtype)` after one warm-up each "
+     "(`sync`: wait for a device).")
     best = {}
     for dt in ('fp32', 'bf16'): run(dt)
     for _ in range(repeats):
@@ -94,18 +99,21 @@ def _read_answers(path: Path) -> dict:
 
 def workload_runner(workload: str, device='cpu'):
     "The `run(dtype)` of the registered `workload` on `device`."
-    check(workload in WORKLOADS, f'precision workload {workload!r} is not one of {", ".join(WORKLOADS)}', 'register it in WORKLOADS')
+    check(workload in WORKLOADS, f'precision workload {workload!r} is not one of {", ".join(WORKLOADS)}',
+          'register it in WORKLOADS')
     mod, fn = WORKLOADS[workload].split(':')
     return getattr(importlib.import_module(mod), fn)(device)
 
 def measured_precision(workload: str, device='cpu', *, refresh: bool = False) -> dict:
-    """What 'auto' is for `workload` on `device`: {'dtype', 'seconds': {'fp32', 'bf16'}, 'speedup' (fp32 time / bf16 time),
-    'machine', 'measured'}; measured once per machine and cached (`refresh`: measure again). Without native bf16 there is
-    nothing to measure: {'dtype': 'fp32', 'seconds': None, 'speedup': None, ...}."""
+    """What 'auto' is for `workload` on `device`: {'dtype', 'seconds': {'fp32', 'bf16'}, 'speedup' (fp32 time / bf16
+    time), 'machine', 'measured'}; measured once per machine and cached (`refresh`: measure again). Without native bf16
+    there is nothing to measure: {'dtype': 'fp32', 'seconds': None, 'speedup': None, ...}."""
     import torch
-    check(workload in WORKLOADS, f'precision workload {workload!r} is not one of {", ".join(WORKLOADS)}', 'register it in WORKLOADS')
+    check(workload in WORKLOADS, f'precision workload {workload!r} is not one of {", ".join(WORKLOADS)}',
+          'register it in WORKLOADS')
     key = machine_key(device)
-    if not native_bf16(device): return dict(dtype='fp32', seconds=None, speedup=None, machine=key, measured=None, workload=workload)
+    if not native_bf16(device):
+        return dict(dtype='fp32', seconds=None, speedup=None, machine=key, measured=None, workload=workload)
     path = _precision_path()
     with _locked(path):
         answers = _read_answers(path)
@@ -116,13 +124,15 @@ def measured_precision(workload: str, device='cpu', *, refresh: bool = False) ->
         s = time_precisions(run, sync=sync)
         speedup = s['fp32'] / s['bf16']
         hit = dict(dtype='bf16' if speedup >= BF16_MARGIN else 'fp32', seconds={k: round(v, 5) for k, v in s.items()},
-                   speedup=round(speedup, 3), machine=key, measured=time.strftime('%Y-%m-%d %H:%M:%S'), workload=workload)
+                   speedup=round(speedup, 3), machine=key, measured=time.strftime('%Y-%m-%d %H:%M:%S'),
+                   workload=workload)
         answers.setdefault(key, {})[workload] = hit
         write_json(path, answers)
     return hit
 
 def resolve_dtype(dtype, workload: str, device='cpu') -> str:
-    "'fp32' or 'bf16': what `dtype` ('auto' or None, 'fp32', 'bf16') means for `workload` on `device` (see `measured_precision`)."
+    ("'fp32' or 'bf16': what `dtype` ('auto' or None, 'fp32', 'bf16') means for `workload` on `device` "
+     "(see `measured_precision`).")
     dtype = check_dtype(dtype, device)
     return dtype if dtype != 'auto' else measured_precision(workload, device)['dtype']
 
@@ -131,5 +141,6 @@ def precision_summary(device='cpu') -> str:
     key, lines = machine_key(device), []
     if not native_bf16(device): return f"auto = fp32: {device} has no native bfloat16 ({key})"
     for w, hit in sorted(_read_answers(_precision_path()).get(key, {}).items()):
-        lines.append(f"{w}: auto = {hit['dtype']} (bf16 {hit['speedup']}× the speed of fp32, measured {hit['measured']})")
+        lines.append(f"{w}: auto = {hit['dtype']} (bf16 {hit['speedup']}× the speed of fp32, "
+                     f"measured {hit['measured']})")
     return '; '.join(lines) or f'nothing measured yet on {key}'

@@ -27,11 +27,14 @@ class PretrainConfig:
     min_fit_images: int = 30   # fewer never-test images than this: the defaults are used, and the record says so
 
     def check(self) -> 'PretrainConfig':
-        check(isinstance(self.scenes, int) and self.scenes >= 25, f'pretrain scenes={self.scenes!r} must be an integer ≥ 25', 'use e.g. 300')
-        check(isinstance(self.steps, int) and self.steps >= 1, f'pretrain steps={self.steps!r} must be an integer ≥ 1', 'use e.g. 1200')
+        check(isinstance(self.scenes, int) and self.scenes >= 25,
+              f'pretrain scenes={self.scenes!r} must be an integer ≥ 25', 'use e.g. 300')
+        check(isinstance(self.steps, int) and self.steps >= 1, f'pretrain steps={self.steps!r} must be an integer ≥ 1',
+              'use e.g. 1200')
         check(isinstance(self.seed, int) and self.seed >= 0, f'pretrain seed={self.seed!r} must be an integer ≥ 0')
         check(isinstance(self.fit, bool), f'pretrain fit={self.fit!r} must be True or False')
-        check(isinstance(self.min_fit_images, int) and self.min_fit_images >= 1, f'pretrain min_fit_images={self.min_fit_images!r} must be an integer ≥ 1',
+        check(isinstance(self.min_fit_images, int) and self.min_fit_images >= 1,
+              f'pretrain min_fit_images={self.min_fit_images!r} must be an integer ≥ 1',
               'use e.g. 30 (fewer never-test images than this: the simulator keeps its defaults)')
         return self
 
@@ -57,21 +60,25 @@ class StartPlan:
 
 def plan_start(out, names, *, fit_to=None, config: PretrainConfig = PretrainConfig(), tiling: Tiling | None = Tiling(),
                detect: DetectConfig = DetectConfig()) -> StartPlan:
-    "The start a grid would pretrain under `out`: simulator fitted to `fit_to` (a Dataset; None: defaults), tiled by `tiling`."
+    ("The start a grid would pretrain under `out`: simulator fitted to `fit_to` (a Dataset; None: "
+     "defaults), tiled by `tiling`.")
     from synthkit.sarsim import SceneParams, fit_params
     config = config.check()
     names = list(names)
-    check(len(names) == 1, f'start=pretrained makes a one-class detector from simulated SAR ships, but the data has {len(names)} classes ({", ".join(map(str, names))})',
+    check(len(names) == 1, 'start=pretrained makes a one-class detector from simulated SAR ships, '
+                           f'but the data has {len(names)} classes ({", ".join(map(str, names))})',
           "use start='scratch', or start='path/to/weights.pt' with a detector of your own for these classes")
     n_fit = len(fit_to) if fit_to is not None else 0
     params = fit_params(fit_to) if config.fit and n_fit >= config.min_fit_images else SceneParams()
+    # steps decide the start's length: a grid's epochs budget must not change its key
     det = detect.replace(model=detect.model if str(detect.model).endswith(('.yaml', '.yml')) else 'yolov8n.yaml',
-                         imgsz=tiling.size if tiling is not None else detect.imgsz, seed=config.seed, steps=config.steps,
-                         warmup_steps=min(100, config.steps // 5), eval_imgsz=None,
-                         epochs=DetectConfig.epochs)   # steps decide the start's length: a grid's epochs budget must not change its key
-    key = config_hash(dict(v=1, params=params.asdict(), config=asdict(config), tiling=None if tiling is None else asdict(tiling),
-                     detect=det.key(), names=names))
-    return StartPlan(key, Path(out)/f'start-{key[:12]}', params, det, tiling, config, names, n_fit if params != SceneParams() else 0)
+                         imgsz=tiling.size if tiling is not None else detect.imgsz, seed=config.seed,
+                         steps=config.steps, warmup_steps=min(100, config.steps // 5), eval_imgsz=None,
+                         epochs=DetectConfig.epochs)
+    key = config_hash(dict(v=1, params=params.asdict(), config=asdict(config),
+                           tiling=None if tiling is None else asdict(tiling), detect=det.key(), names=names))
+    return StartPlan(key, Path(out)/f'start-{key[:12]}', params, det, tiling, config, names,
+                     n_fit if params != SceneParams() else 0)
 
 # %% ../nbs/20a_pretrain.ipynb #d5050e17
 def pretrain(plan: StartPlan, *, progress: bool = False, verbose: bool = False) -> Path:
@@ -90,12 +97,15 @@ def pretrain(plan: StartPlan, *, progress: bool = False, verbose: bool = False) 
     else:
         tile_dataset(sim, data, plan.tiling, ids=train_ids, part='train')
         tile_dataset(sim, data, plan.tiling, ids=val_ids, part='val')
-    y = write_data_yaml(data, plan.names, {'train': 'images/train', 'val': 'images/val'}, 'simulated SAR scenes for the pretrained start')
-    if (d/'detector').exists(): shutil.rmtree(d/'detector')   # an interrupted attempt starts over (Ultralytics would append to its logs)
+    y = write_data_yaml(data, plan.names, {'train': 'images/train', 'val': 'images/val'},
+                        'simulated SAR scenes for the pretrained start')
+    if (d/'detector').exists():   # an interrupted attempt starts over (Ultralytics would append to its logs)
+        shutil.rmtree(d/'detector')
     run = train_detector(y, d/'detector', plan.detect, verbose=verbose)
     shutil.copyfile(run.weights, plan.weights)
-    write_json(d/'done.json', dict(key=plan.key, seconds=round(time.time() - t0, 1), val_metrics=run.metrics, fitted_on=plan.fitted_on,
-                                   params=plan.params.asdict(), detect=asdict(plan.detect), scenes=c.scenes, steps=run.budget['steps']))
+    write_json(d/'done.json', dict(key=plan.key, seconds=round(time.time() - t0, 1), val_metrics=run.metrics,
+                                   fitted_on=plan.fitted_on, params=plan.params.asdict(), detect=asdict(plan.detect),
+                                   scenes=c.scenes, steps=run.budget['steps']))
     return plan.weights
 
 def start_note(plan: StartPlan) -> str:
@@ -104,7 +114,8 @@ def start_note(plan: StartPlan) -> str:
     d = json.loads(f.read_text()) if f.is_file() else {}
     fit = (f'simulator fitted to the {plan.fitted_on} images that are no test image of any seed' if plan.fitted_on
            else "the simulator's SSDD-like defaults (too few never-test images to fit)")
-    made = f"; {d['steps']} batches on {plan.config.scenes} scenes in {d['seconds']:.0f} s, mAP50 {d['val_metrics']['map50']:.2f} on simulated validation tiles" if d else ''
+    made = (f"; {d['steps']} batches on {plan.config.scenes} scenes in {d['seconds']:.0f} s, "
+            f"mAP50 {d['val_metrics']['map50']:.2f} on simulated validation tiles" if d else '')
     return fit + made
 
 # %% ../nbs/20a_pretrain.ipynb #d4d8c3da
@@ -114,9 +125,11 @@ def check_start_names(weights, names):
     ultralytics_settings()
     from ultralytics import YOLO
     p = Path(weights)
-    check(p.is_file(), 'start weights not found', 'pass the path of a local YOLO .pt, or start=scratch / start=pretrained', path=p)
+    check(p.is_file(), 'start weights not found',
+          'pass the path of a local YOLO .pt, or start=scratch / start=pretrained', path=p)
     try: have = YOLO(str(p)).names
-    except Exception as e: raise SynthkitError(f'not a YOLO detector ({type(e).__name__})', 'pass a .pt written by Ultralytics', path=p)
+    except Exception as e:
+        raise SynthkitError(f'not a YOLO detector ({type(e).__name__})', 'pass a .pt written by Ultralytics', path=p)
     have = [have[k] for k in sorted(have)] if isinstance(have, dict) else list(have)
     check(have == list(names), f'the start was built for classes {have}, the data has {list(names)}',
           'fine-tune from a detector of the same classes, or use start=pretrained / start=scratch', path=p)

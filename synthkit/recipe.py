@@ -11,14 +11,16 @@ from pathlib import Path
 from fastcore.basics import patch
 
 from .files import config_hash
-from .generators import GENERATORS, OWN_FIELDS, GenParams, constructor_options, generator_class, weights_hash, weight_files
+from .generators import (GENERATORS, OWN_FIELDS, GenParams, constructor_options, generator_class,
+                                 weights_hash, weight_files)
 
 # %% auto #0
 __all__ = ['Recipe', 'folder_weights']
 
 # %% ../nbs/10a_recipe.ipynb #4f9e4274
 def _plain(v):
-    "A JSON value that reads back as itself (tuples become lists, paths and other objects strings), so a recorded recipe keys the same."
+    ("A JSON value that reads back as itself (tuples become lists, paths and other objects strings), "
+     "so a recorded recipe keys the same.")
     return json.loads(json.dumps(v, sort_keys=True, default=str))
 
 def _knobs(params: GenParams, knobs) -> dict: return _plain({k: v for k, v in params.asdict().items() if k in knobs})
@@ -29,8 +31,10 @@ class Recipe:
     "Everything that decides a generator's output pixels, apart from the source image and the output's own seed."
     generator: str                  # registry name ('ddpm', 'controlnet', …)
     version: str = '1'              # the backend's code version
-    model: str = ''                 # 'weights:<hash>', 'id:<model id>' (no weight files to hash), 'trains:<config hash>', or '' (the code is the model)
-    options: dict = field(default_factory=dict)   # every constructor option, defaults filled in (less the model, device, dtype, batch_size)
+    # 'weights:<hash>', 'id:<model id>' (no weight files to hash), 'trains:<config hash>', or '' (the code is the model)
+    model: str = ''
+    # every constructor option, defaults filled in (less the model, device, dtype, batch_size)
+    options: dict = field(default_factory=dict)
     dtype: str | None = None        # precision it runs in ('float32', 'bfloat16', 'float16'; None: no torch model)
     device: str = 'cpu'             # device type ('cpu', 'cuda', 'mps')
     params: dict = field(default_factory=dict)    # the knobs it honours, with their values (the base seed included)
@@ -46,7 +50,8 @@ class Recipe:
     def replace(self, **kw) -> 'Recipe': return replace(self, **kw)
 
     def output_key(self, source_id: str, seed: int) -> tuple:
-        "The cache key of one output: its source, this recipe, its seed (a row never depends on the other rows of its batch)."
+        ("The cache key of one output: its source, this recipe, its seed (a row never depends on the "
+         "other rows of its batch).")
         return (str(source_id), self.key(), int(seed))
 
     @classmethod
@@ -60,7 +65,8 @@ class Recipe:
         a, b, out = self.fields(), other.fields(), []
         for k in a:
             if isinstance(a[k], dict) and isinstance(b[k], dict):
-                out += [f'{k}.{j}: {a[k].get(j, "—")!r} → {b[k].get(j, "—")!r}' for j in sorted(set(a[k]) | set(b[k])) if a[k].get(j, '—') != b[k].get(j, '—')]
+                out += [f'{k}.{j}: {a[k].get(j, "—")!r} → {b[k].get(j, "—")!r}' for j in sorted(set(a[k]) | set(b[k]))
+                        if a[k].get(j, '—') != b[k].get(j, '—')]
             elif a[k] != b[k]: out.append(f'{k}: {a[k]!r} → {b[k]!r}')
         return out
 
@@ -76,13 +82,16 @@ def of(cls: Recipe, gen, params: GenParams = GenParams(), batch_size: int | None
 def _hash_once(folder: str, stamp: tuple) -> str: return weights_hash(folder)
 
 def folder_weights(folder) -> str:
-    "`weights_hash(folder)`, computed once per process while its weight files keep their names, sizes and times (a grid asks for it per run)."
-    return _hash_once(str(folder), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(folder)))
+    ("`weights_hash(folder)`, computed once per process while its weight files keep their names, sizes and times "
+     "(a grid asks for it per run).")
+    return _hash_once(str(folder), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns)
+                                         for f in weight_files(folder)))
 
 @patch(cls_method=True)
-def planned(cls: Recipe, spec: str, options: dict | None = None, params: GenParams = GenParams(), *, trains: dict | None = None,
-             batch_size: int | None = None) -> Recipe:
-    "The recipe `load_generator(spec, **options)` would have, without loading it; `trains`: the configuration of a model still to be trained."
+def planned(cls: Recipe, spec: str, options: dict | None = None, params: GenParams = GenParams(), *,
+            trains: dict | None = None, batch_size: int | None = None) -> Recipe:
+    ("The recipe `load_generator(spec, **options)` would have, without loading it; `trains`: "
+     "the configuration of a model still to be trained.")
     name, _, model = str(spec).partition(':')
     options = dict(options or {})
     if trains is not None: ident = f'trains:{config_hash(_plain(trains))}'
@@ -91,8 +100,10 @@ def planned(cls: Recipe, spec: str, options: dict | None = None, params: GenPara
         ident = f'spec:{model}' + (f'@{h}' if h else '')
     else: ident = ''
     if name not in GENERATORS:
-        return cls(name, '', ident, _plain({k: v for k, v in options.items() if k not in OWN_FIELDS}), options.get('dtype'),
-                   str(options.get('device') or 'cpu').split(':')[0], _plain(params.asdict()), batch_size or options.get('batch_size'))
+        return cls(name, '', ident, _plain({k: v for k, v in options.items() if k not in OWN_FIELDS}),
+                   options.get('dtype'), str(options.get('device') or 'cpu').split(':')[0], _plain(params.asdict()),
+                   batch_size or options.get('batch_size'))
     g, dev = generator_class(name), options.get('device')
-    return cls(name, str(g.version), ident, _plain(constructor_options(g, options, with_model=not model)), g.resolve_precision(options.get('dtype'), dev),
-               g.resolve_device(dev), _knobs(params, g.knobs), _batch(g, batch_size or options.get('batch_size')))
+    return cls(name, str(g.version), ident, _plain(constructor_options(g, options, with_model=not model)),
+               g.resolve_precision(options.get('dtype'), dev), g.resolve_device(dev), _knobs(params, g.knobs),
+               _batch(g, batch_size or options.get('batch_size')))

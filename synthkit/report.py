@@ -22,7 +22,8 @@ __all__ = ['COLORS', 'new_figure', 'save_figure', 'plot_map', 'plot_vs_strength'
            'plot_samples', 'setup_table', 'write_report']
 
 # %% ../nbs/25_report.ipynb #3ccef93f
-COLORS = {'baseline': '#636363', 'diffusion': '#3182bd', 'classic': '#e6550d', 'paste': '#31a354', 'harmonized': '#756bb1'}
+COLORS = {'baseline': '#636363', 'diffusion': '#3182bd', 'classic': '#e6550d', 'paste': '#31a354',
+          'harmonized': '#756bb1'}
 
 def new_figure(w, h):
     "A matplotlib figure of `w` × `h` inches at 100 dpi, drawn off-screen (Agg): no display, no pyplot state."
@@ -65,7 +66,8 @@ def plot_map(rows: list, path, metric: str = 'map50') -> Path:
 
 # %% ../nbs/25_report.ipynb #ace4fb1e
 def plot_vs_strength(rows: list, path, metric: str = 'map50') -> Path | None:
-    "Mean ± 95 % CI of `metric` against the strength of `+N@strength` conditions (one line per N), baseline as a band; None without such conditions."
+    ("Mean ± 95 % CI of `metric` against the strength of `+N@strength` conditions (one line per N), "
+     "baseline as a band; None without such conditions.")
     at = [r for r in rows if r['kind'] == 'diffusion' and condition_parts(r['condition'])[2] is not None]
     if not at: return None
     fig, panels = _split_panels(rows, 2.6, 3.0)
@@ -76,8 +78,10 @@ def plot_vs_strength(rows: list, path, metric: str = 'map50') -> Path | None:
             if not math.isnan(b[2]): ax.axhspan(b[2], b[3], color=COLORS['baseline'], alpha=.1)
         for n in sorted({r['n_per_image'] for r in at if r['split'] == sp}):
             xs = sorted({condition_parts(r['condition'])[2] for r in at if r['split'] == sp and r['n_per_image'] == n})
-            st = [mean_ci([r[metric] for r in at if r['split'] == sp and r['n_per_image'] == n and condition_parts(r['condition'])[2] == x]) for x in xs]
-            ax.errorbar(xs, [q[0] for q in st], yerr=[[0 if math.isnan(q[2]) else q[0] - q[2] for q in st], [0 if math.isnan(q[3]) else q[3] - q[0] for q in st]],
+            st = [mean_ci([r[metric] for r in at if r['split'] == sp and r['n_per_image'] == n
+                           and condition_parts(r['condition'])[2] == x]) for x in xs]
+            ax.errorbar(xs, [q[0] for q in st], yerr=[[0 if math.isnan(q[2]) else q[0] - q[2] for q in st],
+                                                      [0 if math.isnan(q[3]) else q[3] - q[0] for q in st]],
                         fmt='o-', color=COLORS['diffusion'], alpha=.5 + .5 * min(1, n / 10), capsize=3, label=f'+{n}')
         ax.set_xlabel('strength'); ax.set_title(sp, fontsize=10); ax.grid(alpha=.3)
     panels[0][0].set_ylabel(metric.replace('map', 'mAP').replace('_', '-')); panels[-1][0].legend(fontsize=8)
@@ -89,10 +93,13 @@ def plot_vs_variations(rows: list, path, metric: str = 'map50') -> Path:
     for ax, sp, rs in panels:
         for kind in ('diffusion', 'classic'):
             pts = sorted({r['n_per_image'] for r in rs if r['kind'] in (kind, 'baseline')})
-            stats = [mean_ci([r[metric] for r in rs if r['n_per_image'] == n and r['kind'] in ((kind, 'baseline') if n == 0 else (kind,))]) for n in pts]
-            pts, stats = zip(*[(n, s) for n, s in zip(pts, stats) if not math.isnan(s[0])]) if any(not math.isnan(s[0]) for s in stats) else ((), ())
+            stats = [mean_ci([r[metric] for r in rs if r['n_per_image'] == n
+                              and r['kind'] in ((kind, 'baseline') if n == 0 else (kind,))]) for n in pts]
+            pts, stats = (zip(*[(n, s) for n, s in zip(pts, stats) if not math.isnan(s[0])])
+                          if any(not math.isnan(s[0]) for s in stats) else ((), ()))
             if not pts: continue
-            m = np.array([s[0] for s in stats]); lo = np.array([s[2] for s in stats]); hi = np.array([s[3] for s in stats])
+            m = np.array([s[0] for s in stats]); lo = np.array([s[2] for s in stats])
+            hi = np.array([s[3] for s in stats])
             ax.plot(pts, m, 'o-', color=COLORS[kind], label='diffusion' if kind == 'diffusion' else 'classic control')
             if not np.isnan(lo).all(): ax.fill_between(pts, lo, hi, color=COLORS[kind], alpha=.15)
         ax.set_xlabel('extra images per real image'); ax.set_title(sp, fontsize=10); ax.grid(alpha=.3)
@@ -104,7 +111,8 @@ def _curve(row):
     import csv
     f = Path(row['run_dir'])/'detector'/'train'/'results.csv'
     if not f.is_file(): return None
-    with open(f) as fh: rs = [{k.strip(): float(v) for k, v in r.items() if v not in (None, '')} for r in csv.DictReader(fh)]
+    with open(f) as fh:
+        rs = [{k.strip(): float(v) for k, v in r.items() if v not in (None, '')} for r in csv.DictReader(fh)]
     nb = row['steps'] / max(1, row['epochs'])
     return [r['epoch'] * nb for r in rs], [r.get('train/box_loss', math.nan) + r.get('train/cls_loss', 0) for r in rs]
 
@@ -148,13 +156,15 @@ def _variations_of(synth_dir: Path, source: str) -> list:
     return by_manifest or [f for f in files if f.stem.startswith(Path(source).name)]
 
 def plot_samples(rows: list, path, n: int = 3) -> Path | None:
-    "A grid: `n` real training sources with objects (rows: images or tiles) × the source + its first variation per condition (columns), with boxes."
+    ("A grid: `n` real training sources with objects (rows: images or tiles) × the source + its first variation per "
+     "condition (columns), with boxes.")
     from synthkit.synthesize import Manifest
     rs = [r for r in rows if r['split'] == rows[0]['split'] and r['seed'] == rows[0]['seed']]
     conds = list({r['condition']: r for r in rs if r.get('synth_dir')}.values())
     if not conds: return None
     recs = Manifest(Path(conds[0]['synth_dir'].split(';')[0])/'manifest.jsonl').read()
-    picks = list({r['source']: r['source_path'] for r in sorted(recs, key=lambda r: r['source']) if r.get('boxes')}.items())[:n]
+    picks = list({r['source']: r['source_path'] for r in sorted(recs, key=lambda r: r['source'])
+                  if r.get('boxes')}.items())[:n]
     if not picks: return None
     fig = new_figure(1.7 * (1 + len(conds)), 1.8 * len(picks))
     axs = fig.subplots(len(picks), 1 + len(conds), squeeze=False)
@@ -173,12 +183,17 @@ def _verdict(c) -> str:
     if c['ci_lo'] > 0: return s + ' — **better**'
     if c['ci_hi'] < 0: return s + ' — **worse**'
     mdd = c.get('mdd', math.nan)
-    return s + ' — no clear difference' + ('' if math.isnan(mdd) else f' (an effect larger than about {mdd:.3f}, the MDD estimated from these seeds, would likely have shown)')
+    return (s + ' — no clear difference'
+            + ('' if math.isnan(mdd) else f' (an effect larger than about {mdd:.3f}, the MDD estimated from these '
+                                          'seeds, would likely have shown)'))
 
 # %% ../nbs/25_report.ipynb #21e5fe97
 def setup_table(rows: list) -> list:
-    "Markdown lines: `split | condition | distinct real | distinct synthetic | synthetic share | real exposures per tile`, means over seeds."
-    L = ['| split | condition | distinct real | distinct synthetic | synthetic share | real exposures per tile |', '|---|---|---|---|---|---|']
+    ("Markdown lines: "
+     "`split | condition | distinct real | distinct synthetic | synthetic share | real exposures per tile`, "
+     "means over seeds.")
+    L = ['| split | condition | distinct real | distinct synthetic | synthetic share | real exposures per tile |',
+         '|---|---|---|---|---|---|']
     for split in dict.fromkeys(r['split'] for r in rows):
         for cond in dict.fromkeys(r['condition'] for r in rows if r['split'] == split):
             rs = [r for r in rows if r['split'] == split and r['condition'] == cond and 'n_train_real_distinct' in r]
@@ -199,12 +214,14 @@ def _cell(s: dict, k: str, diff: bool = False) -> str:
     return _fmt(*(s.get(x, math.nan) for x in (p if diff else f'{k}_mean', f'{p}_ci_lo', f'{p}_ci_hi', f'{p}_std')))
 
 def _noise(c) -> str:
-    "What the grid's strengths mean as noise, for the in-domain DDPM: ' (noise σ 66 grey levels)'; '' for other generators."
+    ("What the grid's strengths mean as noise, for the in-domain DDPM: "
+     "' (noise σ 66 grey levels)'; '' for other generators.")
     if c.generator != 'ddpm': return ''
     from synthkit.sdedit import noise_sigma
     from synthkit.grid.config import grid_ddpm
     cfg = grid_ddpm(c)
-    return ' (noise σ ' + ', '.join(f'{noise_sigma(s, c.gen_steps, cfg):.0f}' for s in c.strengths) + f' grey levels of 255; DDPM trained on t < {cfg.t_max})'
+    return (' (noise σ ' + ', '.join(f'{noise_sigma(s, c.gen_steps, cfg):.0f}' for s in c.strengths)
+            + f' grey levels of 255; DDPM trained on t < {cfg.t_max})')
 
 def _figures(rows: list, fig_dir: Path, metric: str) -> tuple:
     "({name: figure path or None}, a note when the sample grid could not be drawn)."
@@ -223,29 +240,41 @@ def _precision() -> str:
 
 def _setup(rows: list, c, start_note: str) -> list:
     "The report's `Setup` section: splits, detector, budget, variations, metrics, and what each run trained on."
-    budget = (f'{rows[0]["steps"]} batches of {c.detect.batch} per run, exactly equal across conditions ({c.passes} pass(es) over a drawn list; '
-              f'warm-up {c.detect.warmup_steps} batches, learning rate per {"batch" if c.detect.lr_schedule == "steps" else "epoch"}; '
+    budget = (f'{rows[0]["steps"]} batches of {c.detect.batch} per run, exactly equal across conditions ({c.passes} '
+              f'pass(es) over a drawn list; warm-up {c.detect.warmup_steps} batches, learning rate per '
+              f'{"batch" if c.detect.lr_schedule == "steps" else "epoch"}; '
               f'flips: up-down {c.detect.flipud}, left-right {c.detect.fliplr}; '
               'Ultralytics accumulates batches to 64 images per optimizer update)' if c.budget == 'steps'
               else f'{c.detect.epochs} epochs per run (equal epochs: larger training sets get more batches)')
     kinds = {parse_condition(k)[0] for k in c.conditions}
-    share = ('every real tile in every run, plus N / (N + 1) of the entries synthetic (the pool\'s share, capped to keep every real tile)' if c.synth_share is None
-             else f'every real tile in every run, plus {c.synth_share:.0%} of the entries synthetic (capped to keep every real tile)')
+    share = ('every real tile in every run, plus N / (N + 1) of the entries synthetic (the pool\'s share, '
+             'capped to keep every real tile)' if c.synth_share is None
+             else f'every real tile in every run, plus {c.synth_share:.0%} of the entries synthetic '
+                  '(capped to keep every real tile)')
     if 'classic' in kinds: share += f'; classic copies {c.classic or "with flips, 90° turns and speckle"}'
     if kinds & {'paste', 'harmonized', 'drawn'}:
-        share += (f'; pasted ships from a crop bank of the split\'s own training tiles ({c.paste or "PasteGenerator defaults"}), boxes exact'
-                  + (f', the pasted windows of `harmonized` re-synthesized by the grid\'s DDPM (masked SDEdit)' if 'harmonized' in kinds else ''))
+        share += ('; pasted ships from a crop bank of the split\'s own training tiles '
+                  f'({c.paste or "PasteGenerator defaults"}), boxes exact'
+                  + (f', the pasted windows of `harmonized` re-synthesized by the grid\'s DDPM (masked SDEdit)'
+                     if 'harmonized' in kinds else ''))
     if 'drawn' in kinds:
         from synthkit.grid.config import drawn_settings, grid_layout_ddpm
         d, lc = drawn_settings(c), grid_layout_ddpm(c)
-        share += (f'; `drawn`: new ships at the pasted ships\' places drawn by a layout-conditioned DDPM ({lc.steps} iterations per split'
-                  + (f' from a {c.layout_start}-iteration start on simulated hulls and never-test images' if c.layout_start else '')
-                  + f'), strength {d["strength"]} inside each ship\'s window, {d["steps"]} steps, guidance {d["guidance"]}'
-                  + (', each ship checked by the split\'s baseline detector (a missed one goes back to the source)' if d['verify'] else ''))
-    start = {'scratch': 'from random weights', 'pretrained': f'from one detector pretrained on simulated SAR scenes (`{rows[0].get("start", "")}`), shared by every run'
-             + (f', {start_note}' if start_note else '')}.get(str(c.start), f'from `{c.start}`')
-    scale = (f'native-resolution tiles of {c.tiling.size} px (overlap {c.tiling.overlap}, a cut box kept when ≥ {c.tiling.min_visible:.0%} inside, '
-             f'{c.tiling.keep_empty:.0%} of empty tiles kept)' if c.tiles is not None else f'whole images at {c.detect.imgsz} px')
+        share += ('; `drawn`: new ships at the pasted ships\' places drawn by a layout-conditioned DDPM '
+                  f'({lc.steps} iterations per split'
+                  + (f' from a {c.layout_start}-iteration start on simulated hulls and never-test images'
+                     if c.layout_start else '')
+                  + f'), strength {d["strength"]} inside each ship\'s window, '
+                    f'{d["steps"]} steps, guidance {d["guidance"]}'
+                  + (', each ship checked by the split\'s baseline detector (a missed one goes back to the source)'
+                     if d['verify'] else ''))
+    start = {'scratch': 'from random weights',
+             'pretrained': f'from one detector pretrained on simulated SAR scenes (`{rows[0].get("start", "")}`), '
+                           'shared by every run' + (f', {start_note}' if start_note else ''),
+             }.get(str(c.start), f'from `{c.start}`')
+    scale = (f'native-resolution tiles of {c.tiling.size} px (overlap {c.tiling.overlap}, a cut box kept '
+             f'when ≥ {c.tiling.min_visible:.0%} inside, {c.tiling.keep_empty:.0%} of empty tiles kept)'
+             if c.tiles is not None else f'whole images at {c.detect.imgsz} px')
     evals = rows[0].get('eval_imgsz', c.detect.imgsz)
     mix = setup_table(rows)
     L = ['## Setup', '',
@@ -254,24 +283,31 @@ def _setup(rows: list, c, start_note: str) -> list:
          f'- detector {c.detect.model}, batch {c.detect.batch}, trained on {scale}, {start}',
          f'- budget: {budget}',
 
-         ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}{_noise(c)}, {c.gen_steps} sampler steps; {share}; '
+         ('- variations: ' + (f'generator `{c.generator}`, strength {c.strength}{_noise(c)}, '
+                              f'{c.gen_steps} sampler steps; {share}; '
                              if kinds & {'diffusion', 'harmonized'} else f'no diffusion; {share}; ')
           + 'made of training images only (test images never reach a generator)'),
-         (f'- metrics: Ultralytics validation (last weights) on the whole held-out test images, each padded (not scaled) to {evals} px'
-          if c.tiles is not None else f'- metrics: Ultralytics validation (last weights) on the held-out test images at {evals} px')
-         + ('; and on the extra pool: the real images in no part of the split, which no start and no model of the grid learns from'
+         ('- metrics: Ultralytics validation (last weights) on the whole held-out test images, each padded '
+          f'(not scaled) to {evals} px'
+          if c.tiles is not None
+          else f'- metrics: Ultralytics validation (last weights) on the held-out test images at {evals} px')
+         + ('; and on the extra pool: the real images in no part of the split, which no start and no '
+            'model of the grid learns from'
             if any('extra_map50' in r for r in rows) else ''),
          f'- precision (`dtype=\'auto\'`, measured once on this machine by `synthkit.precision`): {_precision()}', '']
     if mix: L += ['What each run trained on (means over seeds):', '', *mix, '']
     return L
 
 def _results(rows: list, summ: list, comps: list, metric: str) -> list:
-    "The report's `Results` section: the summary table and the paired comparisons, with notes on runs that had no synthetic entries."
+    ("The report's `Results` section: the summary table and the paired comparisons, with notes on runs that "
+     "had no synthetic entries.")
     shown, label = [m for m in METRICS if m.shown], {m.name: m.label for m in METRICS}
     lab = label.get(metric, metric)
     extra = any(f'extra_{metric}_mean' in s for s in summ)
-    L = ['## Results', '', f'Mean ± std [95 % CI] over seeds, on the test split' + (' and on the extra pool' if extra else '')
-         + '. Paired differences are per seed; MDD is the smallest paired difference the seeds\' spread would detect (α 0.05, power 0.8).', '',
+    L = ['## Results', '',
+         f'Mean ± std [95 % CI] over seeds, on the test split' + (' and on the extra pool' if extra else '')
+         + '. Paired differences are per seed; MDD is the smallest paired difference the seeds\' spread would '
+           'detect (α 0.05, power 0.8).', '',
          '| split | condition | runs | ' + ' | '.join(m.label for m in shown) + f' | Δ {lab} vs baseline | MDD |'
          + (f' {lab}, extra pool | Δ extra pool |' if extra else ''),
          '|---|---|---|' + '---|' * len(shown) + '---|---|' + ('---|---|' if extra else '')]
@@ -279,33 +315,44 @@ def _results(rows: list, summ: list, comps: list, metric: str) -> list:
         base = s['condition'] == 'baseline'
         d = '' if base else _cell(s, metric, diff=True)
         mdd = '' if base or math.isnan(s.get(f'{metric}_mdd', math.nan)) else f"{s[f'{metric}_mdd']:.3f}"
-        row = f"| {s['split']} | {s['condition']} | {s['n_runs']} | " + ' | '.join(_cell(s, m.name) for m in shown) + f' | {d} | {mdd} |'
+        row = (f"| {s['split']} | {s['condition']} | {s['n_runs']} | " + ' | '.join(_cell(s, m.name) for m in shown)
+               + f' | {d} | {mdd} |')
         if extra: row += f" {_cell(s, f'extra_{metric}')} | {'' if base else _cell(s, f'extra_{metric}', diff=True)} |"
         L.append(row)
     L += ['', '### Does it help?', '']
     for c in comps: L.append(f"- {c['split']}, `{c['condition']}` vs `{c['versus']}`: {metric} {_verdict(c)}")
     if extra:
         L += ['', 'On the extra pool (a second, independent set of real test images):', '']
-        for c in comparisons(rows, f'extra_{metric}'): L.append(f"- {c['split']}, `{c['condition']}` vs `{c['versus']}`: {_verdict(c)}")
+        for c in comparisons(rows, f'extra_{metric}'):
+            L.append(f"- {c['split']}, `{c['condition']}` vs `{c['versus']}`: {_verdict(c)}")
     if not comps: L.append('- only one condition ran: nothing to compare')
     empty = sorted({r['condition'] for r in rows if r.get('label_check_checked') and not r.get('label_check_kept')})
-    if empty: L.append(f"- note: in some runs of {', '.join(f'`{c}`' for c in empty)} the label check kept no variation, so those runs trained on real images only")
-    crowded = sorted({r['condition'] for r in rows if r.get('kind', 'baseline') != 'baseline' and r.get('synthetic_share') == 0 and not r.get('label_check_checked')})
-    if crowded: L.append(f"- note: in some runs of {', '.join(f'`{c}`' for c in crowded)} the budget left no room for synthetic entries (the real tiles fill "
-                         "the whole list, and every run keeps them all), so those runs are the baseline: raise detect.steps or lower passes")
-    return L + ['', 'Only `+N` vs `classic+N` separates diffusion from having more (augmented) copies of the same images.', '']
+    if empty:
+        L.append(f"- note: in some runs of {', '.join(f'`{c}`' for c in empty)} the label check kept no variation, "
+                 "so those runs trained on real images only")
+    crowded = sorted({r['condition'] for r in rows if r.get('kind', 'baseline') != 'baseline'
+                      and r.get('synthetic_share') == 0 and not r.get('label_check_checked')})
+    if crowded:
+        L.append(f"- note: in some runs of {', '.join(f'`{c}`' for c in crowded)} the budget left no room for "
+                 "synthetic entries (the real tiles fill the whole list, and every run keeps them all), "
+                 "so those runs are the baseline: raise detect.steps or lower passes")
+    return L + ['', 'Only `+N` vs `classic+N` separates diffusion from having more (augmented) '
+                    'copies of the same images.', '']
 
 def _quality(quality: list) -> list:
     "The report's `Image quality of the variations` section."
     L = ['## Image quality of the variations', '',
-         'SSIM / PSNR to the source (higher = closer), diversity among one source\'s variations (mean pairwise 1 − SSIM), '
-         'FID / KID to the real train + val images in the feature space of that split\'s baseline detector (lower = closer). '
-         'SSIM, PSNR and diversity use a fixed sample of sources; FID on ~100 images is biased upwards and KID (unbiased) can dip below 0 '
-         'at these sizes: compare rows with each other, not with published values.', '',
-         '| split | seed | generator | images | SSIM | PSNR (dB) | diversity | FID | KID |', '|---|---|---|---|---|---|---|---|---|']
+         'SSIM / PSNR to the source (higher = closer), diversity among one source\'s variations (mean pairwise '
+         '1 − SSIM), FID / KID to the real train + val images in the feature space of that split\'s baseline detector '
+         '(lower = closer). SSIM, PSNR and diversity use a fixed sample of sources; FID on ~100 images is biased '
+         'upwards and KID (unbiased) can dip below 0 at these sizes: compare rows with each other, '
+         'not with published values.', '',
+         '| split | seed | generator | images | SSIM | PSNR (dB) | diversity | FID | KID |',
+         '|---|---|---|---|---|---|---|---|---|']
     for q in quality:
         kid = q.get('kid_mean', float('nan'))
-        L.append(f"| {q['split']} | {q['seed']} | {q.get('generator', q.get('kind'))} | {q['n_images']} | {q['ssim']:.3f} | "
+        L.append(f"| {q['split']} | {q['seed']} | {q.get('generator', q.get('kind'))} | {q['n_images']} | "
+                 f"{q['ssim']:.3f} | "
                  f"{q['psnr']:.1f} | {q['diversity']:.3f} | {q.get('fid', float('nan')):.3g} | {kid:.3g} |")
     return L + ['']
 
@@ -316,25 +363,32 @@ def _scorecard(scorecard: list) -> list:
     splits = list(dict.fromkeys(r['split'] for r in scorecard))
     for split in splits:
         rs = [{k: v for k, v in r.items() if k not in ('split', 'seed')} for r in scorecard if r['split'] == split]
-        L += [f"### {split}, seed {next(r['seed'] for r in scorecard if r['split'] == split)}", '', scorecard_table(rs, legend=split == splits[-1]), '']
+        L += [f"### {split}, seed {next(r['seed'] for r in scorecard if r['split'] == split)}", '',
+              scorecard_table(rs, legend=split == splits[-1]), '']
     return L
 
 def _instances(instances: list) -> list:
-    "The report's `Instance scorecard` section: what the new ships of each condition that adds ships are, one table per split."
+    ("The report's `Instance scorecard` section: what the new ships of each condition that adds ships "
+     "are, one table per split.")
     from synthkit.instances import InstanceRow, instance_table
-    L = ['## Instance scorecard', '', 'The new ships of each condition that adds ships, on the first seed of each split (`synthkit.instances`): '
-         'novelty is the median distance of a new ship to its nearest crop of the split\'s crop bank (32 px patches around the '
-         'box, standardized, the smallest RMS difference over the crop\'s flips and quarter turns); near-copies the share closer '
-         'than the bank\'s own 10th-percentile nearest-neighbour distance; KID of 64 px windows around the new ships against '
-         'windows around the validation ships; verified the share the baseline detector finds (IoU ≥ 0.3, score ≥ 0.1); TSTR the '
-         'mAP50 of a detector trained on the outputs alone.', '']
+    L = ['## Instance scorecard', '',
+         'The new ships of each condition that adds ships, on the first seed of each split (`synthkit.instances`): '
+         'novelty is the median distance of a new ship to its nearest crop of the split\'s crop bank (32 px patches '
+         'around the box, standardized, the smallest RMS difference over the crop\'s flips and quarter turns); '
+         'near-copies the share closer than the bank\'s own 10th-percentile nearest-neighbour distance; '
+         'KID of 64 px windows around the new ships against windows around the validation ships; '
+         'verified the share the baseline detector finds (IoU ≥ 0.3, score ≥ 0.1); '
+         'TSTR the mAP50 of a detector trained on the outputs alone.', '']
     for split in dict.fromkeys(r['split'] for r in instances):
-        rs = [InstanceRow(**{k: v for k, v in r.items() if k not in ('split', 'seed')}) for r in instances if r['split'] == split]
-        L += [f"### {split}, seed {next(r['seed'] for r in instances if r['split'] == split)}", '', instance_table(rs), '']
+        rs = [InstanceRow(**{k: v for k, v in r.items() if k not in ('split', 'seed')})
+              for r in instances if r['split'] == split]
+        L += [f"### {split}, seed {next(r['seed'] for r in instances if r['split'] == split)}", '',
+              instance_table(rs), '']
     return L
 
-_FIGURES = {'map': 'mAP by split and condition', 'vs': 'mAP against variations per image', 'strength': 'mAP against generation strength',
-            'samples': 'Real images and variations (boxes in green)', 'curves': 'Training curves against batches'}
+_FIGURES = {'map': 'mAP by split and condition', 'vs': 'mAP against variations per image',
+            'strength': 'mAP against generation strength', 'samples': 'Real images and variations (boxes in green)',
+            'curves': 'Training curves against batches'}
 
 def write_report(rows: list, out, *, config=None, title: str = 'synthkit case study', notes: str = '',
                  timings: dict | None = None, metric: str = 'map50', quality: list | None = None, start_note: str = '',
@@ -356,7 +410,8 @@ def write_report(rows: list, out, *, config=None, title: str = 'synthkit case st
     L += ['## Figures', '']
     for k in ('map', 'vs', 'strength', 'samples', 'curves'):
         if figs.get(k): L += [f'### {_FIGURES[k]}', '', f'![{_FIGURES[k]}]({figs[k].relative_to(out).as_posix()})', '']
-    L += ['## Files', '', '- `results.csv` / `results.json`: one row per run (run folders hold data.yaml, train/val lists, Ultralytics logs)',
+    L += ['## Files', '', '- `results.csv` / `results.json`: one row per run (run folders hold data.yaml, '
+                          'train/val lists, Ultralytics logs)',
           '- `summary.csv`, `comparisons.csv`: the tables above', '']
     if notes: L += ['## Notes', '', notes.strip(), '']
     return write_text(out/'report.md', '\n'.join(L) + '\n')

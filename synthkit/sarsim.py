@@ -28,7 +28,8 @@ __all__ = ['HULLS_FILE', 'SceneParams', 'hull_mask', 'simulate_layout', 'simulat
 @dataclass(frozen=True)
 class SceneParams:
     "Every knob of a simulated SAR ship scene. Defaults are tuned so scenes resemble SSDD chips (see the plots below)."
-    # image size: width drawn from `width`, height = width * aspect, kept within `height` (ssdd-dev: 314–531 x 216–478 px)
+    # image size: width drawn from `width`, height = width * aspect, kept within `height`
+    # (ssdd-dev: 314–531 x 216–478 px)
     width: tuple = (340, 530)
     aspect: tuple = (0.55, 0.8) 
     height: tuple = (250, 480)
@@ -63,18 +64,22 @@ class SceneParams:
         def rng_ok(name, lo_min, hi_max, positive=True):
             v = getattr(self, name)
             ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
-            check(ok and lo_min <= v[0] <= v[1] <= hi_max, f'{name}={v!r} is not a range (lo, hi) with {lo_min} ≤ lo ≤ hi ≤ {hi_max}',
+            check(ok and lo_min <= v[0] <= v[1] <= hi_max,
+                  f'{name}={v!r} is not a range (lo, hi) with {lo_min} ≤ lo ≤ hi ≤ {hi_max}',
                   f'pass e.g. {name}={getattr(SceneParams, name)!r}')
         rng_ok('width', 32, 4096); rng_ok('height', 32, 4096); rng_ok('aspect', 0.1, 10)
         rng_ok('sea_state', 0, 1); rng_ok('looks', 1, 64); rng_ok('ship_length_range', 2, 4096)
         rng_ok('ship_beam', 0.02, 1); rng_ok('ship_contrast', 1, 1e6); rng_ok('cross_strength', 0, 10)
-        rng_ok('cross_length', 0.5, 1e4); rng_ok('land_fraction', 0, 0.95); rng_ok('land_contrast', 0.1, 1e6); rng_ok('white_point', 1.5, 1e6)
+        rng_ok('cross_length', 0.5, 1e4); rng_ok('land_fraction', 0, 0.95); rng_ok('land_contrast', 0.1, 1e6)
+        rng_ok('white_point', 1.5, 1e6)
         for name in ('ships_offshore', 'ships_harbour'):
             v = getattr(self, name); check(0 <= v < 1, f'{name}={v!r} must be in [0, 1)', 'e.g. 0.5 (mean 2 ships)')
         for name in ('cross_p', 'wake_p', 'land_p', 'min_visible', 'max_on_land'):
             v = getattr(self, name); check(0 <= v <= 1, f'{name}={v!r} must be in [0, 1]')
-        check(self.sea_median[0] > 0 and self.sea_median[1] >= 0, f'sea_median={self.sea_median!r} needs median > 0 and sigma ≥ 0')
-        check(self.ship_length[0] > 0 and self.ship_length[1] >= 0, f'ship_length={self.ship_length!r} needs median > 0 and sigma ≥ 0')
+        check(self.sea_median[0] > 0 and self.sea_median[1] >= 0,
+              f'sea_median={self.sea_median!r} needs median > 0 and sigma ≥ 0')
+        check(self.ship_length[0] > 0 and self.ship_length[1] >= 0,
+              f'ship_length={self.ship_length!r} needs median > 0 and sigma ≥ 0')
         return self
 
     def asdict(self) -> dict: return asdict(self)
@@ -93,7 +98,8 @@ def _smooth_field(rng, h, w, scale, step=8):
 
 def hull_mask(cx: float, cy: float, length: float, beam: float, heading: float) -> tuple:
     """Footprint of one ship (centre, length and beam in px, heading in radians): a bool mask over its window (pixel
-    centres inside the hull, tapered at bow and stern), the window's top-left corner (y0, x0), keel coordinates, half length."""
+    centres inside the hull, tapered at bow and stern), the window's top-left corner (y0, x0), keel coordinates, half
+    length."""
     r = length / 2 + beam + 2
     x0, x1 = int(math.floor(cx - r)), int(math.ceil(cx + r)) + 1
     y0, y1 = int(math.floor(cy - r)), int(math.ceil(cy + r)) + 1
@@ -121,7 +127,8 @@ def _paste(dst, win, y0, x0, op):
 
 # %% ../nbs/06_sarsim.ipynb #26ea312e
 def _streaks(h, w, x, y, amp, length, rng, horizontal=True, vertical=True):
-    "Cross-shaped sidelobes of a point target at (x, y): thin lines along rows and columns decaying as 1 / (1 + (d / length)^2)."
+    ("Cross-shaped sidelobes of a point target at (x, y): thin lines along rows and columns decaying as "
+     "1 / (1 + (d / length)^2).")
     xs, ys = np.arange(w, dtype=np.float32) + 0.5, np.arange(h, dtype=np.float32) + 0.5
     out = np.zeros((h, w), np.float32)
     thick = rng.uniform(0.5, 1.2)
@@ -180,17 +187,20 @@ def _ship_mooring(rng, h, w, geo, length, beam):
 
 # %% ../nbs/06_sarsim.ipynb #4f7ef47c
 def _sea(rng, h: int, w: int, p: SceneParams) -> np.ndarray:
-    "The sea's mean backscatter: lognormal swell texture (stronger with sea state) and a gentle range ramp; mean about 1."
+    ("The sea's mean backscatter: lognormal swell texture (stronger with sea state) and a gentle "
+     "range ramp; mean about 1.")
     state = rng.uniform(*p.sea_state)
     refl = np.exp((0.03 + 0.3 * state) * _smooth_field(rng, h, w, rng.uniform(6, 40), step=4)
                   + 0.15 * _smooth_field(rng, h, w, rng.uniform(60, 200), step=16))
     a = rng.uniform(0, 2 * math.pi)
     yy, xx = np.ogrid[0:h, 0:w]
-    refl *= (1 + p.range_falloff * rng.uniform(-1, 1) * ((xx / w - 0.5) * math.cos(a) + (yy / h - 0.5) * math.sin(a))).astype(np.float32)
+    refl *= (1 + p.range_falloff * rng.uniform(-1, 1)
+             * ((xx / w - 0.5) * math.cos(a) + (yy / h - 0.5) * math.sin(a))).astype(np.float32)
     return refl.astype(np.float32)
 
 def _land(rng, h: int, w: int, p: SceneParams, refl: np.ndarray, streak: np.ndarray) -> tuple:
-    "(reflectivity with land, land mask, coast geometry or None): a coastline with buildings, a quay, piers and corner reflectors (adds to `streak`)."
+    ("(reflectivity with land, land mask, coast geometry or None): a coastline with buildings, a quay, "
+     "piers and corner reflectors (adds to `streak`).")
     land, geo = np.zeros((h, w), bool), None
     if rng.random() >= p.land_p: return refl, land, geo
     land, geo = _coast(rng, h, w, p)
@@ -209,20 +219,24 @@ def _land(rng, h: int, w: int, p: SceneParams, refl: np.ndarray, streak: np.ndar
         if len(yx) == 0: break
         y, x = yx[int(rng.integers(len(yx)))] * 3
         amp = lr.max() * rng.uniform(0.05, 0.3)
-        streak += _streaks(h, w, x + 0.5, y + 0.5, amp, _loguniform(rng, *p.cross_length), rng, horizontal=rng.random() < 0.5)
+        streak += _streaks(h, w, x + 0.5, y + 0.5, amp, _loguniform(rng, *p.cross_length), rng,
+                           horizontal=rng.random() < 0.5)
     return refl, land, geo
 
 # %% ../nbs/06_sarsim.ipynb #8d2d3fa8
 def _draw_ship(rng, h: int, w: int, p: SceneParams, moored: bool, geo) -> tuple:
-    "(centre x, centre y, length, beam, heading) of one ship: drawn from the size law, moored along the coast or anywhere at sea."
+    ("(centre x, centre y, length, beam, heading) of one ship: drawn from the size law, "
+     "moored along the coast or anywhere at sea.")
     length = float(np.clip(p.ship_length[0] * math.exp(rng.normal(0, p.ship_length[1])), *p.ship_length_range))
     beam = max(3.0, length * rng.uniform(*p.ship_beam))
     if moored: cx, cy, heading = _ship_mooring(rng, h, w, geo, length, beam)
     else: cx, cy, heading = rng.uniform(-0.1, 1.1) * w, rng.uniform(-0.1, 1.1) * h, rng.uniform(0, math.pi)
     return cx, cy, length, beam, heading
 
-def _ship_effects(rng, h: int, w: int, p: SceneParams, hull: tuple, knots, contrast: float, streak: np.ndarray, wake: np.ndarray):
-    "A ship's cross-shaped sidelobes (added to `streak`) and, sometimes, a faint wake behind its stern (added to `wake`)."
+def _ship_effects(rng, h: int, w: int, p: SceneParams, hull: tuple, knots, contrast: float, streak: np.ndarray,
+                  wake: np.ndarray):
+    ("A ship's cross-shaped sidelobes (added to `streak`) and, sometimes, "
+     "a faint wake behind its stern (added to `wake`).")
     cx, cy, length, beam, heading = hull
     half = length / 2
     if rng.random() < p.cross_p:
@@ -235,7 +249,8 @@ def _ship_effects(rng, h: int, w: int, p: SceneParams, hull: tuple, knots, contr
         k = np.arange(0, length * rng.uniform(1, 5), 0.5, dtype=np.float32)
         wx = cx + back * (half + k) * math.cos(heading); wy = cy + back * (half + k) * math.sin(heading)
         inside = (wx >= 0) & (wx < w) & (wy >= 0) & (wy < h)
-        np.add.at(wake, (wy[inside].astype(int), wx[inside].astype(int)), rng.uniform(0.3, 1.2) * np.exp(-k[inside] / (2 * length)))
+        np.add.at(wake, (wy[inside].astype(int), wx[inside].astype(int)),
+                  rng.uniform(0.3, 1.2) * np.exp(-k[inside] / (2 * length)))
 
 def _ships(rng, h: int, w: int, p: SceneParams, refl: np.ndarray, land: np.ndarray, geo, streak: np.ndarray) -> tuple:
     """Place the scene's ships (each up to 20 draws: inside enough, not on land, touching no other ship); their
@@ -256,7 +271,8 @@ def _ships(rng, h: int, w: int, p: SceneParams, refl: np.ndarray, land: np.ndarr
             vis = mask[wsl]
             if vis.sum() < p.min_visible * total: continue
             if (occupied[dsl] & vis).sum() > p.max_on_land * vis.sum() and (land[dsl] & vis).any(): continue
-            if (occupied[dsl] & ~land[dsl] & ndi.binary_dilation(vis, iterations=2)).any(): continue  # touches another ship
+            if (occupied[dsl] & ~land[dsl] & ndi.binary_dilation(vis, iterations=2)).any():   # touches another ship
+                continue
             # brightness: hull with a few strong scatterers along the keel (superstructure)
             contrast = _loguniform(rng, *p.ship_contrast)
             knots = rng.uniform(0.2, 1.0, 7).astype(np.float32)
@@ -265,7 +281,8 @@ def _ships(rng, h: int, w: int, p: SceneParams, refl: np.ndarray, land: np.ndarr
             refl[dsl] = np.where(vis, shipr[wsl], refl[dsl])
             occupied[dsl] |= vis
             ry, rx = np.nonzero(vis)
-            boxes.append([dsl[1].start + rx.min(), dsl[0].start + ry.min(), dsl[1].start + rx.max() + 1, dsl[0].start + ry.max() + 1])
+            boxes.append([dsl[1].start + rx.min(), dsl[0].start + ry.min(), dsl[1].start + rx.max() + 1,
+                          dsl[0].start + ry.max() + 1])
             hulls.append([round(float(v), 4) for v in hull])
             _ship_effects(rng, h, w, p, hull, knots, contrast, streak, wake)
             break
@@ -273,21 +290,24 @@ def _ships(rng, h: int, w: int, p: SceneParams, refl: np.ndarray, land: np.ndarr
 
 # %% ../nbs/06_sarsim.ipynb #0de226de
 def _display(rng, refl: np.ndarray, streak: np.ndarray, occupied: np.ndarray, p: SceneParams) -> np.ndarray:
-    "8-bit image: L-look gamma speckle, the point spread, amplitude, then the per-scene display gamma that puts the sea median where SSDD's lie."
+    ("8-bit image: L-look gamma speckle, the point spread, amplitude, then the per-scene display gamma that puts the "
+     "sea median where SSDD's lie.")
     h, w = refl.shape
     L = int(rng.integers(p.looks[0], p.looks[1] + 1))
     inten = refl * rng.gamma(L, 1 / L, size=(h, w)).astype(np.float32)
     if p.speckle_blur > 0: inten = ndi.gaussian_filter(inten, p.speckle_blur)
     amp = np.sqrt(inten + streak)
     sea_px = amp[::3, ::3][~occupied[::3, ::3]]
-    target = float(np.clip(p.sea_median[0] * math.exp(rng.normal(0, p.sea_median[1])), 1, 135))   # ssdd-dev's brightest sea: 135
+    # ssdd-dev's brightest sea: 135
+    target = float(np.clip(p.sea_median[0] * math.exp(rng.normal(0, p.sea_median[1])), 1, 135))
     med = max(float(np.median(sea_px)) if sea_px.size else 1.0, 1e-6)
     gamma = math.log(255 / target) / math.log(math.sqrt(_loguniform(rng, *p.white_point)))
     return np.clip(np.rint(target * (amp / med) ** gamma), 0, 255).astype(np.uint8)
 
 def simulate_layout(seed: int, params: SceneParams = SceneParams()) -> dict:
-    """One labelled SAR scene with its layout: {'image': uint8 HxW, 'boxes': (N, 4) float32 x0 y0 x1 y1, 'cls': (N,) int64
-    (all 0), 'hulls': N × [centre x, centre y, length, beam, heading (radians)]}, the hulls in the boxes' order."""
+    """One labelled SAR scene with its layout: {'image': uint8 HxW, 'boxes': (N, 4) float32 x0 y0 x1 y1, 'cls': (N,)
+    int64 (all 0), 'hulls': N × [centre x, centre y, length, beam, heading (radians)]}, the hulls in the boxes'
+    order."""
     p = params.check()
     rng = np.random.default_rng(int(seed))
     w = int(rng.integers(p.width[0], p.width[1] + 1))
@@ -297,16 +317,19 @@ def simulate_layout(seed: int, params: SceneParams = SceneParams()) -> dict:
     boxes, hulls, occupied, wake = _ships(rng, h, w, p, refl, land, geo, streak)
     if wake.any(): refl += np.where(occupied, 0, ndi.gaussian_filter(wake, rng.uniform(0.7, 1.5)))
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return dict(image=_display(rng, refl, streak, occupied, p), boxes=boxes, cls=np.zeros(len(boxes), np.int64), hulls=hulls)
+    return dict(image=_display(rng, refl, streak, occupied, p), boxes=boxes,
+                cls=np.zeros(len(boxes), np.int64), hulls=hulls)
 
 def simulate_scene(seed: int, params: SceneParams = SceneParams()) -> tuple:
-    "One labelled SAR scene: (uint8 `HxW` image, `(N, 4)` float32 boxes `x0 y0 x1 y1` in pixels, `(N,)` int64 classes, all 0)."
+    ("One labelled SAR scene: (uint8 `HxW` image, `(N, 4)` float32 boxes `x0 y0 x1 y1` in pixels, "
+     "`(N,)` int64 classes, all 0).")
     s = simulate_layout(seed, params)
     return s['image'], s['boxes'], s['cls']
 
 # %% ../nbs/06_sarsim.ipynb #43a70627
 def scene_seed(seed: int, i: int) -> int:
-    "The seed of scene `i` of a dataset simulated with `seed`: `derive_seed(seed, 'sarsim', i)`, whatever `n` and the workers."
+    ("The seed of scene `i` of a dataset simulated with `seed`: `derive_seed(seed, 'sarsim', i)`, "
+     "whatever `n` and the workers.")
     return derive_seed(seed, 'sarsim', i)
 
 HULLS_FILE = 'hulls.json'   # each scene's ships as [centre x, centre y, length, beam, heading], in its boxes' order
@@ -317,7 +340,8 @@ def scene_hulls(folder) -> dict:
     if not f.is_file(): return {}
     try: return {str(k): [list(map(float, h)) for h in v] for k, v in json.loads(f.read_text()).items()}
     except (ValueError, TypeError, AttributeError) as e:
-        raise SynthkitError(f'{HULLS_FILE} is not a map of image ids to hulls ({e})', 'simulate the scenes again', path=f)
+        raise SynthkitError(f'{HULLS_FILE} is not a map of image ids to hulls ({e})',
+                            'simulate the scenes again', path=f)
 
 def _write_one(job) -> tuple:
     "Render scene `i` and write its image and label (runs in a worker process)."
@@ -336,10 +360,14 @@ def _pool(workers: int):
 
 def simulate(out, n: int = 200, seed: int = 0, params: SceneParams = SceneParams(), *, workers: int = 2,
              suffix: str = '.png', overwrite: bool = False, progress: bool = True) -> Dataset:
-    "Write `n` simulated scenes as a YOLO dataset at `out` (one part, 'train') and return it loaded. Scene `i` depends only on (`seed`, `i`)."
-    check(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1, f'n={n!r} must be an integer ≥ 1', 'ask for at least one scene, e.g. --n 200')
-    check(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0, f'seed={seed!r} must be an integer ≥ 0', 'e.g. --seed 0')
-    check(isinstance(workers, (int, np.integer)) and workers >= 1, f'workers={workers!r} must be an integer ≥ 1', 'use 1 or the number of CPU cores')
+    ("Write `n` simulated scenes as a YOLO dataset at `out` (one part, 'train') and return it loaded. "
+     "Scene `i` depends only on (`seed`, `i`).")
+    check(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1, f'n={n!r} must be an integer ≥ 1',
+          'ask for at least one scene, e.g. --n 200')
+    check(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0,
+          f'seed={seed!r} must be an integer ≥ 0', 'e.g. --seed 0')
+    check(isinstance(workers, (int, np.integer)) and workers >= 1, f'workers={workers!r} must be an integer ≥ 1',
+          'use 1 or the number of CPU cores')
     check(suffix.lower() in ('.png', '.jpg'), f'suffix={suffix!r}', "use '.png' (lossless) or '.jpg'")
     params = params.check()
     out = Path(out)
@@ -347,7 +375,8 @@ def simulate(out, n: int = 200, seed: int = 0, params: SceneParams = SceneParams
     img_dir, lab_dir = out/'images'/'train', out/'labels'/'train'
     ids = [f'sarsim_{i:06d}' for i in range(n)]
     want = {img_dir/(i + suffix) for i in ids} | {lab_dir/(i + '.txt') for i in ids}
-    stale = sorted(f for d in (out/'images', out/'labels') if d.is_dir() for f in d.rglob('*') if f.is_file() and f not in want)
+    stale = sorted(f for d in (out/'images', out/'labels') if d.is_dir()
+                   for f in d.rglob('*') if f.is_file() and f not in want)
     if stale:
         check(overwrite, f'{len(stale)} other files already in {out} (e.g. {stale[0]}) would mix into this dataset',
               'choose an empty folder, or pass overwrite=True (--overwrite) to remove them', path=out)
@@ -359,11 +388,14 @@ def simulate(out, n: int = 200, seed: int = 0, params: SceneParams = SceneParams
     bar = dict(total=n, desc='simulate', unit='scene', disable=not progress)
     if workers == 1 or n < 4: results = list(tqdm(map(_write_one, jobs), **bar))
     else:
-        with _pool(min(workers, n)) as ex: results = list(tqdm(ex.map(_write_one, jobs, chunksize=max(1, n // (8 * workers))), **bar))
+        with _pool(min(workers, n)) as ex:
+            results = list(tqdm(ex.map(_write_one, jobs, chunksize=max(1, n // (8 * workers))), **bar))
     (out/'sarsim.json').write_text(json.dumps(dict(generator='synthkit.sarsim', n=n, seed=int(seed), suffix=suffix,
-                                                   params=params.asdict(), n_boxes=sum(k for _, k, _ in results)), indent=1) + '\n')
+                                                   params=params.asdict(), n_boxes=sum(k for _, k, _ in results)),
+                                              indent=1) + '\n')
     write_json(out/HULLS_FILE, {ids[i]: hulls for i, _, hulls in results})
-    write_data_yaml(out, ['ship'], {'train': 'images/train'}, comment=f'simulated SAR ship scenes: synthkit simulate --n {n} --seed {seed}')
+    write_data_yaml(out, ['ship'], {'train': 'images/train'},
+                    comment=f'simulated SAR ship scenes: synthkit simulate --n {n} --seed {seed}')
     return load_yolo(out/'data.yaml', check_pixels=False)
 
 # %% ../nbs/06_sarsim.ipynb #f793c419
@@ -386,14 +418,18 @@ def summarize_stats(s: dict) -> dict:
     c = np.cumsum(s['hist'])
     size = np.sqrt(s['box_w'] * s['box_h'])
     return {'median pixel': int(np.searchsorted(c, 0.5)), '95% pixel': int(np.searchsorted(c, 0.95)),
-            '99% pixel': int(np.searchsorted(c, 0.99)), 'ship size p10/p50/p90 (px)': tuple(round(float(v), 1) for v in np.percentile(size, [10, 50, 90])) if len(size) else (),
-            'one-ship images': round(float(np.mean(s['per_image'] == 1)), 2), 'ships / image': round(float(np.mean(s['per_image'])), 2),
+            '99% pixel': int(np.searchsorted(c, 0.99)),
+            'ship size p10/p50/p90 (px)': (tuple(round(float(v), 1) for v in np.percentile(size, [10, 50, 90]))
+                                           if len(size) else ()),
+            'one-ship images': round(float(np.mean(s['per_image'] == 1)), 2),
+            'ships / image': round(float(np.mean(s['per_image'])), 2),
             'max ships': int(s['per_image'].max()) if len(s['per_image']) else 0,
             'width p5-p95': tuple(int(v) for v in np.percentile(s['width'], [5, 95])),
             'height p5-p95': tuple(int(v) for v in np.percentile(s['height'], [5, 95]))}
 
 def plot_stats(stats: dict, title: str = ''):
-    "Overlay the `chip_stats` of several datasets (`{label: stats}`): intensity, ship size, ships per image, image size."
+    ("Overlay the `chip_stats` of several datasets (`{label: stats}`): intensity, ship size, "
+     "ships per image, image size.")
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 4, figsize=(16, 3.4))
     for label, s in stats.items():
@@ -403,21 +439,25 @@ def plot_stats(stats: dict, title: str = ''):
         k = np.bincount(s['per_image'], minlength=13)[:13]
         axs[2].plot(np.arange(13), k / max(k.sum(), 1), marker='o', label=label)
         axs[3].scatter(s['width'], s['height'], s=6, alpha=0.5, label=label)
-    axs[0].set(title='pixel intensity (density)', xlabel='8-bit value'); axs[1].set(title='ship size √(w·h)', xlabel='px', xscale='log')
-    axs[2].set(title='ships per image', xlabel='ships', ylabel='share of images'); axs[3].set(title='image size', xlabel='width', ylabel='height')
+    axs[0].set(title='pixel intensity (density)', xlabel='8-bit value')
+    axs[1].set(title='ship size √(w·h)', xlabel='px', xscale='log')
+    axs[2].set(title='ships per image', xlabel='ships', ylabel='share of images')
+    axs[3].set(title='image size', xlabel='width', ylabel='height')
     for ax in axs: ax.legend(fontsize=8)
     if title: fig.suptitle(title)
     plt.tight_layout(); plt.show()
 
 # %% ../nbs/06_sarsim.ipynb #784caca1
-_DEFAULT_PER_SCENE, _SEA_PER_MEDIAN = 2.31, 26 / 30   # measured on 300 scenes of SceneParams(): ships per scene; sea median / image median pixel
+# measured on 300 scenes of SceneParams(): ships per scene; sea median / image median pixel
+_DEFAULT_PER_SCENE, _SEA_PER_MEDIAN = 2.31, 26 / 30
 
 def fit_params(ds: Dataset, base: SceneParams = SceneParams()) -> SceneParams:
     "`base` with ship lengths, ships per scene, image sizes and sea brightness fitted to the images and boxes of `ds`."
     items = list(ds)
     check(items, 'no images to fit the simulator to', 'pass the training images')
     b = np.concatenate([it.boxes for it in items]).reshape(-1, 4)
-    check(len(b) >= 3, f'only {len(b)} boxes to fit the simulator to', 'pass images with at least a few labelled objects, or start=scratch')
+    check(len(b) >= 3, f'only {len(b)} boxes to fit the simulator to',
+          'pass images with at least a few labelled objects, or start=scratch')
     diag = np.hypot(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
     diag = diag[diag > 1]
     med, sd = float(np.median(diag)), float(np.log(diag).std()) if len(diag) > 1 else 0.5
@@ -431,7 +471,8 @@ def fit_params(ds: Dataset, base: SceneParams = SceneParams()) -> SceneParams:
     return replace(base, width=pct(w), height=pct(h), aspect=(max(0.1, asp[0]), min(10.0, max(asp[1], asp[0] + 1e-3))),
                    ship_length=(round(0.97 * med, 1), round(min(1.5, max(0.1, 1.07 * sd)), 3)),
                    ship_length_range=(min(lo, float(np.percentile(diag, 1))), max(hi, float(diag.max()))),
-                   ships_offshore=round(float(np.clip(p_off, 0.0, 0.9)), 3), sea_median=(max(2.0, sea), base.sea_median[1])).check()
+                   ships_offshore=round(float(np.clip(p_off, 0.0, 0.9)), 3),
+                   sea_median=(max(2.0, sea), base.sea_median[1])).check()
 
 # %% ../nbs/06_sarsim.ipynb #158657e9
 def parse_overrides(pairs) -> SceneParams:
@@ -443,7 +484,9 @@ def parse_overrides(pairs) -> SceneParams:
         check(eq and key, f'--set {pair!r} is not KEY=VALUE', 'e.g. --set land_p=0.5')
         check(key in known, f'unknown scene knob {key!r}', f'use one of {", ".join(known)}')
         try: v = json.loads(raw)
-        except json.JSONDecodeError: raise SynthkitError(f'--set {pair!r}: {raw!r} is not a number or a [lo, hi] list', 'e.g. --set "width=[400, 800]"')
+        except json.JSONDecodeError:
+            raise SynthkitError(f'--set {pair!r}: {raw!r} is not a number or a [lo, hi] list',
+                                'e.g. --set "width=[400, 800]"')
         kw[key] = tuple(v) if isinstance(v, list) else v
     return SceneParams(**kw).check()
 
@@ -452,7 +495,8 @@ def cli_args(parser):
     parser.add_argument('--n', type=int, default=200, help='number of scenes (default 200)')
     parser.add_argument('--seed', type=int, default=0, help='base seed; scene i uses derive_seed(seed, "sarsim", i)')
     parser.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1), help='processes (default 2)')
-    parser.add_argument('--set', dest='overrides', action='append', metavar='KEY=VALUE', help='override a SceneParams knob (JSON value)')
+    parser.add_argument('--set', dest='overrides', action='append', metavar='KEY=VALUE',
+                        help='override a SceneParams knob (JSON value)')
     parser.add_argument('--jpg', action='store_true', help='write JPEG (quality 95) instead of lossless PNG')
     parser.add_argument('--overwrite', action='store_true', help='remove other images / labels already in --out')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')

@@ -24,7 +24,8 @@ __all__ = ['KID_MIN', 'TSTR_WRITES', 'WRITES', 'Output', 'moves_boxes', 'labelle
 # %% ../nbs/23a_scorecard.ipynb #41e215ae
 @dataclass
 class Output:
-    "One labelled image to score: its pixels (a path, an `Item` or an array), boxes, classes, and the source it was made from."
+    ("One labelled image to score: its pixels (a path, an `Item` or an array), boxes, classes, "
+     "and the source it was made from.")
     image: object
     boxes: np.ndarray
     cls: np.ndarray
@@ -44,7 +45,8 @@ class Output:
 
 
 def moves_boxes(generator) -> bool:
-    "Whether `generator` (a `Generator`, its class, or a registered name) moves its outputs' boxes (overrides `generate_labelled`)."
+    ("Whether `generator` (a `Generator`, its class, or a registered name) moves its outputs' boxes "
+     "(overrides `generate_labelled`).")
     from synthkit.generators import Generator, GENERATORS, generator_class
     cls = generator if isinstance(generator, type) else type(generator)
     if isinstance(generator, str):
@@ -61,40 +63,51 @@ def _strength(rec: dict):
 
 
 def labelled_outputs(folder, sources=None) -> list:
-    "The `Output`s listed in `folder/manifest.jsonl` (the last record of each), checked to be labelled and on disk; `sources` (a `Dataset`) supplies the source images by id."
+    ("The `Output`s listed in `folder/manifest.jsonl` (the last record of each), checked to be labelled and on disk; "
+     "`sources` (a `Dataset`) supplies the source images by id.")
     from synthkit.synthesize import Manifest, MANIFEST
     folder = Path(folder)
-    fix = 'pass a folder written by synthesize / classic_variations / `synthkit generate`: it holds manifest.jsonl with each output\'s boxes'
+    fix = ('pass a folder written by synthesize / classic_variations / `synthkit generate`: '
+           'it holds manifest.jsonl with each output\'s boxes')
     check(folder.is_dir(), 'not a folder of labelled variations', fix, path=folder)
     check((folder/MANIFEST).is_file(), 'no manifest.jsonl: not a folder of labelled variations', fix, path=folder)
     last = {}
     for r in Manifest(folder).read(): last[(r.get('source'), r.get('k'), r.get('path'))] = r
     recs = list(last.values())
-    check(recs, 'the manifest lists no outputs', 'generate into the folder first (synthesize / `synthkit generate`)', path=folder/MANIFEST)
+    check(recs, 'the manifest lists no outputs', 'generate into the folder first (synthesize / `synthkit generate`)',
+          path=folder/MANIFEST)
     bad = [r for r in recs if not {'path', 'source', 'boxes', 'cls'} <= set(r)]
-    check(not bad, f'{len(bad)} of {len(recs)} manifest records have no boxes (e.g. {str(bad[0].get("path", bad[0]))[:80] if bad else ""}): '
-          'these outputs are not labelled, so a detector trained on them learns nothing about ships', fix, path=folder/MANIFEST)
-    check(any(len(r['boxes']) for r in recs), f'none of the {len(recs)} outputs has a box', 'score variations of labelled images', path=folder/MANIFEST)
+    check(not bad, f'{len(bad)} of {len(recs)} manifest records have no boxes '
+                   f'(e.g. {str(bad[0].get("path", bad[0]))[:80] if bad else ""}): '
+                   'these outputs are not labelled, so a detector trained on them learns nothing about ships',
+          fix, path=folder/MANIFEST)
+    check(any(len(r['boxes']) for r in recs), f'none of the {len(recs)} outputs has a box',
+          'score variations of labelled images', path=folder/MANIFEST)
     from synthkit.data.formats import label_path_for
     out = []
     for r in recs:
         p = folder/r['path']
-        check(p.is_file(), 'output image listed in the manifest is missing', 'run synthesize on the folder again: it remakes missing outputs', path=p)
+        check(p.is_file(), 'output image listed in the manifest is missing',
+              'run synthesize on the folder again: it remakes missing outputs', path=p)
         lab = label_path_for(p)
-        check(lab.is_file(), 'output has no YOLO label file', 'run synthesize on the folder again: it remakes missing outputs', path=lab)
+        check(lab.is_file(), 'output has no YOLO label file',
+              'run synthesize on the folder again: it remakes missing outputs', path=lab)
         src = sources[r['source']] if sources is not None and r['source'] in sources else r.get('source_path')
-        out.append(Output(p, np.asarray(r['boxes'], np.float32).reshape(-1, 4), np.asarray(r['cls'], np.int64).reshape(-1),
-                          Path(r['path']).stem, src, str(r.get('generator', '?')), _strength(r), moves_boxes(str(r.get('generator', '')))))
+        out.append(Output(p, np.asarray(r['boxes'], np.float32).reshape(-1, 4),
+                          np.asarray(r['cls'], np.int64).reshape(-1), Path(r['path']).stem, src,
+                          str(r.get('generator', '?')), _strength(r), moves_boxes(str(r.get('generator', '')))))
     return out
 
 
 def real_outputs(dataset) -> list:
     "The images of a `Dataset` (e.g. the real training tiles) as `Output`s without a source."
-    return [Output(it, np.asarray(it.boxes, np.float32).reshape(-1, 4), np.asarray(it.cls, np.int64).reshape(-1), it.id) for it in dataset]
+    return [Output(it, np.asarray(it.boxes, np.float32).reshape(-1, 4), np.asarray(it.cls, np.int64).reshape(-1), it.id)
+            for it in dataset]
 
 # %% ../nbs/23a_scorecard.ipynb #3b61e6bc
 def fidelity_scores(outputs) -> dict:
-    "`{'ssim', 'psnr', 'n', 'skipped', 'each'}`: mean SSIM and PSNR (dB, over the finite values) of each output to its source; `each[id] = (ssim, psnr)`."
+    ("`{'ssim', 'psnr', 'n', 'skipped', 'each'}`: mean SSIM and PSNR (dB, over the finite values) of each output to "
+     "its source; `each[id] = (ssim, psnr)`.")
     each, skipped, decoded = {}, 0, {}
     for o in outputs:
         s = o.source
@@ -114,7 +127,8 @@ def fidelity_scores(outputs) -> dict:
 KID_MIN = 8   # fewer outputs or held-out real images than this: no KID (too noisy to rank anything)
 
 def kid_score(images, real_images, extractor, *, seed: int = 0, min_images: int = KID_MIN) -> dict | None:
-    "`{'kid', 'kid_std', 'n', 'n_real', 'extractor'}` of `images` (outputs, arrays, paths) against `real_images`; None below `min_images` on either side."
+    ("`{'kid', 'kid_std', 'n', 'n_real', 'extractor'}` of `images` (outputs, arrays, paths) against `real_images`; "
+     "None below `min_images` on either side.")
     imgs = [o.image if isinstance(o, Output) else o for o in images]
     real = [o.image if isinstance(o, Output) else o for o in real_images]
     if min(len(imgs), len(real)) < max(2, min_images): return None
@@ -150,12 +164,14 @@ def _training_list(images) -> list:
         images = [o.path for o in labelled_outputs(p)] if p.is_dir() else split_images(p, 'train')
     paths = [o.path if isinstance(o, Output) else getattr(o, 'path', o) for o in images]
     check(paths, 'no training images', 'pass the labelled outputs (or real tiles) to train on')
-    check(all(isinstance(p, (str, Path)) for p in paths), 'TSTR trains on image files, and some outputs are arrays in memory',
+    check(all(isinstance(p, (str, Path)) for p in paths),
+          'TSTR trains on image files, and some outputs are arrays in memory',
           'write them first (synthesize) and pass the folder')
     paths = [Path(p).resolve() for p in paths]
     for p in dict.fromkeys(paths):
         check(p.is_file(), 'training image not found', 'pass existing image files', path=p)
-        check(label_path_for(p).is_file(), 'training image has no YOLO label file, so Ultralytics would take it for background',
+        check(label_path_for(p).is_file(),
+              'training image has no YOLO label file, so Ultralytics would take it for background',
               'pass labelled images: outputs of synthesize, or a dataset written by export_yolo', path=p)
     return [str(p) for p in paths]
 
@@ -164,7 +180,8 @@ TSTR_WRITES = ('train.txt', 'val.txt', 'test.txt', 'data.yaml', 'detector', 'don
 
 def tstr(images, test_data, out, config: DetectConfig = DetectConfig(), *, start=None, part: str = 'test',
          verbose: bool = False) -> TSTRResult:
-    "Train a detector only on `images` (labelled paths, `Output`s, a variation folder or a data.yaml's train part) under `config` (from `start` weights if given); mAP50 on `part` of `test_data`."
+    ("Train a detector only on `images` (labelled paths, `Output`s, a variation folder or a data.yaml's train part) "
+     "under `config` (from `start` weights if given); mAP50 on `part` of `test_data`.")
     from synthkit.detect import split_images, train_detector
     from synthkit.data.formats import write_data_yaml, data_yaml_names
     import yaml
@@ -178,7 +195,8 @@ def tstr(images, test_data, out, config: DetectConfig = DetectConfig(), *, start
     raw = yaml.safe_load(test_yaml.read_text())
     val = [str(p.resolve()) for p in split_images(test_yaml, 'val')] if part != 'val' and raw.get('val') else None
     key = config_hash(dict(train=config_hash(train), test=config_hash(test), val=config_hash(val), config=config.key()))
-    out = check_out_folder(out, [test_yaml.parent], TSTR_WRITES, 'the TSTR folder')   # never the real data's own data.yaml
+    # never the real data's own data.yaml
+    out = check_out_folder(out, [test_yaml.parent], TSTR_WRITES, 'the TSTR folder')
     done = read_done(out)
     if done is not None:
         check(done.get('tstr_key') == key, 'the folder holds a TSTR run of other images or settings',
@@ -189,7 +207,8 @@ def tstr(images, test_data, out, config: DetectConfig = DetectConfig(), *, start
     parts = dict(train=str((out/'train.txt').resolve()), test=str((out/'test.txt').resolve()))
     if val:
         write_text(out/'val.txt', '\n'.join(val) + '\n'); parts['val'] = str((out/'val.txt').resolve())
-    y = write_data_yaml(out, data_yaml_names(test_yaml), parts, f'TSTR: trained on {len(train)} given images, tested on {part} of {test_yaml}')
+    y = write_data_yaml(out, data_yaml_names(test_yaml), parts,
+                        f'TSTR: trained on {len(train)} given images, tested on {part} of {test_yaml}')
     run = train_detector(y, out/'detector', config, verbose=verbose)
     mark_done(out, tstr_key=key, metrics=run.metrics, n_train=len(train), test_data=str(test_yaml.resolve()), part=part)
     return TSTRResult(run.metrics['map50'], run.metrics, len(train), y, out)
@@ -209,7 +228,8 @@ class Hallucinations:
 
 
 def as_detector(detector, imgsz: int = 320, device: str = 'cpu'):
-    "`detector` itself if it has `predict`, else YOLO weights at that path loaded as a `synthkit.detect.Detector` (vetted first)."
+    ("`detector` itself if it has `predict`, else YOLO weights at that path loaded as a "
+     "`synthkit.detect.Detector` (vetted first).")
     if hasattr(detector, 'predict'): return detector
     from synthkit.labelcheck import LabelCheck
     return LabelCheck.from_weights(detector, imgsz=imgsz, device=device).detector
@@ -223,13 +243,15 @@ def _as_outputs(images) -> list:
         elif hasattr(x, 'boxes') and hasattr(x, 'read'): out.append(Output(x, x.boxes, x.cls, x.id))
         else:
             im, b, c = x
-            out.append(Output(im, np.asarray(b, np.float32).reshape(-1, 4), np.asarray(c, np.int64).reshape(-1), str(i)))
+            out.append(Output(im, np.asarray(b, np.float32).reshape(-1, 4),
+                              np.asarray(c, np.int64).reshape(-1), str(i)))
     return out
 
 
 def hallucinations(detector, images, *, conf: float = HALLUCINATION_CONF, iou: float = HALLUCINATION_IOU,
                    imgsz: int = 320, device: str = 'cpu') -> Hallucinations:
-    "In how many of `images` (Outputs, Items or (image, boxes, cls)) `detector` finds an object with score ≥ `conf` and IoU < `iou` with every box."
+    ("In how many of `images` (Outputs, Items or (image, boxes, cls)) `detector` finds an object with score ≥ `conf` "
+     "and IoU < `iou` with every box.")
     det = as_detector(detector, imgsz, device)
     per = []
     for o in _as_outputs(images):
@@ -280,10 +302,12 @@ def _sources(sources):
     return ds.subset([it.id for it in ds if it.meta.get('split') == 'train'])
 
 # %% ../nbs/23a_scorecard.ipynb #0de14b8c
-def score_outputs(outputs, generator: str, strength: float | None = None, *, real_images=None, extractor=None, detector=None,
-                  test_data=None, out=None, config: DetectConfig = DetectConfig(), start=None, conf: float = HALLUCINATION_CONF,
-                  iou: float = HALLUCINATION_IOU, seed: int = 0, folder: str = '', train_images=None) -> Scorecard:
-    "The `Scorecard` row of one group of labelled `outputs` (TSTR trains on `train_images`, by default the outputs' files)."
+def score_outputs(outputs, generator: str, strength: float | None = None, *, real_images=None,
+                  extractor=None, detector=None, test_data=None, out=None, config: DetectConfig = DetectConfig(),
+                  start=None, conf: float = HALLUCINATION_CONF, iou: float = HALLUCINATION_IOU, seed: int = 0,
+                  folder: str = '', train_images=None) -> Scorecard:
+    ("The `Scorecard` row of one group of labelled `outputs` (TSTR trains on `train_images`, "
+     "by default the outputs' files).")
     outputs = _as_outputs(outputs)
     row, notes = Scorecard(generator, strength, len(outputs), folder=str(folder)), []
     if any(o.source is not None for o in outputs):
@@ -296,7 +320,8 @@ def score_outputs(outputs, generator: str, strength: float | None = None, *, rea
         if k is not None: row.kid, row.kid_std, row.extractor = k['kid'], k['kid_std'], k['extractor']
     if test_data is not None:
         check(out is not None, 'TSTR needs a folder for its detector run', 'pass out=FOLDER')
-        row.tstr_map50 = tstr(outputs if train_images is None else train_images, test_data, out, config, start=start).map50
+        row.tstr_map50 = tstr(outputs if train_images is None else train_images, test_data, out, config,
+                              start=start).map50
     if detector is not None:
         h = hallucinations(detector, outputs, conf=conf, iou=iou)
         row.hallucinated, row.flagged = h.rate, h.flagged
@@ -309,12 +334,14 @@ def _check_held_out(real_images, train_paths: set):
     for im in real_images:
         p = getattr(im, 'path', im) if not isinstance(im, Output) else im.path
         if isinstance(p, (str, Path)) and str(Path(p).resolve()) in train_paths:
-            raise SynthkitError('a real image given for KID is one of the training tiles: KID against the images a generator '
-                                'learned from rewards copying them', 'pass held-out real images (e.g. the val part)', path=p)
+            raise SynthkitError('a real image given for KID is one of the training tiles: '
+                                'KID against the images a generator learned from rewards copying them',
+                                'pass held-out real images (e.g. the val part)', path=p)
 
 
 def _real_paths(sources, out) -> list:
-    "Labelled image paths of the real tiles for TSTR: their own files when labels sit next to them, else an export under `out`."
+    ("Labelled image paths of the real tiles for TSTR: their own files when labels sit next to them, "
+     "else an export under `out`.")
     from synthkit.data.formats import label_path_for, export_yolo
     try:
         if all(label_path_for(it.path).is_file() for it in sources): return [it.path for it in sources]
@@ -327,15 +354,18 @@ def _real_paths(sources, out) -> list:
 WRITES = ('tstr', 'real-tiles', 'scorecard.json', 'scorecard.md')   # what scorecard writes at the top of `out`
 
 def _default_extractor(extractor, detector):
-    "`extractor`, else the backbone of `detector` when that is a YOLO `Detector` (the features the real-data detector sees), else None."
+    ("`extractor`, else the backbone of `detector` when that is a YOLO `Detector` (the features the real-data "
+     "detector sees), else None.")
     from synthkit.detect import Detector
     return FeatureExtractor.from_yolo(detector) if extractor is None and isinstance(detector, Detector) else extractor
 
 
 def scorecard(sources, variations=None, *, real_images=None, extractor=None, detector=None, test_data=None, out=None,
-              config: DetectConfig = DetectConfig(), start=None, conf: float = HALLUCINATION_CONF, iou: float = HALLUCINATION_IOU,
-              seed: int = 0, imgsz: int | None = None, device: str = 'cpu', real_row: bool = True, progress: bool = False) -> list:
-    "`Scorecard` rows for each generator × strength in `variations` (folders), the classic copies, and (`real_row`) the real tiles `sources`."
+              config: DetectConfig = DetectConfig(), start=None, conf: float = HALLUCINATION_CONF,
+              iou: float = HALLUCINATION_IOU, seed: int = 0, imgsz: int | None = None, device: str = 'cpu',
+              real_row: bool = True, progress: bool = False) -> list:
+    ("`Scorecard` rows for each generator × strength in `variations` (folders), the classic copies, "
+     "and (`real_row`) the real tiles `sources`.")
     from synthkit.detect import split_images
     src = _sources(sources)
     groups = {}   # (label, generator, strength) -> [Output]
@@ -352,18 +382,22 @@ def scorecard(sources, variations=None, *, real_images=None, extractor=None, det
         for key, outs in groups.items():
             srcs = [getattr(o.source, 'path', o.source) for o in outs]
             bad = [p for p in srcs if isinstance(p, (str, Path)) and str(Path(p).resolve()) in test]
-            check(not bad, f'{len(bad)} outputs of {key[3]} were made from test images', 'make variations of the training part only', path=key[3])
+            check(not bad, f'{len(bad)} outputs of {key[3]} were made from test images',
+                  'make variations of the training part only', path=key[3])
     if out is not None:
         inputs = [f for _, f in _folders(variations)] + ([Path(test_data).parent] if test_data is not None else [])
         out = check_out_folder(out, inputs, WRITES, what='the scorecard folder')
-    if real_row: check(src is not None and len(src), 'no real tiles for the real row', 'pass sources (the real training tiles)')
+    if real_row:
+        check(src is not None and len(src), 'no real tiles for the real row', 'pass sources (the real training tiles)')
     det = None if detector is None else as_detector(detector, imgsz or config.eval_imgsz or config.imgsz, device)
     extractor = _default_extractor(extractor, det)
-    kw = dict(real_images=real_images, extractor=extractor, detector=det, test_data=test_data, config=config, start=start,
-              conf=conf, iou=iou, seed=seed)
+    kw = dict(real_images=real_images, extractor=extractor, detector=det, test_data=test_data,
+              config=config, start=start, conf=conf, iou=iou, seed=seed)
     order = sorted(groups, key=lambda k: (k[1] == 'classic', k[0], -1 if k[2] is None else k[2]))
     jobs = [(k[0], k[2], groups[k], k[3], None) for k in order]
-    if real_row: jobs.append(('real', None, real_outputs(src), 'real tiles', _real_paths(src, out) if test_data is not None else None))
+    if real_row:
+        jobs.append(('real', None, real_outputs(src), 'real tiles',
+                     _real_paths(src, out) if test_data is not None else None))
     rows = []
     for name, strength, outs, folder, imgs in jobs:
         if progress: print(f'scoring {name} {"" if strength is None else strength} ({len(outs)} images)', flush=True)
@@ -371,7 +405,8 @@ def scorecard(sources, variations=None, *, real_images=None, extractor=None, det
         if test_data is not None:
             tag = name + ('' if strength is None else f'-{strength:g}')
             what = [str(o.path) for o in outs] if imgs is None else [str(p) for p in imgs]
-            run = Path(out)/'tstr'/f'{_slug(tag)}-{config_hash([what, config.key(), str(start), str(Path(test_data).resolve())], 8)}'
+            run = Path(out)/'tstr'/(
+                f'{_slug(tag)}-{config_hash([what, config.key(), str(start), str(Path(test_data).resolve())], 8)}')
         rows.append(score_outputs(outs, name, strength, out=run, folder=folder, train_images=imgs, **kw))
     if out is not None:
         write_json(out/'scorecard.json', [r.asdict() for r in rows])
@@ -386,21 +421,28 @@ def _fmt(v, spec: str, missing: str = '—') -> str:
 
 
 def scorecard_table(rows, legend: bool = False) -> str:
-    "Markdown table `generator | strength | n | SSIM | PSNR | KID | TSTR mAP50 | hallucinated` of `Scorecard` rows (or their dicts)."
+    ("Markdown table `generator | strength | n | SSIM | PSNR | KID | TSTR mAP50 | hallucinated` of "
+     "`Scorecard` rows (or their dicts).")
     rows = [r if isinstance(r, Scorecard) else Scorecard(**r) for r in rows]
-    lines = ['| generator | strength | n | SSIM | PSNR (dB) | KID | TSTR mAP50 | hallucinated |', '|---|---|---|---|---|---|---|---|']
+    lines = ['| generator | strength | n | SSIM | PSNR (dB) | KID | TSTR mAP50 | hallucinated |',
+             '|---|---|---|---|---|---|---|---|']
     for r in rows:
         kid = _fmt(r.kid, '.4g') + ('' if r.kid is None or r.kid_std is None else f' ± {r.kid_std:.2g}')
         hal = '—' if r.hallucinated is None else f'{100 * r.hallucinated:.0f} % ({len(r.flagged)}/{r.n})'
-        lines.append(f'| {r.generator} | {_fmt(r.strength, "g")} | {r.n} | {_fmt(r.ssim, ".3f")} | {_fmt(r.psnr, ".1f")} | {kid} '
+        lines.append(f'| {r.generator} | {_fmt(r.strength, "g")} | {r.n} | {_fmt(r.ssim, ".3f")} | '
+                     f'{_fmt(r.psnr, ".1f")} | {kid} '
                      f'| {_fmt(r.tstr_map50, ".3f")} | {hal} |')
     if legend:
         ex = sorted({r.extractor for r in rows if r.extractor})
         lines.append('')
-        lines.append('SSIM/PSNR: each output against its source. ' + (f'KID: against held-out real images, features of {", ".join(ex)}. ' if ex else '')
-                     + 'TSTR: a detector trained only on the row\'s images, mAP50 on the real test images (the real row is the baseline run). '
-                     + 'hallucinated: images in which the real-data detector confidently finds an object where no box is.')
-        notes = [r.generator + ('' if r.strength is None else f' {r.strength:g}') + f': {r.notes}' for r in rows if r.notes]
+        lines.append('SSIM/PSNR: each output against its source. '
+                     + (f'KID: against held-out real images, features of {", ".join(ex)}. ' if ex else '')
+                     + 'TSTR: a detector trained only on the row\'s images, mAP50 on the real test images '
+                       '(the real row is the baseline run). '
+                     + 'hallucinated: images in which the real-data detector confidently finds '
+                       'an object where no box is.')
+        notes = [r.generator + ('' if r.strength is None else f' {r.strength:g}') + f': {r.notes}'
+                 for r in rows if r.notes]
         if notes: lines.append('Notes: ' + '; '.join(notes) + '.')
     return '\n'.join(lines)
 
@@ -423,17 +465,20 @@ class QuickScore:
     def summary(self) -> str:
         "The numbers in one line."
         s = f'{self.n} outputs · SSIM {_fmt(self.ssim, ".3f")} · PSNR {_fmt(self.psnr, ".1f")} dB · KID ' + \
-            (_fmt(self.kid, '.4g') + ('' if self.kid_std is None else f' ± {self.kid_std:.2g}') if self.kid is not None else '—')
-        if self.hallucinated is not None: s += f' · hallucinated {sum(1 for d in self.per_image if d["found"])}/{self.n}'
+            (_fmt(self.kid, '.4g') + ('' if self.kid_std is None else f' ± {self.kid_std:.2g}')
+             if self.kid is not None else '—')
+        if self.hallucinated is not None:
+            s += f' · hallucinated {sum(1 for d in self.per_image if d["found"])}/{self.n}'
         return s
 
     def __str__(self): return self.summary + (f' ({"; ".join(self.notes)})' if self.notes else '')
 
 
-def quick_score(generator, sources, params=None, *, n: int = 8, ids=None, detector=None, extractor=None, real_images=None,
-                conf: float = HALLUCINATION_CONF, iou: float = HALLUCINATION_IOU, imgsz: int = 320, cache=None,
-                kid_min: int = KID_MIN, seed: int = 0) -> QuickScore:
-    "Score `n` outputs of `generator` at `params` on `sources` (ids `ids`): SSIM/PSNR, hallucinations (with `detector`), KID (with held-out `real_images`). No training."
+def quick_score(generator, sources, params=None, *, n: int = 8, ids=None, detector=None, extractor=None,
+                real_images=None, conf: float = HALLUCINATION_CONF, iou: float = HALLUCINATION_IOU, imgsz: int = 320,
+                cache=None, kid_min: int = KID_MIN, seed: int = 0) -> QuickScore:
+    ("Score `n` outputs of `generator` at `params` on `sources` (ids `ids`): "
+     "SSIM/PSNR, hallucinations (with `detector`), KID (with held-out `real_images`). No training.")
     from synthkit.generators import GenParams, derive_seed
     from synthkit.recipe import Recipe
     t0 = time.time()
@@ -449,10 +494,11 @@ def quick_score(generator, sources, params=None, *, n: int = 8, ids=None, detect
         key = recipe.output_key(it.id, sd)
         got = None if cache is None else cache.get(key)
         if got is None:
-            got = tuple(generator.generate_labelled(it.read(), it.boxes, it.cls, n=1, params=params, seeds=[sd], source_id=it.id, batch_size=1)[0])
+            got = tuple(generator.generate_labelled(it.read(), it.boxes, it.cls, n=1, params=params, seeds=[sd],
+                                                    source_id=it.id, batch_size=1)[0])
             if cache is not None: cache.put(key, got)
-        outs.append(Output(got[0], np.asarray(got[1], np.float32).reshape(-1, 4), np.asarray(got[2], np.int64).reshape(-1),
-                           f'{it.id}#{k}', it, moved=moved))
+        outs.append(Output(got[0], np.asarray(got[1], np.float32).reshape(-1, 4),
+                           np.asarray(got[2], np.int64).reshape(-1), f'{it.id}#{k}', it, moved=moved))
     f = fidelity_scores(outs)
     res = QuickScore(n, f['ssim'], f['psnr'])
     det = None if detector is None else as_detector(detector, imgsz)
@@ -462,7 +508,8 @@ def quick_score(generator, sources, params=None, *, n: int = 8, ids=None, detect
     res.per_image = [dict(id=o.id, ssim=f['each'].get(o.id, (None, None))[0], psnr=f['each'].get(o.id, (None, None))[1],
                           found=found.get(o.id)) for o in outs]
     extractor = _default_extractor(extractor, det)
-    if real_images is None or extractor is None: res.notes.append('KID: pass held-out real images and a detector or extractor')
+    if real_images is None or extractor is None:
+        res.notes.append('KID: pass held-out real images and a detector or extractor')
     else:
         k = _kid_or_note(outs, list(real_images), extractor, seed, kid_min, res.notes)
         if k is not None: res.kid, res.kid_std, res.extractor = k['kid'], k['kid_std'], k['extractor']

@@ -39,7 +39,8 @@ def sdedit_timesteps(scheduler, strength: float, steps: int) -> list:
     return [int(t) for t in scheduler.timesteps[len(scheduler.timesteps) - n:]] if n > 0 else []
 
 def scheduler_of(x=None):
-    "The timestep-rule scheduler of `x`: a scheduler, anything that holds one (a `DDPMGenerator`), a `DDPMConfig`, or None (the defaults)."
+    ("The timestep-rule scheduler of `x`: a scheduler, anything that holds one (a `DDPMGenerator`), "
+     "a `DDPMConfig`, or None (the defaults).")
     if x is None or isinstance(x, DDPMConfig):
         c = x or DDPMConfig()
         return sampler_scheduler(c.train_timesteps, c.beta_schedule)
@@ -54,7 +55,8 @@ def _strength_for(n: int, steps: int) -> float:
 # %% ../nbs/11b_sdedit.ipynb #cb1f7d6f
 def t_max_for(strengths, steps: int, config=None) -> int:
     """The smallest `DDPMConfig.t_max` with which SDEdit can run every strength of `strengths` (one number or several)
-    with `steps`: their largest first timestep + 1. `config`: the `DDPMConfig` (its noise schedule), None for the defaults."""
+    with `steps`: their largest first timestep + 1. `config`: the `DDPMConfig` (its noise schedule), None for the
+    defaults."""
     sched = scheduler_of(config)
     firsts = []
     for s in (strengths if isinstance(strengths, (list, tuple)) else [strengths]):
@@ -63,15 +65,16 @@ def t_max_for(strengths, steps: int, config=None) -> int:
     return max(firsts) + 1
 
 def noise_sigma(strength: float, steps: int, scheduler=None) -> float:
-    """The noise SDEdit adds at `strength` with `steps`, in grey levels of an 8-bit image: σ = √((1 − ᾱ) / ᾱ) · 127.5 at its
-    first timestep (the noised image is √ᾱ · (source + σ·ε) in [−1, 1] units). `scheduler`: a scheduler, a `DDPMGenerator`,
-    a `DDPMConfig`, or None (the defaults: cosine schedule, 1000 timesteps)."""
+    """The noise SDEdit adds at `strength` with `steps`, in grey levels of an 8-bit image: σ = √((1 − ᾱ) / ᾱ) · 127.5 at
+    its first timestep (the noised image is √ᾱ · (source + σ·ε) in [−1, 1] units). `scheduler`: a scheduler, a
+    `DDPMGenerator`, a `DDPMConfig`, or None (the defaults: cosine schedule, 1000 timesteps)."""
     GenParams(strength=strength, steps=steps).check(img2img=True)
     sched = scheduler_of(scheduler)
     a = float(sched.alphas_cumprod[sdedit_timesteps(sched, strength, steps)[0]])
     return math.sqrt((1 - a) / a) * 127.5
 
-def check_sdedit(strength: float, steps: int, scheduler=None, t_max: int | None = None, model: str = 'the model') -> list:
+def check_sdedit(strength: float, steps: int, scheduler=None, t_max: int | None = None,
+                 model: str = 'the model') -> list:
     """SDEdit's timesteps for `strength` with `steps`; refused in one line when it runs no step, adds less than one grey
     level of noise, or starts at a timestep ≥ `t_max` (what `model` was trained on)."""
     GenParams(strength=strength, steps=steps).check(img2img=True)
@@ -79,12 +82,14 @@ def check_sdedit(strength: float, steps: int, scheduler=None, t_max: int | None 
     ts = sdedit_timesteps(sched, strength, steps)
     if noise_sigma(strength, steps, sched) < 1:
         ok = next((n for n in range(1, steps + 1) if noise_sigma(_strength_for(n, steps), steps, sched) >= 1), None)
-        raise SynthkitError(f'strength={strength!r} with steps={steps} adds {noise_sigma(strength, steps, sched):.2f} grey levels of noise '
-                            '(under one: a "variation" would be its source plus rounding)',
-                            f'use strength ≥ {_strength_for(ok, steps)} with steps={steps}' if ok else 'use fewer steps')
+        raise SynthkitError(f'strength={strength!r} with steps={steps} adds {noise_sigma(strength, steps, sched):.2f} '
+                            'grey levels of noise (under one: a "variation" would be its source plus rounding)',
+                            f'use strength ≥ {_strength_for(ok, steps)} with steps={steps}' if ok
+                            else 'use fewer steps')
     if t_max is not None and ts[0] >= t_max:
         ok = [n for n in range(1, steps + 1) if sdedit_timesteps(sched, _strength_for(n, steps), steps)[0] < t_max]
-        raise SynthkitError(f'strength={strength!r} with steps={steps} starts at t={ts[0]}, but {model} was trained on t < {t_max} only (t_max)',
+        raise SynthkitError(f'strength={strength!r} with steps={steps} starts at t={ts[0]}, but {model} was trained '
+                            f'on t < {t_max} only (t_max)',
                             (f'use strength ≤ {_strength_for(ok[-1], steps)} with steps={steps}, or ' if ok else '')
                             + f'train with t_max ≥ {ts[0] + 1} (t_max_for gives it for a set of strengths)')
     return ts
@@ -108,14 +113,17 @@ SPACINGS = {'trailing': None, 'quadratic': 2.0, 'cubic': 3.0}   # the img2img ru
 
 def sdedit_schedule(scheduler, strength: float, steps: int, spacing: str = 'cubic') -> list:
     """The timesteps SDEdit evaluates the UNet at for `strength` with `steps`: as many as img2img's rule and starting
-    where it starts (`sdedit_timesteps`), spaced by `spacing` ('trailing': the rule's own, evenly spaced down to ≈ t_0/n;
-    'quadratic' / 'cubic': t_i = t_0·((n − i)/n)^ρ with ρ = 2 / 3, denser near t = 0 and ending at a small t)."""
-    check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}', "use 'cubic' (default) or 'trailing' (img2img's)")
+    where it starts (`sdedit_timesteps`), spaced by `spacing` ('trailing': the rule's own, evenly spaced down
+    to ≈ t_0/n; 'quadratic' / 'cubic': t_i = t_0·((n − i)/n)^ρ with ρ = 2 / 3, denser near t = 0 and ending at a
+    small t)."""
+    check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}',
+          "use 'cubic' (default) or 'trailing' (img2img's)")
     ts = sdedit_timesteps(scheduler, strength, steps)
     n, rho = len(ts), SPACINGS[spacing]
     if rho is None or n < 2: return ts
     out = [max(0, round(ts[0] * (1 / n) ** rho))]
-    for i in range(n - 2, 0, -1): out.insert(0, max(round(ts[0] * ((n - i) / n) ** rho), out[0] + 1))   # strictly decreasing
+    for i in range(n - 2, 0, -1):   # strictly decreasing
+        out.insert(0, max(round(ts[0] * ((n - i) / n) ** rho), out[0] + 1))
     return [ts[0]] + out
 
 # %% ../nbs/11b_sdedit.ipynb #9b23a104
@@ -125,14 +133,17 @@ ETAS = (0.0, 1.0)
 def solver_scheduler(scheduler, solver: str = 'dpm++2m', eta: float = 0.0) -> DPMSolverMultistepScheduler:
     """diffusers' `DPMSolverMultistepScheduler` that steps SDEdit for a model of `scheduler`'s noise schedule:
     DPM-Solver++(2M) (`solver='dpm++2m'`) or DDIM (`'ddim'`, first order), deterministic (`eta=0`) or SDE (`eta=1`)."""
-    check(solver in SOLVERS, f'solver={solver!r} is not one of {", ".join(SOLVERS)}', "use 'dpm++2m' (default) or 'ddim'")
-    check(isinstance(eta, (int, float)) and not isinstance(eta, bool) and float(eta) in ETAS, f'eta={eta!r} is not 0 or 1',
-          'use 0 (deterministic; default) or 1 (ancestral: fresh noise at every step)')
+    check(solver in SOLVERS, f'solver={solver!r} is not one of {", ".join(SOLVERS)}',
+          "use 'dpm++2m' (default) or 'ddim'")
+    check(isinstance(eta, (int, float)) and not isinstance(eta, bool) and float(eta) in ETAS,
+          f'eta={eta!r} is not 0 or 1', 'use 0 (deterministic; default) or 1 (ancestral: fresh noise at every step)')
     c = scheduler.config
-    return DPMSolverMultistepScheduler(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
-                                       beta_schedule=c.beta_schedule, trained_betas=c.get('trained_betas'), prediction_type='epsilon',
-                                       algorithm_type='sde-dpmsolver++' if eta else 'dpmsolver++', solver_order=1 if solver == 'ddim' else 2,
-                                       solver_type='midpoint', lower_order_final=False, euler_at_final=False, final_sigmas_type='zero')
+    return DPMSolverMultistepScheduler(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start,
+                                       beta_end=c.beta_end, beta_schedule=c.beta_schedule,
+                                       trained_betas=c.get('trained_betas'), prediction_type='epsilon',
+                                       algorithm_type='sde-dpmsolver++' if eta else 'dpmsolver++',
+                                       solver_order=1 if solver == 'ddim' else 2, solver_type='midpoint',
+                                       lower_order_final=False, euler_at_final=False, final_sigmas_type='zero')
 
 # %% ../nbs/11b_sdedit.ipynb #8695ca65
 class DDPMGenerator(Generator):
@@ -144,24 +155,29 @@ class DDPMGenerator(Generator):
     model_arg = 'model_folder'
     cross_source = True    # outputs of several same-shape sources in one model call (`sdedit_many`)
 
-    def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64, channels_last: bool = True,
-                 dtype: str | None = 'auto', solver: str = 'dpm++2m', spacing: str = 'cubic', eta: float = 0.0):
+    def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64,
+                 channels_last: bool = True, dtype: str | None = 'auto', solver: str = 'dpm++2m',
+                 spacing: str = 'cubic', eta: float = 0.0):
         check_device(device)
-        check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}', "use 'cubic' (default) or 'trailing' (img2img's)")
+        check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}',
+              "use 'cubic' (default) or 'trailing' (img2img's)")
         self.folder, self.bf16 = Path(model_folder), resolve_dtype(dtype, 'ddpm', device) == 'bf16'
         self.meta = read_meta(self.folder)
-        check(self.meta.get('step', 1) >= 1, f'the DDPM in {self.folder} was never trained (0 iterations): its "variations" would be noise',
+        check(self.meta.get('step', 1) >= 1,
+              f'the DDPM in {self.folder} was never trained (0 iterations): its "variations" would be noise',
               'train it first: synthkit train-ddpm DATA --out FOLDER --steps N', path=self.folder)
         self.t_max, self.layout = built_model(self.meta).get('t_max'), bool(built_model(self.meta).get('layout'))
         self.crop = int(self.meta.get('config', {}).get('crop', 64))
         self.scheduler = DDIMScheduler.from_config(DDPMScheduler.load_config(self.folder/'scheduler'),
-                                                   timestep_spacing='trailing', clip_sample=False, set_alpha_to_one=True)
-        self.solver_scheduler = solver_scheduler(self.scheduler, solver, eta)   # refuses a solver or η it has no steps for
+                                                   timestep_spacing='trailing', clip_sample=False,
+                                                   set_alpha_to_one=True)
+        # refuses a solver or η it has no steps for
+        self.solver_scheduler = solver_scheduler(self.scheduler, solver, eta)
         self.unet = load_pretrained(UNet2DModel, self.folder/'unet', 'DDPM UNet').to(device).eval()
         check(self.unet.config.in_channels == (2 if self.layout else 1),
-              f'{self.folder}/unet takes {self.unet.config.in_channels} input channels, but its synthkit_ddpm.json says layout={self.layout}: '
-              'the folder has lost its layout settings', 'restore synthkit_ddpm.json (its model settings name layout), or train the model again',
-              path=self.folder)
+              f'{self.folder}/unet takes {self.unet.config.in_channels} input channels, but its synthkit_ddpm.json '
+              f'says layout={self.layout}: the folder has lost its layout settings',
+              'restore synthkit_ddpm.json (its model settings name layout), or train the model again', path=self.folder)
         if channels_last: self.unet = self.unet.to(memory_format=torch.channels_last)
         self.device, self.channels_last = torch.device(device), channels_last
         self.solver, self.spacing, self.eta = solver, spacing, float(eta)
@@ -172,20 +188,23 @@ class DDPMGenerator(Generator):
         self.unet_evals = 0   # counts UNet evaluations (per image), for benchmarks
 
     def timesteps(self, strength: float, steps: int) -> list:
-        "The timesteps one output evaluates the UNet at; refused (one line) where `check_sdedit` refuses them for this model."
+        ("The timesteps one output evaluates the UNet at; "
+         "refused (one line) where `check_sdedit` refuses them for this model.")
         check_sdedit(strength, steps, self.scheduler, self.t_max, f'the model in {self.folder}')
         return sdedit_schedule(self.scheduler, strength, steps, self.spacing)
 
     def _unet(self, x, t, cond=None):
-        "The UNet's noise prediction for `x` at `t`; a layout model also sees `cond` (B,1,H,W; None: `NULL_LAYOUT`, no layout)."
+        ("The UNet's noise prediction for `x` at `t`; a layout model also sees `cond` (B,1,H,W; None: "
+         "`NULL_LAYOUT`, no layout).")
         if self.layout: x = torch.cat([x, torch.full_like(x, NULL_LAYOUT) if cond is None else cond.to(x.dtype)], dim=1)
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         self.unet_evals += len(x)
         return self.unet(x, t).sample
 
     def _eps(self, x, t, cond=None, guidance: float = 1.0):
-        """The noise estimate: with a layout `cond`, classifier-free guidance ε = ε(∅) + `guidance`·(ε(cond) − ε(∅)) — 0: the
-        unconditional estimate alone, 1: the conditional one alone (one UNet evaluation each), else both in one batch."""
+        """The noise estimate: with a layout `cond`, classifier-free guidance ε = ε(∅) + `guidance`·(ε(cond) − ε(∅)) —
+        0: the unconditional estimate alone, 1: the conditional one alone (one UNet evaluation each), else both in one
+        batch."""
         if cond is None or guidance == 0: return self._unet(x, t)
         if guidance == 1: return self._unet(x, t, cond)
         e = self._unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.full_like(cond, NULL_LAYOUT), cond]))
@@ -193,7 +212,8 @@ class DDPMGenerator(Generator):
         return eu + guidance * (ec - eu)
 
     def describe(self) -> dict:
-        return {**super().describe(), 'dtype': 'bfloat16' if self.bf16 else 'float32', 'threads': torch.get_num_threads()}
+        return {**super().describe(), 'dtype': 'bfloat16' if self.bf16 else 'float32',
+                'threads': torch.get_num_threads()}
 
     @classmethod
     def resolve_precision(cls, dtype='auto', device=None) -> str:
@@ -204,26 +224,27 @@ class DDPMGenerator(Generator):
 @patch
 def _denoise(self: DDPMGenerator, x0: torch.Tensor, noise: torch.Tensor, timesteps: list, z=None, mask=None, cond=None,
              guidance: float = 1.0) -> torch.Tensor:
-    """SDEdit on a batch: noise `x0` (B,1,H,W in [-1, 1]) to `timesteps[0]` with `noise`, then the solver's steps (η = 1:
-    fresh noise `z[i]` at step i) from each timestep to the next and from the last to the clean image. `mask` (B,1,H,W in
-    [0, 1]; None: everywhere): before every step after the first, the latent outside it is replaced by `x0` noised to that
-    step's timestep with the same `noise` (masked SDEdit; the caller composites the clean result). `cond`, `guidance`: a
-    layout model's ship masks and guidance scale (`_eps`)."""
+    """SDEdit on a batch: noise `x0` (B,1,H,W in [-1, 1]) to `timesteps[0]` with `noise`, then the solver's steps
+    (η = 1: fresh noise `z[i]` at step i) from each timestep to the next and from the last to the clean image. `mask`
+    (B,1,H,W in [0, 1]; None: everywhere): before every step after the first, the latent outside it is replaced by `x0`
+    noised to that step's timestep with the same `noise` (masked SDEdit; the caller composites the clean result).
+    `cond`, `guidance`: a layout model's ship masks and guidance scale (`_eps`)."""
     s, solver = self.scheduler, self.solver_scheduler
     solver.set_timesteps(timesteps=list(timesteps))   # also resets the solver's multistep history
     x = s.add_noise(x0, noise, torch.tensor([timesteps[0]]))
     for i, t in enumerate(timesteps):
         if mask is not None and i: x = (mask * x + (1 - mask) * s.add_noise(x0, noise, torch.tensor([t]))).to(x.dtype)
         eps = self._eps(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), cond, guidance).float()
-        zi = None if not self.eta else z[i] if z is not None and i < len(z) else torch.zeros_like(x)   # the last step adds none
+        # the last step adds none
+        zi = None if not self.eta else z[i] if z is not None and i < len(z) else torch.zeros_like(x)
         x = solver.step(eps, t, x, variance_noise=zi).prev_sample
     return x
 
 # %% ../nbs/11b_sdedit.ipynb #1f903b09
 @patch
 def _noise(self: DDPMGenerator, seeds: list, shape: tuple, n_steps: int) -> tuple:
-    """Per output, from its own seeded CPU generator: the starting noise (B,1,H,W) and, for η > 0, the noise of each step
-    but the last (n_steps-1, B,1,H,W), or None. A row's numbers depend on its seed only, on every device."""
+    """Per output, from its own seeded CPU generator: the starting noise (B,1,H,W) and, for η > 0, the noise of each
+    step but the last (n_steps-1, B,1,H,W), or None. A row's numbers depend on its seed only, on every device."""
     gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
     noise = torch.cat([torch.randn((1, 1, *shape), generator=g) for g in gens])
     if self.eta == 0 or n_steps < 2: return noise, None
@@ -231,7 +252,8 @@ def _noise(self: DDPMGenerator, seeds: list, shape: tuple, n_steps: int) -> tupl
 
 @patch
 def _tiled(self: DDPMGenerator, x0, noise, ts, z, mk, cond=None, guidance: float = 1.0) -> torch.Tensor:
-    "`_denoise` over overlapping tiles blended with linear ramps; a tile the mask `mk` doesn't touch is the source, not run."
+    ("`_denoise` over overlapping tiles blended with linear ramps; "
+     "a tile the mask `mk` doesn't touch is the source, not run.")
     H, W = noise.shape[-2:]
     y = torch.zeros_like(noise); wsum = torch.zeros((1, 1, H, W), device=self.device)
     th, tw = min(self.tile, H), min(self.tile, W)
@@ -241,44 +263,53 @@ def _tiled(self: DDPMGenerator, x0, noise, ts, z, mk, cond=None, guidance: float
             wt = (_ramp(th, self.overlap, r == rows[0], r == rows[-1])[:, None]
                   * _ramp(tw, self.overlap, c == cols[0], c == cols[-1])[None]).to(self.device)
             sl = (slice(None), slice(None), slice(r, r + th), slice(c, c + tw))
-            if mk is not None and not mk[sl].any(): y[sl] += wt * x0[sl]   # nothing to re-synthesize: the source (composited later)
-            else: y[sl] += wt * self._denoise(x0[sl], noise[sl], ts, None if z is None else z[(slice(None), *sl)],
-                                              None if mk is None else mk[sl], None if cond is None else cond[sl], guidance)
+            if mk is not None and not mk[sl].any():   # nothing to re-synthesize: the source (composited later)
+                y[sl] += wt * x0[sl]
+            else:
+                y[sl] += wt * self._denoise(x0[sl], noise[sl], ts, None if z is None else z[(slice(None), *sl)],
+                                            None if mk is None else mk[sl], None if cond is None else cond[sl],
+                                            guidance)
             wsum[sl] += wt
     return y / wsum
 
 def check_guidance(guidance) -> float:
     "`guidance` as a float, refused in one line unless it is a number ≥ 0."
-    check(isinstance(guidance, (int, float, np.floating, np.integer)) and not isinstance(guidance, bool) and math.isfinite(guidance)
-          and guidance >= 0, f'guidance={guidance!r} must be a number ≥ 0', 'use 0 (ignore the layout), 1 (follow it) or more (follow it harder), e.g. 2')
+    check(isinstance(guidance, (int, float, np.floating, np.integer)) and not isinstance(guidance, bool)
+          and math.isfinite(guidance)
+          and guidance >= 0, f'guidance={guidance!r} must be a number ≥ 0',
+          'use 0 (ignore the layout), 1 (follow it) or more (follow it harder), e.g. 2')
     return float(guidance)
 
 @patch
 def sdedit_many(self: DDPMGenerator, xs: list, strength: float, steps: int, seeds: list, masks=None, layouts=None,
                 guidance: float = 1.0) -> list:
-    """Variations of grey float images of one shape (`seeds[i]` for `xs[i]`) as rows of one batch; the outputs flat, in order.
-    `masks`: None, or one HxW mask in [0, 1] per source (masked SDEdit: exactly the source where its mask is 0).
+    """Variations of grey float images of one shape (`seeds[i]` for `xs[i]`) as rows of one batch; the outputs flat, in
+    order. `masks`: None, or one HxW mask in [0, 1] per source (masked SDEdit: exactly the source where its mask is 0).
     `layouts`: a layout model's ship mask per source (HxW in [0, 1]), followed with classifier-free `guidance`."""
     ts = self.timesteps(strength, steps)   # refused here, before any work: no step, under a grey level, beyond t_max
     h, w = xs[0].shape; m = self.multiple
     guidance = check_guidance(guidance)
     if masks is not None:
-        check(len(masks) == len(xs), f'{len(masks)} masks given for {len(xs)} sources', 'give one mask per source, or masks=None')
+        check(len(masks) == len(xs), f'{len(masks)} masks given for {len(xs)} sources',
+              'give one mask per source, or masks=None')
         masks = [check_mask(mk, np.shape(x)) for mk, x in zip(masks, xs)]
     if layouts is not None:
         check(self.layout, f'the model in {self.folder} has no layout channel: it was trained without layout=True',
               'train a layout model (DDPMConfig(layout=True)), or give no layouts')
-        check(len(layouts) == len(xs), f'{len(layouts)} layouts given for {len(xs)} sources', 'give one layout per source, or layouts=None')
+        check(len(layouts) == len(xs), f'{len(layouts)} layouts given for {len(xs)} sources',
+              'give one layout per source, or layouts=None')
         layouts = [check_mask(lm, np.shape(x)) for lm, x in zip(layouts, xs)]
     ph, pw = -h % m, -w % m
-    pad = lambda a: torch.nn.functional.pad(a, (0, pw, 0, ph), mode='reflect' if min(h, w) > max(ph, pw) else 'replicate') if ph or pw else a
+    pad = (lambda a: torch.nn.functional.pad(a, (0, pw, 0, ph), mode='reflect' if min(h, w) > max(ph, pw)
+                                             else 'replicate') if ph or pw else a)
     src = pad(torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in xs]))[:, None] * 2 - 1)
     H, W = src.shape[-2:]
     noise, z = self._noise(sum(seeds, []), (H, W), len(ts))
     src, noise = src.to(self.device), noise.to(self.device)
     if z is not None: z = z.to(self.device)
     reps = torch.tensor([len(sd) for sd in seeds])
-    per_row = lambda arrays: None if arrays is None else pad(torch.from_numpy(np.stack(arrays))[:, None]).repeat_interleave(reps, dim=0).to(self.device)
+    per_row = (lambda arrays: None if arrays is None
+               else pad(torch.from_numpy(np.stack(arrays))[:, None]).repeat_interleave(reps, dim=0).to(self.device))
     mk, cond = per_row(masks), per_row(layouts)
     with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
         x0 = src.repeat_interleave(reps.to(self.device), dim=0)
@@ -287,12 +318,13 @@ def sdedit_many(self: DDPMGenerator, xs: list, strength: float, steps: int, seed
     y = ((y[:, 0, :h, :w].float().cpu() + 1) / 2).clamp(0, 1).numpy()
     if masks is None: return list(y)
     rows = [(np.asarray(x, np.float32), mk) for x, mk, sd in zip(xs, masks, seeds) for _ in sd]
-    return [np.where(mk > 0, mk * v + (1 - mk) * x, x) for v, (x, mk) in zip(y, rows)]   # exactly the source where mask == 0
+    # exactly the source where mask == 0
+    return [np.where(mk > 0, mk * v + (1 - mk) * x, x) for v, (x, mk) in zip(y, rows)]
 
 @patch
 def sdedit(self: DDPMGenerator, x: np.ndarray, strength: float, steps: int, seeds: list, mask=None) -> list:
-    """Variations of the grey float image `x` (HxW in [0, 1]), one per seed, as float arrays; with `mask` (HxW in [0, 1]),
-    re-synthesized only where it is > 0 and exactly `x` where it is 0 (see "Harmonizing a window")."""
+    """Variations of the grey float image `x` (HxW in [0, 1]), one per seed, as float arrays; with `mask` (HxW in
+    [0, 1]), re-synthesized only where it is > 0 and exactly `x` where it is 0 (see "Harmonizing a window")."""
     return self.sdedit_many([x], strength, steps, [seeds], None if mask is None else [mask])
 
 @patch
@@ -306,8 +338,10 @@ def evals_per_image(self: DDPMGenerator, shape, params: GenParams) -> int:
     "UNet evaluations one output of an image of `shape` (h, w) costs: SDEdit steps × tiles."
     h, w = shape[:2]; m = self.multiple
     H, W = h + (-h % m), w + (-w % m)
-    n_tiles = 1 if (H <= self.tile and W <= self.tile) else len(_tiles(H, min(self.tile, H), self.overlap)) * len(_tiles(W, min(self.tile, W), self.overlap))
-    return len(sdedit_timesteps(self.scheduler, params.strength, params.steps)) * n_tiles   # the same count for every spacing
+    n_tiles = (1 if (H <= self.tile and W <= self.tile)
+               else len(_tiles(H, min(self.tile, H), self.overlap)) * len(_tiles(W, min(self.tile, W), self.overlap)))
+    # the same count for every spacing
+    return len(sdedit_timesteps(self.scheduler, params.strength, params.steps)) * n_tiles
 
 # %% ../nbs/11b_sdedit.ipynb #c9a72652
 def sea_mask(source: np.ndarray, boxes=None, margin: int = 3) -> np.ndarray:
@@ -317,7 +351,8 @@ def sea_mask(source: np.ndarray, boxes=None, margin: int = 3) -> np.ndarray:
     x = np.asarray(source, np.float32)
     out = np.ones(x.shape, bool)
     for x0, y0, x1, y1 in np.asarray(boxes if boxes is not None else [], np.float32).reshape(-1, 4):
-        out[max(0, int(y0) - margin):int(math.ceil(y1)) + margin, max(0, int(x0) - margin):int(math.ceil(x1)) + margin] = False
+        out[max(0, int(y0) - margin):int(math.ceil(y1)) + margin,
+            max(0, int(x0) - margin):int(math.ceil(x1)) + margin] = False
     if not out.any(): return out
     return out & (ndi.uniform_filter(x, 7) < 2 * float(np.median(x[out])))
 
@@ -334,10 +369,12 @@ def speckle_ratio(variation: np.ndarray, source: np.ndarray, boxes=None, size: i
 
 # %% ../nbs/11b_sdedit.ipynb #e82fa7a3
 @patch
-def harmonize(self: DDPMGenerator, image: np.ndarray, mask, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
-              seeds=None, source_id: str = 'image', batch_size: int | None = None) -> list:
+def harmonize(self: DDPMGenerator, image: np.ndarray, mask, boxes=None, cls=None, *, n: int = 1,
+              params: GenParams = GenParams(), seeds=None, source_id: str = 'image',
+              batch_size: int | None = None) -> list:
     """`n` outputs of `image` re-synthesized by masked SDEdit where `mask` (HxW in [0, 1]) is > 0 and exactly the source
-    where it is 0 ("Harmonizing a window"). Seeds, batches, dtype and range as `generate`: a mask of ones gives its outputs."""
+    where it is 0 ("Harmonizing a window"). Seeds, batches, dtype and range as `generate`: a mask of ones gives its
+    outputs."""
     params = params.check(self.img2img_steps)
     seeds = output_seeds(params, n, seeds, source_id)
     x, scale = self._unit(image)
@@ -347,13 +384,16 @@ def harmonize(self: DDPMGenerator, image: np.ndarray, mask, boxes=None, cls=None
             for y in self.sdedit(x, params.strength, params.steps, seeds[i:i + bs], mask=m)]
 
 # %% ../nbs/11b_sdedit.ipynb #55fd14e4
-def strength_grid(generator: Generator, dataset: Dataset, ids, strengths=(0.2, 0.4, 0.6), steps: int = 25, seed: int = 0, path=None):
+def strength_grid(generator: Generator, dataset: Dataset, ids, strengths=(0.2, 0.4, 0.6), steps: int = 25,
+                  seed: int = 0, path=None):
     "A figure: one row per source image, columns source + one variation per strength; saved to `path` if given."
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(len(ids), len(strengths) + 1, figsize=(2.4 * (len(strengths) + 1), 2.4 * len(ids)), squeeze=False)
+    fig, axs = plt.subplots(len(ids), len(strengths) + 1, figsize=(2.4 * (len(strengths) + 1), 2.4 * len(ids)),
+                            squeeze=False)
     for r, i in enumerate(ids):
         it = dataset[i]; im = it.read()
-        cols = [im] + [generator.generate(im, it.boxes, it.cls, params=GenParams(strength=s, steps=steps, seed=seed), source_id=it.id)[0]
+        cols = [im] + [generator.generate(im, it.boxes, it.cls, params=GenParams(strength=s, steps=steps, seed=seed),
+                                          source_id=it.id)[0]
                        for s in strengths]
         for c, (ax, a) in enumerate(zip(axs[r], cols)):
             ax.imshow(a if a.ndim == 2 else a[..., 0], cmap='gray'); ax.set_xticks([]); ax.set_yticks([])

@@ -26,13 +26,15 @@ def mean_ci(values, level: float = 0.95) -> tuple:
     return m, s, m - h, m + h
 
 def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    "The smallest true mean paired difference a two-sided paired t-test on `n` pairs with spread `sd` finds with `power`."
+    ("The smallest true mean paired difference a two-sided paired t-test on `n` pairs with "
+     "spread `sd` finds with `power`.")
     from scipy import stats
     if n < 2 or sd is None or math.isnan(sd): return math.nan
     return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
 
 def summarize(rows: list, metrics=None) -> list:
-    "One row per (split, condition): n, mean ± std and 95 % CI per metric (and on the extra pool), the paired difference to baseline and its MDD."
+    ("One row per (split, condition): n, mean ± std and 95 % CI per metric (and on the extra pool), "
+     "the paired difference to baseline and its MDD.")
     metrics = metric_names() if metrics is None else metrics
     order = list(dict.fromkeys((r['split'], r['condition']) for r in rows))
     base = {(r['split'], r['seed']): r for r in rows if r['condition'] == 'baseline'}
@@ -40,11 +42,13 @@ def summarize(rows: list, metrics=None) -> list:
     out = []
     for split, cond in order:
         rs = [r for r in rows if r['split'] == split and r['condition'] == cond]
-        s = dict(split=split, condition=cond, kind=rs[0].get('kind', ''), n_per_image=rs[0].get('n_per_image', 0), n_runs=len(rs))
+        s = dict(split=split, condition=cond, kind=rs[0].get('kind', ''),
+                 n_per_image=rs[0].get('n_per_image', 0), n_runs=len(rs))
         for m in ms:
             s[f'{m}_mean'], s[f'{m}_std'], s[f'{m}_ci_lo'], s[f'{m}_ci_hi'] = mean_ci([r.get(m, math.nan) for r in rs])
             if cond != 'baseline':
-                d = [r[m] - base[(split, r['seed'])][m] for r in rs if (split, r['seed']) in base and m in r and m in base[(split, r['seed'])]]
+                d = [r[m] - base[(split, r['seed'])][m] for r in rs if (split, r['seed']) in base and m in r
+                     and m in base[(split, r['seed'])]]
                 s[f'{m}_diff'], s[f'{m}_diff_std'], s[f'{m}_diff_ci_lo'], s[f'{m}_diff_ci_hi'] = mean_ci(d)
                 s[f'{m}_diff_n'] = len(d)
                 s[f'{m}_mdd'] = min_detectable_difference(s[f'{m}_diff_std'], len(d))
@@ -53,15 +57,20 @@ def summarize(rows: list, metrics=None) -> list:
 
 # %% ../nbs/24b_stats.ipynb #e0eef163
 def comparisons(rows: list, metric: str = 'map50') -> list:
-    "Paired differences per split (same split and seed): each condition against its `references` — the baseline, and `classic+N` for `+N` and `paste+N`, `paste+N` for `harmonized+N`."
-    by = {(r['split'], r['condition'], r['seed']): r[metric] for r in rows if metric in r}   # extra-pool metrics exist only where a split has one
+    ("Paired differences per split (same split and seed): each condition against its `references` — "
+     "the baseline, and `classic+N` for `+N` and `paste+N`, `paste+N` for `harmonized+N`.")
+    # extra-pool metrics exist only where a split has one
+    by = {(r['split'], r['condition'], r['seed']): r[metric] for r in rows if metric in r}
     out = []
     for sp in dict.fromkeys(r['split'] for r in rows):
         for cond in [c for c in dict.fromkeys(r['condition'] for r in rows if r['split'] == sp) if c != 'baseline']:
-            for ref in references(cond):   # baseline; +N, paste+N: classic+N; harmonized+N: paste+N; :checked: unchecked
-                d = [v - by[(sp, ref, s)] for (p, c, s), v in by.items() if p == sp and c == cond and (sp, ref, s) in by]
+            # baseline; +N, paste+N: classic+N; harmonized+N: paste+N; :checked: unchecked
+            for ref in references(cond):
+                d = [v - by[(sp, ref, s)] for (p, c, s), v in by.items() if p == sp and c == cond
+                     and (sp, ref, s) in by]
                 if not d: continue
                 m, sd, lo, hi = mean_ci(d)
-                out.append(dict(split=sp, condition=cond, versus=ref, metric=metric, n=len(d), diff=m, ci_lo=lo, ci_hi=hi,
-                                wins=sum(x > 0 for x in d), mdd=min_detectable_difference(sd, len(d))))
+                out.append(dict(split=sp, condition=cond, versus=ref, metric=metric, n=len(d), diff=m,
+                                ci_lo=lo, ci_hi=hi, wins=sum(x > 0 for x in d),
+                                mdd=min_detectable_difference(sd, len(d))))
     return out

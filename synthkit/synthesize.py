@@ -40,7 +40,9 @@ class Manifest:
             try: out.append(json.loads(ln))
             except json.JSONDecodeError as e:
                 if i == len(lines): break  # the torn tail of a killed append
-                raise SynthkitError(f'bad JSON line ({e.msg})', 'fix or delete the line; the output it describes is then made again', path=self.path, line=i)
+                raise SynthkitError(f'bad JSON line ({e.msg})',
+                                    'fix or delete the line; the output it describes is then made again',
+                                    path=self.path, line=i)
         return out
 
     def _repair(self, fh):
@@ -83,7 +85,8 @@ class Manifest:
 
 # %% ../nbs/13_synthesize.ipynb #6136eb0d
 def _pixels(image) -> np.ndarray:
-    "An output as the PNG stores it: 8 or 16 bits (floats rounded and clipped to 8), 16-bit RGB as grey (PIL has no 16-bit RGB PNG; SAR is grey)."
+    ("An output as the PNG stores it: 8 or 16 bits (floats rounded and clipped to 8), 16-bit RGB as grey (PIL has no "
+     "16-bit RGB PNG; SAR is grey).")
     image = np.asarray(image)
     if image.dtype not in (np.uint8, np.uint16): image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return image[..., 0] if image.ndim == 3 and image.dtype == np.uint16 else image
@@ -97,7 +100,8 @@ def write_variation(out, source_item: Item, k: int, image: np.ndarray, record: d
     "Write output `k` of `source_item` (image + YOLO label) into `out/{images,labels}/<part>/` and append its record."
     from synthkit.data.formats import write_yolo_label
     out = Path(out)
-    check(part and '/' not in str(part) and str(part) not in ('.', '..'), f'part {part!r} is not a folder name', 'use train, val or test')
+    check(part and '/' not in str(part) and str(part) not in ('.', '..'), f'part {part!r} is not a folder name',
+          'use train, val or test')
     stem = output_name(source_item.id, k)
     img_path, lab_path = out/'images'/part/f'{stem}.png', out/'labels'/part/f'{stem}.txt'
     image = _pixels(image)
@@ -107,8 +111,9 @@ def write_variation(out, source_item: Item, k: int, image: np.ndarray, record: d
     cls = source_item.cls if cls is None else np.asarray(cls, np.int64).reshape(-1)
     write_yolo_label(lab_path, Item(img_path, w, h, boxes, cls, stem))
     rec = dict(record, source=source_item.id, k=int(k), part=str(part), path=img_path.relative_to(out).as_posix(),
-               label=lab_path.relative_to(out).as_posix(), sha256=sha256_file(img_path), label_sha256=sha256_file(lab_path), width=int(w), height=int(h),
-               boxes=np.round(boxes, 3).tolist(), cls=[int(c) for c in cls], source_path=str(Path(source_item.path).resolve()))
+               label=lab_path.relative_to(out).as_posix(), sha256=sha256_file(img_path),
+               label_sha256=sha256_file(lab_path), width=int(w), height=int(h), boxes=np.round(boxes, 3).tolist(),
+               cls=[int(c) for c in cls], source_path=str(Path(source_item.path).resolve()))
     if manifest: Manifest(out).append(rec)
     return rec
 
@@ -121,15 +126,18 @@ def _plan(dataset: Dataset, parts: dict | None, into: str | None) -> list:
     seen = {}
     for p, ids in parts.items():
         for i in ids:
-            check(i in dataset, f'part {p!r} names image id {i!r}, which is not in the dataset', 'use ids from dataset.ids')
-            check(i not in seen, f'image id {i!r} is in both part {seen.get(i)!r} and {p!r}', 'put each image in one part only')
+            check(i in dataset, f'part {p!r} names image id {i!r}, which is not in the dataset',
+                  'use ids from dataset.ids')
+            check(i not in seen, f'image id {i!r} is in both part {seen.get(i)!r} and {p!r}',
+                  'put each image in one part only')
             seen[i] = p
     if into is not None:
         bad = [i for i, p in seen.items() if p != into]
         if bad:
-            raise SynthkitError(f'lineage guard: {len(bad)} sources are not {into} images (e.g. {bad[0]!r} is in {seen[bad[0]]!r}), '
-                                f'but into={into!r} would put their variations into the {into} part',
-                                f'generate {into} data from the {into} images only (e.g. --parts {into}, parts={{"{into}": ids}}), '
+            raise SynthkitError(f'lineage guard: {len(bad)} sources are not {into} images (e.g. {bad[0]!r} is in '
+                                f'{seen[bad[0]]!r}), but into={into!r} would put their variations into the {into} part',
+                                f'generate {into} data from the {into} images only (e.g. --parts {into}, '
+                                f'parts={{"{into}": ids}}), '
                                 "or leave into unset so each variation keeps its source's part")
     plan = [(dataset[i], p) for i, p in seen.items()]
     check_origins(plan, 'generated into')
@@ -157,7 +165,8 @@ class SynthSummary:
     def images_per_s(self) -> float: return (self.written + self.dropped) / self.seconds if self.seconds else 0.0
 
     def __str__(self):
-        s = f'{self.written} written ({", ".join(f"{p} {n}" for p, n in self.parts.items()) or "none"}), {self.skipped} already there'
+        s = (f'{self.written} written ({", ".join(f"{p} {n}" for p, n in self.parts.items()) or "none"}), '
+             f'{self.skipped} already there')
         if self.remade: s += f' ({self.remade} of the written were recorded but missing or changed on disk: made again)'
         if self.checked: s += f', {self.dropped} dropped by the label check, {self.relabelled} relabelled'
         s += f'; {self.seconds:.1f} s'
@@ -176,8 +185,8 @@ WRITES = ('images', 'labels', 'data.yaml', MANIFEST, REJECTED)   # what synthesi
 
 def _check_out(out, dataset: Dataset, plan: list, generator) -> Path:
     """The output guard for a dataset: `out` may not be its root or a source image folder, nor lie inside an `images/`
-    part folder (an importer would take the outputs for real images); a loose folder of images may hold it. Nor may it be,
-    or lie inside, a folder the generator reads its model from (`Generator.folders()`)."""
+    part folder (an importer would take the outputs for real images); a loose folder of images may hold it. Nor may it
+    be, or lie inside, a folder the generator reads its model from (`Generator.folders()`)."""
     dirs = list(dict.fromkeys(Path(it.path).parent.resolve() for it, _ in plan))
     parts = [d for d in dirs if 'images' in d.parts]
     return check_out_folder(out, parts, WRITES, same=dirs + ([] if dataset.root is None else [Path(dataset.root)]),
@@ -188,8 +197,9 @@ def _check_sizes(plan: list, generator: Generator):
     small = [it for it, _ in plan if min(it.width, it.height) < generator.min_size]
     if small:
         it = small[0]
-        raise SynthkitError(f'image is {it.width}x{it.height} px, smaller than the {generator.min_size} px the {generator.name} generator '
-                            f'needs ({len(small)} such images)', 'remove such images from the dataset, or upscale them', path=it.path)
+        raise SynthkitError(f'image is {it.width}x{it.height} px, smaller than the {generator.min_size} px the '
+                            f'{generator.name} generator needs ({len(small)} such images)',
+                            'remove such images from the dataset, or upscale them', path=it.path)
 
 def _stale(out: Path, recs: list, ours: set, n: int) -> set:
     "(source, k) whose last record names a file that is gone or has other bytes (sha256) than recorded: made again."
@@ -210,31 +220,42 @@ def _calls(plan: list, n: int, bs: int, cross: bool) -> list:
     calls, cur = [], []
     for it, p in plan:
         for k in range(n):
-            if cur and (len(cur) == bs or (cur[0][0].height, cur[0][0].width) != (it.height, it.width)): calls.append(cur); cur = []
+            if cur and (len(cur) == bs or (cur[0][0].height, cur[0][0].width) != (it.height, it.width)):
+                calls.append(cur); cur = []
             cur.append((it, p, k))
     return calls + [cur] if cur else calls
 
 def _check_recipe(out: Path, old: list, ours: set, n: int, recipe: Recipe):
-    "Refuse to add to `out` when its records of these sources (k < n) were made by another recipe, or predate recorded recipes."
+    ("Refuse to add to `out` when its records of these sources (k < n) were made by another recipe, "
+     "or predate recorded recipes.")
     key = recipe.key()
     for r in old:
         if r.get('source') not in ours or int(r.get('k', -1)) >= n: continue
         theirs = Recipe.from_record(r)
-        check(theirs is not None, f'{out} holds outputs written before synthkit recorded their whole recipe (every generator option, '
+        check(theirs is not None,
+              f'{out} holds outputs written before synthkit recorded their whole recipe (every generator option, '
               'the precision, the batch size), so a resumed run cannot tell whether it would make them the same way',
-              'write into a new folder, or delete this one to start over (regenerate() still recomputes its outputs)', path=out/MANIFEST)
+              'write into a new folder, or delete this one to start over (regenerate() still recomputes its outputs)',
+              path=out/MANIFEST)
         if theirs.key() == key: continue
         diff = theirs.differences(recipe)
-        check(theirs.replace(batch_size=recipe.batch_size).key() != key, f'{out} holds outputs computed {theirs.batch_size} per model call, but '
-              f'this run would compute {recipe.batch_size}: the batch changes the pixels (by rounding), so the folder would mix two results',
-              f'resume with batch_size={theirs.batch_size} (--batch-size {theirs.batch_size}), or write into a new folder', path=out/MANIFEST)
-        raise SynthkitError(f'{out} already holds variation k={r["k"]} of {r["source"]!r}, made with other settings ({"; ".join(diff)})',
+        check(theirs.replace(batch_size=recipe.batch_size).key() != key,
+              f'{out} holds outputs computed {theirs.batch_size} per model call, but '
+              f'this run would compute {recipe.batch_size}: the batch changes the pixels (by rounding), '
+              'so the folder would mix two results',
+              f'resume with batch_size={theirs.batch_size} (--batch-size {theirs.batch_size}), '
+              'or write into a new folder', path=out/MANIFEST)
+        raise SynthkitError(f'{out} already holds variation k={r["k"]} of {r["source"]!r}, '
+                            f'made with other settings ({"; ".join(diff)})',
                             'write into a new folder, or delete that one to start over', path=out/MANIFEST)
 
-def _compute(generator: Generator, batch: list, seeds: list, params: GenParams, recipe: Recipe | None = None, cache=None) -> list:
-    "(image, boxes, cls) of every output of one call, in order; from `cache` when it holds them all (then no model runs)."
+def _compute(generator: Generator, batch: list, seeds: list, params: GenParams, recipe: Recipe | None = None,
+             cache=None) -> list:
+    ("(image, boxes, cls) of every output of one call, in order; "
+     "from `cache` when it holds them all (then no model runs).")
+    # the call's own batch size decides the pixels
     keys = None if cache is None else [recipe.replace(batch_size=recipe.batch_size and len(batch)).output_key(it.id, sd)
-                                       for (it, _, _), sd in zip(batch, seeds)]   # the call's own batch size decides the pixels
+                                       for (it, _, _), sd in zip(batch, seeds)]
     if keys:
         got = [cache.get(k) for k in keys]
         if all(g is not None for g in got): return got
@@ -249,41 +270,50 @@ def _run_call(generator: Generator, batch: list, seeds: list, params: GenParams)
         else: jobs.append((it, [sd]))
     if len(jobs) == 1:
         it, sds = jobs[0]
-        return generator.generate_labelled(it.read(), it.boxes, it.cls, n=len(sds), params=params, seeds=sds, source_id=it.id,
-                                           batch_size=len(sds))
-    return [o for per in generator.generate_many([(it.read(), it.boxes, it.cls, sds) for it, sds in jobs], params) for o in per]
+        return generator.generate_labelled(it.read(), it.boxes, it.cls, n=len(sds), params=params, seeds=sds,
+                                           source_id=it.id, batch_size=len(sds))
+    return [o for per in generator.generate_many([(it.read(), it.boxes, it.cls, sds) for it, sds in jobs], params)
+            for o in per]
 
-_RECORD_FIELDS = ('source', 'k', 'part', 'path', 'label', 'sha256', 'label_sha256', 'width', 'height', 'boxes', 'cls', 'source_path')
+_RECORD_FIELDS = ('source', 'k', 'part', 'path', 'label', 'sha256', 'label_sha256', 'width', 'height', 'boxes',
+                  'cls', 'source_path')
 
 def _info(output, record: dict) -> dict:
-    "The facts a generator attached to one output (`output.info`, e.g. the boxes `paste` added) for its record; a field the record has is refused."
+    ("The facts a generator attached to one output (`output.info`, e.g. the boxes `paste` added) for its record; "
+     "a field the record has is refused.")
     info = dict(getattr(output, 'info', None) or {})
     clash = sorted(set(info) & (set(record) | set(_RECORD_FIELDS)))
-    check(not clash, f'the generator attached {clash[0] if clash else ""!r} to an output, a field every manifest record has', 'give the info another name')
+    check(not clash, f'the generator attached {clash[0] if clash else ""!r} to an output, '
+                     'a field every manifest record has', 'give the info another name')
     return info
 
 def _takes_info(label_check) -> bool:
-    "Whether `label_check` takes the output's info as `info=` (`LabelCheck` does; a plain `(image, boxes, cls)` function does not)."
+    ("Whether `label_check` takes the output's info as `info=` (`LabelCheck` does; "
+     "a plain `(image, boxes, cls)` function does not).")
     try: ps = inspect.signature(label_check).parameters
     except (TypeError, ValueError): return False
     return 'info' in ps or any(p.kind is p.VAR_KEYWORD for p in ps.values())
 
-def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params: GenParams, out, *, parts: dict | None = None,
-               into: str | None = None, batch_size: int | None = None, label_check=None, progress: bool = True,
-               shard: tuple | None = None, ks=None, cache=None) -> SynthSummary:
-    "Write `n_per_image` variations of each source (`ks`: only these k) with labels and a manifest into `out`; resumable. Returns a summary."
+def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params: GenParams, out, *,
+               parts: dict | None = None, into: str | None = None, batch_size: int | None = None, label_check=None,
+               progress: bool = True, shard: tuple | None = None, ks=None, cache=None) -> SynthSummary:
+    ("Write `n_per_image` variations of each source (`ks`: only these k) with labels and a manifest into `out`; "
+     "resumable. Returns a summary.")
     from tqdm.auto import tqdm
     from synthkit.data.formats import write_data_yaml
     params = params.check(getattr(generator, 'img2img_steps', False))
-    check(isinstance(n_per_image, (int, np.integer)) and n_per_image >= 1, f'n_per_image={n_per_image!r} must be an integer ≥ 1')
+    check(isinstance(n_per_image, (int, np.integer)) and n_per_image >= 1,
+          f'n_per_image={n_per_image!r} must be an integer ≥ 1')
     want = set(range(n_per_image)) if ks is None else {int(k) for k in ks}
-    check(want and want <= set(range(n_per_image)), f'ks={sorted(want)} must name outputs 0 … {n_per_image - 1}', 'pick some of them')
+    check(want and want <= set(range(n_per_image)), f'ks={sorted(want)} must name outputs 0 … {n_per_image - 1}',
+          'pick some of them')
     plan = _plan(dataset, parts, into)
     out = _check_out(out, dataset, plan, generator)   # before anything is written
     _check_sizes(plan, generator)
     bs = max(1, int(batch_size or generator.batch_size))
     rank, world = shard or _shard_from_env()
-    calls = _calls(plan, n_per_image, bs, getattr(generator, 'cross_source', False))[rank::world]   # whole calls per process
+    # whole calls per process
+    calls = _calls(plan, n_per_image, bs, getattr(generator, 'cross_source', False))[rank::world]
     recipe = Recipe.of(generator, params, bs)
     man, rej = Manifest(out), Manifest(out/REJECTED)
     ours = {it.id for it, _ in plan}
@@ -291,7 +321,8 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
     _check_recipe(out, old, ours, n_per_image, recipe)
     stale = _stale(out, recs, ours, n_per_image)   # recorded, but the file is gone or is not the one recorded
     done = {(r['source'], int(r['k'])) for r in old} - stale
-    done |= {(it.id, k) for c in calls for it, _, k in c if k not in want}   # not asked for: computed with their call, never written
+    # not asked for: computed with their call, never written
+    done |= {(it.id, k) for c in calls for it, _, k in c if k not in want}
     out.mkdir(parents=True, exist_ok=True)
     summ = SynthSummary(out, planned=sum(k in want for c in calls for _, _, k in c))
     todo = [(it, p, k) for c in calls for it, p, k in c if (it.id, k) not in done]
@@ -299,7 +330,8 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
     evals0 = getattr(generator, 'unet_evals', None)
     with_info = label_check is not None and _takes_info(label_check)
     t0 = time.monotonic()
-    bar = tqdm(total=len(todo), disable=not progress, desc=f'generate {generator.name}' + (f' [{rank + 1}/{world}]' if world > 1 else ''), unit='img')
+    bar = tqdm(total=len(todo), disable=not progress,
+               desc=f'generate {generator.name}' + (f' [{rank + 1}/{world}]' if world > 1 else ''), unit='img')
     base = dict(generator.describe(), params=params.asdict(), **recipe.record())
     try:
         for batch in calls:
@@ -317,7 +349,8 @@ def synthesize(dataset: Dataset, generator: Generator, n_per_image: int, params:
                     summ.checked += 1
                     rec['label_check'] = dict(keep=bool(v.keep), reason=str(getattr(v, 'reason', '')))
                     if not v.keep:
-                        rej.append(dict(rec, source=it.id, k=int(k), part=part)); summ.dropped += 1; bar.update(1); continue
+                        rej.append(dict(rec, source=it.id, k=int(k), part=part)); summ.dropped += 1; bar.update(1)
+                        continue
                     boxes, cls = np.asarray(v.boxes, np.float32).reshape(-1, 4), np.asarray(v.cls, np.int64).reshape(-1)
                     changed = len(boxes) != len(gb) or not np.allclose(boxes, gb) or not np.array_equal(cls, gc)
                     rec['label_check']['relabelled'] = bool(changed); summ.relabelled += bool(changed)
@@ -351,23 +384,29 @@ def _finish(out: Path, plan: list, names: list, n: int):
     with open(man.path, 'a+b') as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            recs = list({(r['source'], int(r['k'])): r for r in man.read()}.values())   # an output made again: its last record
+            # an output made again: its last record
+            recs = list({(r['source'], int(r['k'])): r for r in man.read()}.values())
             order = {it.id: i for i, (it, _) in enumerate(plan)}
-            recs.sort(key=lambda r: (order.get(r['source'], len(order)), r['source'] if r['source'] not in order else '', int(r['k'])))
+            recs.sort(key=lambda r: (order.get(r['source'], len(order)),
+                                     r['source'] if r['source'] not in order else '', int(r['k'])))
             man.rewrite(recs)
         finally: fcntl.flock(fh, fcntl.LOCK_UN)
     present = sorted({p for p in ('train', 'val', 'test') if (out/'images'/p).is_dir()} | {r['part'] for r in recs},
                      key=lambda p: (('train', 'val', 'test') + (p,)).index(p))
-    if present: write_data_yaml(out, names, {p: f'images/{p}' for p in present}, 'variations written by synthkit.synthesize')
+    if present:
+        write_data_yaml(out, names, {p: f'images/{p}' for p in present}, 'variations written by synthkit.synthesize')
 
 # %% ../nbs/13_synthesize.ipynb #408c2971
 def regenerate(record: dict, generator: Generator, dataset: Dataset | None = None, *, labels: bool = False):
-    "Output `record['k']` of its source, recomputed from its manifest record (source from `dataset` or `record['source_path']`); `labels=True`: `(image, boxes, cls)` (pass `dataset` for the source's boxes)."
+    ("Output `record['k']` of its source, recomputed from its manifest record (source from `dataset` or "
+     "`record['source_path']`); `labels=True`: `(image, boxes, cls)` (pass `dataset` for the source's boxes).")
     d = generator.describe()
     for key in ('generator', 'weights_hash'):
-        check(record.get(key) == d[key], f'the record was made by {key}={record.get(key)!r}, this generator has {d[key]!r}',
+        check(record.get(key) == d[key],
+              f'the record was made by {key}={record.get(key)!r}, this generator has {d[key]!r}',
               'load the generator (and weights) named in the record')
-    check(record.get('dtype') in (None, d.get('dtype')), f'the record was computed in {record.get("dtype")}, this generator runs in {d.get("dtype")}',
+    check(record.get('dtype') in (None, d.get('dtype')),
+          f'the record was computed in {record.get("dtype")}, this generator runs in {d.get("dtype")}',
           f"load the generator with dtype={DTYPE_ARGS.get(record.get('dtype'), record.get('dtype'))!r}")
     params, theirs = GenParams(**record['params']), Recipe.from_record(record)
     if theirs is not None:
@@ -377,16 +416,22 @@ def regenerate(record: dict, generator: Generator, dataset: Dataset | None = Non
     if dataset is not None: it = dataset[record['source']]; image, boxes, cls = it.read(), it.boxes, it.cls
     else:
         src = Path(record['source_path'])
-        check(src.exists(), 'the source image of this record is gone', 'pass the dataset it came from (dataset=...)', path=src)
+        check(src.exists(), 'the source image of this record is gone', 'pass the dataset it came from (dataset=...)',
+              path=src)
         image, boxes, cls = read_image(src), None, None
-    bs, row = int(record.get('batch_size', 1)), int(record.get('row', 0))   # a record from before rows were recorded: the first
-    check(0 <= row < bs, f"the record's row={row} is not a place in its batch of {bs}", 'regenerate from the record synthesize wrote')
+    # a record from before rows were recorded: the first
+    bs, row = int(record.get('batch_size', 1)), int(record.get('row', 0))
+    check(0 <= row < bs, f"the record's row={row} is not a place in its batch of {bs}",
+          'regenerate from the record synthesize wrote')
     fill = [derive_seed(params.seed, f'{record["source"]}#filler', j) for j in range(bs - 1)]
-    with torch_threads(record.get('threads')):   # the same kernels: the batch's size, the output's place in it, the thread count
-        out = generator.generate_labelled(image, boxes, cls, n=bs, params=params, seeds=fill[:row] + [int(record['seed'])] + fill[row:],
+    # the same kernels: the batch's size, the output's place in it, the thread count
+    with torch_threads(record.get('threads')):
+        out = generator.generate_labelled(image, boxes, cls, n=bs, params=params,
+                                          seeds=fill[:row] + [int(record['seed'])] + fill[row:],
                                           source_id=record['source'], batch_size=bs)[row]
     if theirs is None and record.get('sha256'):
-        check(_written_sha(out[0]) == record['sha256'], 'the record predates recorded generator options, and the output recomputed from it '
+        check(_written_sha(out[0]) == record['sha256'],
+              'the record predates recorded generator options, and the output recomputed from it '
               'is not the one it names: this generator was loaded with other options than the run\'s',
               "load it with the options the run used (a record of this synthkit names them all, in its 'recipe')")
     return out if labels else out[0]
@@ -409,15 +454,21 @@ def cli_args(parser):
     parser.add_argument('--prompt', default=d.prompt)
     parser.add_argument('--negative-prompt', default=d.negative_prompt)
     parser.add_argument('--out', required=True, help='output folder (an existing one is resumed)')
-    parser.add_argument('--batch-size', type=int, default=None, help='outputs per model call (default: the generator\'s)')
+    parser.add_argument('--batch-size', type=int, default=None,
+                        help='outputs per model call (default: the generator\'s)')
     parser.add_argument('--parts', default=None, help='only these parts of DATA, comma-separated (e.g. train)')
-    parser.add_argument('--into', default=None, help='put every output into this part (train: refused for val/test sources)')
-    parser.add_argument('--label-check', default=None, metavar='WEIGHTS', help='YOLO weights trained on the real training images')
-    parser.add_argument('--device', default=None, help='torch device (default: cpu, or the process\'s GPU under accelerate)')
-    parser.add_argument('--dtype', default=None, help='model precision: ddpm auto (default: bf16 where the CPU/GPU has it) | fp32 | bf16; '
-                                                      'diffusers backends fp32 (default) | fp16 | bf16')
+    parser.add_argument('--into', default=None,
+                        help='put every output into this part (train: refused for val/test sources)')
+    parser.add_argument('--label-check', default=None, metavar='WEIGHTS',
+                        help='YOLO weights trained on the real training images')
+    parser.add_argument('--device', default=None,
+                        help='torch device (default: cpu, or the process\'s GPU under accelerate)')
+    parser.add_argument('--dtype', default=None,
+                        help='model precision: ddpm auto (default: bf16 where the CPU/GPU has it) | fp32 | bf16; '
+                             'diffusers backends fp32 (default) | fp16 | bf16')
     parser.add_argument('--option', dest='options', action='append', metavar='KEY=VALUE', default=[],
-                        help="a generator option (Python literal), e.g. --option condition=boxes --option conditioning_scale=0.5")
+                        help="a generator option (Python literal), e.g. "
+                             "--option condition=boxes --option conditioning_scale=0.5")
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 def cli_run(args) -> int:
@@ -427,7 +478,9 @@ def cli_run(args) -> int:
     parts = source_parts(ds) or {'train': ds.ids}
     if args.parts:
         want = [p.strip() for p in args.parts.split(',') if p.strip()]
-        for p in want: check(p in parts, f'--parts names {p!r}, which {args.data} does not have', f'use some of {", ".join(parts)}')
+        for p in want:
+            check(p in parts, f'--parts names {p!r}, which {args.data} does not have',
+                  f'use some of {", ".join(parts)}')
         parts = {p: parts[p] for p in want}
     _plan(ds, parts, args.into)   # the lineage guard answers before a model is loaded
     shard = _shard_from_env()
@@ -435,7 +488,8 @@ def cli_run(args) -> int:
     if device is None and shard[1] > 1:
         from accelerate import PartialState
         device = str(PartialState().device)
-    opts = ({} if device in (None, 'cpu') else {'device': device}) | ({} if args.dtype is None else {'dtype': args.dtype})
+    opts = (({} if device in (None, 'cpu') else {'device': device})
+            | ({} if args.dtype is None else {'dtype': args.dtype}))
     extra = parse_assignments(getattr(args, 'options', []), '--option')
     both = sorted(set(extra) & set(opts))
     check(not both, f'--option {both[0] if both else ""}=... repeats --{both[0] if both else ""}', 'give it once')

@@ -58,11 +58,13 @@ def _seeded(seed: int):
 DIM = 32   # width of the text / image embeddings and of the UNet's cross-attention
 
 def tiny_unet(**kw):
-    "A 2-level `UNet2DConditionModel` on 4 latent channels with cross-attention of width `DIM`; `kw` overrides the config."
+    ("A 2-level `UNet2DConditionModel` on 4 latent channels with cross-attention of width `DIM`; "
+     "`kw` overrides the config.")
     from diffusers import UNet2DConditionModel
     cfg = dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-               down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D'), up_block_types=('CrossAttnUpBlock2D', 'UpBlock2D'),
-               cross_attention_dim=DIM, attention_head_dim=8, norm_num_groups=32)
+               down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D'),
+               up_block_types=('CrossAttnUpBlock2D', 'UpBlock2D'), cross_attention_dim=DIM, attention_head_dim=8,
+               norm_num_groups=32)
     return UNet2DConditionModel(**{**cfg, **kw})
 
 def tiny_vae():
@@ -73,18 +75,21 @@ def tiny_vae():
                          layers_per_block=1, norm_num_groups=8, sample_size=64)
 
 def tiny_text_encoder(tok, projection: bool = False):
-    "A 2-layer `CLIPTextModel` of width `DIM` matching `tok` (`CLIPTextModelWithProjection`, SDXL's second encoder, if `projection`)."
+    ("A 2-layer `CLIPTextModel` of width `DIM` matching `tok` (`CLIPTextModelWithProjection`, "
+     "SDXL's second encoder, if `projection`).")
     import transformers
     cls = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
-    return cls(transformers.CLIPTextConfig(hidden_size=DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        projection_dim=DIM, vocab_size=len(tok), max_position_embeddings=tok.model_max_length,
-                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    return cls(transformers.CLIPTextConfig(hidden_size=DIM, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, projection_dim=DIM, vocab_size=len(tok),
+                                           max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,
+                                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
 
 def tiny_image_encoder(size: int = 32):
     "A 2-layer `CLIPVisionModelWithProjection` on `size` px inputs and its `CLIPImageProcessor`."
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, CLIPImageProcessor
     enc = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=DIM, intermediate_size=64, num_hidden_layers=2,
-                                                         num_attention_heads=4, projection_dim=DIM, image_size=size, patch_size=8))
+                                                         num_attention_heads=4, projection_dim=DIM,
+                                                         image_size=size, patch_size=8))
     return enc, CLIPImageProcessor(size={'shortest_edge': size}, crop_size={'height': size, 'width': size})
 
 def tiny_scheduler():
@@ -106,23 +111,26 @@ def _save(pipe, folder) -> Path:
     return folder
 
 def build_tiny_sd_img2img(folder, seed: int = 0) -> Path:
-    "Write a complete tiny `StableDiffusionImg2ImgPipeline` to `folder` (safetensors, no safety checker); returns the folder."
+    ("Write a complete tiny `StableDiffusionImg2ImgPipeline` to `folder` (safetensors, "
+     "no safety checker); returns the folder.")
     from diffusers import StableDiffusionImg2ImgPipeline
     folder = Path(folder)
     with _seeded(seed):
         tok = tiny_tokenizer()
-        pipe = StableDiffusionImg2ImgPipeline(vae=tiny_vae(), text_encoder=tiny_text_encoder(tok), tokenizer=tok, unet=tiny_unet(),
-                                              scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
-                                              requires_safety_checker=False)
+        pipe = StableDiffusionImg2ImgPipeline(vae=tiny_vae(), text_encoder=tiny_text_encoder(tok), tokenizer=tok,
+                                              unet=tiny_unet(), scheduler=tiny_scheduler(), safety_checker=None,
+                                              feature_extractor=None, requires_safety_checker=False)
     return _save(pipe, folder)
 
 def build_tiny_sdxl_img2img(folder, seed: int = 0) -> Path:
-    "Write a tiny `StableDiffusionXLImg2ImgPipeline` to `folder`: two text encoders, a UNet with SDXL's size/crop conditioning."
+    ("Write a tiny `StableDiffusionXLImg2ImgPipeline` to `folder`: "
+     "two text encoders, a UNet with SDXL's size/crop conditioning.")
     from diffusers import StableDiffusionXLImg2ImgPipeline
     with _seeded(seed):
         tok = tiny_tokenizer()
-        # SDXL concatenates both encoders' hidden states (2 × DIM) for cross-attention, and adds to the time embedding the
-        # pooled second-encoder output (DIM) plus 6 size/crop numbers (original size, crop corner, target size), 8 wide each
+        # SDXL concatenates both encoders' hidden states (2 × DIM) for cross-attention,
+        # and adds to the time embedding the pooled second-encoder output (DIM) plus 6
+        # size/crop numbers (original size, crop corner, target size), 8 wide each
         unet = tiny_unet(cross_attention_dim=2 * DIM, addition_embed_type='text_time', addition_time_embed_dim=8,
                          projection_class_embeddings_input_dim=6 * 8 + DIM)
         pipe = StableDiffusionXLImg2ImgPipeline(vae=tiny_vae(), text_encoder=tiny_text_encoder(tok), tokenizer=tok,
@@ -136,12 +144,14 @@ def build_tiny_image_variation(folder, seed: int = 0) -> Path:
     from diffusers import StableDiffusionImageVariationPipeline
     with _seeded(seed):
         enc, proc = tiny_image_encoder()
-        pipe = StableDiffusionImageVariationPipeline(vae=tiny_vae(), image_encoder=enc, unet=tiny_unet(), scheduler=tiny_scheduler(),
-                                                     safety_checker=None, feature_extractor=proc, requires_safety_checker=False)
+        pipe = StableDiffusionImageVariationPipeline(vae=tiny_vae(), image_encoder=enc, unet=tiny_unet(),
+                                                     scheduler=tiny_scheduler(), safety_checker=None,
+                                                     feature_extractor=proc, requires_safety_checker=False)
     return _save(pipe, folder)
 
 def build_tiny_unclip(folder, seed: int = 0) -> Path:
-    "Write a tiny `StableUnCLIPImg2ImgPipeline` to `folder`: the UNet takes the noised image embedding as a class embedding."
+    ("Write a tiny `StableUnCLIPImg2ImgPipeline` to `folder`: "
+     "the UNet takes the noised image embedding as a class embedding.")
     from diffusers import StableUnCLIPImg2ImgPipeline, DDPMScheduler
     from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
     with _seeded(seed):
@@ -156,25 +166,29 @@ def build_tiny_unclip(folder, seed: int = 0) -> Path:
     return _save(pipe, folder)
 
 def build_tiny_controlnet(folder, seed: int = 0) -> Path:
-    "Write a tiny `StableDiffusionControlNetImg2ImgPipeline` (SD img2img + a ControlNet whose condition has an effect) to `folder`."
+    ("Write a tiny `StableDiffusionControlNetImg2ImgPipeline` (SD img2img + a ControlNet whose condition "
+     "has an effect) to `folder`.")
     from diffusers import StableDiffusionControlNetImg2ImgPipeline, ControlNetModel
     with _seeded(seed):
         tok = tiny_tokenizer()
         unet = tiny_unet()
         cn = ControlNetModel(block_out_channels=(32, 64), layers_per_block=1, in_channels=4,
                              down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D'), cross_attention_dim=DIM,
-                             attention_head_dim=8, norm_num_groups=32, conditioning_embedding_out_channels=(16, 32, 64, 128))
+                             attention_head_dim=8, norm_num_groups=32,
+                             conditioning_embedding_out_channels=(16, 32, 64, 128))
         # a fresh ControlNet's output convolutions are zero (it starts as a no-op); give them small random weights so
         # that tests can see the condition steer the result
         for m in [*cn.controlnet_down_blocks, cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
             torch.nn.init.normal_(m.weight, std=0.5)
-        pipe = StableDiffusionControlNetImg2ImgPipeline(vae=tiny_vae(), text_encoder=tiny_text_encoder(tok), tokenizer=tok, unet=unet,
-                                                        controlnet=cn, scheduler=tiny_scheduler(), safety_checker=None,
+        pipe = StableDiffusionControlNetImg2ImgPipeline(vae=tiny_vae(), text_encoder=tiny_text_encoder(tok),
+                                                        tokenizer=tok, unet=unet, controlnet=cn,
+                                                        scheduler=tiny_scheduler(), safety_checker=None,
                                                         feature_extractor=None, requires_safety_checker=False)
     return _save(pipe, folder)
 
 # %% ../nbs/14_testing.ipynb #0a0d7166
-def toy_dataset(out, n: int = 24, size: int = 64, seed: int = 0, parts=(('train', .5), ('val', .25), ('test', .25))) -> Path:
+def toy_dataset(out, n: int = 24, size: int = 64, seed: int = 0,
+                parts=(('train', .5), ('val', .25), ('test', .25))) -> Path:
     "Write `n` tiny grey images with 1-2 bright boxes each, in the Ultralytics layout; returns the data.yaml path."
     from PIL import Image
     out = Path(out); rng = np.random.default_rng(seed)
@@ -185,7 +199,8 @@ def toy_dataset(out, n: int = 24, size: int = 64, seed: int = 0, parts=(('train'
             img = rng.gamma(2.0, 20.0, (size, size)).clip(0, 255)
             lines = []
             for _ in range(rng.integers(1, 3)):
-                w, h = rng.integers(size // 8, size // 3, 2); x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
+                w, h = rng.integers(size // 8, size // 3, 2)
+                x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
                 img[y0:y0 + h, x0:x0 + w] = rng.uniform(200, 255)
                 lines.append(f'0 {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}')
             Image.fromarray(img.astype(np.uint8)).save(out/'images'/part/f'toy{i:04d}.png')
@@ -196,7 +211,8 @@ def toy_dataset(out, n: int = 24, size: int = 64, seed: int = 0, parts=(('train'
 
 # %% ../nbs/14_testing.ipynb #57f0aacc
 def speckle_toy(folder, n: int = 6, size: int = 48, seed: int = 0, splits=None) -> Dataset:
-    "Write `n` toy SAR-like grey PNGs with 1–2 bright boxes each to `folder`; returns their `Dataset` (`splits`: one per image)."
+    ("Write `n` toy SAR-like grey PNGs with 1–2 bright boxes each to `folder`; "
+     "returns their `Dataset` (`splits`: one per image).")
     folder = Path(folder); rng = np.random.default_rng(seed); items = []
     for i in range(n):
         sea = rng.gamma(2.0, 20.0, (size, size))

@@ -15,7 +15,8 @@ from fastcore.basics import patch
 
 from .errors import SynthkitError, check
 from .offline import setup_offline, config_dir
-from .generators import Generator, GenParams, GENERATORS, KNOBS, DTYPE_ARGS, derive_seed, load_generator, generator_class
+from .generators import (Generator, GenParams, GENERATORS, KNOBS, DTYPE_ARGS, derive_seed, load_generator,
+                                 generator_class)
 from .panels import Panel
 from .grids import display_scale, grid_png
 from .output_cache import OutputCache, generator_spec, output_key
@@ -29,18 +30,21 @@ setup_offline()
 __all__ = ['PreviewResult', 'TuningPanel']
 
 # %% ../nbs/30_tuning.ipynb #314cd194
-PANEL_OPTIONS = {'paste': ('k', 'scale', 'looks'), 'ddpm-paste': ('k', 'scale', 'looks', 'harmonizer')}   # generator options set by the panel's knobs
+# generator options set by the panel's knobs
+PANEL_OPTIONS = {'paste': ('k', 'scale', 'looks'), 'ddpm-paste': ('k', 'scale', 'looks', 'harmonizer')}
 
 def _name_of(g) -> str:
     "The registry name of a generator or a spec string (`'ddpm:FOLDER'` → 'ddpm')."
     return str(g).partition(':')[0] if isinstance(g, str) else str(getattr(g, 'name', ''))
 
 def _panel_built(g) -> str | None:
-    "'paste' / 'ddpm-paste' for a spec string the panel builds from its knobs; None for anything else (a Generator is used as given)."
+    ("'paste' / 'ddpm-paste' for a spec string the panel builds from its knobs; "
+     "None for anything else (a Generator is used as given).")
     return _name_of(g) if isinstance(g, str) and _name_of(g) in PANEL_OPTIONS else None
 
 def _offer_paste(gens: dict, dataset) -> dict:
-    "`gens` plus 'paste' (the dataset has boxes) and 'ddpm-paste' (registered, and a DDPM among `gens` to harmonize), unless already there."
+    ("`gens` plus 'paste' (the dataset has boxes) and 'ddpm-paste' (registered, and a DDPM among `gens` to "
+     "harmonize), unless already there.")
     gens, names = dict(gens), {_name_of(g) for g in gens.values()}
     if not any(it.n_boxes for it in dataset): return gens
     if 'paste' not in names and 'paste' not in gens: gens['paste'] = 'paste'
@@ -51,7 +55,8 @@ def _offer_paste(gens: dict, dataset) -> dict:
 # %% ../nbs/30_tuning.ipynb #2a7d171b
 @dataclass
 class PreviewResult:
-    "What the last Preview / sweep computed: `images[row][col]` (None where cancelled before it), with their seeds and params."
+    ("What the last Preview / sweep computed: `images[row][col]` (None where cancelled before it), "
+     "with their seeds and params.")
     mode: str                 # 'variations' | 'sweep'
     item_id: str
     generator: str
@@ -63,7 +68,8 @@ class PreviewResult:
     labels: list = field(default_factory=list)  # (boxes, cls) per cell: the source's, or those a generator moved
     cancelled: bool = False
     error: str = ''
-    infos: list = field(default_factory=list)   # per cell, the facts the generator attached (`output.info`, e.g. what `paste` placed)
+    # per cell, the facts the generator attached (`output.info`, e.g. what `paste` placed)
+    infos: list = field(default_factory=list)
     gen: Generator | None = field(default=None, repr=False)   # the generator that made them (Keep writes with it)
 
     def pasted(self) -> tuple | None:
@@ -78,13 +84,16 @@ class PreviewResult:
 
 
 def _generate_one(gen: Generator, src, it, p: GenParams, seed: int) -> tuple:
-    "(image, boxes, cls) of one output, exactly as `synthesize` writes it (`Generator.generate_labelled`), with its `.info` if any."
+    ("(image, boxes, cls) of one output, exactly as `synthesize` writes it "
+     "(`Generator.generate_labelled`), with its `.info` if any.")
     out = gen.generate_labelled(src, it.boxes, it.cls, n=1, params=p, seeds=[seed], source_id=it.id, batch_size=1)[0]
-    return out if isinstance(out, tuple) else tuple(out)   # a `paste.Labelled` stays one: Keep writes its info from the cache
+    # a `paste.Labelled` stays one: Keep writes its info from the cache
+    return out if isinstance(out, tuple) else tuple(out)
 
 def _parse_floats(text: str, what: str) -> list:
     try: vals = [float(v) for v in str(text).replace(';', ',').split(',') if v.strip()]
-    except ValueError: raise SynthkitError(f'{what} {text!r} is not a comma-separated list of numbers', 'write e.g. 0.2, 0.4, 0.6')
+    except ValueError:
+        raise SynthkitError(f'{what} {text!r} is not a comma-separated list of numbers', 'write e.g. 0.2, 0.4, 0.6')
     check(vals, f'{what} is empty', 'write e.g. 0.2, 0.4, 0.6')
     for v in vals: check(0 < v <= 1, f'{what}: strength {v} is outside (0, 1]', 'use values such as 0.2, 0.4, 0.6')
     return vals
@@ -108,7 +117,8 @@ class TuningPanel(Panel):
         if paste: gens = _offer_paste(gens, dataset)
         self.generators = gens
         self.cache_dir = Path(cache_dir if cache_dir is not None else config_dir()/'tuning').expanduser()
-        self._banks, self._built = {}, {}        # crop banks by folder ('' = cut from this dataset); paste generators per setting
+        # crop banks by folder ('' = cut from this dataset); paste generators per setting
+        self._banks, self._built = {}, {}
         self.cache, self.result, self.kept = OutputCache(cache_size), None, []
         self._rng = np.random.default_rng(seed)      # the "new seed" button draws from here
         self._sources, self._thread, self._cancel, self._gen_lock = {}, None, threading.Event(), threading.Lock()
@@ -126,25 +136,34 @@ class TuningPanel(Panel):
         L = lambda **kw: W.Layout(**kw)
         st = {'description_width': '90px'}
         self.w_image = W.Dropdown(options=self.dataset.ids, description='image', style=st, layout=L(width='300px'))
-        self.w_generator = W.Dropdown(options=list(self.generators), description='generator', style=st, layout=L(width='300px'))
-        self.w_strength = W.FloatSlider(value=params.strength, min=0.05, max=1.0, step=0.05, description='strength', style=st, continuous_update=False)
-        self.w_guidance = W.FloatSlider(value=params.guidance, min=0.0, max=20.0, step=0.5, description='guidance', style=st, continuous_update=False)
-        self.w_steps = W.IntSlider(value=params.steps, min=1, max=100, description='steps', style=st, continuous_update=False)
+        self.w_generator = W.Dropdown(options=list(self.generators), description='generator', style=st,
+                                      layout=L(width='300px'))
+        self.w_strength = W.FloatSlider(value=params.strength, min=0.05, max=1.0, step=0.05, description='strength',
+                                        style=st, continuous_update=False)
+        self.w_guidance = W.FloatSlider(value=params.guidance, min=0.0, max=20.0, step=0.5, description='guidance',
+                                        style=st, continuous_update=False)
+        self.w_steps = W.IntSlider(value=params.steps, min=1, max=100, description='steps', style=st,
+                                   continuous_update=False)
         self.w_seed = W.IntText(value=params.seed, description='seed', style=st, layout=L(width='220px'))
         self.b_new_seed = W.Button(description='new seed', icon='random', layout=L(width='100px'))
         self.w_n = W.IntSlider(value=n, min=1, max=8, description='variations', style=st, continuous_update=False)
         self.w_prompt = W.Text(value=params.prompt, description='prompt', style=st, layout=L(width='420px'))
-        self.w_negative = W.Text(value=params.negative_prompt, description='negative', style=st, layout=L(width='420px'))
+        self.w_negative = W.Text(value=params.negative_prompt, description='negative', style=st,
+                                 layout=L(width='420px'))
         self.w_k = W.IntSlider(value=3, min=1, max=16, description='ships k', style=st, continuous_update=False,
                                tooltip='ships pasted into each output')
-        self.w_scale = W.FloatRangeSlider(value=(0.8, 1.25), min=0.25, max=4.0, step=0.05, description='scale', style=st,
-                                          continuous_update=False, readout_format='.2f',
-                                          tooltip='each pasted ship is scaled by a factor drawn log-uniformly from this range')
-        self.w_looks = W.BoundedFloatText(value=0, min=0, max=64, step=1, description='speckle looks', style=st, layout=L(width='220px'),
-                                          tooltip='fresh gamma speckle of this many looks over each pasted output, as the classic copies get (0: none)')
+        self.w_scale = W.FloatRangeSlider(value=(0.8, 1.25), min=0.25, max=4.0, step=0.05, description='scale',
+                                          style=st, continuous_update=False, readout_format='.2f',
+                                          tooltip='each pasted ship is scaled by a factor drawn log-uniformly '
+                                                  'from this range')
+        self.w_looks = W.BoundedFloatText(value=0, min=0, max=64, step=1, description='speckle looks', style=st,
+                                          layout=L(width='220px'),
+                                          tooltip='fresh gamma speckle of this many looks over each pasted output, '
+                                                  'as the classic copies get (0: none)')
         self.w_harmonizer = W.Dropdown(options=[l for l, g in self.generators.items() if _name_of(g) == 'ddpm'],
                                        description='harmonizer', style=st, layout=L(width='300px'))
-        self.w_mode = W.ToggleButtons(options=['variations', 'sweep'], tooltips=['source + n variations', 'rows of strengths × columns of seeds'],
+        self.w_mode = W.ToggleButtons(options=['variations', 'sweep'],
+                                      tooltips=['source + n variations', 'rows of strengths × columns of seeds'],
                                       style={'button_width': '100px'})
         self.w_sweep = W.Text(value=', '.join(f'{s:g}' for s in sweep_strengths), description='strengths', style=st,
                               layout=L(width='300px'), tooltip='sweep rows: strengths, comma-separated')
@@ -160,7 +179,8 @@ class TuningPanel(Panel):
         self.b_keep = W.Button(description='Keep', icon='save', button_style='success', disabled=True)
         self.b_code = W.Button(description='Copy as code', icon='code')
         self.w_code = W.Textarea(value='', layout=L(width='100%', height='120px', display='none'))
-        self.b_score = W.Button(description='Score', icon='check', tooltip='SSIM / PSNR / KID / hallucinations of a few outputs at these settings')
+        self.b_score = W.Button(description='Score', icon='check',
+                                tooltip='SSIM / PSNR / KID / hallucinations of a few outputs at these settings')
         self.w_score = W.HTML(value='')
 
         self.w_generator.observe(lambda c: self._on_generator(), 'value')
@@ -189,7 +209,8 @@ class TuningPanel(Panel):
 # %% ../nbs/30_tuning.ipynb #1b933cff
 @patch(as_prop=True)
 def generator(self: TuningPanel) -> Generator:
-    "The generator picked now (a spec string is loaded the first time; `paste` / `ddpm-paste` are built with the panel's k, scale and harmonizer)."
+    ("The generator picked now (a spec string is loaded the first time; `paste` / `ddpm-paste` are built with the "
+     "panel's k, scale and harmonizer).")
     label = self.w_generator.value
     if _panel_built(self.generators[label]): return self._paste_generator(label)
     return self._load(label)
@@ -216,25 +237,29 @@ def params(self: TuningPanel) -> GenParams:
 
 @patch
 def set(self: TuningPanel, **kw) -> 'TuningPanel':
-    """Set knobs by name (`strength`, `guidance`, `steps`, `seed`, `prompt`, `negative_prompt`, `n`, `image`, `generator`, `mode`,
-    and for pasting `k`, `scale` (a number or a (lo, hi) range), `looks` (fresh speckle; 0 or None: none) and `harmonizer`)."""
+    """Set knobs by name (`strength`, `guidance`, `steps`, `seed`, `prompt`, `negative_prompt`, `n`, `image`,
+    `generator`, `mode`, and for pasting `k`, `scale` (a number or a (lo, hi) range), `looks` (fresh speckle; 0 or None:
+    none) and `harmonizer`)."""
     ws = dict(strength=self.w_strength, guidance=self.w_guidance, steps=self.w_steps, seed=self.w_seed, n=self.w_n,
               prompt=self.w_prompt, negative_prompt=self.w_negative, image=self.w_image, generator=self.w_generator,
-              mode=self.w_mode, sweep=self.w_sweep, out=self.w_out, k=self.w_k, scale=self.w_scale, looks=self.w_looks, harmonizer=self.w_harmonizer)
+              mode=self.w_mode, sweep=self.w_sweep, out=self.w_out, k=self.w_k, scale=self.w_scale, looks=self.w_looks,
+              harmonizer=self.w_harmonizer)
     for k, v in kw.items():
         check(k in ws, f'unknown panel setting {k!r}', f'use one of {", ".join(ws)}')
         if k == 'scale':
             v = (v, v) if isinstance(v, (int, float)) else tuple(v)
             w = self.w_scale
-            check(len(v) == 2 and w.min <= v[0] <= v[1] <= w.max, f'scale={kw[k]!r} is not a range inside [{w.min:g}, {w.max:g}]',
-                  'use e.g. (0.8, 1.25) or 1.0')
+            check(len(v) == 2 and w.min <= v[0] <= v[1] <= w.max,
+                  f'scale={kw[k]!r} is not a range inside [{w.min:g}, {w.max:g}]', 'use e.g. (0.8, 1.25) or 1.0')
         if k == 'k':
             check(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and self.w_k.min <= v <= self.w_k.max,
-                  f'k={v!r} is not a number of ships in [{self.w_k.min}, {self.w_k.max}]', 'use e.g. 3 ships per output')
+                  f'k={v!r} is not a number of ships in [{self.w_k.min}, {self.w_k.max}]',
+                  'use e.g. 3 ships per output')
         if k == 'looks':
             v = 0 if v is None else v
             check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= self.w_looks.max,
-                  f'looks={kw[k]!r} is not a number of looks in [0, {self.w_looks.max:g}]', 'use e.g. 8, or 0 / None for no fresh speckle')
+                  f'looks={kw[k]!r} is not a number of looks in [0, {self.w_looks.max:g}]',
+                  'use e.g. 8, or 0 / None for no fresh speckle')
         ws[k].value = v
     return self
 
@@ -245,10 +270,12 @@ def _source(self: TuningPanel, item):
 
 @patch
 def _on_generator(self: TuningPanel):
-    name = _panel_built(self.generators[self.w_generator.value])   # paste: its class's knobs, no bank built just for picking it
-    knobs = set(getattr(generator_class(name), 'knobs', ())) | set(PANEL_OPTIONS[name]) if name else self.generator.knobs
-    for k, w in [('strength', self.w_strength), ('guidance', self.w_guidance), ('steps', self.w_steps), ('seed', self.w_seed),
-                 ('prompt', self.w_prompt), ('negative_prompt', self.w_negative),
+    # paste: its class's knobs, no bank built just for picking it
+    name = _panel_built(self.generators[self.w_generator.value])
+    knobs = (set(getattr(generator_class(name), 'knobs', ())) | set(PANEL_OPTIONS[name]) if name
+             else self.generator.knobs)
+    for k, w in [('strength', self.w_strength), ('guidance', self.w_guidance), ('steps', self.w_steps),
+                 ('seed', self.w_seed), ('prompt', self.w_prompt), ('negative_prompt', self.w_negative),
                  ('k', self.w_k), ('scale', self.w_scale), ('looks', self.w_looks), ('harmonizer', self.w_harmonizer)]:
         w.disabled = k not in knobs
     self.b_new_seed.disabled = 'seed' not in knobs
@@ -272,18 +299,22 @@ def new_seed(self: TuningPanel) -> int:
 # %% ../nbs/30_tuning.ipynb #0feb5bdc
 @patch(as_prop=True)
 def paste_options(self: TuningPanel) -> dict:
-    "The options the knobs give a paste generator: `k`, `scale` (lo, hi), `looks` (None: no fresh speckle) and `harmonizer` (a label of the panel's DDPMs, or None)."
+    ("The options the knobs give a paste generator: `k`, `scale` (lo, hi), `looks` (None: "
+     "no fresh speckle) and `harmonizer` (a label of the panel's DDPMs, or None).")
     lo, hi = self.w_scale.value
-    return dict(k=int(self.w_k.value), scale=(float(lo), float(hi)), looks=float(self.w_looks.value) or None, harmonizer=self.w_harmonizer.value)
+    return dict(k=int(self.w_k.value), scale=(float(lo), float(hi)), looks=float(self.w_looks.value) or None,
+                harmonizer=self.w_harmonizer.value)
 
 @patch
 def bank(self: TuningPanel, folder: str = ''):
-    "The crop bank: of the panel's dataset's training images (built once, kept under `cache_dir/banks`), or the one saved in `folder`."
+    ("The crop bank: of the panel's dataset's training images (built once, kept under `cache_dir/banks`), "
+     "or the one saved in `folder`.")
     if folder not in self._banks:
         from synthkit.paste import CropBank
         if folder:
             b = CropBank.load(folder)
-            b.check_lineage(bank_split(self.dataset)[1], 'val/test')   # a bank that holds this dataset's val/test ships is refused
+            # a bank that holds this dataset's val/test ships is refused
+            b.check_lineage(bank_split(self.dataset)[1], 'val/test')
         else:
             self._status('cutting the crop bank from the training images …')
             b = panel_bank(self.dataset, self.cache_dir/'banks')
@@ -313,7 +344,8 @@ def run(self: TuningPanel):
 
 @patch
 def preview(self: TuningPanel, n: int | None = None) -> PreviewResult:
-    "Start computing the source + `n` variations (in a background thread; `wait()` for it). Returns the result being filled."
+    ("Start computing the source + `n` variations (in a background thread; `wait()` for it). "
+     "Returns the result being filled.")
     if n is not None: self.w_n.value = n
     p = self.params
     return self._start('variations', [p.strength], p)
@@ -375,23 +407,29 @@ def _work(self: TuningPanel, res: PreviewResult, gen, it, cancel: threading.Even
     self._render(res)
     self.b_cancel.disabled = True
     self.b_keep.disabled = not (res.mode == 'variations' and res.done and not res.error)
-    self.w_which.options = [k for k, a in zip(res.ks, res.images[0]) if a is not None] if res.mode == 'variations' else []
+    self.w_which.options = ([k for k, a in zip(res.ks, res.images[0]) if a is not None]
+                            if res.mode == 'variations' else [])
     self.w_which.value = tuple(self.w_which.options)
     if res.error: self.w_progress.bar_style = 'danger'; self._status(res.error, error=True)
-    elif res.cancelled: self.w_progress.bar_style = 'warning'; self._status(f'cancelled after {res.done} of {res.total}')
-    else: self.w_progress.bar_style = 'success'; self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s' + pasted_text(res.pasted()))
+    elif res.cancelled:
+        self.w_progress.bar_style = 'warning'; self._status(f'cancelled after {res.done} of {res.total}')
+    else:
+        self.w_progress.bar_style = 'success'
+        self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s' + pasted_text(res.pasted()))
 
 @patch
 def _render(self: TuningPanel, res: PreviewResult):
     t0 = time.time()
     it = self.dataset[res.item_id]
     src = self._source(it)
-    labels = [[(it.boxes, it.cls)] + [(*lab, pasted_boxes(info, len(lab[0]))) for lab, info in zip(r, ri)] for r, ri in zip(res.labels, res.infos)]
+    labels = [[(it.boxes, it.cls)] + [(*lab, pasted_boxes(info, len(lab[0]))) for lab, info in zip(r, ri)]
+              for r, ri in zip(res.labels, res.infos)]
     g = res.gen if res.gen is not None else self.generators.get(res.generator)
     knob = not isinstance(g, str) and 'strength' in getattr(g, 'knobs', ())
     cols = ['source'] + [f'k={k}' for k in res.ks]
     if res.mode == 'variations':   # how many ships each output got of those asked
-        cols = ['source'] + [f'k={k}: {info["paste"]["placed"]}/{info["paste"]["asked"]} pasted' if 'paste' in info else c
+        cols = ['source'] + [f'k={k}: {info["paste"]["placed"]}/{info["paste"]["asked"]} pasted'
+                             if 'paste' in info else c
                              for k, c, info in zip(res.ks, cols[1:], res.infos[0])]
     rows = [f'strength {s:g}' for s in res.strengths] if knob else None
     if res.mode == 'variations': cells = [[src] + res.images[0]]
@@ -403,8 +441,10 @@ def _render(self: TuningPanel, res: PreviewResult):
     self.w_grid.value = self.grid_png
     self._last_render, self._render_s = time.time(), time.time() - t0
     p = res.params
-    self.w_caption.value = (f'{res.mode}: {res.item_id} · {res.generator} · strength {" / ".join(f"{s:g}" for s in res.strengths)} '
-                           f'· seed {p.seed} · steps {p.steps} · {res.done}/{res.total}{" (cancelled)" if res.cancelled else ""}{pasted_text(res.pasted())}')
+    self.w_caption.value = (f'{res.mode}: {res.item_id} · {res.generator} · strength '
+                            f'{" / ".join(f"{s:g}" for s in res.strengths)} · seed {p.seed} · steps {p.steps} · '
+                            f'{res.done}/{res.total}{" (cancelled)" if res.cancelled else ""}'
+                            f'{pasted_text(res.pasted())}')
 
 @patch
 def cancel(self: TuningPanel):
@@ -413,7 +453,8 @@ def cancel(self: TuningPanel):
 
 @patch
 def wait(self: TuningPanel, timeout: float | None = None, raise_error: bool = True) -> PreviewResult | None:
-    "Block until the worker threads (Preview, Score) are done; re-raise the preview's error as `SynthkitError` (for tests and scripts)."
+    ("Block until the worker threads (Preview, Score) are done; "
+     "re-raise the preview's error as `SynthkitError` (for tests and scripts).")
     if self._thread is not None: self._thread.join(timeout)
     if self._score_thread is not None: self._score_thread.join(timeout)
     if raise_error and self.result is not None and self.result.error: raise SynthkitError(self.result.error)
@@ -425,11 +466,13 @@ def busy(self: TuningPanel) -> bool: return self._thread is not None and self._t
 # %% ../nbs/30_tuning.ipynb #9bce1255
 @patch
 def _score_split(self: TuningPanel) -> tuple:
-    "(source ids, held-out items): images whose split is val or test are KID's real side, the others the sources (the picked one first)."
+    ("(source ids, held-out items): images whose split is val or test are KID's real side, "
+     "the others the sources (the picked one first).")
     held = [it for it in self.dataset if it.meta.get('split') in HELD_PARTS]
     hid = {it.id for it in held}
     ids = [i for i in self.dataset.ids if i not in hid]
-    check(ids, 'every image of the dataset is a val or test image', 'open the panel on training images to score a generator')
+    check(ids, 'every image of the dataset is a val or test image',
+          'open the panel on training images to score a generator')
     if self.w_image.value in ids: ids.remove(self.w_image.value); ids.insert(0, self.w_image.value)
     return ids, held
 
@@ -448,12 +491,14 @@ def _score(self: TuningPanel, gen, p: GenParams, n: int):
 
 @patch
 def score(self: TuningPanel, n: int | None = None):
-    "Score `n` (default `score_n`) outputs of the current generator and settings (`synthkit.scorecard.quick_score`); shown under the Score button."
+    ("Score `n` (default `score_n`) outputs of the current generator and settings (`synthkit.scorecard.quick_score`); "
+     "shown under the Score button.")
     return self._score(self.generator, self.params, n or self.score_n)
 
 @patch
 def _score_in_background(self: TuningPanel):
-    "What the Score button does: `score()` in a worker thread (settings read now), its result or error under the button."
+    ("What the Score button does: `score()` in a worker thread (settings read now), "
+     "its result or error under the button.")
     if self._score_thread is not None and self._score_thread.is_alive(): return
     gen, p = self.generator, self.params
     self._score_split()                                   # nothing to score on: said in the status line at once
@@ -463,7 +508,10 @@ def _score_in_background(self: TuningPanel):
         try: self._score(gen, p, self.score_n)
         except Exception as e:
             if not isinstance(e, SynthkitError): traceback.print_exc()
-            self.w_score.value = f'<span style="color:#c00">{html.escape(str(e) if isinstance(e, SynthkitError) else f"{type(e).__name__}: {e}", quote=False)}</span>'
+            self.w_score.value = (
+                '<span style="color:#c00">'
+                f'{html.escape(str(e) if isinstance(e, SynthkitError) else f"{type(e).__name__}: {e}", quote=False)}'
+                '</span>')
         finally: self.b_score.disabled = False
     self._score_thread = threading.Thread(target=work, daemon=True, name='synthkit-score')
     self._score_thread.start()
@@ -473,27 +521,31 @@ def _score_in_background(self: TuningPanel):
 def keep(self: TuningPanel, which=None, out=None) -> list:
     "Write variations `which` (output indices k; default those picked, else all) of the last preview into `out`."
     res = self.result
-    check(res is not None and res.mode == 'variations' and res.done, 'there is no finished preview of variations to keep',
-          'press Preview in "variations" mode first')
+    check(res is not None and res.mode == 'variations' and res.done,
+          'there is no finished preview of variations to keep', 'press Preview in "variations" mode first')
     check(not self.busy, 'the preview is still running', 'wait for it to finish or cancel it')
     ks = list(which) if which is not None else (list(self.w_which.value) or res.ks)
     have = {k: a for k, a in zip(res.ks, res.images[0]) if a is not None}
     for k in ks: check(k in have, f'variation k={k} is not in the last preview', f'pick one of {sorted(have)}')
     out = Path(out if out is not None else self.w_out.value).expanduser()
-    check(str(out).strip() and not out.is_file(), 'the keep folder is a file or empty', 'type a folder name into "into folder"', path=out)
+    check(str(out).strip() and not out.is_file(), 'the keep folder is a file or empty',
+          'type a folder name into "into folder"', path=out)
     from synthkit.synthesize import synthesize, Manifest
     it = self.dataset[res.item_id]
     gen = res.gen if res.gen is not None else self.generators[res.generator]
     part = it.meta.get('split') or self.part
     check(getattr(gen, 'bank', None) is None or part not in HELD_PARTS,
-          f'{res.item_id!r} is a {part} image: its pasted variations would carry ships of training images into the {part} part',
-          'keep pasted variations of training images only')
+          f'{res.item_id!r} is a {part} image: its pasted variations would carry ships of training '
+          f'images into the {part} part', 'keep pasted variations of training images only')
     before = Manifest(out).done()
+    # variations inherit their source's part
     s = synthesize(self.dataset, gen, max(ks) + 1, res.params, out, parts={part: [it.id]},
-                   ks=ks, batch_size=1, cache=self.cache, progress=False, shard=(0, 1))   # variations inherit their source's part
-    written = [r for r in Manifest(out).read() if r['source'] == it.id and int(r['k']) in ks and (it.id, int(r['k'])) not in before]
+                   ks=ks, batch_size=1, cache=self.cache, progress=False, shard=(0, 1))
+    written = [r for r in Manifest(out).read() if r['source'] == it.id and int(r['k']) in ks
+               and (it.id, int(r['k'])) not in before]
     self.kept += written
-    self._status(f'kept {s.written} variation(s) of {it.id} in {out}' + (f' ({s.skipped} were there already)' if s.skipped else ''))
+    self._status(f'kept {s.written} variation(s) of {it.id} in {out}'
+                 + (f' ({s.skipped} were there already)' if s.skipped else ''))
     return written
 
 # %% ../nbs/30_tuning.ipynb #e91a4e55
@@ -503,7 +555,8 @@ def code(self: TuningPanel) -> tuple[str, str]:
     p, gen, it, n = self.params, self.generator, self.item, int(self.w_n.value)
     kw = ', '.join(f'{k}={getattr(p, k)!r}' for k in KNOBS if k in gen.knobs)
     spec, root = generator_spec(gen), self.dataset.root
-    dtype = DTYPE_ARGS.get(gen.describe().get('dtype'))   # explicit, so the code gives the same pixels on another machine
+    # explicit, so the code gives the same pixels on another machine
+    dtype = DTYPE_ARGS.get(gen.describe().get('dtype'))
     opts = self._code_options()
     if opts: spec = f'{gen.name}:{gen.bank.folder}'     # the panel's crop bank, saved under cache_dir
     args = ''.join(f', {k}={v!r}' for k, v in opts.items()) + (f', dtype={dtype!r}' if dtype else '')
@@ -514,11 +567,14 @@ def code(self: TuningPanel) -> tuple[str, str]:
         f'item = dataset[{it.id!r}]',
         f'gen = load_generator({spec!r}{args})',
         f'params = GenParams({kw})',
-        f'outputs = gen.generate_labelled(item.read(), item.boxes, item.cls, n={n}, params=params, source_id=item.id)  # (image, boxes, cls)',
+        f'outputs = gen.generate_labelled(item.read(), item.boxes, item.cls, n={n}, params=params, '
+        'source_id=item.id)  # (image, boxes, cls)',
         f'# the whole dataset: synthkit.synthesize.synthesize(dataset, gen, {n}, params, {str(self.w_out.value)!r})'])
-    cli = ['synthkit', 'generate', str(root) if root else 'DATA', '--generator', spec, '--n', str(n)] + (['--dtype', dtype] if dtype else [])
+    cli = (['synthkit', 'generate', str(root) if root else 'DATA', '--generator', spec, '--n', str(n)]
+           + (['--dtype', dtype] if dtype else []))
     for k, v in opts.items(): cli += ['--option', f'{k}={v}']
-    if opts and bank_split(self.dataset)[1]: cli += ['--parts', 'train']   # pasted training ships belong in the training part only
+    if opts and bank_split(self.dataset)[1]:   # pasted training ships belong in the training part only
+        cli += ['--parts', 'train']
     for k in KNOBS:  # `synthkit generate` takes every knob as --name (ignored ones left out)
         if k in gen.knobs:
             v = getattr(p, k)
@@ -528,7 +584,8 @@ def code(self: TuningPanel) -> tuple[str, str]:
 
 @patch
 def _code_options(self: TuningPanel) -> dict:
-    "The generator options the panel's knobs set (k, scale, the harmonizer as a spec), for a paste generator it builds; {} otherwise."
+    ("The generator options the panel's knobs set (k, scale, the harmonizer as a spec), "
+     "for a paste generator it builds; {} otherwise.")
     name = _panel_built(self.generators[self.w_generator.value])
     if not name: return {}
     o = self.paste_options

@@ -42,7 +42,8 @@ def probe_image(path, decode: bool = True) -> tuple[int, int]:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise SynthkitError(f'unreadable or truncated image ({e})', 'replace or remove the file', path=path)
     except ImportError:  # Ultralytics patches Image.open to fetch a HEIF plugin when PIL can't identify a file
-        raise SynthkitError('unreadable or truncated image (not a format PIL can identify)', 'replace or remove the file', path=path)
+        raise SynthkitError('unreadable or truncated image (not a format PIL can identify)',
+                            'replace or remove the file', path=path)
     finally: ImageFile.LOAD_TRUNCATED_IMAGES = old
     return size
 
@@ -70,7 +71,8 @@ def clean_boxes(boxes, cls, width, height, n_classes, report: ImportReport, path
         x0, y0, x1, y1 = b
         if x1 - x0 <= 0 or y1 - y0 <= 0:
             report.add(path, f'zero-area box {_fmt_box(b)} (x1 <= x0 or y1 <= y0)', 'dropped box', line); continue
-        cb = np.array([min(max(x0, 0), width), min(max(y0, 0), height), min(max(x1, 0), width), min(max(y1, 0), height)])
+        cb = np.array([min(max(x0, 0), width), min(max(y0, 0), height), min(max(x1, 0), width),
+                       min(max(y1, 0), height)])
         if x0 < -tol or y0 < -tol or x1 > width + tol or y1 > height + tol:
             what = f'box {_fmt_box(b)} is outside the {width}x{height} image'
             if out_of_bounds == 'reject': report.add(path, what, 'dropped box', line); continue
@@ -97,7 +99,8 @@ def _finish(cands, names, root, report, *, out_of_bounds, check_pixels, fmt) -> 
             report.add(c['path'], e.what, 'skipped image'); continue
         ann = c.get('size')
         if ann and all(ann) and tuple(ann) != (w, h):
-            report.add(c.get('ann_path', c['path']), f"annotation says the image is {ann[0]}x{ann[1]} but {Path(c['path']).name} "
+            report.add(c.get('ann_path', c['path']),
+                       f"annotation says the image is {ann[0]}x{ann[1]} but {Path(c['path']).name} "
                        f'is {w}x{h}', 'skipped image')
             continue
         boxes = np.asarray(c['boxes'], dtype=np.float64).reshape(-1, 4)
@@ -121,21 +124,26 @@ def label_path_for(image_path) -> Path:
     return Path(*parts).with_suffix('.txt')
 
 def read_yolo_label(path) -> tuple[np.ndarray, np.ndarray, list]:
-    "Parse one label file: normalised `cx cy w h` boxes → normalised `x0 y0 x1 y1`, classes, line numbers. Raises naming the line."
+    ("Parse one label file: normalised `cx cy w h` boxes → normalised `x0 y0 x1 y1`, classes, "
+     "line numbers. Raises naming the line.")
     boxes, cls, lines = [], [], []
     try: text = Path(path).read_text()
-    except UnicodeDecodeError: raise SynthkitError('label file is not text', 'write one "class cx cy w h" line per box', path=path)
+    except UnicodeDecodeError:
+        raise SynthkitError('label file is not text', 'write one "class cx cy w h" line per box', path=path)
     for n, raw in enumerate(text.splitlines(), 1):
         f = raw.split()
         if not f: continue
         try: v = [float(x) for x in f]
         except ValueError:
-            raise SynthkitError(f'cannot read {raw.strip()!r} as numbers', 'write "class cx cy w h" (class index, then 4 numbers in [0, 1])', path=path, line=n)
+            raise SynthkitError(f'cannot read {raw.strip()!r} as numbers',
+                                'write "class cx cy w h" (class index, then 4 numbers in [0, 1])', path=path, line=n)
         if len(v) < 5 or (len(v) > 5 and len(v) % 2 == 0):
-            raise SynthkitError(f'{len(v)} numbers in {raw.strip()!r}; expected 5 (class cx cy w h) or a class and x y pairs (segment)',
+            raise SynthkitError(f'{len(v)} numbers in {raw.strip()!r}; '
+                                'expected 5 (class cx cy w h) or a class and x y pairs (segment)',
                                 'fix or remove the line', path=path, line=n)
         if v[0] != int(v[0]) or v[0] < 0:
-            raise SynthkitError(f'class {f[0]!r} is not a class index', 'use 0, 1, ... (an index into names)', path=path, line=n)
+            raise SynthkitError(f'class {f[0]!r} is not a class index', 'use 0, 1, ... (an index into names)',
+                                path=path, line=n)
         if len(v) == 5:
             cx, cy, w, h = v[1:]
             boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
@@ -163,27 +171,34 @@ def _find_yaml(folder: Path) -> Path | None:
 def _yaml_names(names, where) -> list:
     if isinstance(names, dict):
         keys = sorted(names)
-        check(keys == list(range(len(keys))), f'names keys {keys} are not 0..{len(keys)-1}', 'number the classes 0, 1, ...', path=where)
+        check(keys == list(range(len(keys))), f'names keys {keys} are not 0..{len(keys)-1}',
+              'number the classes 0, 1, ...', path=where)
         return [str(names[k]) for k in keys]
-    check(isinstance(names, (list, tuple)), f'names must be a list or a {{index: name}} mapping, not {names!r}', path=where)
+    check(isinstance(names, (list, tuple)), f'names must be a list or a {{index: name}} mapping, not {names!r}',
+          path=where)
     return [str(n) for n in names]
 
 def _refuse_copied_path(cfg: dict, root: Path, yml: Path):
-    "A data.yaml whose `path:` is another folder that holds the same relative parts as its own folder: a copied dataset."
+    ("A data.yaml whose `path:` is another folder that holds the same relative parts as its own "
+     "folder: a copied dataset.")
     if root.resolve() == yml.parent.resolve(): return
-    rel = [e for part in ('train', 'val', 'test') for e in (cfg.get(part) if isinstance(cfg.get(part), list) else [cfg.get(part)])
+    rel = [e for part in ('train', 'val', 'test')
+           for e in (cfg.get(part) if isinstance(cfg.get(part), list) else [cfg.get(part)])
            if e and not Path(str(e)).is_absolute()]
     both = [e for e in rel if (yml.parent/str(e)).exists() and (root/str(e)).exists()]
     if both:
-        raise SynthkitError(f'path: {cfg.get("path")} is another folder than this data.yaml\'s own, and both hold {both[0]}: '
+        raise SynthkitError(f'path: {cfg.get("path")} is another folder than this data.yaml\'s own, '
+                            f'and both hold {both[0]}: '
                             'this looks like a copied dataset that would silently read the original',
-                            f'to read this copy, set "path: ." (or delete the path: line); to read the original, pass {root}', path=yml)
+                            'to read this copy, set "path: ." (or delete the path: line); '
+                            f'to read the original, pass {root}', path=yml)
 
 def _yolo_sources(path: Path, report: ImportReport):
     "(root, names or None, [(part or None, image folder or None, [image paths])]) for a YOLO dataset at `path`."
     yml = path if path.is_file() else _find_yaml(path)
     if yml is None:
-        check((path/'images').is_dir(), 'no data.yaml and no images/ folder here', 'point at a data.yaml or a folder with images/ + labels/', path=path)
+        check((path/'images').is_dir(), 'no data.yaml and no images/ folder here',
+              'point at a data.yaml or a folder with images/ + labels/', path=path)
         imgs, other = _images_under(path/'images')
         subs = [d for d in sorted((path/'images').iterdir()) if d.is_dir() and not d.name.startswith('.')]
         if subs and not any(p.parent == path/'images' for p in imgs):
@@ -193,12 +208,14 @@ def _yolo_sources(path: Path, report: ImportReport):
     try: cfg = yaml.safe_load(yml.read_text())
     except yaml.YAMLError as e:
         line = getattr(getattr(e, 'problem_mark', None), 'line', None)
-        raise SynthkitError(f'not valid YAML ({getattr(e, "problem", e)})', 'fix the file', path=yml, line=None if line is None else line + 1)
+        raise SynthkitError(f'not valid YAML ({getattr(e, "problem", e)})', 'fix the file', path=yml,
+                            line=None if line is None else line + 1)
     check(isinstance(cfg, dict), 'data.yaml must be a mapping with train:, val:, names:', path=yml)
     root = Path(cfg['path']) if cfg.get('path') else yml.parent
     if not root.is_absolute() and cfg.get('path'): root = (yml.parent/root).resolve()
     if not root.is_dir():
-        report.add(yml, f'path: {cfg.get("path")} does not exist; reading the parts relative to {yml.parent} (moved dataset?)', 'note')
+        report.add(yml, f'path: {cfg.get("path")} does not exist; '
+                        f'reading the parts relative to {yml.parent} (moved dataset?)', 'note')
         root = yml.parent
     _refuse_copied_path(cfg, root, yml)
     names = _yaml_names(cfg['names'], yml) if cfg.get('names') is not None else None
@@ -244,7 +261,8 @@ def _manifest_parts(folder: Path) -> dict:
     return out
 
 def _attach_origins(ds: Dataset):
-    "Images listed in the manifest.jsonl of the folder above their `images/` get `meta['origin']`: the part they were made for."
+    ("Images listed in the manifest.jsonl of the folder above their `images/` get `meta['origin']`: "
+     "the part they were made for.")
     cache = {}
     for it in ds:
         ps = Path(it.path).absolute().parts
@@ -266,7 +284,8 @@ def load_yolo(path, *, out_of_bounds='clip', check_pixels=True, names=None, miss
     for part, folder, imgs in sources:
         again = [img for img in imgs if img.resolve() in seen]
         if again:  # e.g. `val: images/train` when there is no val part
-            report.add(folder or path, f'{len(again)} images of {part}: are already in {seen[again[0].resolve()]}:; counted once, there', 'note')
+            report.add(folder or path, f'{len(again)} images of {part}: '
+                                       f'are already in {seen[again[0].resolve()]}:; counted once, there', 'note')
         for img in imgs:
             if img.resolve() in seen: continue
             seen[img.resolve()] = part
@@ -278,7 +297,8 @@ def load_yolo(path, *, out_of_bounds='clip', check_pixels=True, names=None, miss
                 if missing_labels == 'skip':
                     report.add(img, f'no label file {_rel(lab, root)} (an empty file means "no objects")',
                                'skipped image'); continue
-                report.add(img, f'no label file {_rel(lab, root)}; read as a background image (no objects)', 'background image')
+                report.add(img, f'no label file {_rel(lab, root)}; read as a background image (no objects)',
+                           'background image')
             else:
                 used_labels.add(lab.resolve())
                 try: c['boxes'], c['cls'], c['lines'] = read_yolo_label(lab)
@@ -314,7 +334,8 @@ def write_yolo_label(path, item: Item) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 def write_data_yaml(root, names, parts: dict, comment: str = '') -> Path:
-    "Write `root/data.yaml` for Ultralytics: absolute `path:`, the parts (e.g. `{'train': 'images/train'}`) and `names:`."
+    ("Write `root/data.yaml` for Ultralytics: absolute `path:`, the parts (e.g. "
+     "`{'train': 'images/train'}`) and `names:`.")
     root = Path(root).resolve()
     check(names, 'no class names', 'pass names=[...]')
     parts = dict(parts)
@@ -347,7 +368,8 @@ def _place(src: Path, dst: Path, link: bool):
 
 def export_yolo(dataset: Dataset, out, parts: dict | None = None, *, link=False, overwrite=False) -> Path:
     """Write `dataset` in the Ultralytics layout under `out`; `parts` maps part name → item ids (None: all in 'train').
-    Returns the data.yaml path. Refuses to mix with other images already in `out` unless `overwrite` (which removes them)."""
+    Returns the data.yaml path. Refuses to mix with other images already in `out` unless `overwrite` (which removes
+    them)."""
     out = Path(out)
     comment = ''
     if parts is None:
@@ -356,8 +378,10 @@ def export_yolo(dataset: Dataset, out, parts: dict | None = None, *, link=False,
     for part, ids in parts.items():
         check(re.fullmatch(r'[A-Za-z0-9_-]+', str(part)), f'part name {part!r}', 'use names like train, val, test')
         for i in ids:
-            check(i in dataset, f'part {part!r} names image id {i!r}, which is not in the dataset', 'use ids from dataset.ids')
-            check(i not in seen, f'image id {i!r} is in both {seen.get(i)!r} and {part!r}', 'put each image in one part only')
+            check(i in dataset, f'part {part!r} names image id {i!r}, which is not in the dataset',
+                  'use ids from dataset.ids')
+            check(i not in seen, f'image id {i!r} is in both {seen.get(i)!r} and {part!r}',
+                  'put each image in one part only')
             seen[i] = part
     want = {(out/'images'/p/(i + dataset[i].path.suffix)).resolve() for p, ids in parts.items() for i in ids}
     want |= {(out/'labels'/p/(i + '.txt')).resolve() for p, ids in parts.items() for i in ids}
@@ -396,7 +420,8 @@ def _coco_image_dir(js: Path, file_names, images) -> Path:
 def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _check_coco(d: dict, js: Path):
-    "One clear error for what would otherwise be a traceback or a silent mix-up: unnamed categories, duplicate ids, bad bboxes."
+    ("One clear error for what would otherwise be a traceback or a silent mix-up: "
+     "unnamed categories, duplicate ids, bad bboxes.")
     for c in d['categories']:
         check(isinstance(c, dict) and 'id' in c and isinstance(c.get('name'), str) and c['name'].strip(),
               f'category {c!r} has no name (or no id)', 'give every category an "id" and a "name"', path=js)
@@ -406,17 +431,20 @@ def _check_coco(d: dict, js: Path):
     seen = {}
     for im in d['images']:
         check(isinstance(im, dict) and 'id' in im and isinstance(im.get('file_name'), str),
-              f'image entry {str(im)[:80]} has no id or file_name', 'give every image an "id" and a "file_name"', path=js)
-        check(im['id'] not in seen, f"image id {im['id']!r} is used by both {seen.get(im['id'])} and {im['file_name']}: "
+              f'image entry {str(im)[:80]} has no id or file_name', 'give every image an "id" and a "file_name"',
+              path=js)
+        check(im['id'] not in seen,
+              f"image id {im['id']!r} is used by both {seen.get(im['id'])} and {im['file_name']}: "
               'their annotations cannot be told apart', 'give each image its own id', path=js)
         seen[im['id']] = im['file_name']
     for a in d['annotations']:
         check(isinstance(a, dict), f'annotation {str(a)[:80]} is not an object', path=js)
         b = a.get('bbox')
         check(isinstance(b, (list, tuple)) and len(b) == 4 and all(_num(v) for v in b),
-              f"annotation {a.get('id')} (image_id {a.get('image_id')}): bbox {b!r} is not 4 numbers [x, y, width, height]",
+              f"annotation {a.get('id')} (image_id {a.get('image_id')}): "
+              f"bbox {b!r} is not 4 numbers [x, y, width, height]", 'fix or remove the annotation', path=js)
+        check('category_id' in a, f"annotation {a.get('id')} has no category_id",
               'fix or remove the annotation', path=js)
-        check('category_id' in a, f"annotation {a.get('id')} has no category_id", 'fix or remove the annotation', path=js)
 
 def load_coco(path, *, out_of_bounds='clip', check_pixels=True, names=None, images=None) -> Dataset:
     "Import COCO json: one file, or a folder whose `annotations/` (or itself) holds `*.json` (one per part)."
@@ -424,7 +452,8 @@ def load_coco(path, *, out_of_bounds='clip', check_pixels=True, names=None, imag
     check(path.exists(), 'dataset not found', 'check the path', path=path)
     if path.is_file(): files = [path]
     else:
-        files = sorted((path/'annotations').glob('*.json')) if (path/'annotations').is_dir() else sorted(path.glob('*.json'))
+        files = (sorted((path/'annotations').glob('*.json')) if (path/'annotations').is_dir()
+                 else sorted(path.glob('*.json')))
     check(files, 'no COCO .json files here', 'point at the json file or a folder with annotations/*.json', path=path)
     report, cands, cat_names = ImportReport(), [], None
     for js in files:
@@ -433,7 +462,8 @@ def load_coco(path, *, out_of_bounds='clip', check_pixels=True, names=None, imag
             raise SynthkitError(f'not valid json ({e.msg if hasattr(e, "msg") else e})', 'fix or re-export the file',
                                 path=js, line=getattr(e, 'lineno', None))
         check(isinstance(d, dict) and isinstance(d.get('images'), list) and isinstance(d.get('annotations'), list)
-              and isinstance(d.get('categories'), list), 'not a COCO detection file (needs images, annotations, categories lists)', path=js)
+              and isinstance(d.get('categories'), list),
+              'not a COCO detection file (needs images, annotations, categories lists)', path=js)
         _check_coco(d, js)
         cats = sorted(d['categories'], key=lambda c: c['id'])
         these = [str(c['name']) for c in cats]
@@ -445,7 +475,8 @@ def load_coco(path, *, out_of_bounds='clip', check_pixels=True, names=None, imag
         img_ids = {im['id'] for im in d['images']}
         for a in d['annotations']:
             if a.get('image_id') not in img_ids:
-                report.add(js, f"annotation {a.get('id')} refers to image_id {a.get('image_id')}, which is not in images", 'dropped box'); continue
+                report.add(js, f"annotation {a.get('id')} refers to image_id "
+                               f"{a.get('image_id')}, which is not in images", 'dropped box'); continue
             by_img[a['image_id']].append(a)
         folder = _coco_image_dir(js, [im['file_name'] for im in d['images']], images)
         part = _part_of(js.stem)
@@ -454,16 +485,19 @@ def load_coco(path, *, out_of_bounds='clip', check_pixels=True, names=None, imag
             boxes, cls, labels = [], [], []
             for a in by_img[im['id']]:
                 if a.get('iscrowd'):
-                    report.add(js, f"crowd annotation {a.get('id')} of {im['file_name']} (a region, not an object)", 'dropped box'); continue
+                    report.add(js, f"crowd annotation {a.get('id')} of {im['file_name']} (a region, not an object)",
+                               'dropped box'); continue
                 x, y, w, h = a['bbox']
                 boxes.append([x, y, x + w, y + h]); cls.append(cat_index.get(a['category_id'], -1))
                 labels.append(a['category_id'])
-            cands.append(dict(id=Path(im['file_name']).with_suffix('').as_posix(), path=p, split=part, boxes=boxes, cls=cls,
-                              ann_path=f"{js} ({im['file_name']})",
+            cands.append(dict(id=Path(im['file_name']).with_suffix('').as_posix(), path=p, split=part,
+                              boxes=boxes, cls=cls, ann_path=f"{js} ({im['file_name']})",
                               labels=[f'category_id {l}' for l in labels], size=(im.get('width'), im.get('height'))))
     names = cat_names if names is None else list(names)
     if names != cat_names:  # map by name
-        for c in cands: c['cls'] = [names.index(cat_names[k]) if 0 <= k < len(cat_names) and cat_names[k] in names else -1 for k in c['cls']]
+        for c in cands:
+            c['cls'] = [names.index(cat_names[k]) if 0 <= k < len(cat_names) and cat_names[k] in names else -1
+                        for k in c['cls']]
     return _finish(cands, names, path if path.is_dir() else path.parent, report,
                    out_of_bounds=out_of_bounds, check_pixels=check_pixels, fmt='coco')
 
@@ -504,7 +538,8 @@ def load_voc(path, *, out_of_bounds='clip', check_pixels=True, names=None) -> Da
         found = _voc_images(img_dir, xml, root.findtext('filename'))
         used.update(p.name for p in found)
         if not found:
-            report.add(xml, f"no image {xml.stem}.* or {root.findtext('filename')} in JPEGImages/", 'skipped image'); continue
+            report.add(xml, f"no image {xml.stem}.* or {root.findtext('filename')} in JPEGImages/", 'skipped image')
+            continue
         if len(found) > 1:
             report.add(xml, f"duplicate image name {xml.stem!r} ({', '.join(p.name for p in found)}): "
                        'cannot tell which image this annotation describes', 'skipped image'); continue
@@ -519,7 +554,8 @@ def load_voc(path, *, out_of_bounds='clip', check_pixels=True, names=None) -> Da
                 boxes.append([_xml_num(bb, t, xml) for t in ('xmin', 'ymin', 'xmax', 'ymax')])
                 labels.append((o.findtext('name') or '').strip())
         except SynthkitError as e: report.add(xml, e.what, 'skipped image'); continue
-        cands.append(dict(id=xml.stem, path=img, ann_path=xml, boxes=boxes, labels=labels, size=size, split=parts.get(xml.stem)))
+        cands.append(dict(id=xml.stem, path=img, ann_path=xml, boxes=boxes, labels=labels, size=size,
+                          split=parts.get(xml.stem)))
     for p in sorted(img_dir.iterdir()):
         if p.is_file() and not p.name.startswith('.') and p.name not in used:
             if is_image_file(p): report.add(p, f'no annotation Annotations/{p.stem}.xml', 'skipped image')
@@ -565,7 +601,8 @@ def load_reported(path, *, verbose: bool = False, **kw) -> Dataset:
     return ds
 
 def dataset_folders(path) -> list:
-    "The folders a dataset at `path` reads (its own, and the ones its data.yaml names), for the output guard; [] if it doesn't exist."
+    ("The folders a dataset at `path` reads (its own, and the ones its data.yaml names), "
+     "for the output guard; [] if it doesn't exist.")
     p = Path(path).expanduser()
     if not p.exists(): return []
     base = p if p.is_dir() else p.parent
@@ -584,16 +621,21 @@ def cli_args(parser):
     parser.add_argument('src', help='dataset: a data.yaml or YOLO folder, a COCO .json or folder, a VOC folder')
     parser.add_argument('--out', required=True, help='output folder (Ultralytics layout + data.yaml)')
     parser.add_argument('--format', default='auto', choices=FORMATS)
-    parser.add_argument('--out-of-bounds', default='clip', choices=('clip', 'reject'), help='boxes outside the image: clip or drop them')
-    parser.add_argument('--no-check-pixels', action='store_true', help='read image headers only (faster; misses truncated files)')
+    parser.add_argument('--out-of-bounds', default='clip', choices=('clip', 'reject'),
+                        help='boxes outside the image: clip or drop them')
+    parser.add_argument('--no-check-pixels', action='store_true',
+                        help='read image headers only (faster; misses truncated files)')
     parser.add_argument('--names', help='comma-separated class names (default: from the dataset)')
-    parser.add_argument('--split-seed', type=int, help='draw the case-study splits with this seed instead of keeping the source parts')
-    parser.add_argument('--split', default='split_1', choices=sorted(SPLIT_SIZES), help='which split to write with --split-seed')
+    parser.add_argument('--split-seed', type=int,
+                        help='draw the case-study splits with this seed instead of keeping the source parts')
+    parser.add_argument('--split', default='split_1', choices=sorted(SPLIT_SIZES),
+                        help='which split to write with --split-seed')
     parser.add_argument('--link', action='store_true', help='hard-link images instead of copying')
     parser.add_argument('--overwrite', action='store_true', help='remove other images/labels already in --out')
     parser.add_argument('--strict', action='store_true', help='exit 1 if the import found any problem')
     parser.add_argument('--missing-labels', default='empty', choices=('empty', 'skip'),
-                        help='YOLO images with no label file: empty = background images (default), skip = leave them out')
+                        help='YOLO images with no label file: '
+                             'empty = background images (default), skip = leave them out')
 
 def source_parts(ds: Dataset) -> dict | None:
     "The parts recorded in `item.meta['split']`, or None when the source had none. Items without one go to 'train'."
@@ -605,14 +647,16 @@ def source_parts(ds: Dataset) -> dict | None:
 def cli_run(args) -> int:
     from synthkit.data.splits import make_splits
     names = [n.strip() for n in args.names.split(',')] if args.names else None
-    kw = {} if args.format not in ('auto', 'yolo') or detect_format(args.src) != 'yolo' else {'missing_labels': args.missing_labels}
+    kw = ({} if args.format not in ('auto', 'yolo') or detect_format(args.src) != 'yolo'
+          else {'missing_labels': args.missing_labels})
     ds = load_reported(args.src, verbose=True, format=args.format, out_of_bounds=args.out_of_bounds,
                        check_pixels=not args.no_check_pixels, names=names, **kw)
     out = Path(args.out)
     if args.split_seed is not None:
         splits = make_splits(ds, seed=args.split_seed)
         parts = splits[args.split].parts
-        atomic_write(out/'splits.json', lambda p: p.write_text(json.dumps({k: s.to_dict() for k, s in splits.items()}, indent=1)))
+        atomic_write(out/'splits.json',
+                     lambda p: p.write_text(json.dumps({k: s.to_dict() for k, s in splits.items()}, indent=1)))
         print(f'split {args.split} (seed {args.split_seed}): ' + ', '.join(f'{k} {len(v)}' for k, v in parts.items())
               + f'; {len(ds) - sum(map(len, parts.values()))} images in no part; all splits in {out/"splits.json"}')
     else: parts = source_parts(ds)

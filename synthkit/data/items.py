@@ -31,7 +31,8 @@ class Item:
         self.path = Path(self.path)
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.cls = np.asarray(self.cls, dtype=np.int64).reshape(-1)
-        check(len(self.boxes) == len(self.cls), f'{len(self.boxes)} boxes but {len(self.cls)} class ids', path=self.path)
+        check(len(self.boxes) == len(self.cls), f'{len(self.boxes)} boxes but {len(self.cls)} class ids',
+              path=self.path)
 
     def read(self) -> np.ndarray:
         "The pixels, decoded now (8/16-bit, grey or RGB)."
@@ -82,14 +83,16 @@ class Dataset:
     def __post_init__(self):
         self._by_id = {}
         for it in self.items:
-            check(it.id not in self._by_id, f'duplicate image id {it.id!r}', 'give each image a unique name', path=it.path)
+            check(it.id not in self._by_id, f'duplicate image id {it.id!r}',
+                  'give each image a unique name', path=it.path)
             self._by_id[it.id] = it
 
     def __len__(self): return len(self.items)
     def __iter__(self): return iter(self.items)
     def __getitem__(self, i):
         if isinstance(i, str):
-            if i not in self._by_id: raise SynthkitError(f'no image with id {i!r} in this dataset', 'use one of dataset.ids')
+            if i not in self._by_id:
+                raise SynthkitError(f'no image with id {i!r} in this dataset', 'use one of dataset.ids')
             return self._by_id[i]
         return self.items[i]
     def __contains__(self, id_): return id_ in self._by_id
@@ -108,18 +111,22 @@ class Dataset:
 
 # %% ../../nbs/03_data_items.ipynb #73945ea8
 def check_origins(pairs, use: str = 'used as') -> None:
-    "Lineage guard: refuse `(item, part)` pairs where the item is a variation made for another part (`item.meta['origin']`)."
+    ("Lineage guard: refuse `(item, part)` pairs where the item is a variation made for another "
+     "part (`item.meta['origin']`).")
     bad = [(it, p) for it, p in pairs if it.meta.get('origin') not in (None, p)]
     if bad:
         it, p = bad[0]
-        raise SynthkitError(f"lineage guard: {len(bad)} images are variations made for another part (e.g. this one was made from a "
-                            f"{it.meta['origin']!r} image, per its folder's manifest.jsonl) but would be {use} {p!r}",
-                            "use variations only in the part their sources come from: point data.yaml's parts at the matching "
+        raise SynthkitError(f"lineage guard: {len(bad)} images are variations made for another part (e.g. "
+                            f"this one was made from a {it.meta['origin']!r} image, "
+                            f"per its folder's manifest.jsonl) but would be {use} {p!r}",
+                            "use variations only in the part their sources come from: "
+                            "point data.yaml's parts at the matching "
                             'images/<part> folders of the variations', path=it.path)
 
 # %% ../../nbs/03_data_items.ipynb #e442d63e
 def find_dev_data(name: str = 'ssdd-dev') -> Path | None:
-    "The development dataset folder `shared/data/<name>` above the working directory, or `$SYNTHKIT_DEV_DATA`; None if absent."
+    ("The development dataset folder `shared/data/<name>` above the working directory, "
+     "or `$SYNTHKIT_DEV_DATA`; None if absent.")
     import os
     if os.environ.get('SYNTHKIT_DEV_DATA'):
         p = Path(os.environ['SYNTHKIT_DEV_DATA'])

@@ -27,7 +27,9 @@ class Split:
     @property
     def parts(self) -> dict: return {'train': list(self.train), 'val': list(self.val), 'test': list(self.test)}
     def to_dict(self) -> dict: return asdict(self)
-    def __repr__(self): return f'Split({self.name!r}, seed={self.seed}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)})'
+    def __repr__(self):
+        return (f'Split({self.name!r}, seed={self.seed}, train={len(self.train)}, '
+                f'val={len(self.val)}, test={len(self.test)})')
 
 def hash_order(ids, seed: int) -> list:
     "The ids sorted by `sha256(f'{seed}:{id}')`: a shuffle that depends only on the seed and the ids."
@@ -38,7 +40,8 @@ def _check_sizes(sizes):
     check(isinstance(sizes, dict) and sizes, f'sizes={sizes!r}', "pass e.g. {'split_1': (80, 20, 100)}")
     for k, v in sizes.items():
         ok = isinstance(v, (tuple, list)) and len(v) == 3 and all(isinstance(n, int) and n >= 0 for n in v)
-        check(ok, f'sizes[{k!r}]={v!r} is not (train, val, test) counts', 'use three whole numbers ≥ 0, e.g. (80, 20, 100)')
+        check(ok, f'sizes[{k!r}]={v!r} is not (train, val, test) counts',
+              'use three whole numbers ≥ 0, e.g. (80, 20, 100)')
 
 def make_splits(dataset, seed: int = 0, sizes: dict = SPLIT_SIZES) -> dict:
     """Nested, deterministic splits of `dataset` (a Dataset or a list of ids): `{name: Split}`. All splits of one seed
@@ -54,8 +57,8 @@ def make_splits(dataset, seed: int = 0, sizes: dict = SPLIT_SIZES) -> dict:
     if len(ids) < need:
         f = len(ids) / need
         hint = {k: tuple(int(n * f) for n in v) for k, v in sizes.items()}
-        raise SynthkitError(f'the splits need {need} images ({n_train} train + {n_val} val + {n_test} test, the largest of '
-                            f'each in {sizes}) but the dataset has {len(ids)}',
+        raise SynthkitError(f'the splits need {need} images ({n_train} train + {n_val} val + '
+                            f'{n_test} test, the largest of each in {sizes}) but the dataset has {len(ids)}',
                             f'add images, or pass smaller sizes, e.g. sizes={hint}')
     order = hash_order(ids, seed)
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:need]

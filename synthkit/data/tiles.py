@@ -28,27 +28,33 @@ class Tiling:
 
     def check(self) -> 'Tiling':
         "Raise `SynthkitError` for unusable values; returns self."
-        check(isinstance(self.size, int) and self.size >= 32, f'tile size={self.size!r} must be a whole number ≥ 32', 'use e.g. 160')
+        check(isinstance(self.size, int) and self.size >= 32, f'tile size={self.size!r} must be a whole number ≥ 32',
+              'use e.g. 160')
         check(isinstance(self.overlap, int) and 0 <= self.overlap < self.size,
               f'tile overlap={self.overlap!r} must be a whole number in [0, size={self.size})', 'use e.g. 32')
         check(0 < self.min_visible <= 1, f'min_visible={self.min_visible!r} is outside (0, 1]', 'use e.g. 0.5')
-        check(0 <= self.keep_empty <= 1, f'keep_empty={self.keep_empty!r} is outside [0, 1]', 'use 1 to keep every tile')
+        check(0 <= self.keep_empty <= 1, f'keep_empty={self.keep_empty!r} is outside [0, 1]',
+              'use 1 to keep every tile')
         return self
 
 def tile_origins(n: int, size: int, overlap: int) -> list:
-    "Start offsets of the windows along one axis of `n` px: flush with both ends, evenly spread, neighbours overlapping ≥ `overlap`."
+    ("Start offsets of the windows along one axis of `n` px: flush with both ends, evenly spread, "
+     "neighbours overlapping ≥ `overlap`.")
     if n <= size: return [0]
     k = math.ceil((n - size) / (size - overlap)) + 1
     return [round(i * (n - size) / (k - 1)) for i in range(k)]
 
 def tile_windows(width: int, height: int, tiling: Tiling) -> list:
-    "The `(x0, y0, x1, y1)` windows of an image, row by row; a window may reach past a side shorter than the tile (padding)."
+    ("The `(x0, y0, x1, y1)` windows of an image, row by row; "
+     "a window may reach past a side shorter than the tile (padding).")
     s = tiling.size
-    return [(x, y, x + s, y + s) for y in tile_origins(height, s, tiling.overlap) for x in tile_origins(width, s, tiling.overlap)]
+    return [(x, y, x + s, y + s) for y in tile_origins(height, s, tiling.overlap)
+            for x in tile_origins(width, s, tiling.overlap)]
 
 # %% ../../nbs/05a_data_tiles.ipynb #03e3686a
 def crop_boxes(boxes, cls, window, min_visible: float = 0.5) -> tuple:
-    "Boxes (xyxy, image px) and classes as seen in `window`: shifted to the tile, clipped, kept when ≥ `min_visible` of the area is inside."
+    ("Boxes (xyxy, image px) and classes as seen in `window`: shifted to the tile, clipped, "
+     "kept when ≥ `min_visible` of the area is inside.")
     b = np.asarray(boxes, np.float32).reshape(-1, 4); c = np.asarray(cls, np.int64).reshape(-1)
     x0, y0, x1, y1 = window
     clipped = np.stack([b[:, 0].clip(x0, x1), b[:, 1].clip(y0, y1), b[:, 2].clip(x0, x1), b[:, 3].clip(y0, y1)], 1)
@@ -99,9 +105,11 @@ def source_keys(ids) -> set:
     return images | {i.replace('/', '__') for i in images}
 
 # %% ../../nbs/05a_data_tiles.ipynb #44268744
-def tile_dataset(dataset: Dataset, out, tiling: Tiling = Tiling(), *, ids=None, part: str = 'train', progress: bool = False) -> Dataset:
-    """Cut the images `ids` (default: all) of `dataset` into tiles written as PNG + YOLO labels under `out/{images,labels}/<part>/`.
-    Returns the tiles as a `Dataset`; each item's `meta` holds `source` (the image id), `window` and `split` (= `part`)."""
+def tile_dataset(dataset: Dataset, out, tiling: Tiling = Tiling(), *, ids=None, part: str = 'train',
+                 progress: bool = False) -> Dataset:
+    """Cut the images `ids` (default: all) of `dataset` into tiles written as PNG + YOLO labels under
+    `out/{images,labels}/<part>/`. Returns the tiles as a `Dataset`; each item's `meta` holds `source` (the image id),
+    `window` and `split` (= `part`)."""
     from tqdm.auto import tqdm
     from synthkit.images import save_image
     from synthkit.data.formats import write_yolo_label
@@ -112,7 +120,8 @@ def tile_dataset(dataset: Dataset, out, tiling: Tiling = Tiling(), *, ids=None, 
     for i in tqdm(ids, desc=f'tiles ({part})', disable=not progress):
         src = dataset[i]
         try: a = src.read()
-        except Exception as e: raise SynthkitError(f'cannot read the image ({e})', 'fix or remove the file', path=src.path)
+        except Exception as e:
+            raise SynthkitError(f'cannot read the image ({e})', 'fix or remove the file', path=src.path)
         for tid, t, b, c, w in tile_item(src, tiling, a):
             stem = tid.replace('/', '__')
             p = save_image(np.ascontiguousarray(t), out/'images'/part/f'{stem}.png')
@@ -125,8 +134,10 @@ def check_tiling(dataset: Dataset, tiling: Tiling):
     "Refuse a tile size larger than every image: tiling would then only pad, and the detector would see mostly padding."
     smallest = min(max(it.width, it.height) for it in dataset)
     largest = max(max(it.width, it.height) for it in dataset)
-    check(tiling.size <= largest, f'tile size {tiling.size} px is larger than every image (the largest side is {largest} px)',
-          f'use a tile size ≤ {largest} px, e.g. --set tiles.size={min(largest, 160) // 32 * 32 or 32}, or tiles=None to train on whole images')
+    check(tiling.size <= largest,
+          f'tile size {tiling.size} px is larger than every image (the largest side is {largest} px)',
+          f'use a tile size ≤ {largest} px, e.g. --set tiles.size={min(largest, 160) // 32 * 32 or 32}, '
+          'or tiles=None to train on whole images')
     return smallest, largest
 
 # %% ../../nbs/05a_data_tiles.ipynb #8704a9ef

@@ -27,7 +27,8 @@ __all__ = ['GRID_DDPM', 'PASTE_OPTIONS', 'GRID_DRAWN', 'DRAWN_OPTIONS', 'GRID_LA
 # fast the machine was (DDPMConfig's own default, a 5-minute cap, is for interactive use).
 GRID_DDPM = dict(steps=300, minutes=None)
 
-PASTE_OPTIONS = ('k', 'scale', 'flips', 'turns', 'feather', 'gap', 'sea_tolerance', 'tries', 'looks', 'margin')   # GridConfig.paste keys ('margin': the crop bank's)
+# GridConfig.paste keys ('margin': the crop bank's)
+PASTE_OPTIONS = ('k', 'scale', 'flips', 'turns', 'feather', 'gap', 'sea_tolerance', 'tries', 'looks', 'margin')
 
 # drawn+N: the knobs of the drawn ships (strength inside their windows, steps, guidance), whether the baseline detector
 # checks them, and DrawnShipsGenerator options; its layout DDPM trains like the grid's DDPM, with a layout channel
@@ -39,37 +40,60 @@ GRID_LAYOUT = dict(steps=300, minutes=None, layout=True, object_weight=0.9)
 class GridConfig:
     "The whole experiment: which splits, conditions and seeds, how variations are made, how detectors are trained."
     splits: tuple = ('split_1', 'split_2')
-    conditions: tuple = ('baseline', '+2', '+10', 'classic+2', 'classic+10')  # 'baseline', '+N[@strength][:checked]' (diffusion), 'classic+N' (control)
+    # 'baseline', '+N[@strength][:checked]' (diffusion), 'classic+N' (control)
+    conditions: tuple = ('baseline', '+2', '+10', 'classic+2', 'classic+10')
     seeds: tuple = (0, 1, 2)
     split_sizes: dict | None = None      # {'split_1': (train, val, test), ...} for make_splits; None: its defaults
-    generator: str = 'ddpm'              # 'ddpm': train the in-domain DDPM per split and seed; or any load_generator spec
-    strength: float | tuple = 0.3        # one strength, or several mixed (source j of the seeded order gets strength[j % len])
+    # 'ddpm': train the in-domain DDPM per split and seed; or any load_generator spec
+    generator: str = 'ddpm'
+    # one strength, or several mixed (source j of the seeded order gets strength[j % len])
+    strength: float | tuple = 0.3
     gen_steps: int = 25
-    ddpm: dict = field(default_factory=dict)  # DDPMConfig overrides for the per-split DDPM (e.g. steps, channels); see GRID_DDPM; t_max: from the strengths
-    ddpm_start: int = 0                  # iterations of a DDPM start made once per grid on never-test data (simulated scenes + never-test images); 0: none
-    generator_options: dict = field(default_factory=dict)  # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's)
-    synth_share: float | None = None     # share of a run's training entries that are synthetic (None: the pool's N / (N + 1)); capped so every real tile is in
-    classic: dict = field(default_factory=dict)  # ClassicGenerator options of the control copies (flips, turns, looks); its defaults: all three
-    paste: dict = field(default_factory=dict)    # paste+N / harmonized+N: PasteGenerator options (k, scale, flips, turns, feather, gap, sea_tolerance, tries, looks: the classic copies' unless given) and the crop bank's margin
-    drawn: dict = field(default_factory=dict)    # drawn+N: GRID_DRAWN overrides (strength, steps, guidance, verify) and DrawnShipsGenerator options (DRAWN_OPTIONS)
-    layout_ddpm: dict = field(default_factory=dict)  # drawn+N: DDPMConfig overrides of the per-split layout DDPM (GRID_LAYOUT); t_max from drawn's strength
-    layout_start: int = 0                # iterations of a layout-DDPM start made once per grid (simulated scenes with their hulls + never-test images); 0: none
-    budget: str = 'steps'                # 'steps': every run trains passes·ceil(detect.steps / passes) batches; 'epochs': detect.epochs epochs each
-    passes: int = 3                      # budget='steps': passes over the run's drawn training list (the LR schedule's epochs)
-    tiles: dict | None = None            # Tiling fields, e.g. {'size': 160}: train on native-resolution tiles (None: whole images at detect.imgsz)
-    start: str = 'scratch'               # 'scratch', 'pretrained' (synthkit.pretrain, cached) or the path of a local .pt
+    # DDPMConfig overrides for the per-split DDPM (e.g. steps, channels); see GRID_DDPM; t_max: from the strengths
+    ddpm: dict = field(default_factory=dict)
+    # iterations of a DDPM start made once per grid on never-test data (simulated scenes + never-test images); 0: none
+    ddpm_start: int = 0
+    # passed to the generator's constructor (e.g. device='cuda', also the DDPM trainer's)
+    generator_options: dict = field(default_factory=dict)
+    # share of a run's training entries that are synthetic (None:
+    # the pool's N / (N + 1)); capped so every real tile is in
+    synth_share: float | None = None
+    # ClassicGenerator options of the control copies (flips, turns, looks); its defaults: all three
+    classic: dict = field(default_factory=dict)
+    # paste+N / harmonized+N: PasteGenerator options (k, scale, flips, turns, feather, gap,
+    # sea_tolerance, tries, looks: the classic copies' unless given) and the crop bank's margin
+    paste: dict = field(default_factory=dict)
+    # drawn+N: GRID_DRAWN overrides (strength, steps, guidance, verify) and DrawnShipsGenerator options (DRAWN_OPTIONS)
+    drawn: dict = field(default_factory=dict)
+    # drawn+N: DDPMConfig overrides of the per-split layout DDPM (GRID_LAYOUT); t_max from drawn's strength
+    layout_ddpm: dict = field(default_factory=dict)
+    # iterations of a layout-DDPM start made once per grid (simulated
+    # scenes with their hulls + never-test images); 0: none
+    layout_start: int = 0
+    # 'steps': every run trains passes·ceil(detect.steps / passes) batches; 'epochs': detect.epochs epochs each
+    budget: str = 'steps'
+    # budget='steps': passes over the run's drawn training list (the LR schedule's epochs)
+    passes: int = 3
+    # Tiling fields, e.g. {'size': 160}: train on native-resolution tiles (None: whole images at detect.imgsz)
+    tiles: dict | None = None
+    # 'scratch', 'pretrained' (synthkit.pretrain, cached) or the path of a local .pt
+    start: str = 'scratch'
     pretrain: dict = field(default_factory=dict)  # PretrainConfig fields for start='pretrained'
     extra_test: bool = True              # also evaluate on the real images in no part of the split (when there are any)
     label_check: dict = field(default_factory=dict)  # LabelCheck settings (iou, recall, conf) for ':checked' conditions
-    scorecard: bool = False              # the case study's report scores the generator first (synthkit.scorecard; two detector runs per split)
-    detect: DetectConfig = DetectConfig(steps=600, warmup_steps=60)   # the detector and its budget: steps (batches), epochs, warmup_steps
+    # the case study's report scores the generator first (synthkit.scorecard; two detector runs per split)
+    scorecard: bool = False
+    # the detector and its budget: steps (batches), epochs, warmup_steps
+    detect: DetectConfig = DetectConfig(steps=600, warmup_steps=60)
 
     @property
-    def strengths(self) -> tuple: return tuple(self.strength) if isinstance(self.strength, (tuple, list)) else (self.strength,)
+    def strengths(self) -> tuple:
+        return tuple(self.strength) if isinstance(self.strength, (tuple, list)) else (self.strength,)
     @property
     def all_strengths(self) -> tuple:
         "Every strength the grid samples: its own and those of `+N@strength` conditions."
-        return tuple(sorted(set(self.strengths) | {condition_parts(c)[2] for c in self.conditions if condition_parts(c)[2] is not None}))
+        return tuple(sorted(set(self.strengths) | {condition_parts(c)[2]
+                                                   for c in self.conditions if condition_parts(c)[2] is not None}))
     @property
     def tiling(self) -> Tiling | None: return None if self.tiles is None else Tiling(**self.tiles)
     @property
@@ -82,51 +106,75 @@ class GridConfig:
 @patch
 def check(self: GridConfig) -> GridConfig:
     "Raise `SynthkitError` for a grid that cannot run or cannot compare; returns self."
-    check(self.budget in ('steps', 'epochs'), f'budget={self.budget!r}', "use 'steps' (the same number of batches for every run) or 'epochs'")
-    check(self.seeds and all(isinstance(s, int) and s >= 0 for s in self.seeds), f'seeds={self.seeds!r}', 'give integers ≥ 0, e.g. (0, 1, 2)')
+    check(self.budget in ('steps', 'epochs'), f'budget={self.budget!r}',
+          "use 'steps' (the same number of batches for every run) or 'epochs'")
+    check(self.seeds and all(isinstance(s, int) and s >= 0 for s in self.seeds), f'seeds={self.seeds!r}',
+          'give integers ≥ 0, e.g. (0, 1, 2)')
     check(self.conditions, 'no conditions', "use e.g. ('baseline', '+2', 'classic+2')")
     for c in self.conditions: condition_parts(c)
     if any(condition_parts(c)[3] for c in self.conditions):
-        check('baseline' in self.conditions, f'conditions={self.conditions!r}: a :checked condition uses the baseline detector of its split and seed',
+        check('baseline' in self.conditions,
+              f'conditions={self.conditions!r}: a :checked condition uses the baseline detector of its split and seed',
               "add 'baseline' to the conditions")
-        check(set(self.label_check) <= {'iou', 'recall', 'conf', 'precision', 'hallucination_conf', 'hallucination_iou'}, f'label_check={self.label_check!r}',
-              'use iou, recall, conf, precision, hallucination_conf (drop variations with a confident unlabelled detection), hallucination_iou')
+        check(set(self.label_check) <= {'iou', 'recall', 'conf', 'precision', 'hallucination_conf',
+                                        'hallucination_iou'}, f'label_check={self.label_check!r}',
+              'use iou, recall, conf, precision, hallucination_conf (drop variations with a confident unlabelled '
+              'detection), hallucination_iou')
     check(self.splits, 'no splits', "use e.g. ('split_1', 'split_2')")
-    check(set(self.classic) <= {'flips', 'turns', 'looks'}, f'classic={self.classic!r}', 'use ClassicGenerator options: flips, turns, looks')
-    check(set(self.paste) <= set(PASTE_OPTIONS), f'paste={self.paste!r}', f'use PasteGenerator options: {", ".join(PASTE_OPTIONS)}')
+    check(set(self.classic) <= {'flips', 'turns', 'looks'}, f'classic={self.classic!r}',
+          'use ClassicGenerator options: flips, turns, looks')
+    check(set(self.paste) <= set(PASTE_OPTIONS), f'paste={self.paste!r}',
+          f'use PasteGenerator options: {", ".join(PASTE_OPTIONS)}')
     if any(condition_parts(c)[0] == 'drawn' for c in self.conditions): check_drawn(self)
     if any(condition_parts(c)[0] == 'harmonized' for c in self.conditions):
-        check(self.generator == 'ddpm', f"harmonized conditions re-synthesize pasted windows with the grid's own DDPM, not generator={self.generator!r}",
+        check(self.generator == 'ddpm', "harmonized conditions re-synthesize pasted windows with the grid's own DDPM, "
+                                        f"not generator={self.generator!r}",
               "use generator='ddpm', or paste+N conditions only")
-    check(self.synth_share is None or 0 <= self.synth_share < 1, f'synth_share={self.synth_share!r} must be in [0, 1) or None',
+    check(self.synth_share is None or 0 <= self.synth_share < 1,
+          f'synth_share={self.synth_share!r} must be in [0, 1) or None',
           'use e.g. 0.5 (half of each batch synthetic, on average)')
-    for s in self.strengths: check(isinstance(s, (int, float)) and 0 < s <= 1, f'strength={self.strength!r} is outside (0, 1]', 'use e.g. 0.3 or (0.2, 0.4)')
-    if self.generator.partition(':')[0] == 'ddpm':   # SDEdit runs int(strength × gen_steps) steps: refuse a grid that would make copies
+    for s in self.strengths:
+        check(isinstance(s, (int, float)) and 0 < s <= 1, f'strength={self.strength!r} is outside (0, 1]',
+              'use e.g. 0.3 or (0.2, 0.4)')
+    # SDEdit runs int(strength × gen_steps) steps: refuse a grid that would make copies
+    if self.generator.partition(':')[0] == 'ddpm':
         from synthkit.generators import GenParams
-        for s in set(self.strengths) | {condition_parts(c)[2] for c in self.conditions if condition_parts(c)[2] is not None}:
+        for s in set(self.strengths) | {condition_parts(c)[2]
+                                        for c in self.conditions if condition_parts(c)[2] is not None}:
             GenParams(strength=s, steps=self.gen_steps).check(img2img=True)
-    check(isinstance(self.passes, int) and self.passes >= 1, f'passes={self.passes!r} must be an integer ≥ 1', 'use e.g. 3')
+    check(isinstance(self.passes, int) and self.passes >= 1,
+          f'passes={self.passes!r} must be an integer ≥ 1', 'use e.g. 3')
     if self.budget == 'steps':
-        check(isinstance(self.detect.steps, int) and self.detect.steps >= 1, f"budget='steps' needs detect.steps (batches per run), not {self.detect.steps!r}",
+        check(isinstance(self.detect.steps, int) and self.detect.steps >= 1,
+              f"budget='steps' needs detect.steps (batches per run), not {self.detect.steps!r}",
               "set it, e.g. --set steps=150, or use budget='epochs' (detect.epochs per run)")
     if self.tiles is not None:
         try: t = self.tiling.check()
-        except TypeError as e: raise SynthkitError(f'tiles={self.tiles!r}: {e}', 'use Tiling fields: size, overlap, min_visible, keep_empty')
-        check(t.size % 32 == 0, f'tiles size={t.size} is not a multiple of 32 (the detector trains at the tile size)', 'use e.g. tiles.size=160')
+        except TypeError as e:
+            raise SynthkitError(f'tiles={self.tiles!r}: {e}',
+                                'use Tiling fields: size, overlap, min_visible, keep_empty')
+        check(t.size % 32 == 0, f'tiles size={t.size} is not a multiple of 32 (the detector trains at the tile size)',
+              'use e.g. tiles.size=160')
     if self.generator == 'ddpm':
         try: grid_ddpm(self).check()
-        except TypeError as e: raise SynthkitError(f'ddpm={self.ddpm!r}: {e}', 'use DDPMConfig fields, e.g. ddpm.steps=300')
+        except TypeError as e:
+            raise SynthkitError(f'ddpm={self.ddpm!r}: {e}', 'use DDPMConfig fields, e.g. ddpm.steps=300')
         from synthkit.sdedit import check_sdedit
         cfg = grid_ddpm(self)
-        for s in self.all_strengths: check_sdedit(s, self.gen_steps, cfg, t_max=cfg.t_max, model=f'the grid\'s DDPM (ddpm.t_max={cfg.t_max})')
-    check(isinstance(self.ddpm_start, int) and self.ddpm_start >= 0, f'ddpm_start={self.ddpm_start!r} must be an integer ≥ 0',
+        for s in self.all_strengths:
+            check_sdedit(s, self.gen_steps, cfg, t_max=cfg.t_max, model=f'the grid\'s DDPM (ddpm.t_max={cfg.t_max})')
+    check(isinstance(self.ddpm_start, int) and self.ddpm_start >= 0,
+          f'ddpm_start={self.ddpm_start!r} must be an integer ≥ 0',
           'use e.g. 3000 (iterations of the shared DDPM start), or 0 for none')
     st = str(self.start)
-    check(st in ('scratch', 'pretrained') or st.endswith('.pt'), f'start={self.start!r}', "use 'scratch', 'pretrained' or the path of a local .pt")
+    check(st in ('scratch', 'pretrained') or st.endswith('.pt'), f'start={self.start!r}',
+          "use 'scratch', 'pretrained' or the path of a local .pt")
     if st == 'pretrained':
         from synthkit.pretrain import PretrainConfig
         try: PretrainConfig(**self.pretrain).check()
-        except TypeError as e: raise SynthkitError(f'pretrain={self.pretrain!r}: {e}', 'use PretrainConfig fields: scenes, steps, seed, fit')
+        except TypeError as e:
+            raise SynthkitError(f'pretrain={self.pretrain!r}: {e}',
+                                'use PretrainConfig fields: scenes, steps, seed, fit')
     self.detect.check()
     return self
 
@@ -142,7 +190,8 @@ def grid_ddpm(c: GridConfig, seed: int = 0):
     return cfg
 
 def without_legacy(d: dict) -> dict:
-    "DDPM settings `d` less those at their `LEGACY` value: models and variations made before such a setting existed keep their keys."
+    ("DDPM settings `d` less those at their `LEGACY` value: models and variations made before such a "
+     "setting existed keep their keys.")
     from synthkit.ddpm import LEGACY
     return {k: v for k, v in d.items() if k not in LEGACY or LEGACY[k] != v}
 
@@ -168,24 +217,30 @@ def drawn_params(c: GridConfig, seed: int):
     return GenParams(strength=float(d['strength']), steps=int(d['steps']), guidance=float(d['guidance']), seed=seed)
 
 def drawn_options(c: GridConfig) -> dict:
-    "The DrawnShipsGenerator options of the grid's drawn ships (besides its model, bank and detector): `paste`'s placement and speckle, and `drawn`'s."
+    ("The DrawnShipsGenerator options of the grid's drawn ships (besides its model, bank and detector): "
+     "`paste`'s placement and speckle, and `drawn`'s.")
     p = paste_options(c)
     return {**{k: p[k] for k in ('k', 'scale', 'flips', 'turns', 'gap', 'sea_tolerance', 'tries', 'looks')},
             **{k: v for k, v in c.drawn.items() if k not in GRID_DRAWN}, 'empty': 'copy'}
 
 def check_drawn(c: GridConfig):
-    "Refuse (one line) a grid whose drawn+N conditions could not run: unknown settings, bad knobs, no baseline to check by."
+    ("Refuse (one line) a grid whose drawn+N conditions could not run: "
+     "unknown settings, bad knobs, no baseline to check by.")
     check(set(c.drawn) <= set(DRAWN_OPTIONS), f'drawn={c.drawn!r}', f'use {", ".join(DRAWN_OPTIONS)}')
     d = drawn_settings(c)
     from synthkit.sdedit import check_guidance
     drawn_params(c, 0).check(img2img=True); check_guidance(d['guidance'])
-    check(isinstance(d['verify'], bool), f"drawn verify={d['verify']!r} must be True or False", 'True: the baseline detector checks each drawn ship')
-    check(not d['verify'] or 'baseline' in c.conditions, f'conditions={c.conditions!r}: drawn ships are checked by the baseline detector of their split and seed',
+    check(isinstance(d['verify'], bool), f"drawn verify={d['verify']!r} must be True or False",
+          'True: the baseline detector checks each drawn ship')
+    check(not d['verify'] or 'baseline' in c.conditions,
+          f'conditions={c.conditions!r}: drawn ships are checked by the baseline detector of their split and seed',
           "add 'baseline' to the conditions, or set drawn.verify=False")
     try: grid_layout_ddpm(c).check()
-    except TypeError as e: raise SynthkitError(f'layout_ddpm={c.layout_ddpm!r}: {e}', 'use DDPMConfig fields, e.g. layout_ddpm.steps=300')
+    except TypeError as e:
+        raise SynthkitError(f'layout_ddpm={c.layout_ddpm!r}: {e}', 'use DDPMConfig fields, e.g. layout_ddpm.steps=300')
     check(isinstance(c.layout_start, int) and not isinstance(c.layout_start, bool) and c.layout_start >= 0,
-          f'layout_start={c.layout_start!r} must be an integer ≥ 0', 'use e.g. 1000 (iterations of the shared layout start), or 0 for none')
+          f'layout_start={c.layout_start!r} must be an integer ≥ 0',
+          'use e.g. 1000 (iterations of the shared layout start), or 0 for none')
 
 # %% ../../nbs/24c_grid_config.ipynb #15be1c4f
 @dataclass(frozen=True)
@@ -219,7 +274,8 @@ class RunSpec:
         d = d.replace(seed=self.seed)
         if c.tiles is not None: d = d.replace(imgsz=c.train_imgsz, eval_imgsz=d.eval_imgsz or self.eval_imgsz)
         if self.start_weights: d = d.replace(model=self.start_weights)
-        if c.budget == 'steps': return d.replace(steps=None, epochs=min(c.passes, d.steps))   # the drawn list makes the batches exact
+        if c.budget == 'steps':   # the drawn list makes the batches exact
+            return d.replace(steps=None, epochs=min(c.passes, d.steps))
         return d.replace(steps=None)
 
 # %% ../../nbs/24c_grid_config.ipynb #894f29e6
@@ -229,19 +285,26 @@ def key_fields(self: RunSpec) -> dict:
     c = self.config
     det = self.detect_config().key()   # dtype as this machine resolves it
     if self.start_key: det['model'] = self.start_key
-    d = dict(v=2, data=self.data, split=self.split, seed=self.seed, condition=self.condition, detect=det, budget=c.budget,
-             tiles=None if c.tiles is None else asdict(c.tiling), extra_test=c.extra_test)
+    d = dict(v=2, data=self.data, split=self.split, seed=self.seed, condition=self.condition, detect=det,
+             budget=c.budget, tiles=None if c.tiles is None else asdict(c.tiling), extra_test=c.extra_test)
     if c.budget == 'steps': d.update(steps=c.detect.steps)
-    if self.kind != 'baseline': d.update(synth_share=c.synth_share, augment_parts=['train'], mix='every-real')   # variations of training images only, added to all of them
+    if self.kind != 'baseline':   # variations of training images only, added to all of them
+        d.update(synth_share=c.synth_share, augment_parts=['train'], mix='every-real')
     if c.split_sizes is not None: d['split_sizes'] = {k: list(v) for k, v in sorted(c.split_sizes.items())}
-    if self.kind == 'diffusion': d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
+    if self.kind == 'diffusion':
+        d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
     if self.kind == 'classic': d['recipes'] = [classic_recipe(self.seed, c.classic).fields()]
-    if self.kind in ('paste', 'harmonized', 'drawn'):   # the crop bank is the split's training tiles (data, split and seed are in the key)
+    # the crop bank is the split's training tiles (data, split and seed are in the key)
+    if self.kind in ('paste', 'harmonized', 'drawn'):
         d['paste'] = dict(v=1, options=paste_options(c), seed=self.seed)
-        if self.kind == 'harmonized': d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields() for s in self.strengths])
+        if self.kind == 'harmonized':
+            d.update(generator=c.generator, recipes=[generation_recipe(c, s, self.seed).fields()
+                                                     for s in self.strengths])
     if self.kind == 'drawn':   # the layout DDPM and the settings; the checking detector by its run's key
-        d['drawn'] = drawn_recipe(c) | ({'baseline': run_key(replace(self, condition='baseline'))} if drawn_settings(c)['verify'] else {})
-    if self.checked: d['label_check'] = dict(c.label_check, baseline=run_key(replace(self, condition='baseline')))   # its detector
+        d['drawn'] = drawn_recipe(c) | ({'baseline': run_key(replace(self, condition='baseline'))}
+                                        if drawn_settings(c)['verify'] else {})
+    if self.checked:   # its detector
+        d['label_check'] = dict(c.label_check, baseline=run_key(replace(self, condition='baseline')))
     return d
 
 def run_key(spec: RunSpec) -> str:
@@ -260,8 +323,8 @@ def generation_params(c: GridConfig, strength: float, seed: int):
 
 def generation_recipe(c: GridConfig, strength: float, seed: int):
     """The planned recipe of the grid's diffusion variations at `strength` for seed `seed`: the grid's own DDPM (trained
-    per split and seed, the seed being the recipe's) named by its whole configuration (a changed default is a new key), or
-    the `generator` spec; every option; precision and device as this machine resolves them."""
+    per split and seed, the seed being the recipe's) named by its whole configuration (a changed default is a new key),
+    or the `generator` spec; every option; precision and device as this machine resolves them."""
     from synthkit.recipe import Recipe
     trains = None
     if c.generator == 'ddpm':
@@ -278,7 +341,8 @@ def start_recipe(c: GridConfig, steps: int) -> dict:
 
 def paste_options(c: GridConfig) -> dict:
     """The grid's PasteGenerator options (its defaults filled in) and the crop bank's margin. `looks` defaults to the
-    classic copies' fresh speckle (`GridConfig.classic`), so that `paste+N` and `classic+N` differ only in the pasted ships."""
+    classic copies' fresh speckle (`GridConfig.classic`), so that `paste+N` and `classic+N` differ
+    only in the pasted ships."""
     from synthkit.paste import PasteGenerator
     from synthkit.augment import ClassicGenerator
     from synthkit.generators import constructor_options
@@ -298,7 +362,8 @@ def drawn_recipe(c: GridConfig) -> dict:
                 dtype=resolve_dtype(c.generator_options.get('dtype'), 'ddpm', device))
 
 def classic_recipe(seed: int, options: dict | None = None):
-    "The recipe of the grid's classic control copies (`ClassicGenerator(**options)`, `GridConfig.classic`) for seed `seed`."
+    ("The recipe of the grid's classic control copies (`ClassicGenerator(**options)`, "
+     "`GridConfig.classic`) for seed `seed`.")
     from synthkit.augment import ClassicGenerator
     from synthkit.generators import GenParams
     from synthkit.recipe import Recipe
@@ -306,8 +371,8 @@ def classic_recipe(seed: int, options: dict | None = None):
 
 # %% ../../nbs/24c_grid_config.ipynb #a1ed9dab
 def plan(config: GridConfig, data: str = '', **fill) -> list:
-    """Every run of the grid, seed by seed (an interrupted grid has whole seeds to report), grouped by split so each DDPM
-    is trained once, baseline first (a :checked run uses its detector); `fill` sets RunSpec fields."""
+    """Every run of the grid, seed by seed (an interrupted grid has whole seeds to report), grouped by split so each
+    DDPM is trained once, baseline first (a :checked run uses its detector); `fill` sets RunSpec fields."""
     config = config.check()
     conds = sorted(config.conditions, key=lambda c: c != 'baseline')
     return [RunSpec(sp, s, c, config, data, **fill) for s in config.seeds for sp in config.splits for c in conds]

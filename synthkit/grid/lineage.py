@@ -32,19 +32,24 @@ def default_split_fn(dataset, seed: int, sizes: dict | None = None) -> dict:
     return make_splits(dataset, seed=seed) if sizes is None else make_splits(dataset, seed=seed, sizes=sizes)
 
 def splits_of(dataset, config, split_fn, seed: int) -> dict:
-    "The splits `split_fn` makes of `dataset` for `seed` (with the grid's `split_sizes`), refusing a grid split it lacks."
+    ("The splits `split_fn` makes of `dataset` for `seed` (with the grid's `split_sizes`), "
+     "refusing a grid split it lacks.")
     splits = split_fn(dataset, seed) if config.split_sizes is None else split_fn(dataset, seed, config.split_sizes)
-    for sp in config.splits: check(sp in splits, f'split {sp!r} is not one of {sorted(splits)}', 'choose splits the splitter makes')
+    for sp in config.splits:
+        check(sp in splits, f'split {sp!r} is not one of {sorted(splits)}', 'choose splits the splitter makes')
     return splits
 
 # %% ../../nbs/24d_grid_lineage.ipynb #863a33c4
 def check_lineage(parts: dict, test_ids, sources: dict | None = None):
-    "Raise `SynthkitError` if a test image, a tile of one, or a variation of either is in `parts['train']` or `parts['val']`."
+    ("Raise `SynthkitError` if a test image, a tile of one, or a variation of either is in "
+     "`parts['train']` or `parts['val']`.")
     test = source_keys(test_ids)   # ids, and ids as written in tile file names
     for part in ('train', 'val'):
         for i in parts.get(part, []):
             src = source_image((sources or {}).get(i, i))
             own = source_image(Path(i).stem if '/' in str(i) else i)
-            check(own not in test and src not in test, f'{part} part holds {i!r}' + ('' if src == own else f', a variation of test image {src!r}')
+            check(own not in test and src not in test,
+                  f'{part} part holds {i!r}' + ('' if src == own else f', a variation of test image {src!r}')
                   + (f', a tile of test image {own!r}' if own in test else ''),
-                  'test images and their variations must never be trained on: check the split and the variation folders')
+                  'test images and their variations must never be trained on: '
+                  'check the split and the variation folders')

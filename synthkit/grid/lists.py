@@ -19,18 +19,20 @@ __all__ = ['entries_of', 'assemble', 'lists_key']
 
 # %% ../../nbs/24f_grid_lists.ipynb #aebe737c
 def entries_of(spec: RunSpec, n_real: int, n_sources: int) -> tuple:
-    """(entries in the training list, synthetic entries among them) of a run under budget='steps': `ceil(steps / passes)`
-    batches of `detect.batch` entries, every real tile among them (`mix_counts`)."""
+    """(entries in the training list, synthetic entries among them) of a run under budget='steps':
+    `ceil(steps / passes)` batches of `detect.batch` entries, every real tile among them (`mix_counts`)."""
     c, b = spec.config, spec.config.detect.batch
     n = math.ceil(c.detect.steps / min(c.passes, c.detect.steps)) * b
     return n, mix_counts(n, n_real, spec.n_per_image if n_sources else 0, c.synth_share)[1]
 
 # %% ../../nbs/24f_grid_lists.ipynb #50e94f9c
 def _sequence(spec: RunSpec, products, order: list, m: int) -> tuple:
-    "The first `m` entries of the run's variation sequence (output 0 of every source in `order`, then output 1, …), as paths."
+    ("The first `m` entries of the run's variation sequence (output 0 of every source in `order`, "
+     "then output 1, …), as paths.")
     made = products.need(spec.kind, spec.strengths, m)
     seq = [made[(s, k)] for k in range(spec.n_per_image) for s in order if (s, k) in made][:m]
-    check(len(seq) == m, f'{m} variations were asked of {products.tag} but {len(seq)} exist', 'delete the synth folder of this split and seed so it is made again')
+    check(len(seq) == m, f'{m} variations were asked of {products.tag} but {len(seq)} exist',
+          'delete the synth folder of this split and seed so it is made again')
     return seq, made
 
 def _variations(spec: RunSpec, products, n_syn: int, check_weights, info: dict) -> tuple:
@@ -40,7 +42,7 @@ def _variations(spec: RunSpec, products, n_syn: int, check_weights, info: dict) 
     total = spec.n_per_image * len(order)
     m = min(n_syn, total)
     seq, made = _sequence(spec, products, order, m) if order else ([], {})
-    if spec.checked and seq:      # drop the variations the real-data detector can't find the boxes in; make more to refill
+    if spec.checked and seq:   # drop the variations the real-data detector can't find the boxes in; make more to refill
         settings = dict(spec.config.label_check)
         kept = products.checked(seq, check_weights, settings)
         while len(kept) < min(n_syn, total) and m < total:
@@ -56,7 +58,8 @@ def _entries(spec: RunSpec, part: str, real_files: list, products, check_weights
     c, steps = spec.config, spec.config.budget == 'steps'
     if products is None or part != 'train':   # val stays real; a baseline's list is its real tiles
         if not steps or part == 'val': return real_files, [], {}
-        return draw_training_list(real_files, [], entries_of(spec, len(real_files), 0)[0], 0, f'{spec.split}-{spec.seed}'), [], {}
+        return (draw_training_list(real_files, [], entries_of(spec, len(real_files), 0)[0], 0,
+                                   f'{spec.split}-{spec.seed}'), [], {})
     n_sources = len(products.order())
     n, n_syn = entries_of(spec, len(real_files), n_sources) if steps else (None, spec.n_per_image * n_sources)
     seq, sources = _variations(spec, products, n_syn, check_weights, info)
@@ -79,12 +82,15 @@ def assemble(spec: RunSpec, real: Path, parts: dict, products, run_dir: Path, ch
         ids = [Path(f).stem for f in entries if f not in sources]
         check_lineage({part: ids + [e for e in entries if e in sources]}, parts['test'], sources)
         mix = mix_summary(entries, set(syn), c.passes if c.budget == 'steps' else c.detect.epochs)
-        check(mix['distinct_real'] == len(set(real_files)), f'{spec.name} would train on {mix["distinct_real"]} of its {len(set(real_files))} real {part} images',
+        check(mix['distinct_real'] == len(set(real_files)),
+              f'{spec.name} would train on {mix["distinct_real"]} of its {len(set(real_files))} real {part} images',
               'every run keeps every real image: report this as a bug')
-        info[part] = dict(real=len(entries) - len(syn), synthetic=len(syn), distinct_synthetic=mix['distinct_synthetic'],
-                          distinct_real=mix['distinct_real'], synthetic_share=mix['synthetic_share'], real_exposures=mix['real_exposures'])
+        info[part] = dict(real=len(entries) - len(syn), synthetic=len(syn),
+                          distinct_synthetic=mix['distinct_synthetic'], distinct_real=mix['distinct_real'],
+                          synthetic_share=mix['synthetic_share'], real_exposures=mix['real_exposures'])
         write_text(run_dir/f'{part}.txt', '\n'.join(entries) + '\n')
-    ys = {'train': str((run_dir/'train.txt').resolve()), 'val': str((run_dir/'val.txt').resolve()), 'test': str((real/'images'/'test').resolve())}
+    ys = {'train': str((run_dir/'train.txt').resolve()), 'val': str((run_dir/'val.txt').resolve()),
+          'test': str((real/'images'/'test').resolve())}
     if (real/'images'/'extra').is_dir(): ys['extra'] = str((real/'images'/'extra').resolve())
     y = write_data_yaml(run_dir, data_yaml_names(real/'data.yaml'), ys)
     write_json(run_dir/'counts.json', info)
@@ -93,8 +99,10 @@ def assemble(spec: RunSpec, real: Path, parts: dict, products, run_dir: Path, ch
 # %% ../../nbs/24f_grid_lists.ipynb #da6f1d60
 def lists_key(run_dir, detect: DetectConfig, real, root) -> str:
     """What decides a run's detector given its folder's `train.txt` / `val.txt`: the lists, the detector settings and
-    start, the test data — with paths relative to the grid's folder `root`, so the same grid elsewhere has the same keys."""
+    start, the test data — with paths relative to the grid's folder `root`, so the same grid
+    elsewhere has the same keys."""
     run_dir, root = Path(run_dir), str(Path(root).resolve()) + '/'
     rel = lambda t: t.replace(root, '')
-    return config_hash(dict(train=rel((run_dir/'train.txt').read_text()), val=rel((run_dir/'val.txt').read_text()), detect=rel(json.dumps(detect.key(), sort_keys=True, default=str)),
+    return config_hash(dict(train=rel((run_dir/'train.txt').read_text()), val=rel((run_dir/'val.txt').read_text()),
+                            detect=rel(json.dumps(detect.key(), sort_keys=True, default=str)),
                             real=rel(str(Path(real).resolve()) + '/')), 16)

@@ -17,8 +17,9 @@ from ..data.tiles import Tiling, tile_dataset, native_imgsz
 from ..data.splits import hash_order
 from ..conditions import STRENGTH_KINDS, sequence_counts
 from ..synthesize import Manifest, MANIFEST
-from .config import (RunSpec, run_key, grid_ddpm, grid_layout_ddpm, without_legacy, generation_params, generation_recipe,
-                                  paste_options, classic_recipe, drawn_settings, drawn_options, drawn_params, drawn_recipe)
+from .config import (RunSpec, run_key, grid_ddpm, grid_layout_ddpm, without_legacy, generation_params,
+                                  generation_recipe, paste_options, classic_recipe, drawn_settings, drawn_options,
+                                  drawn_params, drawn_recipe)
 
 # %% auto #0
 __all__ = ['SplitProducts', 'manifest_records', 'manifest_sources']
@@ -27,29 +28,38 @@ __all__ = ['SplitProducts', 'manifest_records', 'manifest_sources']
 class SplitProducts:
     "What the runs of one (split, seed) need, each made when first asked for and cached on disk under its own key."
     def __init__(self, dataset, spec: RunSpec, parts: dict, out: Path, generator_factory=None, progress=False):
-        self.ds, self.spec, self.parts, self.out, self.factory, self.progress = dataset, spec, parts, out, generator_factory, progress
+        self.ds, self.spec, self.parts, self.out, self.factory, self.progress = (dataset, spec, parts, out,
+                                                                                 generator_factory, progress)
         self.config = spec.config
         self.tag = f'{spec.split}-s{spec.seed}'
-        self.split_key = config_hash(dict(data=spec.data, parts=parts) | ({} if self.config.tiles is None else dict(tiles=asdict(self.config.tiling), v=2)))
-        self.train_key = config_hash(dict(data=spec.data, train=parts['train']))   # what the DDPM learns from: neither tiles nor the test parts
+        self.split_key = config_hash(dict(data=spec.data, parts=parts)
+                                     | ({} if self.config.tiles is None
+                                        else dict(tiles=asdict(self.config.tiling), v=2)))
+        # what the DDPM learns from: neither tiles nor the test parts
+        self.train_key = config_hash(dict(data=spec.data, train=parts['train']))
         self.seconds, self._sources, self._gen = {}, None, None
         self.ddpm_start = None   # the grid's DDPM start folder (run_grid sets it when `ddpm_start` > 0)
         self.layout_start = None   # the grid's layout-DDPM start folder (run_grid sets it when `layout_start` > 0)
-        self.baseline_weights = None   # the baseline detector of this (split, seed): what checks drawn ships (run_grid sets it)
+        # the baseline detector of this (split, seed): what checks drawn ships (run_grid sets it)
+        self.baseline_weights = None
 
     def real(self) -> Path:
-        "The real parts in the Ultralytics layout (train/val tiled when `tiles` is set; test and extra whole, padded to one size); returns its folder."
+        ("The real parts in the Ultralytics layout (train/val tiled when `tiles` is set; test and extra whole, "
+         "padded to one size); returns its folder.")
         from synthkit.data.formats import export_yolo, write_data_yaml
         d = self.out/'data'/f'{self.tag}-{self.split_key[:8]}'
         if not read_done(d):
             tiling = self.config.tiling
-            export_yolo(self.ds, d, {p: ids for p, ids in self.parts.items() if tiling is None}, link=True, overwrite=True)
+            export_yolo(self.ds, d, {p: ids for p, ids in self.parts.items() if tiling is None},
+                        link=True, overwrite=True)
             if tiling is not None:
                 for p in ('train', 'val'): tile_dataset(self.ds, d, tiling, ids=self.parts[p], part=p)
-                canvas = Tiling(size=self.spec.eval_imgsz or native_imgsz(self.ds), overlap=0)   # one window per image: padded, never scaled
+                # one window per image: padded, never scaled
+                canvas = Tiling(size=self.spec.eval_imgsz or native_imgsz(self.ds), overlap=0)
                 for p in ('test', 'extra'):
                     if p in self.parts: tile_dataset(self.ds, d, canvas, ids=self.parts[p], part=p)
-            write_data_yaml(d, self.ds.names, {p: f'images/{p}' for p in ('train', 'val', 'test')}, 'the real parts of one split')
+            write_data_yaml(d, self.ds.names, {p: f'images/{p}' for p in ('train', 'val', 'test')},
+                            'the real parts of one split')
             write_json(d/'parts.json', self.parts); mark_done(d)
         return d
 
@@ -72,15 +82,16 @@ def _as_train(dataset, ids):
 
 @patch
 def trained(self: SplitProducts, cfg, start, folder: str, what: str) -> Path:
-    """A DDPM of `cfg` trained on this split's training images (fine-tuned from the start folder `start` when given), made
-    once under `out/folder/`, named by the images, `cfg`, the precision and the start; returns its folder."""
+    """A DDPM of `cfg` trained on this split's training images (fine-tuned from the start folder `start` when given),
+    made once under `out/folder/`, named by the images, `cfg`, the precision and the start; returns its folder."""
     from synthkit.ddpm import read_meta
     from synthkit.ddpm_train import train_ddpm
     from synthkit.precision import resolve_dtype
     c = self.config
     device = c.generator_options.get('device') or 'cpu'
     dtype = resolve_dtype(c.generator_options.get('dtype'), 'ddpm', device)
-    key = dict(split=self.train_key, cfg=without_legacy(asdict(cfg))) | ({} if dtype == 'fp32' else {'dtype': dtype})   # fp32 keeps its old keys
+    # fp32 keeps its old keys
+    key = dict(split=self.train_key, cfg=without_legacy(asdict(cfg))) | ({} if dtype == 'fp32' else {'dtype': dtype})
     if start is not None: key['start'] = start.name
     d = self.out/folder/f'{self.tag}-{config_hash(key, 8)}'
     if not read_done(d):
@@ -89,7 +100,8 @@ def trained(self: SplitProducts, cfg, start, folder: str, what: str) -> Path:
         train_ddpm(_as_train(self.ds, ids), d, cfg, progress=self.progress, device=device, dtype=dtype,
                    start=None if start is None else start/'model')
         meta = read_meta(d)
-        check(meta.get('complete', True), f'the {what} of {self.tag} stopped at {meta.get("step")} of {cfg.steps} steps: '
+        check(meta.get('complete', True),
+              f'the {what} of {self.tag} stopped at {meta.get("step")} of {cfg.steps} steps: '
               f'its minutes={cfg.minutes} cap ran out, so it is not the model the configuration asks for',
               "set minutes=None so it trains by steps alone (the result then doesn't depend on machine speed), "
               'or run again to resume it', path=d)
@@ -99,17 +111,20 @@ def trained(self: SplitProducts, cfg, start, folder: str, what: str) -> Path:
 
 @patch
 def ddpm_folder(self: SplitProducts) -> Path:
-    "The split's DDPM, trained on its training images (fine-tuned from `ddpm_start` when set), made once; returns its folder."
+    ("The split's DDPM, trained on its training images (fine-tuned from `ddpm_start` when set), "
+     "made once; returns its folder.")
     return self.trained(grid_ddpm(self.config, self.spec.seed), self.ddpm_start, 'ddpm', 'DDPM')
 
 @patch
 def layout_folder(self: SplitProducts) -> Path:
-    "The split's layout DDPM (drawn+N): trained on its training images and their ship masks (fine-tuned from `layout_start` when set)."
+    ("The split's layout DDPM (drawn+N): trained on its training images and their ship masks (fine-tuned from "
+     "`layout_start` when set).")
     return self.trained(grid_layout_ddpm(self.config, self.spec.seed), self.layout_start, 'layout', 'layout DDPM')
 
 @patch
 def generator(self: SplitProducts):
-    "The split's generator: `generator_factory(self)` when given, else the grid's DDPM (trained first) or its `generator` spec."
+    ("The split's generator: `generator_factory(self)` when given, else the grid's DDPM "
+     "(trained first) or its `generator` spec.")
     if self._gen is None:
         c = self.config
         if self.factory is not None: self._gen = self.factory(self)
@@ -122,21 +137,24 @@ def generator(self: SplitProducts):
 # %% ../../nbs/24e_grid_products.ipynb #60ba8728
 @patch
 def bank(self: SplitProducts) -> Path:
-    "The crop bank of this split and seed: ship crops from its training tiles only (never a val or test image), made once."
+    ("The crop bank of this split and seed: ship crops from its training tiles only (never a val "
+     "or test image), made once.")
     from synthkit.paste import CropBank
     margin = paste_options(self.config)['margin']
     d = self.out/'synth'/self.tag/f'bank-{config_hash(dict(v=1, split=self.split_key, margin=margin), 8)}'
     if not read_done(d):
         src = self.sources()
         bank = CropBank.from_dataset(src, src.ids, margin=margin, forbidden=self.parts['val'] + self.parts['test'])
-        for part in ('val', 'test'): bank.check_lineage(self.parts[part], part)   # no ship of a val or test image, or of its tiles
+        for part in ('val', 'test'):   # no ship of a val or test image, or of its tiles
+            bank.check_lineage(self.parts[part], part)
         bank.save(d, overwrite=True); mark_done(d, crops=len(bank))
     return d
 
 @patch
 def paster(self: SplitProducts, kind: str):
-    """The generator of new ships on this split's crop bank: `paste`; for `harmonized`, its pasted windows re-synthesized
-    by the grid's DDPM; for `drawn`, new ships drawn at paste's places by the split's layout DDPM, checked by its baseline detector."""
+    """The generator of new ships on this split's crop bank: `paste`; for `harmonized`, its pasted windows
+    re-synthesized by the grid's DDPM; for `drawn`, new ships drawn at paste's places by the split's layout DDPM,
+    checked by its baseline detector."""
     from synthkit.generators import load_generator
     opts = {k: v for k, v in paste_options(self.config).items() if k != 'margin'}
     if kind == 'paste': return load_generator(f'paste:{self.bank()}', **opts)
@@ -144,10 +162,11 @@ def paster(self: SplitProducts, kind: str):
     c = self.config
     verify = drawn_settings(c)['verify']
     check(not verify or (self.baseline_weights is not None and Path(self.baseline_weights).is_file()),
-          f'the drawn ships of {self.tag} are checked by its baseline detector, and there is none yet', 'run the baseline first (plan does)')
+          f'the drawn ships of {self.tag} are checked by its baseline detector, and there is none yet',
+          'run the baseline first (plan does)')
     dev = {k: c.generator_options[k] for k in ('device', 'dtype') if k in c.generator_options}
-    return load_generator(f'drawn:{self.layout_folder()}', bank=str(self.bank()), detector=self.baseline_weights if verify else None,
-                          **drawn_options(c), **dev)
+    return load_generator(f'drawn:{self.layout_folder()}', bank=str(self.bank()),
+                          detector=self.baseline_weights if verify else None, **drawn_options(c), **dev)
 
 # %% ../../nbs/24e_grid_products.ipynb #159c6ac8
 def _output_path(folder: Path, record: dict) -> str:
@@ -156,9 +175,11 @@ def _output_path(folder: Path, record: dict) -> str:
     return str((p if p.is_absolute() else folder/p).resolve())
 
 def manifest_records(folder) -> list:
-    "(image path, source id, k, part) of every complete output listed in `folder/manifest.jsonl` (written by `synthesize`)."
+    ("(image path, source id, k, part) of every complete output listed in `folder/manifest.jsonl` "
+     "(written by `synthesize`).")
     folder = Path(folder)
-    return [(_output_path(folder, r), str(r['source']), int(r['k']), str(r.get('part', ''))) for r in Manifest(folder/MANIFEST).read()]
+    return [(_output_path(folder, r), str(r['source']), int(r['k']), str(r.get('part', '')))
+            for r in Manifest(folder/MANIFEST).read()]
 
 def manifest_sources(folder) -> dict:
     "{image path: source id} from the manifest."
@@ -170,29 +191,38 @@ def folder(self: SplitProducts, kind: str, strength: float | None) -> Path:
     c, seed = self.config, self.spec.seed
     if kind == 'diffusion': key = generation_recipe(c, strength, seed).key()
     elif kind == 'classic': key = classic_recipe(seed, c.classic).key()
-    elif kind == 'drawn': key = config_hash(dict(paste=paste_options(c), drawn=drawn_recipe(c), seed=seed,
-                                                 detector=run_key(replace(self.spec, condition='baseline')) if drawn_settings(c)['verify'] else None))
-    else: key = config_hash(dict(paste=paste_options(c), harmonizer=generation_recipe(c, strength, seed).key() if kind == 'harmonized' else None))
+    elif kind == 'drawn':
+        key = config_hash(dict(paste=paste_options(c), drawn=drawn_recipe(c), seed=seed,
+                               detector=run_key(replace(self.spec, condition='baseline'))
+                               if drawn_settings(c)['verify'] else None))
+    else:
+        key = config_hash(dict(paste=paste_options(c),
+                               harmonizer=generation_recipe(c, strength, seed).key() if kind == 'harmonized' else None))
     return self.out/'synth'/self.tag/f'{kind}-{config_hash(dict(v=3, split=self.split_key, recipe=key), 8)}'
 
 @patch
 def make(self: SplitProducts, kind: str, strength: float | None, counts: dict):
-    "Make outputs 0 … `counts[s]` − 1 of each source `s` in the folder of `kind` at `strength` (what is there is kept), timed."
+    ("Make outputs 0 … `counts[s]` − 1 of each source `s` in the folder of `kind` at `strength` "
+     "(what is there is kept), timed.")
     c, d = self.config, self.folder(kind, strength)
-    gen = self.generator() if kind == 'diffusion' else self.paster(kind) if kind != 'classic' else None   # trains the DDPM first (timed on its own)
+    # trains the DDPM first (timed on its own)
+    gen = self.generator() if kind == 'diffusion' else self.paster(kind) if kind != 'classic' else None
     t = time.time()
     for n in sorted(set(counts.values())):
         sub = [s for s, m in counts.items() if m == n]
         src = self.sources().subset(sub)   # training sources only: test images never reach a generator
         if kind == 'classic':
             from synthkit.augment import classic_variations
-            classic_variations(src, n, d, parts={'train': sub}, seed=self.spec.seed, progress=self.progress, shard=(0, 1), **c.classic)
+            classic_variations(src, n, d, parts={'train': sub}, seed=self.spec.seed, progress=self.progress,
+                               shard=(0, 1), **c.classic)
         else:
             from synthkit.synthesize import synthesize
             from synthkit.generators import GenParams
-            params = drawn_params(c, self.spec.seed) if kind == 'drawn' else \
-                generation_params(c, strength, self.spec.seed) if strength is not None else GenParams(seed=self.spec.seed)
-            synthesize(src, gen, n, params, d, parts={'train': sub}, progress=self.progress, shard=(0, 1))   # the group's own: never split by a launcher
+            params = (drawn_params(c, self.spec.seed) if kind == 'drawn'
+                      else generation_params(c, strength, self.spec.seed) if strength is not None
+                      else GenParams(seed=self.spec.seed))
+            # the group's own: never split by a launcher
+            synthesize(src, gen, n, params, d, parts={'train': sub}, progress=self.progress, shard=(0, 1))
     mark_done(d, seconds=round(((read_done(d) or {}).get('seconds', 0)) + time.time() - t, 1))
 
 @patch
@@ -203,7 +233,8 @@ def need(self: SplitProducts, kind: str, strengths: tuple, m: int) -> dict:
     counts = sequence_counts(order, m) if m else {}
     groups = {}
     for j, s in enumerate(order):
-        if counts.get(s): groups.setdefault(strengths[j % len(strengths)] if kind in STRENGTH_KINDS else None, []).append(s)
+        if counts.get(s):
+            groups.setdefault(strengths[j % len(strengths)] if kind in STRENGTH_KINDS else None, []).append(s)
     found = {}
     for strength, ids in sorted(groups.items(), key=lambda kv: str(kv[0])):
         d = self.folder(kind, strength)
@@ -214,7 +245,8 @@ def need(self: SplitProducts, kind: str, strengths: tuple, m: int) -> dict:
             have = {(s, k): p for p, s, k, _ in manifest_records(d)}
         self.seconds[kind] = self.seconds.get(kind, 0) + (read_done(d) or {}).get('seconds', 0)
         mine = set(ids)
-        found.update({sk: p for sk, p in have.items() if sk[0] in mine and sk[1] < counts[sk[0]]})   # this group's sources only
+        # this group's sources only
+        found.update({sk: p for sk, p in have.items() if sk[0] in mine and sk[1] < counts[sk[0]]})
     return found
 
 # %% ../../nbs/24e_grid_products.ipynb #78f139a8
@@ -222,23 +254,27 @@ def need(self: SplitProducts, kind: str, strengths: tuple, m: int) -> dict:
 def verdicts_file(self: SplitProducts, weights, settings: dict) -> Path:
     "The file that caches the label check's verdicts for the detector `weights` (by content) and `settings`."
     from synthkit.files import sha256_file
-    return self.out/'synth'/self.tag/f'labelcheck-{config_hash(dict(weights=sha256_file(weights), settings=settings), 10)}.json'
+    return self.out/'synth'/self.tag/(
+        f'labelcheck-{config_hash(dict(weights=sha256_file(weights), settings=settings), 10)}.json')
 
 @patch
 def checked(self: SplitProducts, paths: list, weights, settings: dict) -> list:
-    "The `paths` (variations, in order) in which the detector `weights` finds their inherited (and pasted) boxes; verdicts cached per weights and settings."
+    ("The `paths` (variations, in order) in which the detector `weights` finds their inherited (and pasted) boxes; "
+     "verdicts cached per weights and settings.")
     from synthkit.labelcheck import LabelCheck
     from synthkit.images import read_image
     f = self.verdicts_file(weights, settings)
     verdicts = json.loads(f.read_text()) if f.is_file() else {}
     todo = [p for p in dict.fromkeys(paths) if p not in verdicts]
     if todo:
-        lc = LabelCheck.from_weights(weights, imgsz=self.config.train_imgsz, device=self.config.detect.device, **settings)
+        lc = LabelCheck.from_weights(weights, imgsz=self.config.train_imgsz,
+                                     device=self.config.detect.device, **settings)
         folders = {Path(p).parents[2] for p in todo}   # <folder>/images/<part>/<file>
         recs = {_output_path(d, r): r for d in folders for r in Manifest(d/MANIFEST).read()}
         for p in todo:
             r = recs[p]
-            v = lc(read_image(p), np.asarray(r['boxes'], np.float32), np.asarray(r['cls'], np.int64), info=r)   # pasted ships must be found too
+            # pasted ships must be found too
+            v = lc(read_image(p), np.asarray(r['boxes'], np.float32), np.asarray(r['cls'], np.int64), info=r)
             verdicts[p] = [bool(v.keep), v.reason]
         write_json(f, verdicts)
     return [p for p in paths if verdicts[p][0]]

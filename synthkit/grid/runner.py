@@ -19,7 +19,8 @@ from .lineage import default_split_fn, parts_of, splits_of
 from .products import SplitProducts
 from .lists import assemble, lists_key
 from .starts import start_of, ddpm_start_folder, layout_start_folder
-from .share import process_share, group_owners, exclusive, own_share, own_gpu, ultralytics_alone, record_share, finished_rows, gather
+from .share import (process_share, group_owners, exclusive, own_share, own_gpu, ultralytics_alone,
+                                 record_share, finished_rows, gather)
 
 # %% auto #0
 __all__ = ['row_fields', 'write_table', 'run_grid']
@@ -28,9 +29,10 @@ __all__ = ['row_fields', 'write_table', 'run_grid']
 def row_fields() -> list:
     "The columns of `results.csv`, in order (the metrics are `synthkit.detect.METRICS`)."
     ms = metric_names()
-    return ['split', 'condition', 'kind', 'n_per_image', 'seed', *ms, *[f'extra_{m}' for m in ms], 'n_train_real', 'n_train_real_distinct',
-            'n_train_synth', 'n_train_synth_distinct', 'synthetic_share', 'real_exposures', 'n_val_real', 'n_val_synth', 'epochs', 'steps',
-            'budget', 'start', 'eval_imgsz', 'train_seconds', 'prep_seconds', 'key', 'run_dir', 'synth_dir', 'lists_key', 'same_as']
+    return ['split', 'condition', 'kind', 'n_per_image', 'seed', *ms, *[f'extra_{m}' for m in ms], 'n_train_real',
+            'n_train_real_distinct', 'n_train_synth', 'n_train_synth_distinct', 'synthetic_share', 'real_exposures',
+            'n_val_real', 'n_val_synth', 'epochs', 'steps', 'budget', 'start', 'eval_imgsz', 'train_seconds',
+            'prep_seconds', 'key', 'run_dir', 'synth_dir', 'lists_key', 'same_as']
 
 def write_table(rows: list, out, name: str = 'results'):
     "Write rows as `out/name.csv` and `out/name.json` (atomically)."
@@ -45,11 +47,16 @@ def _with_new_metrics(row: dict, rd: Path) -> dict:
     "A cached row, with any metric declared since it was made computed from the run's saved weights (no retraining)."
     missing = [m for m in metric_names() if m not in row]
     if not missing: return row
-    w, y = Path(row.get('run_dir') or rd)/'detector'/'train'/'weights'/'last.pt', rd/'data.yaml'   # a twin's weights are its first run's
-    check(w.is_file() and y.is_file(), f'the cached run lacks {missing[0]!r} and its weights are gone', 'delete its folder to run it again', path=rd)
-    row = {**row, **{k: v for k, v in evaluate(w, y, 'test', imgsz=row.get('eval_imgsz', 320), out_dir=rd/'detector'/'eval').items() if k in missing}}
+    # a twin's weights are its first run's
+    w, y = Path(row.get('run_dir') or rd)/'detector'/'train'/'weights'/'last.pt', rd/'data.yaml'
+    check(w.is_file() and y.is_file(), f'the cached run lacks {missing[0]!r} and its weights are gone',
+          'delete its folder to run it again', path=rd)
+    row = {**row, **{k: v for k, v in evaluate(w, y, 'test', imgsz=row.get('eval_imgsz', 320),
+                                               out_dir=rd/'detector'/'eval').items() if k in missing}}
     if 'extra_map50' in row:
-        row.update({f'extra_{k}': v for k, v in evaluate(w, y, 'extra', imgsz=row.get('eval_imgsz', 320), out_dir=rd/'detector'/'eval').items() if k in missing})
+        row.update({f'extra_{k}': v
+                    for k, v in evaluate(w, y, 'extra', imgsz=row.get('eval_imgsz', 320),
+                                         out_dir=rd/'detector'/'eval').items() if k in missing})
     write_json(rd/'result.json', row)
     return row
 
@@ -82,13 +89,15 @@ def _plan_grid(g: _Grid, cells) -> tuple:
     if cells is not None:
         cells = {(sp, int(sd)) for sp, sd in cells}
         bad = sorted(cells - {(s.split, s.seed) for s in specs})
-        check(not bad, f'cells {bad} are not in the grid', f'use (split, seed) pairs of splits {list(config.splits)} and seeds {list(config.seeds)}')
+        check(not bad, f'cells {bad} are not in the grid',
+              f'use (split, seed) pairs of splits {list(config.splits)} and seeds {list(config.seeds)}')
         specs = [s for s in specs if (s.split, s.seed) in cells]
     g.specs = specs
     return specs, cells is None
 
 def _make_start(g: _Grid, bar):
-    "Pretrain the detector's start if no process has yet (made once: another process waits on the lock, then finds it made)."
+    ("Pretrain the detector's start if no process has yet (made once: "
+     "another process waits on the lock, then finds it made).")
     p = g.start_plan
     if p is None or p.done: return
     with exclusive(p.folder.with_suffix('.lock'), g.world):
@@ -99,15 +108,18 @@ def _make_start(g: _Grid, bar):
             g.made.append(f'start {g.start_key}')
 
 def _products(g: _Grid, spec: RunSpec) -> SplitProducts:
-    "The products of the run's (split, seed), made once per call; a split with diffusion variations fine-tunes its DDPM from the DDPM start."
+    ("The products of the run's (split, seed), made once per call; a split with diffusion variations fine-tunes its "
+     "DDPM from the DDPM start.")
     tag = (spec.split, spec.seed)
     if tag not in g.products:
-        parts = parts_of(splits_of(g.dataset, g.config, g.split_fn, spec.seed)[spec.split], g.dataset, g.config.extra_test)
+        parts = parts_of(splits_of(g.dataset, g.config, g.split_fn, spec.seed)[spec.split], g.dataset,
+                         g.config.extra_test)
         p = g.products[tag] = SplitProducts(g.dataset, spec, parts, g.out, g.factory, progress=g.verbose)
         kinds = {s.kind for s in g.specs if (s.split, s.seed) == tag}
         if kinds & set(STRENGTH_KINDS):   # the grid's DDPM: fine-tuned from the start
             p.ddpm_start = ddpm_start_folder(g.dataset, g.config, g.out, g.split_fn, g.world, progress=g.verbose)
-        if 'drawn' in kinds: p.layout_start = layout_start_folder(g.dataset, g.config, g.out, g.split_fn, g.world, progress=g.verbose)
+        if 'drawn' in kinds:
+            p.layout_start = layout_start_folder(g.dataset, g.config, g.out, g.split_fn, g.world, progress=g.verbose)
     return g.products[tag]
 
 # %% ../../nbs/24i_grid_runner.ipynb #89c3654a
@@ -117,42 +129,51 @@ def _train(g: _Grid, spec: RunSpec, y: Path, rd: Path, products: SplitProducts) 
     run = train_detector(y, rd/'detector', dc, verbose=g.verbose)
     extra = {}
     if 'extra' in products.parts:
-        m = evaluate(run.weights, y, 'extra', imgsz=dc.eval_imgsz or dc.imgsz, batch=dc.batch, device=dc.device, out_dir=rd/'detector'/'eval')
+        m = evaluate(run.weights, y, 'extra', imgsz=dc.eval_imgsz or dc.imgsz, batch=dc.batch, device=dc.device,
+                     out_dir=rd/'detector'/'eval')
         extra = {f'extra_{k}': v for k, v in m.items()}
     return dict(metrics=run.metrics, extra=extra, budget=run.budget, seconds=run.seconds, wdir=rd)
 
 def _twin(twin: dict) -> dict:
     "The result of a run with the same lists, settings and start as the finished row `twin`."
-    return dict(metrics={k: twin[k] for k in metric_names()}, extra={k: v for k, v in twin.items() if k.startswith('extra_')},
+    return dict(metrics={k: twin[k] for k in metric_names()},
+                extra={k: v for k, v in twin.items() if k.startswith('extra_')},
                 budget=dict(epochs=twin['epochs'], steps=twin['steps']), seconds=0.0, wdir=Path(twin['run_dir']))
 
-def _row(g: _Grid, spec: RunSpec, result: dict, counts: dict, products: SplitProducts, prep_s: float, lists: str, twin) -> dict:
+def _row(g: _Grid, spec: RunSpec, result: dict, counts: dict, products: SplitProducts, prep_s: float,
+         lists: str, twin) -> dict:
     "The run's row of the tidy table."
     dc, kinds = spec.detect_config(), spec.strengths if spec.kind in STRENGTH_KINDS else (None,)
     synth = sorted({str(products.folder(spec.kind, s)) for s in kinds}) if spec.kind != 'baseline' else []
     tr, budget = counts['train'], result['budget']
-    return dict(split=spec.split, condition=spec.condition, kind=spec.kind, n_per_image=spec.n_per_image, seed=spec.seed,
-                **result['metrics'], **result['extra'], n_train_real=tr['real'], n_train_synth=tr['synthetic'],
+    return dict(split=spec.split, condition=spec.condition, kind=spec.kind,
+                n_per_image=spec.n_per_image, seed=spec.seed, **result['metrics'], **result['extra'],
+                n_train_real=tr['real'], n_train_synth=tr['synthetic'],
                 n_train_synth_distinct=tr['distinct_synthetic'], n_train_real_distinct=tr['distinct_real'],
-                synthetic_share=tr['synthetic_share'], real_exposures=tr['real_exposures'], n_val_real=counts['val']['real'],
-                n_val_synth=counts['val']['synthetic'], epochs=budget['epochs'], steps=budget['steps'], budget=g.config.budget,
-                start=g.start_key or 'scratch', eval_imgsz=dc.eval_imgsz or dc.imgsz, train_seconds=result['seconds'], prep_seconds=prep_s,
+                synthetic_share=tr['synthetic_share'], real_exposures=tr['real_exposures'],
+                n_val_real=counts['val']['real'], n_val_synth=counts['val']['synthetic'], epochs=budget['epochs'],
+                steps=budget['steps'], budget=g.config.budget, start=g.start_key or 'scratch',
+                eval_imgsz=dc.eval_imgsz or dc.imgsz, train_seconds=result['seconds'], prep_seconds=prep_s,
                 key=run_key(spec), run_dir=str(result['wdir']), synth_dir=';'.join(synth), lists_key=lists,
                 same_as='' if twin is None else twin['condition'],
-                **({'label_check_kept': counts['label_check']['kept'], 'label_check_checked': counts['label_check']['checked']}
+                **({'label_check_kept': counts['label_check']['kept'],
+                    'label_check_checked': counts['label_check']['checked']}
                    if 'label_check' in counts else {}))
 
 def _run(g: _Grid, spec: RunSpec, rows: list, bar) -> dict:
-    "Make what the run needs, assemble its lists, train it (or take its twin's result), write `spec.json` and `result.json`; its row."
+    ("Make what the run needs, assemble its lists, train it (or take its twin's result), "
+     "write `spec.json` and `result.json`; its row.")
     _make_start(g, bar)
     t0 = time.time()
     products = _products(g, spec)
     real, rd = products.real(), run_dir_of(spec, g.out)
     if rd.exists(): shutil.rmtree(rd)   # a run interrupted in flight starts over
-    base = next((r for r in rows if (r['split'], r['seed'], r['condition']) == (spec.split, spec.seed, 'baseline')), None)
+    base = next((r for r in rows
+                 if (r['split'], r['seed'], r['condition']) == (spec.split, spec.seed, 'baseline')), None)
     weights = None if base is None else Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt'
     products.baseline_weights = weights   # what checks drawn ships
-    y = assemble(spec, real, products.parts, None if spec.kind == 'baseline' else products, rd, check_weights=weights if spec.checked else None)
+    y = assemble(spec, real, products.parts, None if spec.kind == 'baseline' else products, rd,
+                 check_weights=weights if spec.checked else None)
     prep_s = round(time.time() - t0, 1)
     counts = json.loads((rd/'counts.json').read_text())
     lists = lists_key(rd, spec.detect_config(), real, g.out)
@@ -181,12 +202,13 @@ def _write_tables(rows: list, specs: list, out: Path):
         write_table(summarize(rows), out, 'summary')
 
 def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_result=None, should_stop=None,
-             split_fn=None, generator_factory=None, verbose: bool = False, share: tuple | None = None, grace: float = 120.0,
-             cells=None) -> list:
+             split_fn=None, generator_factory=None, verbose: bool = False, share: tuple | None = None,
+             grace: float = 120.0, cells=None) -> list:
     """Run (or load from the cache) every run of the grid; returns the tidy rows, one per run. Under a launcher (or with
-    `share=(rank, world)`) this process runs its share of the groups; rank 0 then waits for the others, writes the tables
-    and returns every row, the other processes return their own rows. `cells`: only these (split, seed) pairs — the
-    starts stay the whole grid's (they depend on every seed's test images), and the grid's tables are left as they are."""
+    `share=(rank, world)`) this process runs its share of the groups; rank 0 then waits for the others, writes the
+    tables and returns every row, the other processes return their own rows. `cells`: only these (split, seed) pairs —
+    the starts stay the whole grid's (they depend on every seed's test images), and the grid's
+    tables are left as they are."""
     from tqdm.auto import tqdm
     config = config.check()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -195,11 +217,13 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
     g = _Grid(dataset, config, out, split_fn or default_split_fn, generator_factory, verbose, world)
     specs, whole = _plan_grid(g, cells)
     if rank == 0 and whole:
-        write_json(out/'grid.json', dict(config=asdict(config), runs=[s.name for s in specs], dataset=specs[0].data if specs else '', start=g.start_key))
+        write_json(out/'grid.json', dict(config=asdict(config), runs=[s.name for s in specs],
+                                         dataset=specs[0].data if specs else '', start=g.start_key))
     owners = group_owners(specs, world)
     mine = [s for s, o in zip(specs, owners) if o == rank]
     cached = [s for s in specs if (run_dir_of(s, out)/'result.json').is_file()]
-    bar = tqdm(total=len(specs), initial=len(cached), desc='experiment grid', unit='run', disable=not progress or rank != 0)
+    bar = tqdm(total=len(specs), initial=len(cached), desc='experiment grid', unit='run',
+               disable=not progress or rank != 0)
     rows, ran, stopped = [], [], False
     with ExitStack() as held:
         if world > 1: held.enter_context(own_share(out, rank, world))
@@ -212,8 +236,10 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
             rows.append(_run(g, spec, rows, bar)); ran.append(spec.name)
             _progress(rows, g, rank, whole, bar)
             if on_result is not None: on_result(rows[-1])
-        if world > 1: record_share(out, rank, world, stopped=stopped, made=g.made, ran=ran, share=[s.name for s in mine])
-    if world > 1 and rank == 0: rows = finished_rows(specs, out) if stopped else gather(specs, owners, out, world, bar, grace=grace)
+        if world > 1:
+            record_share(out, rank, world, stopped=stopped, made=g.made, ran=ran, share=[s.name for s in mine])
+    if world > 1 and rank == 0:
+        rows = finished_rows(specs, out) if stopped else gather(specs, owners, out, world, bar, grace=grace)
     bar.close()
     if rank != 0 or not whole: return rows
     _write_tables(rows, specs, out)

@@ -40,8 +40,10 @@ def ultralytics_alone():
     import sys
     u = sys.modules.get('ultralytics.utils')
     if u is not None:
-        check(getattr(u, 'RANK', -1) == -1, f'Ultralytics was imported under the launcher (RANK={getattr(u, "RANK", "?")}) before the grid '
-              'started: it would train every run as one rank of a DDP job', 'start the grid before anything imports ultralytics')
+        check(getattr(u, 'RANK', -1) == -1,
+              f'Ultralytics was imported under the launcher (RANK={getattr(u, "RANK", "?")}) before the grid '
+              'started: it would train every run as one rank of a DDP job',
+              'start the grid before anything imports ultralytics')
         return
     saved = {k: os.environ.pop(k) for k in _DDP_VARS if k in os.environ}
     try:
@@ -67,7 +69,8 @@ def own_gpu():
 # %% ../../nbs/24g_grid_share.ipynb #3862f379
 @contextmanager
 def exclusive(path, world: int = 1):
-    "Hold an exclusive `fcntl` lock on the file `path` while several processes share a grid (`world` > 1; one process takes none)."
+    ("Hold an exclusive `fcntl` lock on the file `path` while several processes share a grid "
+     "(`world` > 1; one process takes none).")
     if world <= 1:
         yield; return
     import fcntl
@@ -100,18 +103,21 @@ def own_share(out, rank: int, world: int):
     with open(f, 'a') as fh:
         try: fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SynthkitError(f'another process is already running share {rank} of {world} of this grid', 'wait for it to end or stop it', path=out)
+            raise SynthkitError(f'another process is already running share {rank} of {world} of this grid',
+                                'wait for it to end or stop it', path=out)
         try: yield
         finally: fcntl.flock(fh, fcntl.LOCK_UN)
 
 def record_share(out, rank: int, world: int, **fields) -> Path:
-    "Write this process's record, `rank-<r>-of-<w>.json`: its host and pid and `fields` (its share, the runs it ran, what it made)."
+    ("Write this process's record, `rank-<r>-of-<w>.json`: its host and pid and `fields` (its share, "
+     "the runs it ran, what it made).")
     import socket
     return write_json(rank_file(out, rank, world, '.json'), dict(host=socket.gethostname(), pid=os.getpid(), **fields))
 
 # %% ../../nbs/24g_grid_share.ipynb #5a4ee439
 def _finished_row(rd: Path):
-    "The row of a finished run, or None: `result.json` is there with every declared metric (its owner may still be adding one)."
+    ("The row of a finished run, or None: `result.json` is there with every declared metric (its owner "
+     "may still be adding one).")
     f = Path(rd)/'result.json'
     if not f.is_file(): return None
     row = json.loads(f.read_text())
@@ -122,7 +128,8 @@ def finished_rows(specs: list, out) -> list:
     return [r for r in (_finished_row(run_dir_of(s, out)) for s in specs) if r is not None]
 
 def gather(specs: list, owners: list, out, world: int, bar=None, poll: float = 2.0, grace: float = 120.0) -> list:
-    "Rank 0, its share done: wait until every run is finished and return all rows in plan order; a process gone without its runs is an error."
+    ("Rank 0, its share done: wait until every run is finished and return all rows in plan order; "
+     "a process gone without its runs is an error.")
     gone = {}
     while True:
         rows = [_finished_row(run_dir_of(s, out)) for s in specs]
@@ -135,6 +142,7 @@ def gather(specs: list, owners: list, out, world: int, bar=None, poll: float = 2
                 names = [s.name for s, o in missing if o == r]
                 raise SynthkitError(f'process {r} of {world} is not running and {len(names)} of its runs are missing '
                                     f'({", ".join(names[:3])}{", ..." if len(names) > 3 else ""})',
-                                    "see that process's output for its error, then run the same command again: finished runs are kept", path=out)
+                                    "see that process's output for its error, then run the same command "
+                                    "again: finished runs are kept", path=out)
         if bar is not None: bar.set_postfix_str('waiting for the other processes')
         time.sleep(poll)

@@ -38,14 +38,16 @@ def start_of(dataset, config: GridConfig, out, split_fn) -> tuple:
         check_start_names(st, dataset.names)
         return f'file:{sha256_file(st)[:16]}', str(Path(st).resolve()), None
     from synthkit.pretrain import PretrainConfig, plan_start
-    p = plan_start(Path(out)/'pretrain', dataset.names, fit_to=never_test(dataset, config, split_fn), config=PretrainConfig(**config.pretrain),
-                   tiling=config.tiling, detect=config.detect)
+    p = plan_start(Path(out)/'pretrain', dataset.names, fit_to=never_test(dataset, config, split_fn),
+                   config=PretrainConfig(**config.pretrain), tiling=config.tiling, detect=config.detect)
     return f'pretrained:{p.key}', str(p.weights), p
 
 # %% ../../nbs/24h_grid_starts.ipynb #48b66570
-def model_start(dataset, config: GridConfig, out, split_fn, cfg, folder: str, world: int = 1, progress: bool = False) -> Path:
-    """A DDPM start trained once under `out/folder/` with `cfg` on simulated scenes (the simulator fitted to the never-test
-    images, else its defaults; with their hulls for a layout model) and the never-test images; cached by key."""
+def model_start(dataset, config: GridConfig, out, split_fn, cfg, folder: str, world: int = 1,
+                progress: bool = False) -> Path:
+    """A DDPM start trained once under `out/folder/` with `cfg` on simulated scenes (the simulator fitted to the
+    never-test images, else its defaults; with their hulls for a layout model) and the never-test
+    images; cached by key."""
     from synthkit.ddpm_train import train_ddpm
     from synthkit.precision import resolve_dtype
     from synthkit.sarsim import simulate, SceneParams, fit_params, scene_hulls
@@ -55,27 +57,33 @@ def model_start(dataset, config: GridConfig, out, split_fn, cfg, folder: str, wo
     params = fit_params(never) if pc.fit and len(never) >= pc.min_fit_images else SceneParams()
     device = config.generator_options.get('device') or 'cpu'
     dtype = resolve_dtype(config.generator_options.get('dtype'), 'ddpm', device)
-    key = config_hash(dict(v=1, never_test=fingerprint(never), params=params.asdict(), scenes=pc.scenes, cfg=without_legacy(asdict(cfg)), dtype=dtype))
+    key = config_hash(dict(v=1, never_test=fingerprint(never), params=params.asdict(), scenes=pc.scenes,
+                           cfg=without_legacy(asdict(cfg)), dtype=dtype))
     d = Path(out)/folder/f'start-{key[:12]}'
     with exclusive(d.with_suffix('.lock'), world):
         if read_done(d): return d
         t = time.time()
         sim = simulate(d/'scenes', n=pc.scenes, seed=pc.seed, params=params, progress=progress, overwrite=True)
         hulls = scene_hulls(d/'scenes') if cfg.layout else {}
-        pool = Dataset([replace(it, meta={**it.meta, 'split': 'train', **({'hulls': hulls[it.id]} if it.id in hulls else {})}) for it in sim]
+        pool = Dataset([replace(it, meta={**it.meta, 'split': 'train',
+                                          **({'hulls': hulls[it.id]} if it.id in hulls else {})}) for it in sim]
                        + [replace(it, meta={**it.meta, 'split': 'train'}) for it in never], list(dataset.names))
         train_ddpm(pool, d/'model', cfg, progress=progress, device=device, dtype=dtype)
-        mark_done(d, seconds=round(time.time() - t, 1), scenes=pc.scenes, never_test=len(never), fitted=params != SceneParams())
+        mark_done(d, seconds=round(time.time() - t, 1), scenes=pc.scenes, never_test=len(never),
+                  fitted=params != SceneParams())
     return d
 
-def ddpm_start_folder(dataset, config: GridConfig, out, split_fn, world: int = 1, progress: bool = False) -> Path | None:
-    "The grid's DDPM start (made once, cached by key), or None when `ddpm_start` is 0 or the generator isn't the grid's DDPM."
+def ddpm_start_folder(dataset, config: GridConfig, out, split_fn, world: int = 1,
+                      progress: bool = False) -> Path | None:
+    ("The grid's DDPM start (made once, cached by key), or None when `ddpm_start` is 0 or the "
+     "generator isn't the grid's DDPM.")
     if config.generator != 'ddpm' or not config.ddpm_start: return None
     from synthkit.pretrain import PretrainConfig
     cfg = replace(grid_ddpm(config, PretrainConfig(**config.pretrain).seed), steps=config.ddpm_start)
     return model_start(dataset, config, out, split_fn, cfg, 'ddpm-start', world, progress)
 
-def layout_start_folder(dataset, config: GridConfig, out, split_fn, world: int = 1, progress: bool = False) -> Path | None:
+def layout_start_folder(dataset, config: GridConfig, out, split_fn, world: int = 1,
+                        progress: bool = False) -> Path | None:
     "The grid's layout-DDPM start for drawn+N (made once, cached by key), or None when `layout_start` is 0."
     if not config.layout_start: return None
     from synthkit.pretrain import PretrainConfig
