@@ -77,7 +77,7 @@ _DRAWN_HINT = 'train one with DDPMConfig(layout=True) (`synthkit train-ddpm DATA
 
 class DrawnShipsGenerator(PasteGenerator):
     "New ships drawn by a layout-conditioned DDPM at `paste`'s places for the same seed; boxes from the drawn hulls."
-    name, version = 'drawn', '1'
+    name, version = 'drawn', '2'
     knobs = frozenset({'seed', 'strength', 'steps', 'guidance'})
     img2img_steps = True
     batch_invariant = True    # each output's windows are one batch of their own: its pixels don't depend on the call
@@ -92,7 +92,7 @@ class DrawnShipsGenerator(PasteGenerator):
         super().__init__(bank, k, scale, flips, turns, None, gap, sea_tolerance, tries, looks)
         check(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1, f'k={k!r} must be an integer ≥ 1',
               'the number of new ships per output, e.g. 3 (k=0 would make copies of the sources)')
-        self.ddpm = g = DDPMGenerator(model, device=device, dtype=dtype)
+        self.ddpm = g = DDPMGenerator(model, device=device, dtype=dtype, clip=True)   # ships drawn from noise: estimates clipped
         check(g.layout, f'the model in {g.folder} has no layout channel: it was trained without layout=True', _DRAWN_HINT, path=g.folder)
         from synthkit.ddpm import built_model
         self.footprints = built_model(g.meta).get('layout_masks') == 'footprint'

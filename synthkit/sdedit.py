@@ -130,9 +130,11 @@ def sdedit_schedule(scheduler, strength: float, steps: int, spacing: str = 'cubi
 SOLVERS = ('ddim', 'dpm++2m')
 ETAS = (0.0, 1.0)
 
-def solver_scheduler(scheduler, solver: str = 'dpm++2m', eta: float = 0.0) -> DPMSolverMultistepScheduler:
+def solver_scheduler(scheduler, solver: str = 'dpm++2m', eta: float = 0.0, clip: bool = False) -> DPMSolverMultistepScheduler:
     """diffusers' `DPMSolverMultistepScheduler` that steps SDEdit for a model of `scheduler`'s noise schedule:
-    DPM-Solver++(2M) (`solver='dpm++2m'`) or DDIM (`'ddim'`, first order), deterministic (`eta=0`) or SDE (`eta=1`)."""
+    DPM-Solver++(2M) (`solver='dpm++2m'`) or DDIM (`'ddim'`, first order), deterministic (`eta=0`) or SDE (`eta=1`);
+    `clip`: each step's estimate of the clean image clipped to the image range [−1, 1] (diffusers' thresholding)."""
+    check(isinstance(clip, bool), f'clip={clip!r} must be True or False', 'True clips the clean-image estimate to [-1, 1]')
     check(solver in SOLVERS, f'solver={solver!r} is not one of {", ".join(SOLVERS)}',
           "use 'dpm++2m' (default) or 'ddim'")
     check(isinstance(eta, (int, float)) and not isinstance(eta, bool) and float(eta) in ETAS,
@@ -143,7 +145,8 @@ def solver_scheduler(scheduler, solver: str = 'dpm++2m', eta: float = 0.0) -> DP
                                        trained_betas=c.get('trained_betas'), prediction_type='epsilon',
                                        algorithm_type='sde-dpmsolver++' if eta else 'dpmsolver++',
                                        solver_order=1 if solver == 'ddim' else 2, solver_type='midpoint',
-                                       lower_order_final=False, euler_at_final=False, final_sigmas_type='zero')
+                                       lower_order_final=False, euler_at_final=False, final_sigmas_type='zero',
+                                       thresholding=clip, sample_max_value=1.0)
 
 # %% ../nbs/11b_sdedit.ipynb #8695ca65
 class DDPMGenerator(Generator):
@@ -157,7 +160,7 @@ class DDPMGenerator(Generator):
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64,
                  channels_last: bool = True, dtype: str | None = 'auto', solver: str = 'dpm++2m',
-                 spacing: str = 'cubic', eta: float = 0.0):
+                 spacing: str = 'cubic', eta: float = 0.0, clip: bool = False):
         check_device(device)
         check(spacing in SPACINGS, f'spacing={spacing!r} is not one of {", ".join(SPACINGS)}',
               "use 'cubic' (default) or 'trailing' (img2img's)")
@@ -172,7 +175,7 @@ class DDPMGenerator(Generator):
                                                    timestep_spacing='trailing', clip_sample=False,
                                                    set_alpha_to_one=True)
         # refuses a solver or η it has no steps for
-        self.solver_scheduler = solver_scheduler(self.scheduler, solver, eta)
+        self.solver_scheduler = solver_scheduler(self.scheduler, solver, eta, clip)
         self.unet = load_pretrained(UNet2DModel, self.folder/'unet', 'DDPM UNet').to(device).eval()
         check(self.unet.config.in_channels == (2 if self.layout else 1),
               f'{self.folder}/unet takes {self.unet.config.in_channels} input channels, but its synthkit_ddpm.json '
