@@ -13,7 +13,7 @@ import numpy as np
 from synthkit.data.formats import load_dataset
 from synthkit.drawn import DrawnShipsGenerator
 from synthkit.generators import GenParams
-from synthkit.instances import ship_patch, ship_patches, nearest, near_copy_threshold, new_ship_boxes
+from synthkit.instances import ship_patch, ship_patches, nearest, near_copy_threshold, new_ship_boxes, ship_groups
 from synthkit.paste import CropBank
 
 ap = argparse.ArgumentParser()
@@ -29,7 +29,7 @@ weights = sorted((root/'runs').glob(f'{tag}-baseline-s{seed}-*'))[0]/'detector'/
 ds = load_dataset(real/'data.yaml', check_pixels=False)
 tiles = [it for it in ds if it.meta.get('split') == 'train'][:a.tiles]
 bank = CropBank.load(bank_dir)
-refs = np.stack([ship_patch(c.image, c.box) for c in bank.crops]); thr = near_copy_threshold(refs)
+refs = np.stack([ship_patch(c.image, c.box) for c in bank.crops]); thr = near_copy_threshold(refs, groups=ship_groups(bank.crops))
 print(f'{a.cell}: {len(tiles)} tiles, bank {len(bank)} crops, near-copy threshold {thr:.3f}, detector {weights}')
 print('| design | ships | verified | near-copies | novelty | s / output |\n|---|---|---|---|---|---|')
 for d in a.design:

@@ -19,9 +19,9 @@ setup_offline()  # before diffusers / transformers are imported anywhere
 
 # %% auto #0
 __all__ = ['KNOBS', 'DTYPE_ARGS', 'OWN_FIELDS', 'WEIGHT_FILES', 'GENERATORS', 'min_steps', 'min_strength', 'GenParams',
-           'derive_seed', 'torch_generators', 'check_device', 'torch_threads', 'constructor_options', 'output_seeds',
-           'Generator', 'load_pretrained', 'weight_files', 'weights_hash', 'generator_class', 'load_generator',
-           'parse_assignments']
+           'derive_seed', 'torch_generators', 'check_device', 'torch_threads', 'constructor_options', 'recipe_options',
+           'output_seeds', 'Generator', 'load_pretrained', 'weight_files', 'weights_hash', 'generator_class',
+           'load_generator', 'parse_assignments']
 
 # %% ../nbs/10_generators.ipynb #2b8a8ba1
 KNOBS = ('strength', 'guidance', 'steps', 'seed', 'prompt', 'negative_prompt')
@@ -156,9 +156,16 @@ def constructor_options(cls, given: dict | None = None, with_model: bool = False
         if init is None or klass is object: continue
         for p in list(inspect.signature(init).parameters.values())[1:]:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.default is not p.empty: opts[p.name] = p.default
+    own = inspect.signature(cls.__init__).parameters   # a parent's option the class no longer takes is not one of its
+    if not any(p.kind is p.VAR_KEYWORD for p in own.values()): opts = {k: v for k, v in opts.items() if k in own}
     opts.update(given or {})
     skip = set(OWN_FIELDS) | ({getattr(cls, 'model_arg', 'model')} if not with_model else set())
     return {k: opts[k] for k in sorted(opts) if k not in skip}
+
+def recipe_options(cls, options: dict) -> dict:
+    "`options` less those of `cls.later_options` at the default that leaves the pixels as before the option existed."
+    later = getattr(cls, 'later_options', {})
+    return {k: v for k, v in options.items() if not (k in later and v == later[k])}
 
 def output_seeds(params: GenParams, n: int, seeds=None, source_id: str = 'image') -> list:
     ("The seeds of `n` outputs of one source: `seeds` as given, or `derive_seed(params.seed, source_id, k)`; "
@@ -184,6 +191,9 @@ class Generator:
     cross_source: bool = False  # `_run_many` computes outputs of several same-shape sources in one model call
     batch_invariant: bool = False  # no batched model: an output's pixels don't depend on the batch size
     model_arg: str = 'model'    # the constructor parameter that names the model (the weights name it in a recipe)
+    # options added after the backend's first folders were made, each with the default that keeps its pixels as they
+    # were: at that default an option is left out of the recipe, so the folders made before it keep their keys
+    later_options: dict = {}
     device: str = 'cpu'
 
     def __init_subclass__(cls, **kw):
@@ -193,7 +203,8 @@ class Generator:
     def options(self) -> dict:
         ("The constructor options that decide this generator's pixels (defaults filled in), "
          "less the model and `OWN_FIELDS`.")
-        return constructor_options(type(self), getattr(self, 'given_options', {}), with_model=not self.identity())
+        opts = constructor_options(type(self), getattr(self, 'given_options', {}), with_model=not self.identity())
+        return recipe_options(type(self), opts)
 
     @classmethod
     def resolve_device(cls, device=None) -> str:

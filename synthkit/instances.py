@@ -14,8 +14,8 @@ from .metrics import dihedral
 
 # %% auto #0
 __all__ = ['PATCH', 'CONTEXT', 'NEAR_QUANTILE', 'VERIFY_IOU', 'VERIFY_CONF', 'ship_patch', 'ship_patches', 'nearest',
-           'near_copy_threshold', 'new_ship_boxes', 'ship_windows', 'InstanceRow', 'novelty_row', 'instance_table',
-           'verified_share', 'folder_outputs', 'instance_row']
+           'near_copy_threshold', 'ship_groups', 'new_ship_boxes', 'ship_windows', 'InstanceRow', 'novelty_row',
+           'instance_table', 'verified_share', 'folder_outputs', 'instance_row']
 
 # %% ../nbs/23b_instances.ipynb #b93cc6d9
 PATCH, CONTEXT, NEAR_QUANTILE = 32, 0.25, 10
@@ -43,9 +43,11 @@ def ship_patches(image, boxes, **kw) -> np.ndarray:
     return (np.stack([ship_patch(image, x, **kw) for x in b]) if len(b)
             else np.zeros((0, kw.get('size', PATCH), kw.get('size', PATCH)), np.float32))
 
-def nearest(queries: np.ndarray, refs: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+def nearest(queries: np.ndarray, refs: np.ndarray, exclude_self: bool = False, groups=None) -> np.ndarray:
     """For each query patch, the distance to its nearest reference patch: RMS difference, the smallest over the 8 flips
-    / quarter turns of each reference (`exclude_self`: queries are the references, each one's own distance left out)."""
+    / quarter turns of each reference (`exclude_self`: queries are the references, each one's own distance left out;
+    `groups`: with `exclude_self`, a label per reference — references of one label, e.g. one ship cut from two
+    overlapping tiles, are not each other's neighbours)."""
     q = np.asarray(queries, np.float32).reshape(len(queries), -1)
     check(len(refs), 'no reference ships to measure novelty against', 'pass the crop bank the outputs were made with')
     best = np.full(len(q), np.inf)
@@ -53,16 +55,32 @@ def nearest(queries: np.ndarray, refs: np.ndarray, exclude_self: bool = False) -
         r = np.stack([dihedral(x)[t] for x in refs]).reshape(len(refs), -1)
         d2 = (q ** 2).sum(1)[:, None] + (r ** 2).sum(1)[None, :] - 2 * q @ r.T
         d = np.sqrt(np.maximum(d2, 0) / q.shape[1])
-        if exclude_self: np.fill_diagonal(d, np.inf)
+        if exclude_self:
+            np.fill_diagonal(d, np.inf)
+            if groups is not None: d[np.equal.outer(np.asarray(groups), np.asarray(groups))] = np.inf
         best = np.minimum(best, d.min(axis=1))
     return best
 
-def near_copy_threshold(bank_patches: np.ndarray, quantile: float = NEAR_QUANTILE) -> float:
-    ("The distance under which a ship counts as a near-copy: the `quantile` % point of the bank ships' distances to "
-     "their nearest other bank ship.")
+def near_copy_threshold(bank_patches: np.ndarray, quantile: float = NEAR_QUANTILE, groups=None) -> float:
+    """The distance under which a ship counts as a near-copy: the `quantile` % point of the bank ships' distances to
+    their nearest other bank ship (`groups`: one label per physical ship, `ship_groups`)."""
     check(len(bank_patches) >= 2, f'{len(bank_patches)} bank ships: no spread to compare with',
           'use a bank of at least two ships')
-    return float(np.percentile(nearest(bank_patches, bank_patches, exclude_self=True), quantile))
+    d = nearest(bank_patches, bank_patches, exclude_self=True, groups=groups)
+    check(np.isfinite(d).any(), 'every bank crop is the same ship: no spread to compare with', 'use a bank of at least two ships')
+    return float(np.percentile(d[np.isfinite(d)], quantile))
+
+def ship_groups(crops) -> list:
+    """One label per physical ship of a crop bank's crops: crops cut from overlapping tiles of one image hold the same
+    ship at the same place in that image (`synthkit.data.tiles.tile_origin`), and get one label."""
+    from synthkit.data.tiles import source_image, tile_origin
+    keys = []
+    for c in crops:
+        x, y = tile_origin(c.source)
+        b = np.asarray(c.source_box, np.float64) + [x, y, x, y]
+        keys.append((source_image(c.source), *np.round(b / 2).astype(int)))   # to within 2 px: the same ship
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    return [ids[k] for k in keys]
 
 # %% ../nbs/23b_instances.ipynb #ace17cd3
 def new_ship_boxes(boxes, info) -> np.ndarray:
@@ -105,7 +123,7 @@ def novelty_row(instances: str, outputs, bank, threshold: float | None = None) -
     """Novelty and near-copies of the new ships of `outputs` (each `(image, boxes, info)`) against the crop `bank`
     (a `CropBank`): the distances of `nearest`, the threshold of `near_copy_threshold` unless given."""
     refs = np.stack([ship_patch(c.image, c.box) for c in bank.crops])
-    threshold = near_copy_threshold(refs) if threshold is None else float(threshold)
+    threshold = near_copy_threshold(refs, groups=ship_groups(bank.crops)) if threshold is None else float(threshold)
     pats = [p for image, boxes, info in outputs for p in ship_patches(image, new_ship_boxes(boxes, info))]
     if not pats: return InstanceRow(instances, 0, None, None, threshold)
     d = nearest(np.stack(pats), refs)

@@ -74,7 +74,9 @@ def machine_key(device='cpu') -> str:
     "What a precision measurement holds for: the CPU (model, flags) or GPU, torch's version and its thread count."
     import torch
     dev = torch.device(device)
-    if dev.type == 'cuda': hw = f'cuda:{torch.cuda.get_device_name(dev)}:{torch.cuda.get_device_capability(dev)}'
+    if dev.type == 'cuda':   # a machine without CUDA has nothing to name (and nothing native: 'auto' is fp32 there)
+        hw = (f'cuda:{torch.cuda.get_device_name(dev)}:{torch.cuda.get_device_capability(dev)}'
+              if torch.cuda.is_available() else 'cuda:unavailable')
     else: hw = f'cpu:{cpu_model()}:{hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]}'
     return f'{hw}|torch {torch.__version__}|{torch.get_num_threads()} threads'
 

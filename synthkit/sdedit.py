@@ -157,6 +157,7 @@ class DDPMGenerator(Generator):
     img2img_steps = True   # SDEdit runs the last int(strength × steps) steps
     model_arg = 'model_folder'
     cross_source = True    # outputs of several same-shape sources in one model call (`sdedit_many`)
+    later_options = dict(clip=False)   # unclipped estimates: the pixels (and folders) from before `clip` existed
 
     def __init__(self, model_folder, device: str = 'cpu', tile: int = 512, overlap: int = 64,
                  channels_last: bool = True, dtype: str | None = 'auto', solver: str = 'dpm++2m',

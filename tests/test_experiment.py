@@ -204,7 +204,8 @@ def test_ddpm_trains_on_the_generator_device(toy, tmp_path, monkeypatch):
     SplitProducts(toy, spec, deal(toy, 0)['split_1'], tmp_path).ddpm_folder()
     SplitProducts(toy, replace(spec, config=replace(cfg, generator_options={})), deal(toy, 0)['split_1'], tmp_path/'b').ddpm_folder()
     assert seen == ['cuda', 'cpu']
-    assert dtypes == [dd.resolve_dtype('auto', 'cuda'), dd.resolve_dtype('auto', 'cpu')]   # resolved, so the key can hold it
+    from synthkit.precision import resolve_dtype
+    assert dtypes == [resolve_dtype('auto', 'ddpm', 'cuda'), resolve_dtype('auto', 'ddpm', 'cpu')]   # resolved, so the key can hold it
     SplitProducts(toy, replace(spec, config=replace(cfg, generator_options=dict(dtype='fp32'))), deal(toy, 0)['split_1'], tmp_path/'c').ddpm_folder()
     assert dtypes[-1] == 'fp32'
 

@@ -511,7 +511,7 @@ def test_recipe_holds_the_bank_and_the_harmonizer(toy, bank_dir, ddpm_dir, hgen,
     assert g2.weights_hash != hgen.weights_hash and Recipe.of(g2, HP).key() != r.key()
     moved = shutil.copytree(ddpm_dir, tmp_path/'moved')   # the same weights elsewhere: the same recipe
     assert Recipe.of(load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{moved}', k=2), HP).key() == r.key()
-    for kw in (dict(pad=2), dict(harmonizer_options=dict(eta=0.5)), dict(harmonizer_options=dict(solver='ddim')), dict(k=3)):
+    for kw in (dict(pad=2), dict(harmonizer_options=dict(eta=1.0)), dict(harmonizer_options=dict(solver='ddim')), dict(k=3)):
         assert Recipe.of(load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', **{'k': 2, **kw}), HP).key() != r.key(), kw
     for q in (HP.replace(strength=0.75), HP.replace(steps=6), HP.replace(seed=4)): assert Recipe.of(hgen, q).key() != r.key()
     assert Recipe.of(hgen, HP.replace(guidance=2.0, prompt='x')).key() == r.key()
@@ -535,7 +535,7 @@ def test_harmonized_regenerate_is_byte_exact_and_resume_checks_the_harmonizer(to
     with pytest.raises(SynthkitError, match=r'options.pad: 4 → 2'):
         regenerate(recs[0], load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2, pad=2), toy)
     with pytest.raises(SynthkitError, match='made with other settings'):
-        synthesize(toy, load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2, harmonizer_options=dict(eta=0.5)),
+        synthesize(toy, load_generator(f'ddpm-paste:{bank_dir}', harmonizer=f'ddpm:{ddpm_dir}', k=2, harmonizer_options=dict(eta=1.0)),
                    3, HP, tmp_path/'out', parts={'train': ['img0', 'img1', 'img2']}, batch_size=2, progress=False)
     with pytest.raises(SynthkitError, match='computed 2 per model call'):
         synthesize(toy, hgen, 3, HP, tmp_path/'out', parts={'train': ['img0', 'img1', 'img2']}, batch_size=3, progress=False)

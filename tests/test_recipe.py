@@ -17,12 +17,22 @@ P = GenParams(strength=0.5, steps=2, seed=3, prompt='a ship')
 TINY_DDPM = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2)
 OWN = ('device', 'dtype', 'batch_size')   # options a recipe holds in fields of their own (tested apart)
 # another value for every constructor option of every registered backend: a new option fails the test until it has one
-OTHER = dict(tile=32, overlap=16, channels_last=False, eta=0.5, solver='ddim', spacing='trailing',                                             # ddpm
+OTHER = dict(tile=32, overlap=16, channels_last=False, eta=1.0, solver='ddim', spacing='trailing', clip=True,     # ddpm
              attention_slicing=True, vae_slicing=True, cpu_offload=True, safety_checker=True,      # diffusers
              condition='canny', conditioning_scale=0.3, canny_low=10, canny_high=250, controlnet='<folder>/controlnet',
              flips=False, turns=False, looks=2.0,                                                  # classic
              k=1, scale=1.0, feather=1.0, gap=5.0, sea_tolerance=None, tries=5,                    # paste
-             pad=1, harmonizer_options=dict(eta=0.5))                                              # ddpm-paste
+             pad=1, harmonizer_options=dict(eta=1.0),                                              # ddpm-paste
+             prior_width=1.6, window=96, verify_iou=0.5, verify_conf=0.2, detector_imgsz=64, empty='copy')   # drawn
+
+
+class FindsNothing:
+    "A stand-in real-data detector for drawn's `detector` option: it finds no ship."
+    weights_hash = 'nothing'
+    def predict(self, image, conf=0.0): return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+
+
+OTHER['detector'] = FindsNothing()
 
 
 class Sigma(Generator):
@@ -43,14 +53,15 @@ def models(tmp_path_factory):
     d = tmp_path_factory.mktemp('models')
     toy = tiny.speckle_toy(d/'toy', n=3, size=32)
     return {'ddpm': train_ddpm(toy, d/'ddpm', DDPMConfig(**TINY_DDPM, steps=1), progress=False),
+            'drawn': train_ddpm(toy, d/'layout', DDPMConfig(**TINY_DDPM, steps=1, layout=True), progress=False),
             'sd-img2img': tiny.build_tiny_sd_img2img(d/'sd'), 'unclip': tiny.build_tiny_unclip(d/'unclip'),
             'sd-variation': tiny.build_tiny_image_variation(d/'variation'), 'controlnet': tiny.build_tiny_controlnet(d/'cn'),
             'classic': None, 'paste': CropBank.from_dataset(toy, margin=1).save(d/'bank')} | {'ddpm-paste': d/'bank'}
 
 
 def _needs(name, models) -> dict:
-    "Options a backend cannot be loaded without, besides its model: ddpm-paste's harmonizer (the tiny DDPM)."
-    return dict(harmonizer=f"ddpm:{models['ddpm']}") if name == 'ddpm-paste' else {}
+    "Options a backend cannot be loaded without, besides its model: ddpm-paste's harmonizer (the tiny DDPM), drawn's bank."
+    return {'ddpm-paste': dict(harmonizer=f"ddpm:{models['ddpm']}"), 'drawn': dict(bank=models['paste'])}.get(name, {})
 
 
 def _load(name, models, **options):
@@ -62,7 +73,7 @@ def _load(name, models, **options):
 
 
 def _pixels(gen, params=P, batch_size=1):
-    src = (np.random.default_rng(0).random((32, 40)) * 255).astype(np.uint8)
+    src = np.clip(np.random.default_rng(0).gamma(2.0, 20.0, (32, 40)), 0, 255).astype(np.uint8)   # the toy's sea: room for drawn's ships
     return gen.generate(src, [[5, 5, 20, 25]], [0], n=2, params=params, source_id='a', batch_size=batch_size)
 
 

@@ -24,7 +24,7 @@ def test_same_seed_same_bytes_any_workers(tmp_path):
     simulate(tmp_path/'b', n=5, seed=7, workers=1, progress=False)
     simulate(tmp_path/'c', n=5, seed=8, workers=1, progress=False)
     a, b, c = _digest(tmp_path/'a'), _digest(tmp_path/'b'), _digest(tmp_path/'c')
-    assert len(a) == 11 and a == b       # 5 images + 5 labels + sarsim.json
+    assert len(a) == 12 and a == b       # 5 images + 5 labels + sarsim.json + hulls.json
     assert a != c
 
 
@@ -32,7 +32,10 @@ def test_scene_does_not_depend_on_n(tmp_path):
     simulate(tmp_path/'small', n=2, seed=3, workers=1, progress=False)
     simulate(tmp_path/'big', n=4, seed=3, workers=2, progress=False)
     small, big = _digest(tmp_path/'small'), _digest(tmp_path/'big')
-    assert all(big[k] == v for k, v in small.items() if k != 'sarsim.json')
+    assert all(big[k] == v for k, v in small.items() if k not in ('sarsim.json', 'hulls.json'))
+    import json   # each scene's hulls are the same too
+    hs, hb = (json.loads((tmp_path/n/'hulls.json').read_text()) for n in ('small', 'big'))
+    assert hs and all(hb[k] == v for k, v in hs.items())
 
 
 @pytest.mark.parametrize('params', [SceneParams(), SceneParams(land_p=1.0), SceneParams(width=(600, 800), height=(400, 800))])

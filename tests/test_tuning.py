@@ -617,7 +617,8 @@ def test_ddpm_paste_with_its_harmonizer_and_strength(ds, tmp_path, monkeypatch):
 def test_ddpm_paste_end_to_end_with_a_tiny_ddpm(tmp_path):
     "The real `ddpm-paste` (synthkit.paste) harmonized by a tiny DDPM trained for two steps: offered, previewed, copied as code, kept."
     if 'ddpm-paste' not in GENERATORS: pytest.skip('synthkit.paste has no ddpm-paste generator yet')
-    from synthkit.ddpm import DDPMConfig, train_ddpm
+    from synthkit.ddpm import DDPMConfig
+    from synthkit.ddpm_train import train_ddpm
     from synthkit.generators import load_generator
     from synthkit.recipe import Recipe
     from synthkit.testing import speckle_toy

@@ -15,7 +15,7 @@ from .items import Item, Dataset
 
 # %% auto #0
 __all__ = ['Tiling', 'tile_origins', 'tile_windows', 'crop_boxes', 'tile_id', 'tile_array', 'tile_item', 'source_image',
-           'source_keys', 'tile_dataset', 'check_tiling', 'native_imgsz']
+           'tile_origin', 'source_keys', 'tile_dataset', 'check_tiling', 'native_imgsz']
 
 # %% ../../nbs/05a_data_tiles.ipynb #5cd92140
 @dataclass(frozen=True)
@@ -97,6 +97,11 @@ _TILE = re.compile(r'@x\d+y\d+$')
 def source_image(item_id: str) -> str:
     "The id of the image a tile id (`tile_id`: `<image id>@x<x0>y<y0>`) was cut from; any other id is its own image."
     return _TILE.sub('', str(item_id))
+
+def tile_origin(item_id: str) -> tuple:
+    "(x0, y0): where a tile (`tile_id`) lies in the image it was cut from; (0, 0) for any other id."
+    m = re.search(r'@x(\d+)y(\d+)$', str(item_id))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 def source_keys(ids) -> set:
     """The images of `ids` (tile ids or image ids), each as its id and as file names write it (`/` as `__`):
