@@ -32,7 +32,7 @@ PASTE_OPTIONS = ('k', 'scale', 'flips', 'turns', 'feather', 'gap', 'sea_toleranc
 
 # drawn+N: the knobs of the drawn ships (strength inside their windows, steps, guidance), whether the baseline detector
 # checks them, and DrawnShipsGenerator options; its layout DDPM trains like the grid's DDPM, with a layout channel
-GRID_DRAWN = dict(strength=0.8, steps=10, guidance=2.0, verify=True)
+GRID_DRAWN = dict(strength=1.0, steps=10, guidance=2.0, verify=True)   # the sweep's choice (nbs/26)
 DRAWN_OPTIONS = ('strength', 'steps', 'guidance', 'verify', 'prior_width', 'window', 'pad', 'verify_iou', 'verify_conf')
 GRID_LAYOUT = dict(steps=300, minutes=None, layout=True, object_weight=0.9)
 
