@@ -50,7 +50,8 @@ class DDPMConfig:
     lr_decay: str = 'cosine'     # 'cosine': lr → lr/10 over `steps` after warm-up; 'constant'
     layout: bool = False         # a layout channel: the UNet also sees a ship mask (synthkit.layout)
     cond_dropout: float = 0.1    # a layout model: share of training crops whose mask is dropped (guidance)
-    layout_masks: str = 'ellipse'  # a layout model: a real box's mask, 'ellipse' (inscribed) or 'footprint' (its bright pixels)
+    # a layout model: a real box's mask, 'ellipse' (inscribed) or 'footprint' (its bright pixels)
+    layout_masks: str = 'ellipse'
 
     def check(self) -> 'DDPMConfig':
         check(isinstance(self.crop, int) and self.crop >= 16 and self.crop % 2 ** (len(self.channels) - 1) == 0,
@@ -116,7 +117,8 @@ LAYOUT_MASKS = ('ellipse', 'footprint')
 
 # Settings that were fixed before they became fields: models built with them keep their old cache keys, and their
 # folders (whose synthkit_ddpm.json doesn't name them) resume as what they are.
-LEGACY = dict(head_dim=8, t_max=None, ema=None, lr_decay='constant', layout=False, cond_dropout=0.1, layout_masks='ellipse')
+LEGACY = dict(head_dim=8, t_max=None, ema=None, lr_decay='constant', layout=False, cond_dropout=0.1,
+              layout_masks='ellipse')
 
 def read_meta(folder) -> dict:
     """The settings, step and loss history of the DDPM model folder `folder` (its synthkit_ddpm.json), refused in one

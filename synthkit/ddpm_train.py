@@ -41,13 +41,15 @@ class TrainingPool:
     skipped: int = 0
 
 def training_pool(dataset: Dataset, layout: bool = False, masks: str = 'ellipse') -> TrainingPool:
-    "The items of `dataset`'s training split as a `TrainingPool`; with `layout`, each with its ship mask (`masks`: how a real box becomes one)."
+    ("The items of `dataset`'s training split as a `TrainingPool`; with `layout`, each with its ship mask "
+     "(`masks`: how a real box becomes one).")
     items = [it for it in dataset if it.meta.get('split', 'train') == 'train']
     check(items, f'no training images among the {len(dataset)} given',
           'pass the training split (items with split "train")')
     check_origins([(it, 'train') for it in items])   # no variations of val/test images, wherever data.yaml points
     imgs = [to_unit(it.read(), grey=True)[0] for it in items]
-    lay = [layout_mask(im.shape, it.boxes, it.meta.get('hulls'), im if masks == 'footprint' else None) for im, it in zip(imgs, items)] if layout else None
+    lay = ([layout_mask(im.shape, it.boxes, it.meta.get('hulls'), im if masks == 'footprint' else None)
+            for im, it in zip(imgs, items)] if layout else None)
     return TrainingPool(imgs, [it.boxes for it in items], lay, len(dataset) - len(items))
 
 def _pad(a: np.ndarray, crop: int) -> np.ndarray:
@@ -324,7 +326,8 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     config = config.check()
     check_device(device)
     bf16 = resolve_dtype(dtype, 'ddpm', device) == 'bf16'
-    pool = training_pool(dataset, config.layout, config.layout_masks)   # before anything is written: a refused dataset leaves no folder
+    # before anything is written: a refused dataset leaves no folder
+    pool = training_pool(dataset, config.layout, config.layout_masks)
     out, dev = Path(out), torch.device(device)
     resuming = resume and has_state(out) and (out/CONFIG_FILE).exists()
     # refused before anything is written

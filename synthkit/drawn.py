@@ -25,9 +25,11 @@ def _fits(box, h: int, w: int, others: np.ndarray, gap: float) -> bool:
     x0, y0, x1, y1 = box
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h: return False
     b = others
-    return not len(b) or not ((b[:, 0] < x1 + gap) & (b[:, 2] > x0 - gap) & (b[:, 1] < y1 + gap) & (b[:, 3] > y0 - gap)).any()
+    return not len(b) or not ((b[:, 0] < x1 + gap) & (b[:, 2] > x0 - gap)
+                              & (b[:, 1] < y1 + gap) & (b[:, 3] > y0 - gap)).any()
 
-def _hull_at(prior: ShipPrior, rng, centre, room, h: int, w: int, others: np.ndarray, gap: float, tries: int = 20) -> list:
+def _hull_at(prior: ShipPrior, rng, centre, room, h: int, w: int, others: np.ndarray, gap: float,
+             tries: int = 20) -> list:
     """A hull [cx, cy, length, beam, heading] centred at `centre`: drawn from `prior` until it fits (`_fits`), else the
     last draw shrunk until its box lies within `room` (the pasted ship's box: free by construction)."""
     cx, cy = centre
@@ -38,7 +40,8 @@ def _hull_at(prior: ShipPrior, rng, centre, room, h: int, w: int, others: np.nda
     for f in np.geomspace(1.0, 0.05, 40):
         hull = [cx, cy, max(2.0, length * f), max(1.0, beam * f), heading]
         b = hull_box(hull)
-        if b[0] >= room[0] - 0.5 and b[1] >= room[1] - 0.5 and b[2] <= room[2] + 0.5 and b[3] <= room[3] + 0.5: return hull
+        if (b[0] >= room[0] - 0.5 and b[1] >= room[1] - 0.5
+                and b[2] <= room[2] + 0.5 and b[3] <= room[3] + 0.5): return hull
     return hull
 
 def draw_layout(image, boxes, cls, bank: CropBank, seed: int, prior: ShipPrior, paste_options: dict) -> dict:
@@ -52,7 +55,8 @@ def draw_layout(image, boxes, cls, bank: CropBank, seed: int, prior: ShipPrior, 
     hulls, new = [], []
     for j, pb in enumerate(pasted):
         others = np.concatenate([src, np.asarray(new, np.float32).reshape(-1, 4), np.delete(pasted, j, axis=0)])
-        hull = [round(float(v), 4) for v in _hull_at(prior, rng, ((pb[0] + pb[2]) / 2, (pb[1] + pb[3]) / 2), pb, h, w, others, gap)]
+        hull = [round(float(v), 4)
+                for v in _hull_at(prior, rng, ((pb[0] + pb[2]) / 2, (pb[1] + pb[3]) / 2), pb, h, w, others, gap)]
         hulls.append(hull)
         new.append(np.clip(hull_box(hull), 0, [w, h, w, h]))
     return dict(hulls=hulls, boxes=np.asarray(new, np.float32).reshape(-1, 4), paste=lay.info['paste'])
@@ -63,11 +67,13 @@ def ship_window(hull, h: int, w: int, size: int, multiple: int, pad: int) -> tup
     b = hull_box(hull)
     side = max(size, int(math.ceil((max(b[2] - b[0], b[3] - b[1]) + 4 * pad + 2) / multiple)) * multiple)
     side = min(side, h // multiple * multiple, w // multiple * multiple)
-    top = int(np.clip(round(hull[1] - side / 2), 0, h - side)); left = int(np.clip(round(hull[0] - side / 2), 0, w - side))
+    top = int(np.clip(round(hull[1] - side / 2), 0, h - side))
+    left = int(np.clip(round(hull[0] - side / 2), 0, w - side))
     return top, left, side
 
 def region_mask(hull_pixels: np.ndarray, pad: int) -> np.ndarray:
-    "Where the model redraws a window: 1 on the hull and within `pad` px of it, a linear fall to 0 over the next `pad` px."
+    ("Where the model redraws a window: 1 on the hull and within `pad` px of it, "
+     "a linear fall to 0 over the next `pad` px.")
     from scipy import ndimage as ndi
     d = ndi.distance_transform_edt(hull_pixels <= 0)
     return np.clip(1 - (d - pad) / (pad + 1), 0, 1).astype(np.float32)
@@ -83,25 +89,34 @@ class DrawnShipsGenerator(PasteGenerator):
     batch_invariant = True    # each output's windows are one batch of their own: its pixels don't depend on the call
     model_arg, min_size = 'model', 16
 
-    def __init__(self, model, bank, k: int = 3, scale=(0.8, 1.25), flips: bool = True, turns: bool = True, gap: float = 2,
-                 sea_tolerance: float | None = 0.5, tries: int = 60, looks: float | None = None, prior_width: float = 1.25,
-                 window: int = 64, pad: int = 3, detector=None, verify_iou: float = 0.3, verify_conf: float = 0.1,
-                 detector_imgsz: int | None = None, empty: str = 'error', device: str = 'cpu', dtype: str | None = 'auto'):
-        "`model`: a layout DDPM folder; `bank`: a `CropBank` or its folder; `detector`: YOLO weights trained on the real images (or None)."
+    def __init__(self, model, bank, k: int = 3, scale=(0.8, 1.25), flips: bool = True, turns: bool = True,
+                 gap: float = 2, sea_tolerance: float | None = 0.5, tries: int = 60, looks: float | None = None,
+                 prior_width: float = 1.25, window: int = 64, pad: int = 3, detector=None,
+                 verify_iou: float = 0.3, verify_conf: float = 0.1, detector_imgsz: int | None = None,
+                 empty: str = 'error', device: str = 'cpu', dtype: str | None = 'auto'):
+        ("`model`: a layout DDPM folder; `bank`: a `CropBank` or its folder; "
+         "`detector`: YOLO weights trained on the real images (or None).")
         from synthkit.sdedit import DDPMGenerator
         super().__init__(bank, k, scale, flips, turns, None, gap, sea_tolerance, tries, looks)
-        check(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1, f'k={k!r} must be an integer ≥ 1',
+        check(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1,
+              f'k={k!r} must be an integer ≥ 1',
               'the number of new ships per output, e.g. 3 (k=0 would make copies of the sources)')
-        self.ddpm = g = DDPMGenerator(model, device=device, dtype=dtype, clip=True)   # ships drawn from noise: estimates clipped
-        check(g.layout, f'the model in {g.folder} has no layout channel: it was trained without layout=True', _DRAWN_HINT, path=g.folder)
+        # ships drawn from noise: estimates clipped
+        self.ddpm = g = DDPMGenerator(model, device=device, dtype=dtype, clip=True)
+        check(g.layout, f'the model in {g.folder} has no layout channel: it was trained without layout=True',
+              _DRAWN_HINT, path=g.folder)
         from synthkit.ddpm import built_model
         self.footprints = built_model(g.meta).get('layout_masks') == 'footprint'
-        check(isinstance(window, (int, np.integer)) and not isinstance(window, bool) and window >= g.crop and window % g.multiple == 0,
-              f'window={window!r} must be a multiple of {g.multiple} px and at least the {g.crop} px crops the model was trained on',
+        check(isinstance(window, (int, np.integer)) and not isinstance(window, bool)
+              and window >= g.crop and window % g.multiple == 0,
+              f'window={window!r} must be a multiple of {g.multiple} px '
+              f'and at least the {g.crop} px crops the model was trained on',
               f'use e.g. {max(64, g.crop)}')
-        check(isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and 1 <= pad <= window // 4, f'pad={pad!r} must be an integer in [1, {window // 4}] px', 'use e.g. 3')
+        check(isinstance(pad, (int, np.integer)) and not isinstance(pad, bool) and 1 <= pad <= window // 4,
+              f'pad={pad!r} must be an integer in [1, {window // 4}] px', 'use e.g. 3')
         for name_, v in (('verify_iou', verify_iou), ('verify_conf', verify_conf)):
-            check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, f'{name_}={v!r} must be in [0, 1]', 'use e.g. 0.3 (IoU) and 0.1 (score), as Gen2Det')
+            check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+                  f'{name_}={v!r} must be in [0, 1]', 'use e.g. 0.3 (IoU) and 0.1 (score), as Gen2Det')
         check(empty in ('error', 'copy'), f'empty={empty!r} is not error or copy',
               "use 'error' (a source with no room for a ship is refused) or 'copy' (it gives copies, as paste does)")
         self.prior = ShipPrior.from_boxes([c.source_box for c in self.bank.crops], width=prior_width)
@@ -115,9 +130,11 @@ class DrawnShipsGenerator(PasteGenerator):
         self.model_id, self.device = f'{g.folder}|bank:{self.model_id}|detector:{self.detector_id or "-"}', g.device
 
     def _detector(self, detector) -> tuple:
-        "(the detector or None, its identity): YOLO weights are vetted (`check_yolo_weights`) and named by their sha256."
+        ("(the detector or None, its identity): YOLO weights are vetted (`check_yolo_weights`) "
+         "and named by their sha256.")
         if detector is None: return None, ''
-        if hasattr(detector, 'predict'): return detector, f'object:{type(detector).__name__}:{getattr(detector, "weights_hash", "")}'
+        if hasattr(detector, 'predict'):
+            return detector, f'object:{type(detector).__name__}:{getattr(detector, "weights_hash", "")}'
         from synthkit.labelcheck import check_yolo_weights
         from synthkit.files import sha256_file
         p = check_yolo_weights(detector)
@@ -125,23 +142,27 @@ class DrawnShipsGenerator(PasteGenerator):
 
     def options(self) -> dict:
         o = {k: v for k, v in super().options().items() if k != 'feather'}
-        return {**o, 'prior_width': self.prior_width, 'window': self.window, 'pad': self.pad, 'verify_iou': self.verify_iou,
-                'verify_conf': self.verify_conf, 'detector_imgsz': self.detector_imgsz, 'empty': self.empty}
+        return {**o, 'prior_width': self.prior_width, 'window': self.window, 'pad': self.pad,
+                'verify_iou': self.verify_iou, 'verify_conf': self.verify_conf, 'detector_imgsz': self.detector_imgsz,
+                'empty': self.empty}
 
     def describe(self) -> dict:
         d = self.ddpm.describe()
-        return {**super().describe(), 'model_folder': str(self.ddpm.folder), 'detector': self.detector_id, 'dtype': d['dtype'], 'threads': d['threads']}
+        return {**super().describe(), 'model_folder': str(self.ddpm.folder), 'detector': self.detector_id,
+                'dtype': d['dtype'], 'threads': d['threads']}
 
     def paste_options(self) -> dict:
         "The options of `paste_ships` that decide the layout (the places of the new ships)."
-        return dict(k=self.k, scale=self.scale, flips=self.flips, turns=self.turns, gap=self.gap, sea_tolerance=self.sea_tolerance, tries=self.tries)
+        return dict(k=self.k, scale=self.scale, flips=self.flips, turns=self.turns, gap=self.gap,
+                    sea_tolerance=self.sea_tolerance, tries=self.tries)
 
 # %% ../nbs/22b_drawn.ipynb #dd499cb1
 from fastcore.basics import patch
 
 @patch
 def _jobs(self: DrawnShipsGenerator, image: np.ndarray, boxes, layouts: list, seeds: list) -> list:
-    "One dict per new ship of every output: output, window slice, what may change (`region`), the condition, the noise seed."
+    ("One dict per new ship of every output: output, window slice, what may change (`region`), "
+     "the condition, the noise seed.")
     h, w = image.shape[:2]
     src = np.asarray(boxes, np.float32).reshape(-1, 4)
     jobs = []
@@ -150,29 +171,36 @@ def _jobs(self: DrawnShipsGenerator, image: np.ndarray, boxes, layouts: list, se
             top, left, side = ship_window(hull, h, w, self.window, self.ddpm.multiple, self.pad)
             win = (slice(top, top + side), slice(left, left + side))
             hp = hull_layout((h, w), hull)[win]
-            own = src - np.array([left, top, left, top], np.float32)   # the source's ships in the window, drawn as the model learnt them
+            # the source's ships in the window, drawn as the model learnt them
+            own = src - np.array([left, top, left, top], np.float32)
             cond = np.maximum(layout_mask((side, side), own, image=image[win] if self.footprints else None), hp)
-            jobs.append(dict(out=o, ship=j, win=win, side=side, region=region_mask(hp, self.pad), cond=cond, seed=derive_seed(int(s), 'drawn', j + 1)))
+            jobs.append(dict(out=o, ship=j, win=win, side=side, region=region_mask(hp, self.pad), cond=cond,
+                             seed=derive_seed(int(s), 'drawn', j + 1)))
     return jobs
 
 @patch
 def _draw(self: DrawnShipsGenerator, x: np.ndarray, jobs: list, params: GenParams) -> list:
-    "The model's window of every job of one output (grey floats in [0, 1]; the source's pixels where the job's region is 0), in order."
+    ("The model's window of every job of one output (grey floats in [0, 1]; the source's pixels where the job's "
+     "region is 0), in order.")
     out = [None] * len(jobs)
     for side in sorted({j['side'] for j in jobs}):
         idx = [i for i, j in enumerate(jobs) if j['side'] == side]
         part = [jobs[i] for i in idx]
-        ys = self.ddpm.sdedit_many([x[j['win']] for j in part], params.strength, params.steps, [[j['seed']] for j in part],
-                                   masks=[j['region'] for j in part], layouts=[j['cond'] for j in part], guidance=params.guidance)
+        ys = self.ddpm.sdedit_many([x[j['win']] for j in part], params.strength, params.steps,
+                                   [[j['seed']] for j in part], masks=[j['region'] for j in part],
+                                   layouts=[j['cond'] for j in part], guidance=params.guidance)
         for i, y in zip(idx, ys): out[i] = y
     return out
 
 @patch
-def _compose(self: DrawnShipsGenerator, image: np.ndarray, x: np.ndarray, scale, jobs: list, windows: list) -> np.ndarray:
-    "The source with the drawn windows of `jobs` composited in (each weighted by its region), in the source's dtype; elsewhere the source's own pixels."
+def _compose(self: DrawnShipsGenerator, image: np.ndarray, x: np.ndarray, scale, jobs: list,
+             windows: list) -> np.ndarray:
+    ("The source with the drawn windows of `jobs` composited in (each weighted by its region), in the source's "
+     "dtype; elsewhere the source's own pixels.")
     u, changed = x.copy(), np.zeros(x.shape, np.float32)
     for j, y in zip(jobs, windows):
-        u[j['win']] = y + (1 - j['region']) * (u[j['win']] - x[j['win']])   # y is the source outside its region: keep what other windows drew
+        # y is the source outside its region: keep what other windows drew
+        u[j['win']] = y + (1 - j['region']) * (u[j['win']] - x[j['win']])
         changed[j['win']] = np.maximum(changed[j['win']], j['region'])
     from synthkit.masks import keep_outside
     return keep_outside(np.asarray(image), self.ddpm._back(u, scale), changed)
@@ -193,13 +221,15 @@ def found(self: DrawnShipsGenerator, image: np.ndarray, new_boxes) -> list:
         self.detector.imgsz = int(self.detector_imgsz or max(32, math.ceil(max(np.asarray(image).shape[:2]) / 32) * 32))
     db, _, _ = detections(self.detector, image, self.verify_conf)
     if not len(db): return [False] * len(nb)
-    return [bool(v >= self.verify_iou) for v in box_iou(torch.from_numpy(nb), torch.from_numpy(db)).max(dim=1).values.numpy()]
+    return [bool(v >= self.verify_iou)
+            for v in box_iou(torch.from_numpy(nb), torch.from_numpy(db)).max(dim=1).values.numpy()]
 
 # %% ../nbs/22b_drawn.ipynb #d573b58a
 @patch
-def generate_labelled(self: DrawnShipsGenerator, image, boxes=None, cls=None, *, n: int = 1, params: GenParams = GenParams(),
-                      seeds=None, source_id: str = 'image', batch_size=None) -> list:
-    "`n` outputs as `(image, boxes, cls)` with `.info['drawn']`; seeds default to `derive_seed(params.seed, source_id, k)`."
+def generate_labelled(self: DrawnShipsGenerator, image, boxes=None, cls=None, *, n: int = 1,
+                      params: GenParams = GenParams(), seeds=None, source_id: str = 'image', batch_size=None) -> list:
+    ("`n` outputs as `(image, boxes, cls)` with `.info['drawn']`; "
+     "seeds default to `derive_seed(params.seed, source_id, k)`.")
     params = params.check(self.img2img_steps)
     from synthkit.sdedit import check_guidance
     check_guidance(params.guidance)
@@ -208,8 +238,9 @@ def generate_labelled(self: DrawnShipsGenerator, image, boxes=None, cls=None, *,
     layouts = [draw_layout(image, boxes, cls, self.bank, s, self.prior, self.paste_options()) for s in seeds]
     if self.empty == 'error' and not any(lay['hulls'] for lay in layouts):
         p = layouts[0]['paste']
-        raise SynthkitError(f'no room for a new ship in {source_id!r}: 0 of {self.k} placed (too large for the image: {p["too_large"]} crops, '
-                            f'unlike its sea: {p["unlike_sea"]})', "use larger images, a smaller scale or sea_tolerance=None; or empty='copy' "
+        raise SynthkitError(f'no room for a new ship in {source_id!r}: 0 of {self.k} placed '
+                            f'(too large for the image: {p["too_large"]} crops, unlike its sea: {p["unlike_sea"]})',
+                            "use larger images, a smaller scale or sea_tolerance=None; or empty='copy' "
                             '(--option empty=copy) to keep such sources as copies, as paste does')
     x, scale = self.ddpm._unit(image)
     jobs = self._jobs(image, boxes, layouts, seeds)
@@ -218,13 +249,17 @@ def generate_labelled(self: DrawnShipsGenerator, image, boxes=None, cls=None, *,
     outs = []
     for o, (lay, s) in enumerate(zip(layouts, seeds)):
         mine = [j for j in jobs if j['out'] == o]
-        outs.append(self._output(image, x, scale, src_boxes, src_cls, lay, s, list(zip(mine, self._draw(x, mine, params))), params))
+        outs.append(self._output(image, x, scale, src_boxes, src_cls, lay, s,
+                                 list(zip(mine, self._draw(x, mine, params))), params))
     return outs
 
 @patch
-def _output(self: DrawnShipsGenerator, image, x, scale, src_boxes, src_cls, lay: dict, seed: int, drawn: list, params: GenParams) -> Labelled:
-    "One output: the drawn windows composited, the copies' speckle, then the detector's check (a ship it misses goes back to the source)."
-    speckle = lambda a: add_speckle(a, np.random.default_rng(derive_seed(int(seed), 'speckle', 0)), self.looks) if self.looks else a
+def _output(self: DrawnShipsGenerator, image, x, scale, src_boxes, src_cls, lay: dict, seed: int, drawn: list,
+            params: GenParams) -> Labelled:
+    ("One output: the drawn windows composited, the copies' speckle, then the detector's check "
+     "(a ship it misses goes back to the source).")
+    speckle = lambda a: (add_speckle(a, np.random.default_rng(derive_seed(int(seed), 'speckle', 0)), self.looks)
+                         if self.looks else a)
     keep = list(range(len(lay['hulls'])))
     out = speckle(self._compose(image, x, scale, [j for j, _ in drawn], [y for _, y in drawn]))
     verdict = self.found(out, lay['boxes'])
@@ -237,8 +272,10 @@ def _output(self: DrawnShipsGenerator, image, x, scale, src_boxes, src_cls, lay:
     cls = np.concatenate([src_cls, np.zeros(len(nb), np.int64)])
     info = dict(asked=self.k, placed=len(lay['hulls']), kept=len(keep), dropped=len(lay['hulls']) - len(keep),
                 new=list(range(len(src_boxes), len(boxes))), hulls=lay['hulls'], verified=[bool(v) for v in verdict],
-                checked=self.detector is not None, windows=[[j['win'][1].start, j['win'][0].start, j['win'][1].stop, j['win'][0].stop] for j, _ in drawn],
-                paste_windows=lay['paste']['windows'], guidance=float(params.guidance), strength=float(params.strength), steps=int(params.steps))
+                checked=self.detector is not None,
+                windows=[[j['win'][1].start, j['win'][0].start, j['win'][1].stop, j['win'][0].stop] for j, _ in drawn],
+                paste_windows=lay['paste']['windows'], guidance=float(params.guidance),
+                strength=float(params.strength), steps=int(params.steps))
     if self.looks: info['looks'] = self.looks
     return Labelled(out, boxes, cls, dict(drawn=info))
 

@@ -67,7 +67,8 @@ def near_copy_threshold(bank_patches: np.ndarray, quantile: float = NEAR_QUANTIL
     check(len(bank_patches) >= 2, f'{len(bank_patches)} bank ships: no spread to compare with',
           'use a bank of at least two ships')
     d = nearest(bank_patches, bank_patches, exclude_self=True, groups=groups)
-    check(np.isfinite(d).any(), 'every bank crop is the same ship: no spread to compare with', 'use a bank of at least two ships')
+    check(np.isfinite(d).any(), 'every bank crop is the same ship: no spread to compare with',
+          'use a bank of at least two ships')
     return float(np.percentile(d[np.isfinite(d)], quantile))
 
 def ship_groups(crops) -> list:

@@ -16,15 +16,18 @@ from .sarsim import hull_mask
 __all__ = ['NULL_LAYOUT', 'ellipse_mask', 'hull_layout', 'footprint_mask', 'layout_mask', 'hull_box', 'ShipPrior']
 
 # %% ../nbs/10c_layout.ipynb #4e6aa6a8
-NULL_LAYOUT = -1.0   # the mask value that says "no layout given" (condition dropout, the unconditional half of guidance)
+# the mask value that says "no layout given" (condition dropout, the unconditional half of guidance)
+NULL_LAYOUT = -1.0
 
 def ellipse_mask(shape, box) -> np.ndarray:
-    "HxW float32: 1 on the pixels whose centre lies in the ellipse inscribed in `box` (x0 y0 x1 y1), at least its centre pixel."
+    ("HxW float32: 1 on the pixels whose centre lies in the ellipse inscribed in `box` (x0 y0 x1 y1), "
+     "at least its centre pixel.")
     h, w = tuple(shape)[:2]
     x0, y0, x1, y1 = [float(v) for v in box]
     m = np.zeros((h, w), np.float32)
     cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 0.5), max((y1 - y0) / 2, 0.5)
-    X0, Y0, X1, Y1 = max(0, int(math.floor(x0))), max(0, int(math.floor(y0))), min(w, int(math.ceil(x1))), min(h, int(math.ceil(y1)))
+    X0, Y0, X1, Y1 = (max(0, int(math.floor(x0))), max(0, int(math.floor(y0))),
+                      min(w, int(math.ceil(x1))), min(h, int(math.ceil(y1))))
     if X1 <= X0 or Y1 <= Y0: return m
     yy, xx = np.mgrid[Y0:Y1, X0:X1].astype(np.float32) + 0.5
     m[Y0:Y1, X0:X1] = (((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1).astype(np.float32)
@@ -33,7 +36,8 @@ def ellipse_mask(shape, box) -> np.ndarray:
     return m
 
 def hull_layout(shape, hull) -> np.ndarray:
-    "HxW float32: 1 on the pixels of one ship's hull `[centre x, centre y, length, beam, heading]` (`sarsim.hull_mask`), clipped to the image."
+    ("HxW float32: 1 on the pixels of one ship's hull `[centre x, centre y, length, beam, heading]` "
+     "(`sarsim.hull_mask`), clipped to the image.")
     h, w = tuple(shape)[:2]
     mask, (y0, x0), _, _ = hull_mask(*[float(v) for v in hull])
     m = np.zeros((h, w), np.float32)
@@ -42,8 +46,9 @@ def hull_layout(shape, hull) -> np.ndarray:
     return m
 
 def footprint_mask(image, box, min_pixels: int = 3) -> np.ndarray:
-    """HxW float32: 1 on the ship's own bright pixels in `box` — those above the Otsu threshold of the box's grey values,
-    the largest connected blob, holes filled — or the inscribed ellipse when that blob has fewer than `min_pixels`."""
+    """HxW float32: 1 on the ship's own bright pixels in `box` — those above the Otsu threshold of the box's grey
+    values, the largest connected blob, holes filled — or the inscribed ellipse when that blob has fewer than
+    `min_pixels`."""
     from scipy import ndimage as ndi
     a = np.asarray(image, np.float64)
     if a.ndim == 3: a = a.mean(axis=2)
@@ -53,7 +58,8 @@ def footprint_mask(image, box, min_pixels: int = 3) -> np.ndarray:
     m = np.zeros((h, w), np.float32)
     win = a[Y0:Y1, X0:X1]
     if win.size < min_pixels or win.max() <= win.min(): return ellipse_mask((h, w), box)
-    v = np.sort(win.ravel()); c = np.cumsum(v); n = np.arange(1, len(v))   # Otsu: the split with the largest between-class variance
+    # Otsu: the split with the largest between-class variance
+    v = np.sort(win.ravel()); c = np.cumsum(v); n = np.arange(1, len(v))
     between = n * (len(v) - n) * (c[:-1] / n - (c[-1] - c[:-1]) / (len(v) - n)) ** 2
     lab, k = ndi.label(win > v[int(np.argmax(between))])
     if not k: return ellipse_mask((h, w), box)
@@ -63,14 +69,16 @@ def footprint_mask(image, box, min_pixels: int = 3) -> np.ndarray:
     return m
 
 def layout_mask(shape, boxes, hulls=None, image=None) -> np.ndarray:
-    """HxW float32 mask of an image's ships: the hull `hulls[i]` where given (not None), else — with `image` — the ship's
-    bright footprint in `boxes[i]` (`footprint_mask`), or an ellipse in it."""
+    """HxW float32 mask of an image's ships: the hull `hulls[i]` where given (not None), else — with `image` — the
+    ship's bright footprint in `boxes[i]` (`footprint_mask`), or an ellipse in it."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     hulls = list(hulls) if hulls is not None else [None] * len(boxes)
-    check(len(hulls) == len(boxes), f'{len(hulls)} hulls for {len(boxes)} boxes', 'give one hull (or None) per box, in the boxes\' order')
+    check(len(hulls) == len(boxes), f'{len(hulls)} hulls for {len(boxes)} boxes',
+          'give one hull (or None) per box, in the boxes\' order')
     m = np.zeros(tuple(shape)[:2], np.float32)
     for b, hl in zip(boxes, hulls):
-        one = hull_layout(m.shape, hl) if hl is not None else ellipse_mask(m.shape, b) if image is None else footprint_mask(image, b)
+        one = (hull_layout(m.shape, hl) if hl is not None else ellipse_mask(m.shape, b) if image is None
+               else footprint_mask(image, b))
         m = np.maximum(m, one)
     return m
 
@@ -83,7 +91,8 @@ def hull_box(hull) -> np.ndarray:
 # %% ../nbs/10c_layout.ipynb #9048e070
 @dataclass(frozen=True)
 class ShipPrior:
-    "Sizes and headings of new ships: length log-normal (median px, σ), beam a uniform share of the length, any heading."
+    ("Sizes and headings of new ships: length log-normal (median px, σ), beam a uniform share of the length, "
+     "any heading.")
     median: float = 42.0                 # px
     sigma: float = 0.65                  # of log length
     lengths: tuple = (8.0, 260.0)        # px, drawn lengths are clipped to this range
@@ -91,22 +100,29 @@ class ShipPrior:
     min_beam: float = 3.0                # px
 
     def check(self) -> 'ShipPrior':
-        check(self.median > 0 and self.sigma >= 0, f'ship prior median={self.median!r}, sigma={self.sigma!r}', 'use a median > 0 px and σ ≥ 0')
-        check(0 < self.lengths[0] <= self.lengths[1], f'lengths={self.lengths!r} is not a range (lo, hi) with 0 < lo ≤ hi')
-        check(0 < self.beam[0] <= self.beam[1] <= 1, f'beam={self.beam!r} is not a range of shares of the length in (0, 1]')
+        check(self.median > 0 and self.sigma >= 0, f'ship prior median={self.median!r}, sigma={self.sigma!r}',
+              'use a median > 0 px and σ ≥ 0')
+        check(0 < self.lengths[0] <= self.lengths[1],
+              f'lengths={self.lengths!r} is not a range (lo, hi) with 0 < lo ≤ hi')
+        check(0 < self.beam[0] <= self.beam[1] <= 1,
+              f'beam={self.beam!r} is not a range of shares of the length in (0, 1]')
         return self
 
     @classmethod
     def from_boxes(cls, boxes, width: float = 1.25, **kw) -> 'ShipPrior':
-        "The prior fitted to ship `boxes` (N, 4): median and σ of their diagonals (as `sarsim.fit_params`), σ × `width`."
+        ("The prior fitted to ship `boxes` (N, 4): median and σ of their diagonals (as `sarsim.fit_params`), "
+         "σ × `width`.")
         b = np.asarray(boxes, np.float64).reshape(-1, 4)
         diag = np.hypot(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]); diag = diag[diag > 1]
-        check(len(diag) >= 3, f'only {len(diag)} ship boxes to fit the ship prior to', 'fit it to the training ships (at least 3)')
-        check(isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0, f'width={width!r} must be > 0',
+        check(len(diag) >= 3, f'only {len(diag)} ship boxes to fit the ship prior to',
+              'fit it to the training ships (at least 3)')
+        check(isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0,
+              f'width={width!r} must be > 0',
               'use e.g. 1.25 (σ a quarter wider than the training ships\'), 1 for theirs')
         sd = float(np.log(diag).std()) if len(diag) > 1 else 0.5
         lo = max(4.0, float(np.percentile(diag, 1)) / 1.5)
-        return cls(median=round(0.97 * float(np.median(diag)), 2), sigma=round(min(1.5, max(0.1, 1.07 * sd)) * width, 4),
+        return cls(median=round(0.97 * float(np.median(diag)), 2),
+                   sigma=round(min(1.5, max(0.1, 1.07 * sd)) * width, 4),
                    lengths=(round(lo, 2), round(float(diag.max()) * 1.5, 2)), **kw).check()
 
     def draw(self, rng: np.random.Generator) -> tuple:

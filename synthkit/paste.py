@@ -672,7 +672,8 @@ def cli_run(args) -> int:
     ids = [it.id for it in ds if (it.meta.get('split') if has_split else 'train') == args.part]
     check(ids, f'{args.data} has no {args.part!r} images',
           f"name the part the ships may come from with --part (parts here: "
-          f"{', '.join(sorted({str(it.meta.get('split')) for it in ds})) if has_split else 'none: every image counts as train'})")
+          f"""{', '.join(sorted({str(it.meta.get('split')) for it in ds})) if has_split
+              else 'none: every image counts as train'})""")
     margin = int(args.margin) if args.margin >= 1 else float(args.margin)
     bank = CropBank.from_dataset(ds, ids, margin=margin, forbidden=[it.id for it in ds if it.id not in set(ids)])
     bank.save(args.out, overwrite=args.overwrite)

@@ -11,8 +11,8 @@ from pathlib import Path
 from fastcore.basics import patch
 
 from .files import config_hash
-from .generators import (GENERATORS, OWN_FIELDS, GenParams, constructor_options, recipe_options, generator_class,
-                                 weights_hash, weight_files)
+from .generators import (GENERATORS, OWN_FIELDS, GenParams, constructor_options, recipe_options,
+                                 generator_class, weights_hash, weight_files)
 
 # %% auto #0
 __all__ = ['Recipe', 'folder_weights']
@@ -104,6 +104,7 @@ def planned(cls: Recipe, spec: str, options: dict | None = None, params: GenPara
                    options.get('dtype'), str(options.get('device') or 'cpu').split(':')[0], _plain(params.asdict()),
                    batch_size or options.get('batch_size'))
     g, dev = generator_class(name), options.get('device')
-    return cls(name, str(g.version), ident, _plain(recipe_options(g, constructor_options(g, options, with_model=not model))),
+    return cls(name, str(g.version), ident,
+               _plain(recipe_options(g, constructor_options(g, options, with_model=not model))),
                g.resolve_precision(options.get('dtype'), dev), g.resolve_device(dev), _knobs(params, g.knobs),
                _batch(g, batch_size or options.get('batch_size')))

@@ -130,11 +130,13 @@ def sdedit_schedule(scheduler, strength: float, steps: int, spacing: str = 'cubi
 SOLVERS = ('ddim', 'dpm++2m')
 ETAS = (0.0, 1.0)
 
-def solver_scheduler(scheduler, solver: str = 'dpm++2m', eta: float = 0.0, clip: bool = False) -> DPMSolverMultistepScheduler:
+def solver_scheduler(scheduler, solver: str = 'dpm++2m', eta: float = 0.0,
+                     clip: bool = False) -> DPMSolverMultistepScheduler:
     """diffusers' `DPMSolverMultistepScheduler` that steps SDEdit for a model of `scheduler`'s noise schedule:
     DPM-Solver++(2M) (`solver='dpm++2m'`) or DDIM (`'ddim'`, first order), deterministic (`eta=0`) or SDE (`eta=1`);
     `clip`: each step's estimate of the clean image clipped to the image range [−1, 1] (diffusers' thresholding)."""
-    check(isinstance(clip, bool), f'clip={clip!r} must be True or False', 'True clips the clean-image estimate to [-1, 1]')
+    check(isinstance(clip, bool), f'clip={clip!r} must be True or False',
+          'True clips the clean-image estimate to [-1, 1]')
     check(solver in SOLVERS, f'solver={solver!r} is not one of {", ".join(SOLVERS)}',
           "use 'dpm++2m' (default) or 'ddim'")
     check(isinstance(eta, (int, float)) and not isinstance(eta, bool) and float(eta) in ETAS,

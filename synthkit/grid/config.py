@@ -358,7 +358,8 @@ def drawn_recipe(c: GridConfig) -> dict:
     device = c.generator_options.get('device') or 'cpu'
     start = start_recipe(c, c.layout_start) if c.layout_start else None
     from synthkit.drawn import DrawnShipsGenerator
-    return dict(v=1, version=DrawnShipsGenerator.version, settings=drawn_settings(c), options=drawn_options(c), start=start,
+    return dict(v=1, version=DrawnShipsGenerator.version, settings=drawn_settings(c), options=drawn_options(c),
+                start=start,
                 layout={k: v for k, v in without_legacy(asdict(grid_layout_ddpm(c))).items() if k != 'seed'},
                 dtype=resolve_dtype(c.generator_options.get('dtype'), 'ddpm', device))
 
