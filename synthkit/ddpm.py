@@ -17,7 +17,7 @@ from diffusers import UNet2DModel, DDPMScheduler
 
 # %% auto #0
 __all__ = ['CONFIG_FILE', 'STATE_FILE', 'STATE_JSON', 'OLD_STATE_FILE', 'LR_DECAYS', 'LAYOUT_MASKS', 'LEGACY', 'DDPMConfig',
-           'read_meta', 'built_model', 'build_unet', 'build_scheduler', 'precision_workload']
+           'read_meta', 'check_trained_on', 'built_model', 'build_unet', 'build_scheduler', 'precision_workload']
 
 # %% ../nbs/11_ddpm.ipynb #e648917c
 CONFIG_FILE = 'synthkit_ddpm.json'
@@ -138,6 +138,17 @@ def read_meta(folder) -> dict:
           f"{CONFIG_FILE} has no 'model' settings (the UNet's channels, heads, noise schedule…)",
           'restore it from a backup, or train again with resume=False (--no-resume)', path=f)
     return meta
+
+def check_trained_on(folder, held, what: str = 'val/test'):
+    ("Refuse (lineage guard) the DDPM in `folder` if the images it learned from (`sources` in its metadata, its "
+     "start's included) hold one of `held` or the image a tile of `held` was cut from.")
+    from synthkit.data.tiles import source_image, source_keys
+    keys = source_keys(map(str, held))
+    bad = [s for s in read_meta(folder).get('sources', []) if source_image(s) in keys]
+    check(not bad, f'lineage guard: the DDPM in {folder} learned from {what} image {bad[0] if bad else ""!r} '
+                   f'({len(bad)} such images)',
+          "train it on the training images only (train-ddpm trains on the train part of DATA), "
+          'or generate for data whose val/test images it never saw', path=folder)
 
 def built_model(meta: dict) -> dict:
     "The model settings a folder's metadata records (`LEGACY` values for settings it predates)."

@@ -14,6 +14,7 @@ from .errors import SynthkitError, check
 from .files import write_json, umask
 from .images import to_unit
 from .data.items import Dataset, check_origins
+from .data.tiles import source_image
 from .generators import load_pretrained, weights_hash, check_device
 from .precision import resolve_dtype
 from .layout import NULL_LAYOUT, layout_mask
@@ -39,6 +40,7 @@ class TrainingPool:
     boxes: list
     masks: list | None = None
     skipped: int = 0
+    sources: list = None      # the images trained on (tiles by the image they were cut from): the lineage guard reads them
 
 def training_pool(dataset: Dataset, layout: bool = False, masks: str = 'ellipse') -> TrainingPool:
     ("The items of `dataset`'s training split as a `TrainingPool`; with `layout`, each with its ship mask "
@@ -50,7 +52,8 @@ def training_pool(dataset: Dataset, layout: bool = False, masks: str = 'ellipse'
     imgs = [to_unit(it.read(), grey=True)[0] for it in items]
     lay = ([layout_mask(im.shape, it.boxes, it.meta.get('hulls'), im if masks == 'footprint' else None)
             for im, it in zip(imgs, items)] if layout else None)
-    return TrainingPool(imgs, [it.boxes for it in items], lay, len(dataset) - len(items))
+    return TrainingPool(imgs, [it.boxes for it in items], lay, len(dataset) - len(items),
+                        sorted({source_image(it.id) for it in items}))
 
 def _pad(a: np.ndarray, crop: int) -> np.ndarray:
     h, w = a.shape
@@ -242,9 +245,9 @@ def resumed_run(out: Path, config: DDPMConfig, device, begin: dict | None = None
 
 # %% ../nbs/11a_ddpm_train.ipynb #eb77e182
 def save_checkpoint(out: Path, run: TrainingRun, config: DDPMConfig, n_images: int, seconds: float, complete=False,
-                    stopped_by=None):
+                    stopped_by=None, sources=()):
     ("Write `run` into `out` atomically: unet/ gets the EMA weights (the trained ones with no EMA), "
-     "the resume state the trained ones.")
+     "the resume state the trained ones; `sources`: the ids of the images it learned from, its start's included.")
     with tempfile.TemporaryDirectory(dir=out, prefix='.tmp-') as tmp:
         if run.ema is not None: run.ema.store(run.unet.parameters()); run.ema.copy_to(run.unet.parameters())
         try:   # the EMA weights, when there is an EMA
@@ -264,7 +267,7 @@ def save_checkpoint(out: Path, run: TrainingRun, config: DDPMConfig, n_images: i
     meta = dict(config={**asdict(config), 'channels': list(config.channels)}, model=config.model_dict(), step=run.step,
                 n_train_images=n_images, train_seconds=round(seconds, 1), target_steps=config.steps,
                 complete=bool(complete), stopped_by=stopped_by, train_dtype='+'.join(sorted(run.precisions)),
-                start=run.start, history=run.history)
+                start=run.start, history=run.history, sources=sorted(sources))
     write_json(out/CONFIG_FILE, meta)
 
 # %% ../nbs/11a_ddpm_train.ipynb #44731fdd
@@ -338,7 +341,11 @@ def train_ddpm(dataset: Dataset, out, config: DDPMConfig = DDPMConfig(), *, resu
     run.precisions = run.precisions | {'bfloat16' if bf16 else 'float32'}   # a resumed model may have trained in both
     alphas = build_scheduler(config).alphas_cumprod.to(dev)
     t0, seconds0 = time.monotonic(), run.seconds
-    save = lambda **kw: save_checkpoint(out, run, config, len(pool.images), seconds0 + time.monotonic() - t0, **kw)
+    # what it learned from: these images, its start's, and (resumed) what the folder had learned from before
+    sources = (set(pool.sources) | set(read_meta(start).get('sources', []) if start is not None else ())
+               | set(read_meta(out).get('sources', []) if resuming else ()))
+    save = lambda **kw: save_checkpoint(out, run, config, len(pool.images), seconds0 + time.monotonic() - t0,
+                                        sources=sources, **kw)
     last_save, window = t0, []
     bar = tqdm(total=config.steps, initial=run.step, disable=not progress, desc='train-ddpm', unit='it')
     if pool.skipped and progress:

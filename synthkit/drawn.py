@@ -146,6 +146,13 @@ class DrawnShipsGenerator(PasteGenerator):
                 'verify_iou': self.verify_iou, 'verify_conf': self.verify_conf, 'detector_imgsz': self.detector_imgsz,
                 'empty': self.empty}
 
+    def folders(self) -> list:
+        "The crop bank's folder and the layout DDPM's: outputs may not be written into either."
+        return super().folders() + self.ddpm.folders()
+
+    def check_sources(self, held, what: str = 'val/test'):
+        super().check_sources(held, what); self.ddpm.check_sources(held, what)
+
     def describe(self) -> dict:
         d = self.ddpm.describe()
         return {**super().describe(), 'model_folder': str(self.ddpm.folder), 'detector': self.detector_id,

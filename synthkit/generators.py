@@ -229,6 +229,10 @@ class Generator:
         p = Path(str(self.model_id)).expanduser() if str(self.model_id) else None
         return [p] if p is not None and p.is_dir() else []
 
+    def check_sources(self, held, what: str = 'val/test'):
+        ("Refuse (lineage guard) a model or crop bank that learned from one of the images `held` (ids; tiles of "
+         "them count as them). A backend that records what it learned from checks it; this one records nothing.")
+
     def _run(self, x: np.ndarray, boxes: np.ndarray, cls: np.ndarray, params: GenParams, seeds: list) -> list:
         raise NotImplementedError
 

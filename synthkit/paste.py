@@ -486,6 +486,8 @@ class PasteGenerator(Generator):
 
     def describe(self) -> dict: return {**super().describe(), **self.options(), 'bank_crops': len(self.bank)}
 
+    def check_sources(self, held, what: str = 'val/test'): self.bank.check_lineage(held, what)
+
     def folders(self) -> list:
         "The crop bank's folder (none for a bank not saved): outputs may not be written there."
         return [] if self.bank.folder is None else [Path(self.bank.folder)]
@@ -616,6 +618,9 @@ class HarmonizedPasteGenerator(PasteGenerator):
     def folders(self) -> list:
         "The crop bank's folder and the harmonizer's model folders: outputs may not be written into either."
         return super().folders() + self.harmonizer.folders()
+
+    def check_sources(self, held, what: str = 'val/test'):
+        super().check_sources(held, what); self.harmonizer.check_sources(held, what)
 
     def describe(self) -> dict:
         hd = self.harmonizer.describe()

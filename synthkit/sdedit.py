@@ -15,7 +15,7 @@ from .generators import Generator, GenParams, output_seeds, load_pretrained, wei
 from .precision import resolve_dtype
 from .masks import check_mask, keep_outside
 from .layout import NULL_LAYOUT
-from .ddpm import DDPMConfig, STATE_FILE, read_meta, built_model
+from .ddpm import DDPMConfig, STATE_FILE, read_meta, built_model, check_trained_on
 
 import torch
 from diffusers import UNet2DModel, DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler
@@ -220,6 +220,8 @@ class DDPMGenerator(Generator):
     def describe(self) -> dict:
         return {**super().describe(), 'dtype': 'bfloat16' if self.bf16 else 'float32',
                 'threads': torch.get_num_threads()}
+
+    def check_sources(self, held, what: str = 'val/test'): check_trained_on(self.folder, held, what)
 
     @classmethod
     def resolve_precision(cls, dtype='auto', device=None) -> str:

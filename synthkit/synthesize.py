@@ -494,6 +494,8 @@ def cli_run(args) -> int:
     both = sorted(set(extra) & set(opts))
     check(not both, f'--option {both[0] if both else ""}=... repeats --{both[0] if both else ""}', 'give it once')
     gen = load_generator(args.generator, **opts, **extra)
+    # lineage guard: no model or crop bank that learned from this data's val or test images
+    gen.check_sources([i for p, ids in (source_parts(ds) or {}).items() if p in ('val', 'test') for i in ids])
     params = GenParams(strength=args.strength, steps=args.steps, guidance=args.guidance, seed=args.seed,
                        prompt=args.prompt, negative_prompt=args.negative_prompt)
     lc = None

@@ -183,6 +183,23 @@ def test_a_model_without_a_layout_channel_or_its_layout_settings_is_refused(toy,
     assert '\n' not in str(e.value)
 
 
+def test_a_model_or_bank_that_learned_from_val_or_test_images_is_refused(toy, bank_dir, model, tmp_path):
+    "The lineage guard of `generate`: the layout DDPM records the images it learned from; val/test ones are refused."
+    from synthkit.data.items import Dataset
+    from synthkit.ddpm import read_meta
+    data = _data(toy, tmp_path)
+    train = sorted(i for i in toy.ids if toy[i].meta['split'] == 'train')
+    assert read_meta(model)['sources'] == train                      # the training part only
+    everything = Dataset([replace(it, meta={**it.meta, 'split': 'train'}) for it in toy], toy.names)
+    seen = train_ddpm(everything, tmp_path/'seen', DDPMConfig(**TINY, steps=1, layout=True), progress=False, dtype='fp32')
+    all_bank = CropBank.from_dataset(everything, everything.ids, margin=4).save(tmp_path/'all-bank')
+    for m, b, said in [(seen, bank_dir, 'the DDPM in'), (model, all_bank, 'the crop bank holds ships of val/test image')]:
+        r = subprocess.run(_cmd(data, m, b, tmp_path/'out'), capture_output=True, text=True, env=ENV)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and 'lineage guard' in lines[0] and said in lines[0], r.stderr
+        assert not (tmp_path/'out').exists()
+
+
 def test_no_room_for_any_ship_is_one_line(toy, bank_dir, model):
     it = toy[0]
     g = DrawnShipsGenerator(model, bank_dir, k=2, window=32)
