@@ -181,6 +181,12 @@ def test_a_model_without_a_layout_channel_or_its_layout_settings_is_refused(toy,
     (lost/'synthkit_ddpm.json').write_text(json.dumps(meta))
     with pytest.raises(SynthkitError, match='takes 2 input channels.*lost its layout settings') as e: DrawnShipsGenerator(lost, bank_dir, window=32)
     assert '\n' not in str(e.value)
+    # a timestep range it was not trained on: strength 1 starts at t = 999, this model knows t < 300 only
+    short = train_ddpm(toy, tmp_path/'short', DDPMConfig(**TINY, steps=1, layout=True, t_max=300), progress=False)
+    it = toy[0]
+    with pytest.raises(SynthkitError, match='t < 300') as e:
+        DrawnShipsGenerator(short, bank_dir, window=32, empty='copy').generate(it.read(), it.boxes, it.cls, params=P.replace(strength=1.0), source_id=it.id)
+    assert '\n' not in str(e.value)
 
 
 def test_a_model_or_bank_that_learned_from_val_or_test_images_is_refused(toy, bank_dir, model, tmp_path):
