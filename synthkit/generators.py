@@ -356,7 +356,7 @@ GENERATORS = {
     # ship crops pasted at new places, exact boxes (layout control)
     'paste':        'synthkit.paste:PasteGenerator',
     # paste, then the pasted windows re-synthesized (harmonizer='ddpm:FOLDER')
-    'ddpm-paste':   'synthkit.paste:HarmonizedPasteGenerator',
+    'ddpm-paste':   'synthkit.harmonized:HarmonizedPasteGenerator',
     # new ships drawn by a layout DDPM at paste's places (bank=BANK)
     'drawn':        'synthkit.drawn:DrawnShipsGenerator',
 }

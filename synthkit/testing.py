@@ -20,7 +20,7 @@ import torch
 # %% auto #0
 __all__ = ['DIM', 'tiny_tokenizer', 'tiny_unet', 'tiny_vae', 'tiny_text_encoder', 'tiny_image_encoder', 'tiny_scheduler',
            'build_tiny_sd_img2img', 'build_tiny_sdxl_img2img', 'build_tiny_image_variation', 'build_tiny_unclip',
-           'build_tiny_controlnet', 'toy_dataset', 'speckle_toy']
+           'build_tiny_controlnet', 'toy_dataset', 'speckle_toy', 'toy_sea']
 
 # %% ../nbs/14_testing.ipynb #c450ee83
 def _bytes_to_unicode() -> list[str]:
@@ -225,4 +225,18 @@ def speckle_toy(folder, n: int = 6, size: int = 48, seed: int = 0, splits=None) 
         p = save_image(np.clip(sea, 0, 255).astype(np.uint8), folder/f'toy{i:03d}.png')
         meta = {} if splits is None else {'split': splits[i]}
         items.append(Item(p, size, size, bx, [0] * len(bx), f'toy{i:03d}', meta))
+    return Dataset(items, ['ship'], root=folder)
+
+# %% ../nbs/14_testing.ipynb #322efc71
+def toy_sea(folder, n=5, size=64, seed=0, splits=('train', 'train', 'train', 'val', 'test')):
+    "`n` grey sea images with one or two bright ships each (and a ship at the border in the first)."
+    folder = Path(folder); rng = np.random.default_rng(seed); items = []
+    for i in range(n):
+        a = rng.gamma(4.0, 10.0, (size, size)); bx = []
+        for j in range(1 + i % 2):
+            x, y = 8 + 24 * j + i, 10 + 20 * j + 2 * i
+            a[y:y + 5, x:x + 12] = rng.gamma(8.0, 25.0, (5, 12)); bx.append([x, y, x + 12, y + 5])
+        if i == 0: a[30:35, 0:9] = 220; bx.append([0, 30, 9, 35])   # a ship cut by the border
+        p = save_image(np.clip(a, 0, 255).astype(np.uint8), folder/f'sea{i}.png')
+        items.append(Item(p, size, size, bx, [0] * len(bx), f'sea{i}', {'split': splits[i]}))
     return Dataset(items, ['ship'], root=folder)

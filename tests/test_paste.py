@@ -390,7 +390,7 @@ def test_output_info_goes_into_the_record_and_may_not_overwrite_a_field(toy, tmp
 
 # --- ddpm-paste: the pasted windows harmonized -----------------------------------------------------------------------
 
-from synthkit.paste import HarmonizedPasteGenerator, harmonize_seed, windows_mask
+from synthkit.harmonized import HarmonizedPasteGenerator, harmonize_seed, windows_mask
 
 HP = GenParams(strength=0.5, steps=4, seed=3)
 TINY_DDPM = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=2, steps=1, minutes=None)
