@@ -11,11 +11,12 @@ import numpy as np
 from .errors import check
 
 # %% auto #0
-__all__ = ['BOX_COLOUR', 'PASTED_COLOUR', 'display_scale', 'grid_png']
+__all__ = ['BOX_COLOUR', 'PASTED_COLOUR', 'DRAWN_COLOUR', 'display_scale', 'grid_png']
 
 # %% ../nbs/30c_grids.ipynb #b913a431
 BOX_COLOUR = (0, 230, 0)        # a source's boxes, and the ones its variations inherit
 PASTED_COLOUR = (255, 0, 255)   # the boxes a generator pasted in
+DRAWN_COLOUR = (0, 255, 255)    # the boxes of ships a generator drew
 
 def display_scale(a: np.ndarray) -> tuple[float, float]:
     "The (lo, hi) pixel range used to show `a` and its variations: 0–255 for 8-bit, the image's own range otherwise."
@@ -36,11 +37,28 @@ def _font(size: int):
     try: return ImageFont.load_default(size=size)
     except TypeError: return ImageFont.load_default()   # Pillow < 10.1: the small bitmap font
 
+def _wrap(text: str, font, width: float) -> list:
+    "`text` broken at spaces into lines at most `width` px wide (a longer word keeps a line of its own)."
+    lines = []
+    for word in str(text).split():
+        if lines and font.getlength(f'{lines[-1]} {word}') <= width: lines[-1] += f' {word}'
+        else: lines.append(word)
+    return lines
+
+def _cell_boxes(lab, boxes, cls) -> tuple:
+    "(boxes, cls, colour per box) of one cell: its `cell_labels` entry `lab` (None: the grid's `boxes` and `cls`)."
+    if lab is None: return boxes, cls, [BOX_COLOUR] * len(boxes)
+    bb, cc = np.asarray(lab[0], np.float32).reshape(-1, 4), np.asarray(lab[1]).reshape(-1)
+    added = lambda i: {int(v) for v in (lab[i] if len(lab) > i and lab[i] is not None else ())}
+    pasted, drawn = added(2), added(3)
+    return bb, cc, [DRAWN_COLOUR if n in drawn else PASTED_COLOUR if n in pasted else BOX_COLOUR
+                    for n in range(len(bb))]
+
 def grid_png(cells, boxes=None, cls=None, *, scale=None, row_labels=None, col_labels=None, names=None,
-             cell_labels=None, cell_px: int = 200) -> bytes:
+             cell_labels=None, col_notes=None, cell_px: int = 200) -> bytes:
     """PNG of a grid: `cells` is a list of rows of images (None leaves a cell blank); `boxes` (x0,y0,x1,y1 px) drawn on
-    each, or per cell `cell_labels[i][j] = (boxes, cls)` or `(boxes, cls, pasted)` (indices of the boxes
-    drawn in `PASTED_COLOUR`)."""
+    each, or per cell `cell_labels[i][j] = (boxes, cls)`, `(boxes, cls, pasted)` or `(boxes, cls, pasted, drawn)`
+    (indices of the boxes drawn in `PASTED_COLOUR` / `DRAWN_COLOUR`); `col_notes`: a text under each column."""
     from PIL import Image, ImageDraw
     rows = [list(r) for r in cells]
     check(rows and all(rows), 'nothing to draw', 'pass at least one image')
@@ -55,8 +73,13 @@ def grid_png(cells, boxes=None, cls=None, *, scale=None, row_labels=None, col_la
     font = _font(12)
     left = (max(int(font.getlength(str(t))) for t in row_labels) + 8) if row_labels else 0
     top = 18 if col_labels else 0
-    canvas = Image.new('RGB', (left + nc * (cw + gap), top + nr * (ch + gap)), 'white')
+    notes = [_wrap(t or '', font, cw) for t in (col_notes or [])]
+    foot = 14 * max(map(len, notes), default=0) + (4 if any(notes) else 0)
+    canvas = Image.new('RGB', (left + nc * (cw + gap), top + nr * (ch + gap) + foot), 'white')
     draw = ImageDraw.Draw(canvas)
+    for j, lines in enumerate(notes[:nc]):
+        for n_, line in enumerate(lines):
+            draw.text((left + j * (cw + gap) + 2, top + nr * (ch + gap) + 14 * n_), line, fill='black', font=font)
     for i in range(nr):
         y0 = top + i * (ch + gap)
         if row_labels and i < len(row_labels):
@@ -75,13 +98,8 @@ def grid_png(cells, boxes=None, cls=None, *, scale=None, row_labels=None, col_la
             cell = cell.resize(size, Image.Resampling.NEAREST if fc >= 1 else Image.Resampling.BOX)
             cx, cy = x0 + (cw - size[0]) // 2, y0 + (ch - size[1]) // 2
             canvas.paste(cell, (cx, cy))
-            bb, cc, pasted = boxes, cls, set()
-            if cell_labels is not None and j < len(cell_labels[i]) and cell_labels[i][j] is not None:
-                lab = cell_labels[i][j]
-                bb, cc = np.asarray(lab[0]).reshape(-1, 4), np.asarray(lab[1]).reshape(-1)
-                pasted = {int(v) for v in (lab[2] if len(lab) > 2 and lab[2] is not None else ())}
-            for n_, (b, c) in enumerate(zip(bb, cc)):
-                colour = PASTED_COLOUR if n_ in pasted else BOX_COLOUR
+            lab = cell_labels[i][j] if cell_labels is not None and j < len(cell_labels[i]) else None
+            for b, c, colour in zip(*_cell_boxes(lab, boxes, cls)):
                 draw.rectangle([cx + b[0] * fc, cy + b[1] * fc, cx + b[2] * fc, cy + b[3] * fc],
                                outline=colour, width=1)
                 if names and len(names) > 1:

@@ -15,42 +15,21 @@ from fastcore.basics import patch
 
 from .errors import SynthkitError, check
 from .offline import setup_offline, config_dir
-from .generators import (Generator, GenParams, GENERATORS, KNOBS, DTYPE_ARGS, derive_seed, load_generator,
+from .generators import (Generator, GenParams, KNOBS, DTYPE_ARGS, derive_seed, load_generator,
                                  generator_class)
 from .panels import Panel
 from .grids import display_scale, grid_png
 from .output_cache import OutputCache, generator_spec, output_key
-from .panel_text import pasted_text, score_html
+from .panel_text import pasted_text, drawn_text, ships_text, near_copy_text, new_ships_html, score_html
 from .panel_bank import HELD_PARTS, bank_split, panel_bank
+from .panel_ships import (PANEL_OPTIONS, DRAWN_HINT, NearCopies, generator_name, panel_built, offer_built,
+                                  built_options, ddpm_settings)
 from .labelcheck import pasted_boxes
 
 setup_offline()
 
 # %% auto #0
 __all__ = ['PreviewResult', 'TuningPanel']
-
-# %% ../nbs/30_tuning.ipynb #314cd194
-# generator options set by the panel's knobs
-PANEL_OPTIONS = {'paste': ('k', 'scale', 'looks'), 'ddpm-paste': ('k', 'scale', 'looks', 'harmonizer')}
-
-def _name_of(g) -> str:
-    "The registry name of a generator or a spec string (`'ddpm:FOLDER'` → 'ddpm')."
-    return str(g).partition(':')[0] if isinstance(g, str) else str(getattr(g, 'name', ''))
-
-def _panel_built(g) -> str | None:
-    ("'paste' / 'ddpm-paste' for a spec string the panel builds from its knobs; "
-     "None for anything else (a Generator is used as given).")
-    return _name_of(g) if isinstance(g, str) and _name_of(g) in PANEL_OPTIONS else None
-
-def _offer_paste(gens: dict, dataset) -> dict:
-    ("`gens` plus 'paste' (the dataset has boxes) and 'ddpm-paste' (registered, and a DDPM among `gens` to "
-     "harmonize), unless already there.")
-    gens, names = dict(gens), {_name_of(g) for g in gens.values()}
-    if not any(it.n_boxes for it in dataset): return gens
-    if 'paste' not in names and 'paste' not in gens: gens['paste'] = 'paste'
-    if 'ddpm-paste' in GENERATORS and 'ddpm' in names and 'ddpm-paste' not in names and 'ddpm-paste' not in gens:
-        gens['ddpm-paste'] = 'ddpm-paste'
-    return gens
 
 # %% ../nbs/30_tuning.ipynb #2a7d171b
 @dataclass
@@ -71,11 +50,21 @@ class PreviewResult:
     # per cell, the facts the generator attached (`output.info`, e.g. what `paste` placed)
     infos: list = field(default_factory=list)
     gen: Generator | None = field(default=None, repr=False)   # the generator that made them (Keep writes with it)
+    # per cell, each new ship's distance to its nearest crop of the bank (None: no ship added); the near-copy threshold
+    near: list = field(default_factory=list)
+    threshold: float | None = None
 
     def pasted(self) -> tuple | None:
         "(ships placed, ships asked) over the outputs done, for a generator that pastes ships; None for others."
         ps = [info['paste'] for r in self.infos for info in r if info and 'paste' in info]
         return (sum(p['placed'] for p in ps), sum(p['asked'] for p in ps)) if ps else None
+
+    def drawn(self) -> tuple | None:
+        ("(ships drawn, asked, kept, whether a detector checked them) over the outputs done, for a generator that "
+         "draws ships; None for others.")
+        ds = [info['drawn'] for r in self.infos for info in r if info and 'drawn' in info]
+        if not ds: return None
+        return (*(sum(d[k] for d in ds) for k in ('placed', 'asked', 'kept')), any(d['checked'] for d in ds))
 
     @property
     def done(self) -> int: return sum(a is not None for r in self.images for a in r)
@@ -114,11 +103,11 @@ class TuningPanel(Panel):
         elif isinstance(generator, (list, tuple)): gens = {self._label(g): g for g in generator}
         else: gens = {self._label(generator): generator}
         check(gens, 'no generator given', 'pass a Generator or a spec such as "ddpm:models/ddpm"')
-        if paste: gens = _offer_paste(gens, dataset)
+        if paste: gens = offer_built(gens, dataset)
         self.generators = gens
         self.cache_dir = Path(cache_dir if cache_dir is not None else config_dir()/'tuning').expanduser()
-        # crop banks by folder ('' = cut from this dataset); paste generators per setting
-        self._banks, self._built = {}, {}
+        # crop banks by folder ('' = cut from this dataset); paste generators per setting; NearCopies per bank
+        self._banks, self._built, self._near = {}, {}, {}
         self.cache, self.result, self.kept = OutputCache(cache_size), None, []
         self._rng = np.random.default_rng(seed)      # the "new seed" button draws from here
         self._sources, self._thread, self._cancel, self._gen_lock = {}, None, threading.Event(), threading.Lock()
@@ -151,7 +140,7 @@ class TuningPanel(Panel):
         self.w_negative = W.Text(value=params.negative_prompt, description='negative', style=st,
                                  layout=L(width='420px'))
         self.w_k = W.IntSlider(value=3, min=1, max=16, description='ships k', style=st, continuous_update=False,
-                               tooltip='ships pasted into each output')
+                               tooltip='ships pasted (or drawn) into each output')
         self.w_scale = W.FloatRangeSlider(value=(0.8, 1.25), min=0.25, max=4.0, step=0.05, description='scale',
                                           style=st, continuous_update=False, readout_format='.2f',
                                           tooltip='each pasted ship is scaled by a factor drawn log-uniformly '
@@ -160,7 +149,7 @@ class TuningPanel(Panel):
                                           layout=L(width='220px'),
                                           tooltip='fresh gamma speckle of this many looks over each pasted output, '
                                                   'as the classic copies get (0: none)')
-        self.w_harmonizer = W.Dropdown(options=[l for l, g in self.generators.items() if _name_of(g) == 'ddpm'],
+        self.w_harmonizer = W.Dropdown(options=[l for l, g in self.generators.items() if generator_name(g) == 'ddpm'],
                                        description='harmonizer', style=st, layout=L(width='300px'))
         self.w_mode = W.ToggleButtons(options=['variations', 'sweep'],
                                       tooltips=['source + n variations', 'rows of strengths × columns of seeds'],
@@ -174,6 +163,7 @@ class TuningPanel(Panel):
         self.w_source = W.Image(format='png', layout=L(max_width='260px'))
         self.w_grid = W.Image(format='png', layout=L(max_width='100%'))
         self.w_caption = W.Label(value='')  # what the grid shows (an Image's tooltip breaks its view in JupyterLab)
+        self.w_ships = W.HTML(value='')     # per output: its new ships and their distances to the bank
         self.w_which = W.SelectMultiple(options=[], description='keep k', style=st, rows=4, layout=L(width='220px'))
         self.w_out = W.Text(value=str(out), description='into folder', style=st, layout=L(width='420px'))
         self.b_keep = W.Button(description='Keep', icon='save', button_style='success', disabled=True)
@@ -202,17 +192,18 @@ class TuningPanel(Panel):
         go = W.HBox([self.b_preview, self.b_cancel, self.w_progress, self.w_status])
         keep = W.HBox([self.w_which, W.VBox([self.w_out, W.HBox([self.b_keep, self.b_code])])])
         score = W.HBox([self.b_score, self.w_score])
-        self.widget = W.VBox([W.HBox([left, knobs]), run, go, score, self.w_grid, self.w_caption, keep, self.w_code])
+        self.widget = W.VBox([W.HBox([left, knobs]), run, go, score, self.w_grid, self.w_caption, self.w_ships, keep,
+                              self.w_code])
         self.widget.add_class('synthkit-tuning-panel')
         self.w_grid.add_class('synthkit-grid'); self.w_caption.add_class('synthkit-grid-caption')
 
 # %% ../nbs/30_tuning.ipynb #1b933cff
 @patch(as_prop=True)
 def generator(self: TuningPanel) -> Generator:
-    ("The generator picked now (a spec string is loaded the first time; `paste` / `ddpm-paste` are built with the "
-     "panel's k, scale and harmonizer).")
+    ("The generator picked now (a spec string is loaded the first time; `paste`, `ddpm-paste` and `drawn` are built "
+     "with the panel's k, scale, looks and harmonizer).")
     label = self.w_generator.value
-    if _panel_built(self.generators[label]): return self._paste_generator(label)
+    if panel_built(self.generators[label]): return self._paste_generator(label)
     return self._load(label)
 
 @patch
@@ -238,8 +229,8 @@ def params(self: TuningPanel) -> GenParams:
 @patch
 def set(self: TuningPanel, **kw) -> 'TuningPanel':
     """Set knobs by name (`strength`, `guidance`, `steps`, `seed`, `prompt`, `negative_prompt`, `n`, `image`,
-    `generator`, `mode`, and for pasting `k`, `scale` (a number or a (lo, hi) range), `looks` (fresh speckle; 0 or None:
-    none) and `harmonizer`)."""
+    `generator`, `mode`, and for pasting or drawing ships `k`, `scale` (a number or a (lo, hi) range), `looks` (fresh
+    speckle; 0 or None: none) and `harmonizer`)."""
     ws = dict(strength=self.w_strength, guidance=self.w_guidance, steps=self.w_steps, seed=self.w_seed, n=self.w_n,
               prompt=self.w_prompt, negative_prompt=self.w_negative, image=self.w_image, generator=self.w_generator,
               mode=self.w_mode, sweep=self.w_sweep, out=self.w_out, k=self.w_k, scale=self.w_scale, looks=self.w_looks,
@@ -271,7 +262,7 @@ def _source(self: TuningPanel, item):
 @patch
 def _on_generator(self: TuningPanel):
     # paste: its class's knobs, no bank built just for picking it
-    name = _panel_built(self.generators[self.w_generator.value])
+    name = panel_built(self.generators[self.w_generator.value])
     knobs = (set(getattr(generator_class(name), 'knobs', ())) | set(PANEL_OPTIONS[name]) if name
              else self.generator.knobs)
     for k, w in [('strength', self.w_strength), ('guidance', self.w_guidance), ('steps', self.w_steps),
@@ -324,17 +315,30 @@ def bank(self: TuningPanel, folder: str = ''):
 
 @patch
 def _paste_generator(self: TuningPanel, label: str) -> Generator:
-    "The paste generator under `label` with the knobs' k, scale (and harmonizer), built once per setting."
+    "The paste or drawn generator under `label` with the knobs' k, scale, looks (harmonizer), built once per setting."
     name, _, folder = self.generators[label].partition(':')
     o = self.paste_options
-    opts = dict(k=o['k'], scale=o['scale']) | ({'looks': o['looks']} if o['looks'] else {})
-    key = (label, o['k'], o['scale'], o['looks'])
+    opts, key = built_options(name, o), (label, o['k'], o['scale'], o['looks'])
     if 'harmonizer' in PANEL_OPTIONS[name]:
         check(o['harmonizer'], f'{name} needs a DDPM to harmonize with, and the panel has none',
               "pass one among the generators, e.g. TuningPanel(ds, 'ddpm:models/ddpm')")
         opts['harmonizer'], key = self._load(o['harmonizer']), key + (o['harmonizer'],)
-    if key not in self._built: self._built[key] = generator_class(name)(self.bank(folder), **opts)
+    if name == 'drawn':   # the folder is the layout DDPM's; the ships' places come from the panel's own bank
+        check(folder, 'drawn needs a layout DDPM to draw its ships with, and the panel has none', DRAWN_HINT)
+        opts, folder = {'model': folder, **opts, **ddpm_settings(self.generators, folder)}, ''
+        if key not in self._built: self._built = {k: g for k, g in self._built.items() if k[0] != label}
+    if key not in self._built:
+        bank = self.bank(folder)
+        if name == 'drawn': self._status(f'loading the layout DDPM {opts["model"]} …')
+        self._built[key] = generator_class(name)(bank=bank, **opts)
+        self._status('')
     return self._built[key]
+
+@patch
+def near_copies(self: TuningPanel, bank) -> NearCopies:
+    "The ships of `bank` as patches and its near-copy threshold (`NearCopies`), measured once per bank."
+    if id(bank) not in self._near: self._near[id(bank)] = (bank, NearCopies.of(bank))   # the bank kept: its id stays
+    return self._near[id(bank)][1]
 
 # %% ../nbs/30_tuning.ipynb #fe609247
 @patch
@@ -364,7 +368,8 @@ def _start(self: TuningPanel, mode, strengths, p: GenParams) -> PreviewResult:
     ks = list(range(n))
     res = PreviewResult(mode, it.id, self.w_generator.value, p, list(strengths), ks,
                         [derive_seed(p.seed, it.id, k) for k in ks], [[None] * n for _ in strengths],
-                        [[(it.boxes, it.cls)] * n for _ in strengths], infos=[[{}] * n for _ in strengths], gen=gen)
+                        [[(it.boxes, it.cls)] * n for _ in strengths], infos=[[{}] * n for _ in strengths], gen=gen,
+                        near=[[None] * n for _ in strengths])
     self.result, self._cancel = res, threading.Event()
     self.w_progress.max, self.w_progress.value = max(1, res.total), 0
     self.w_progress.bar_style = ''
@@ -381,6 +386,9 @@ def _work(self: TuningPanel, res: PreviewResult, gen, it, cancel: threading.Even
     try:
         src = self._source(it)
         self._render(res)  # the grid frame at once, cells fill in as outputs arrive
+        bank = getattr(gen, 'bank', None)   # a generator that adds ships: each one measured against its bank
+        near = self.near_copies(bank) if getattr(bank, 'crops', None) else None
+        res.threshold = near.threshold if near is not None else None
         for i, s in enumerate(res.strengths):
             p = res.params.replace(strength=s)
             for j, (k, seed) in enumerate(zip(res.ks, res.seeds)):
@@ -393,6 +401,7 @@ def _work(self: TuningPanel, res: PreviewResult, gen, it, cancel: threading.Even
                     self.cache.put(key, out)
                 res.labels[i][j] = out[1:]
                 res.infos[i][j] = dict(getattr(out, 'info', None) or {})
+                if near is not None: res.near[i][j] = near.distances(out[0], out[1], res.infos[i][j])
                 res.images[i][j] = out[0]
                 if self.result is not res: continue  # superseded by a newer Preview: leave the widgets alone
                 self.w_progress.value = res.done
@@ -415,36 +424,48 @@ def _work(self: TuningPanel, res: PreviewResult, gen, it, cancel: threading.Even
         self.w_progress.bar_style = 'warning'; self._status(f'cancelled after {res.done} of {res.total}')
     else:
         self.w_progress.bar_style = 'success'
-        self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s' + pasted_text(res.pasted()))
+        self._status(f'{res.mode}: {res.total} outputs in {time.time() - t0:.1f} s' + pasted_text(res.pasted())
+                     + drawn_text(res.drawn()))
+
+def _cell_label(lab, info: dict) -> tuple:
+    ("(boxes, cls, pasted, drawn) of one output for `grid_png`: the indices of its pasted boxes and of "
+     "its drawn ones (`info`).")
+    drawn = [int(i) for i in (info.get('drawn') or {}).get('new', [])]
+    return lab[0], lab[1], [i for i in pasted_boxes(info, len(lab[0])) if i not in drawn], drawn
 
 @patch
 def _render(self: TuningPanel, res: PreviewResult):
     t0 = time.time()
     it = self.dataset[res.item_id]
     src = self._source(it)
-    labels = [[(it.boxes, it.cls)] + [(*lab, pasted_boxes(info, len(lab[0]))) for lab, info in zip(r, ri)]
+    labels = [[(it.boxes, it.cls)] + [_cell_label(lab, info) for lab, info in zip(r, ri)]
               for r, ri in zip(res.labels, res.infos)]
     g = res.gen if res.gen is not None else self.generators.get(res.generator)
     knob = not isinstance(g, str) and 'strength' in getattr(g, 'knobs', ())
-    cols = ['source'] + [f'k={k}' for k in res.ks]
-    if res.mode == 'variations':   # how many ships each output got of those asked
-        cols = ['source'] + [f'k={k}: {info["paste"]["placed"]}/{info["paste"]["asked"]} pasted'
-                             if 'paste' in info else c
-                             for k, c, info in zip(res.ks, cols[1:], res.infos[0])]
+    cols, notes = ['source'] + [f'k={k}' for k in res.ks], None
+    if res.mode == 'variations':   # how many ships each output got of those asked, and how near the bank they are
+        cols = ['source'] + [f'{c}: {ships_text(info)}' if ships_text(info) else c
+                             for c, info in zip(cols[1:], res.infos[0])]
+        if any(d is not None for d in res.near[0]):
+            notes = [''] + [near_copy_text(d, res.threshold) for d in res.near[0]]
     rows = [f'strength {s:g}' for s in res.strengths] if knob else None
     if res.mode == 'variations': cells = [[src] + res.images[0]]
     else: cells = [[src if i == 0 else None] + r for i, r in enumerate(res.images)]
     blank = np.zeros_like(src)  # cells still being computed show black
     cells = [[(blank if a is None and j > 0 else a) for j, a in enumerate(r)] for r in cells]
     self.grid_png = grid_png(cells, it.boxes, it.cls, scale=display_scale(src), row_labels=rows, col_labels=cols,
-                             names=self.dataset.names, cell_labels=labels)
+                             names=self.dataset.names, cell_labels=labels, col_notes=notes)
     self.w_grid.value = self.grid_png
     self._last_render, self._render_s = time.time(), time.time() - t0
     p = res.params
     self.w_caption.value = (f'{res.mode}: {res.item_id} · {res.generator} · strength '
                             f'{" / ".join(f"{s:g}" for s in res.strengths)} · seed {p.seed} · steps {p.steps} · '
                             f'{res.done}/{res.total}{" (cancelled)" if res.cancelled else ""}'
-                            f'{pasted_text(res.pasted())}')
+                            f'{pasted_text(res.pasted())}{drawn_text(res.drawn())}')
+    where = ((lambda i, k: f'k={k}') if res.mode == 'variations'
+             else (lambda i, k: f'strength {res.strengths[i]:g}, k={k}'))
+    self.w_ships.value = new_ships_html([(where(i, k), info, d) for i, (ri, rd) in enumerate(zip(res.infos, res.near))
+                                         for k, info, d in zip(res.ks, ri, rd)], res.threshold)
 
 @patch
 def cancel(self: TuningPanel):
@@ -533,10 +554,10 @@ def keep(self: TuningPanel, which=None, out=None) -> list:
     from synthkit.synthesize import synthesize, Manifest
     it = self.dataset[res.item_id]
     gen = res.gen if res.gen is not None else self.generators[res.generator]
-    part = it.meta.get('split') or self.part
+    part, kind = it.meta.get('split') or self.part, 'drawn' if gen.name == 'drawn' else 'pasted'
     check(getattr(gen, 'bank', None) is None or part not in HELD_PARTS,
-          f'{res.item_id!r} is a {part} image: its pasted variations would carry ships of training '
-          f'images into the {part} part', 'keep pasted variations of training images only')
+          f'{res.item_id!r} is a {part} image: its {kind} variations would carry ships of training '
+          f'images into the {part} part', f'keep {kind} variations of training images only')
     before = Manifest(out).done()
     # variations inherit their source's part
     s = synthesize(self.dataset, gen, max(ks) + 1, res.params, out, parts={part: [it.id]},
@@ -558,7 +579,8 @@ def code(self: TuningPanel) -> tuple[str, str]:
     # explicit, so the code gives the same pixels on another machine
     dtype = DTYPE_ARGS.get(gen.describe().get('dtype'))
     opts = self._code_options()
-    if opts: spec = f'{gen.name}:{gen.bank.folder}'     # the panel's crop bank, saved under cache_dir
+    # the panel's crop bank, saved under cache_dir; drawn names its layout DDPM, and the bank as an option
+    if opts: spec = f'{gen.name}:{gen.ddpm.folder if gen.name == "drawn" else gen.bank.folder}'
     args = ''.join(f', {k}={v!r}' for k, v in opts.items()) + (f', dtype={dtype!r}' if dtype else '')
     py = '\n'.join([
         'from synthkit.generators import load_generator, GenParams',
@@ -573,7 +595,7 @@ def code(self: TuningPanel) -> tuple[str, str]:
     cli = (['synthkit', 'generate', str(root) if root else 'DATA', '--generator', spec, '--n', str(n)]
            + (['--dtype', dtype] if dtype else []))
     for k, v in opts.items(): cli += ['--option', f'{k}={v}']
-    if opts and bank_split(self.dataset)[1]:   # pasted training ships belong in the training part only
+    if opts and bank_split(self.dataset)[1]:   # pasted (or drawn) training ships belong in the training part only
         cli += ['--parts', 'train']
     for k in KNOBS:  # `synthkit generate` takes every knob as --name (ignored ones left out)
         if k in gen.knobs:
@@ -584,12 +606,13 @@ def code(self: TuningPanel) -> tuple[str, str]:
 
 @patch
 def _code_options(self: TuningPanel) -> dict:
-    ("The generator options the panel's knobs set (k, scale, the harmonizer as a spec), "
-     "for a paste generator it builds; {} otherwise.")
-    name = _panel_built(self.generators[self.w_generator.value])
+    ("The generator options the panel's knobs set (k, scale, looks, the harmonizer as a spec; drawn's bank folder "
+     "and empty='copy'), for a generator it builds; {} otherwise.")
+    name = panel_built(self.generators[self.w_generator.value])
     if not name: return {}
     o = self.paste_options
-    out = dict(k=o['k'], scale=o['scale']) | ({'looks': o['looks']} if o['looks'] else {})
+    out = built_options(name, o)
+    if name == 'drawn': out = {'bank': str(self.bank().folder), **out}
     if 'harmonizer' in PANEL_OPTIONS[name] and o['harmonizer']:
         h = self.generators[o['harmonizer']]
         out['harmonizer'] = h if isinstance(h, str) else generator_spec(h)

@@ -410,12 +410,13 @@ def _split_ds(ds, splits):
 
 
 def _grid_cells(png, n_cols, w=64, h=48, cell_px=200, top=18, gap=4):
-    "The grid PNG as RGB, with each column's image area (x0, y0, scale) (no row labels: one row of source + outputs)."
+    "The grid PNG as RGB, with each column's image area (x0, y0, scale) (one row of source + outputs)."
     from PIL import Image
     import io
     im = np.asarray(Image.open(io.BytesIO(bytes(png))).convert('RGB'))
     f = min(cell_px / w, round(h * cell_px / w) / h)
-    return im, [(j * (cell_px + gap), top, f) for j in range(n_cols)]
+    left = im.shape[1] - n_cols * (cell_px + gap)                 # the row labels' width (0 without them)
+    return im, [(left + j * (cell_px + gap), top, f) for j in range(n_cols)]
 
 
 def _edge_colours(im, cell, box):
@@ -640,3 +641,99 @@ def test_ddpm_paste_end_to_end_with_a_tiny_ddpm(tmp_path):
     assert Recipe.of(ns['gen'], p.params, batch_size=1).key() == Recipe.of(res.gen, p.params, batch_size=1).key()
     recs = p.keep()
     assert len(recs) == 2 and all('paste' in r and 'harmonized' in r for r in recs)
+
+
+# ---- drawn in the panel (issue 23, point 5) ----
+
+def test_drawn_without_a_layout_ddpm_says_what_it_needs(ds, tmp_path):
+    "Asked for by name with no layout DDPM in the panel: its knobs, and one status line that says what to train."
+    p = TuningPanel(ds, {'noise': NoiseGenerator(), 'dr': 'drawn'}, n=1, cache_dir=tmp_path / 'cache')
+    assert list(p.w_generator.options) == ['noise', 'dr', 'paste']     # no DDPM: no ddpm-paste, no second drawn
+    p.set(generator='dr')
+    assert not any(w.disabled for w in (p.w_strength, p.w_guidance, p.w_steps, p.w_seed, p.w_k, p.w_scale, p.w_looks))
+    assert p.w_prompt.disabled and p.w_harmonizer.disabled
+    p.b_preview.click()
+    assert 'drawn needs a layout DDPM to draw its ships with, and the panel has none' in p.w_status.value
+    assert 'synthkit train-ddpm DATA --out models/layout --layout' in p.w_status.value
+
+
+def test_drawn_end_to_end_with_a_tiny_layout_ddpm(tmp_path):
+    """The real `drawn` (synthkit.drawn) with a tiny layout DDPM: offered beside it (a plain DDPM gives none), its
+    knobs, drawn boxes in their own colour, each new ship's distance to the bank under its output, copied as code,
+    kept."""
+    import torch
+    from synthkit.ddpm import DDPMConfig
+    from synthkit.ddpm_train import train_ddpm
+    from synthkit.drawn import DrawnShipsGenerator
+    from synthkit.generators import load_generator
+    from synthkit.grids import DRAWN_COLOUR
+    from synthkit.instances import nearest, near_copy_threshold, ship_groups, ship_patch, ship_patches
+    from synthkit.recipe import Recipe
+    from synthkit.testing import speckle_toy
+    torch.set_num_threads(1)
+    data = speckle_toy(tmp_path / 'd', n=4, size=48, splits=['train', 'train', 'train', 'val'])
+    tiny = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=4, minutes=None)
+    layout = train_ddpm(data, tmp_path / 'layout', DDPMConfig(**tiny, steps=4, layout=True), progress=False,
+                        dtype='fp32')
+    plain = train_ddpm(data, tmp_path / 'plain', DDPMConfig(**tiny, steps=2), progress=False, dtype='fp32')
+    # a plain DDPM offers no drawn; named as drawn's model, it says what it lacks
+    q = TuningPanel(data, {'plain': f'ddpm:{plain}', 'dr': f'drawn:{plain}'}, n=1, cache_dir=tmp_path / 'cache')
+    assert list(q.w_generator.options) == ['plain', 'dr', 'paste', 'ddpm-paste']
+    q.set(generator='dr').b_preview.click()
+    assert 'has no layout channel' in q.w_status.value and '--layout' in q.w_status.value
+    p = TuningPanel(data, [f'ddpm:{plain}', f'ddpm:{layout}'], n=2, cache_dir=tmp_path / 'cache', out=tmp_path / 'kept')
+    assert list(p.w_generator.options) == [f'ddpm:{plain}', f'ddpm:{layout}', 'paste', 'ddpm-paste', 'drawn']
+    p.set(generator='drawn', k=2, strength=1.0, steps=4, guidance=2.0, seed=1)
+    assert not any(w.disabled for w in (p.w_strength, p.w_guidance, p.w_steps, p.w_seed, p.w_k, p.w_scale, p.w_looks))
+    assert p.w_prompt.disabled and p.w_negative.disabled and p.w_harmonizer.disabled
+    res = p.preview(); p.wait(timeout=300)
+    gen = res.gen
+    assert res.done == 2 and isinstance(gen, DrawnShipsGenerator) and gen.k == 2 and gen.empty == 'copy'
+    assert str(gen.ddpm.folder) == str(layout) and gen.bank is p.bank()
+    assert set(gen.bank.sources) <= {'toy000', 'toy001', 'toy002'}                        # toy003 is val
+    it = data['toy000']
+    # the grid: the source's boxes green, each drawn one cyan (a row label for the strength: the cells sit right of it)
+    im, cells = _grid_cells(p.grid_png, 3, w=48, h=48)
+    refs = np.stack([ship_patch(c.image, c.box) for c in gen.bank.crops])
+    threshold = near_copy_threshold(refs, groups=ship_groups(gen.bank.crops))
+    assert res.threshold == pytest.approx(threshold)
+    drawn = 0
+    for j, ((b, _), info, a) in enumerate(zip(res.labels[0], res.infos[0], res.images[0]), start=1):
+        d = info['drawn']
+        assert d['asked'] == 2 and d['new'] == list(range(len(it.boxes), len(b))) and not d['checked']
+        assert BOX_COLOUR in _edge_colours(im, cells[j], b[0])
+        for i in d['new']: assert DRAWN_COLOUR in _edge_colours(im, cells[j], b[i])
+        # under the output: one distance per new ship, as synthkit.instances measures it
+        want = nearest(ship_patches(a, b[d['new']]), refs) if d['new'] else []
+        assert np.allclose(res.near[0][j - 1], want, atol=1e-3)
+        line = next(l for l in p.w_ships.value.split('<br>') if l.startswith(f'k={j - 1}: '))
+        assert line.startswith(f"k={j - 1}: {d['placed']}/2 drawn · nearest crop ")
+        assert len(line.split('nearest crop ')[1].split(' (')[0].split()) == len(d['new'])
+        assert f'(near-copy &lt; {threshold:.2f}' in line
+        drawn += d['placed']
+    assert drawn > 0 and (im == DRAWN_COLOUR).all(axis=2).any() and not (im == PASTED_COLOUR).all(axis=2).any()
+    assert f'{drawn} of 4 ships drawn (cyan boxes' in p.w_status.value
+    assert f'{drawn} of 4 ships drawn' in p.w_caption.value
+    # copy as code: the same generator, the same pixels
+    py, cli = p.code()
+    line = next(l for l in py.splitlines() if l.startswith('gen = '))
+    assert line.startswith(f"gen = load_generator('drawn:{layout}', bank='{gen.bank.folder}', k=2, ")
+    assert "empty='copy'" in line and '--option empty=copy' in cli and '--guidance 2' in cli and '--parts train' in cli
+    ns = {}; exec(line, dict(load_generator=load_generator), ns)
+    assert Recipe.of(ns['gen'], p.params, batch_size=1).key() == Recipe.of(gen, p.params, batch_size=1).key()
+    again = ns['gen'].generate_labelled(it.read(), it.boxes, it.cls, n=2, params=p.params, source_id=it.id)
+    assert all(np.array_equal(o[0], a) and np.allclose(o[1], b)
+               for o, a, (b, _) in zip(again, res.images[0], res.labels[0]))
+    # another k: a new generator, the panel keeps one drawn (one copy of the model) per label
+    p.set(k=1).preview(); p.wait(timeout=300)
+    assert p.result.gen is not gen and [k[0] for k in p._built] == ['drawn']
+    recs = p.keep()
+    assert len(recs) == 2 and all(r['generator'] == 'drawn' and 'drawn' in r for r in recs)
+    p.set(image='toy003').preview(); p.wait(timeout=300)                   # a val image: previewed, never kept
+    with pytest.raises(SynthkitError, match="'toy003' is a val image: its drawn variations would carry ships"):
+        p.keep()
+    # a sweep: the same lines, one per cell, named by strength and k
+    p.set(image='toy000').sweep([0.6, 1.0]); sw = p.wait(timeout=300)
+    lines = p.w_ships.value.split('<br>')
+    assert sw.done == 4
+    assert [l.split(':')[0] for l in lines] == [f'strength {s}, k={k}' for s in ('0.6', '1') for k in (0, 1)]
