@@ -13,7 +13,7 @@ import numpy as np
 from .errors import SynthkitError, check
 from .files import atomic_write, sha256_file, check_out_folder
 from .images import save_image, read_image
-from .data.items import Item, Dataset, check_origins
+from .data.items import Item, Dataset, check_origins, part_of
 from .generators import Generator, GenParams, derive_seed, torch_threads, DTYPE_ARGS
 from .recipe import Recipe
 
@@ -123,14 +123,7 @@ def _plan(dataset: Dataset, parts: dict | None, into: str | None) -> list:
     if parts is None:
         parts = {}
         for it in dataset: parts.setdefault(it.meta.get('split') or 'train', []).append(it.id)
-    seen = {}
-    for p, ids in parts.items():
-        for i in ids:
-            check(i in dataset, f'part {p!r} names image id {i!r}, which is not in the dataset',
-                  'use ids from dataset.ids')
-            check(i not in seen, f'image id {i!r} is in both part {seen.get(i)!r} and {p!r}',
-                  'put each image in one part only')
-            seen[i] = p
+    seen = part_of(dataset, parts)
     if into is not None:
         bad = [i for i, p in seen.items() if p != into]
         if bad:

@@ -323,7 +323,7 @@ def test_write_yolo_label_is_atomic_and_empty_for_no_boxes(tmp_path):
 
 def test_export_checks_parts_and_refuses_to_mix(tmp_path):
     ds = Dataset([Item(grey(tmp_path, f'src/{i}.png'), 64, 40, [], [], i) for i in 'abc'], ['ship'])
-    with pytest.raises(SynthkitError, match="image id 'a' is in both 'train' and 'val'"):
+    with pytest.raises(SynthkitError, match="image id 'a' is in both part 'train' and 'val'"):
         export_yolo(ds, tmp_path/'o', {'train': ['a'], 'val': ['a']})
     with pytest.raises(SynthkitError, match="names image id 'z', which is not in the dataset"):
         export_yolo(ds, tmp_path/'o', {'train': ['z']})

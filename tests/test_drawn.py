@@ -15,23 +15,12 @@ from synthkit.layout import layout_mask, hull_box
 from synthkit.paste import CropBank, PasteGenerator
 from synthkit.drawn import DrawnShipsGenerator
 from synthkit.synthesize import Manifest, regenerate
-from test_paste import make_toy, KILLER, _data, _files
+from test_paste import make_toy, KILLER, _data, _files, toy, bank_dir   # paste's toy and its crop bank: the same places
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
 TINY = dict(crop=32, channels=(16, 32), layers_per_block=1, norm_groups=8, batch=4, minutes=None)
 P = GenParams(strength=0.8, steps=10, guidance=2.0, seed=3)
-
-
-@pytest.fixture(scope='module')
-def toy(tmp_path_factory):
-    return make_toy(tmp_path_factory.mktemp('toy'))
-
-
-@pytest.fixture(scope='module')
-def bank_dir(toy, tmp_path_factory):
-    train = [i for i in toy.ids if toy[i].meta['split'] == 'train']
-    return CropBank.from_dataset(toy, train, margin=4, forbidden=[i for i in toy.ids if i not in train]).save(tmp_path_factory.mktemp('bank')/'bank')
 
 
 @pytest.fixture(scope='module')

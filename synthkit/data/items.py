@@ -13,7 +13,7 @@ from ..errors import SynthkitError, check
 from ..images import read_image
 
 # %% auto #0
-__all__ = ['Item', 'Problem', 'ImportReport', 'Dataset', 'check_origins', 'find_dev_data']
+__all__ = ['Item', 'Problem', 'ImportReport', 'Dataset', 'check_origins', 'part_of', 'find_dev_data']
 
 # %% ../../nbs/03_data_items.ipynb #cfee05f0
 @dataclass
@@ -122,6 +122,19 @@ def check_origins(pairs, use: str = 'used as') -> None:
                             "use variations only in the part their sources come from: "
                             "point data.yaml's parts at the matching "
                             'images/<part> folders of the variations', path=it.path)
+
+# %% ../../nbs/03_data_items.ipynb #d0c7a255
+def part_of(dataset: Dataset, parts: dict) -> dict:
+    "`{image id: its part}` of `parts` (`{part: [ids]}`), refusing an id not in `dataset` or in two parts."
+    seen = {}
+    for p, ids in parts.items():
+        for i in ids:
+            check(i in dataset, f'part {p!r} names image id {i!r}, which is not in the dataset',
+                  'use ids from dataset.ids')
+            check(i not in seen, f'image id {i!r} is in both part {seen.get(i)!r} and {p!r}',
+                  'put each image in one part only')
+            seen[i] = p
+    return seen
 
 # %% ../../nbs/03_data_items.ipynb #e442d63e
 def find_dev_data(name: str = 'ssdd-dev') -> Path | None:

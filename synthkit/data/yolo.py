@@ -13,7 +13,7 @@ import yaml
 from ..errors import SynthkitError, check
 from ..images import is_image_file
 from ..files import atomic_write
-from .items import Item, Dataset, ImportReport
+from .items import Item, Dataset, ImportReport, part_of
 from .checks import finish_import
 
 # %% auto #0
@@ -283,15 +283,9 @@ def export_yolo(dataset: Dataset, out, parts: dict | None = None, *, link=False,
     comment = ''
     if parts is None:
         parts = {'train': dataset.ids}; comment = 'no split given: every image is in the train part'
-    seen = {}
-    for part, ids in parts.items():
+    for part in parts:
         check(re.fullmatch(r'[A-Za-z0-9_-]+', str(part)), f'part name {part!r}', 'use names like train, val, test')
-        for i in ids:
-            check(i in dataset, f'part {part!r} names image id {i!r}, which is not in the dataset',
-                  'use ids from dataset.ids')
-            check(i not in seen, f'image id {i!r} is in both {seen.get(i)!r} and {part!r}',
-                  'put each image in one part only')
-            seen[i] = part
+    part_of(dataset, parts)   # every id in the dataset, each in one part
     want = {(out/'images'/p/(i + dataset[i].path.suffix)).resolve() for p, ids in parts.items() for i in ids}
     want |= {(out/'labels'/p/(i + '.txt')).resolve() for p, ids in parts.items() for i in ids}
     derived = [f for d in ('images', 'labels') if (out/d).is_dir() for f in (out/d).rglob('*')
