@@ -420,3 +420,16 @@ def test_the_crop_bank_of_a_split_holds_no_tile_of_a_val_or_test_image(toy, tmp_
     monkeypatch.setattr(CropBank, 'from_dataset', lambda *a, **k: cut(leaky, margin=2))   # a cut that let val tiles through
     with pytest.raises(SynthkitError, match=r"the crop bank holds ships of val image '\w+@x\d+y\d+'"): prep.bank()
     assert not list((tmp_path/'synth').rglob('bank.json'))
+
+
+def test_no_start_learns_from_an_extra_pool(toy):
+    "The extra pool (images in no part of a split) is the report's independent test set: no start learns from it either."
+    from synthkit.grid.starts import never_test
+    def deal_extra(ds, seed, sizes=None):   # 6 / 3 / 3 and the last 4 of each shuffle in no part
+        ids = sorted(ds.ids); random.Random(seed).shuffle(ids)
+        return {'split_1': dict(train=ids[:6], val=ids[6:9], test=ids[9:12])}
+    never = set(never_test(toy, replace(CFG, seeds=(0, 1)), deal_extra).ids)
+    held = set()
+    for s in (0, 1):
+        ids = sorted(toy.ids); random.Random(s).shuffle(ids); held |= set(ids[9:])
+    assert never and not never & held and never == set(toy.ids) - held
