@@ -23,7 +23,7 @@ __all__ = ['COLORS', 'new_figure', 'save_figure', 'plot_map', 'plot_vs_strength'
 
 # %% ../nbs/25_report.ipynb #3ccef93f
 COLORS = {'baseline': '#636363', 'diffusion': '#3182bd', 'classic': '#e6550d', 'paste': '#31a354',
-          'harmonized': '#756bb1'}
+          'harmonized': '#756bb1', 'drawn': '#17becf'}
 
 def new_figure(w, h):
     "A matplotlib figure of `w` × `h` inches at 100 dpi, drawn off-screen (Agg): no display, no pyplot state."
