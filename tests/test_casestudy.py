@@ -18,10 +18,14 @@ def cli(*args, timeout=600):
 
 
 def test_presets_are_the_protocol():
-    for name, g in PRESETS.items():   # standard leaves out +10 and its control to fit its hour on 2 cores; they are one override away
-        full = {'baseline', '+2', 'classic+2'} | (set() if name == 'standard' else {'+10', 'classic+10'})
+    # standard: new ships pasted and drawn at the same places against the copies; the DDPM's variations, +10 and its control
+    # are one override away
+    want = {'standard': {'baseline', 'classic+2', 'paste+2', 'drawn+2'}}
+    for name, g in PRESETS.items():
+        full = want.get(name, {'baseline', '+2', 'classic+2', '+10', 'classic+10'})
         assert g.splits == ('split_1', 'split_2') and set(g.conditions) == full, name
     assert set(resolve('standard', conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'))[0].conditions) >= {'+10', 'classic+10'}
+    assert PRESETS['standard'].drawn == dict(strength=1.0, steps=10, guidance=2.0)   # the sweep's choice (nbs/26)
     assert len(PRESETS['standard'].seeds) >= 5 and len(PRESETS['paper'].seeds) == 3
     assert PRESETS['quick'].budget == PRESETS['standard'].budget == 'steps'
     s = PRESETS['standard']   # native scale, a pretrained start, the whole test images
