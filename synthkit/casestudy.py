@@ -278,9 +278,13 @@ PIECES = {'pretrained start': 'pretrain/*/done.json', 'DDPM start': 'ddpm-start/
           'layout start': 'layout-start/*/done.json', 'layout training': 'layout/*/done.json',
           **{f'{k} variations': f'synth/*/{k}-*/done.json' for k in ('diffusion', 'classic', 'paste', 'harmonized', 'drawn')}}
 
-def _piece_seconds(out: Path) -> dict:
-    "Seconds spent on each start, model and kind of variations that the grid made (`PIECES`), from the cached products' done.json files."
-    t = {k: sum(json.loads(f.read_text()).get('seconds', 0) for f in Path(out).glob(g)) for k, g in PIECES.items()}
+def _piece_seconds(out: Path, rows=()) -> dict:
+    """Seconds spent on each start and model in the grid's folder and on each kind of outputs its `rows` trained on
+    (`PIECES`), from the products' done.json files: outputs made there for side questions (a sweep's other designs)
+    are not counted."""
+    used = {Path(r['synth_dir']).parts[-2:] for r in rows if r.get('synth_dir')}   # <split>-s<seed>/<kind>-<key>
+    t = {k: sum(json.loads(f.read_text()).get('seconds', 0) for f in Path(out).glob(g)
+                if not k.endswith('variations') or f.parent.parts[-2:] in used) for k, g in PIECES.items()}
     return {k: v for k, v in t.items() if v or k in ('pretrained start', 'ddpm training')}
 
 def case_study(preset: str = 'quick', data=None, generator: str | None = None, out='results/casestudy', *, progress: bool = True,
@@ -300,7 +304,7 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
     rows = run_grid(ds, config, out, progress=progress, on_result=on_result, should_stop=should_stop)
     if rank != 0: return None   # its runs are in the cache; rank 0 gathered every row and writes the report
     wall = time.time() - t0
-    pieces = _piece_seconds(out)
+    pieces = _piece_seconds(out, rows)
     n_total = len(config.splits) * len(config.seeds) * len(config.conditions)
     timings = {'this call (wall clock; cached runs cost nothing)': f'{wall / 60:.1f} min',
                'data preparation': f'{t_data:.0f} s',
