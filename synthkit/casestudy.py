@@ -28,11 +28,15 @@ __all__ = ['PRESETS', 'DATA_PRESETS', 'INSTANCE_KINDS', 'PIECES', 'resolve', 'pa
 # %% ../nbs/26_casestudy.ipynb #2c225c8b
 PRESETS = {
     # the built-in simulator at 96 px, one seed, a small DDPM: the whole grid in ≤ 15 minutes on 2 CPU cores
-    'quick': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0,),
+    'quick': GridConfig(splits=('split_1', 'split_2'),
+                        conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0,),
                         generator='ddpm', strength=0.3, gen_steps=10,
-                        ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=40, minutes=None, warmup=10),
+                        ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=40,
+                                  minutes=None, warmup=10),
                         classic=dict(flips=False, turns=False),
-                        budget='steps', detect=DetectConfig(imgsz=96, batch=8, steps=200, warmup_steps=20, flipud=0.5, lr_schedule='steps')),
+                        budget='steps',
+                        detect=DetectConfig(imgsz=96, batch=8, steps=200, warmup_steps=20, flipud=0.5,
+                                            lr_schedule='steps')),
     # the fair protocol on real data at native resolution, 5 seeds, ~80 min on 2 cores: tiles, a pretrained start, every
     # real tile in every run, flips both ways for every run; new ships pasted (paste+2) and drawn by the layout DDPM,
     # fine-tuned per split from one never-test start, at the same places (drawn+2). The DDPM's variations (+2) and
@@ -40,20 +44,27 @@ PRESETS = {
     'standard': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', 'classic+2', 'paste+2', 'drawn+2'),
                            seeds=(0, 1, 2, 3, 4),
                            generator='ddpm', strength=0.3, gen_steps=10,
-                           ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=100, minutes=None, warmup=10),
+                           ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=100,
+                                     minutes=None, warmup=10),
                            ddpm_start=500, classic=dict(flips=False, turns=False), scorecard=True,
-                           layout_ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=100, minutes=None, warmup=10),
+                           layout_ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=100,
+                                            minutes=None, warmup=10),
                            layout_start=1000, drawn=dict(strength=1.0, steps=10, guidance=2.0),
                            budget='steps', passes=1, tiles=dict(size=160, overlap=32, keep_empty=0.25),
                            start='pretrained', pretrain=dict(scenes=300, steps=1200),
-                           detect=DetectConfig(imgsz=160, batch=16, steps=150, warmup_steps=30, dtype='auto', flipud=0.5, lr_schedule='steps')),
+                           detect=DetectConfig(imgsz=160, batch=16, steps=150, warmup_steps=30, dtype='auto',
+                                               flipud=0.5, lr_schedule='steps')),
     # the reference protocol at full size, for a GPU: equal epochs, 640 px, the default DDPM trained for longer
-    'paper': GridConfig(splits=('split_1', 'split_2'), conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2),
+    'paper': GridConfig(splits=('split_1', 'split_2'),
+                        conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'), seeds=(0, 1, 2),
                         generator='ddpm', strength=0.3, gen_steps=25, ddpm=dict(steps=20000, minutes=None),
                         generator_options=dict(device='cuda'), classic=dict(flips=False, turns=False),
-                        budget='epochs', detect=DetectConfig(imgsz=640, batch=16, device='0', epochs=100, warmup_steps=100, flipud=0.5)),
+                        budget='epochs',
+                        detect=DetectConfig(imgsz=640, batch=16, device='0', epochs=100, warmup_steps=100,
+                                            flipud=0.5)),
 }
-DATA_PRESETS = {          # how the images are prepared: the simulator when no data is given, and the side they are shrunk to
+# how the images are prepared: the simulator when no data is given, and the side they are shrunk to
+DATA_PRESETS = {
     'quick': dict(sim_n=200, sim_seed=0, sim_size=96, max_side=96),
     'standard': dict(sim_n=240, sim_seed=0, sim_size=None, max_side=None),
     'paper': dict(sim_n=200, sim_seed=0, sim_size=None, max_side=None),
@@ -62,7 +73,8 @@ DATA_PRESETS = {          # how the images are prepared: the simulator when no d
 # %% ../nbs/26_casestudy.ipynb #13ced62a
 _GRID = {f.name for f in fields(GridConfig)}
 _DET = {f.name for f in fields(DetectConfig)}
-_DICTS = ('ddpm', 'tiles', 'pretrain', 'generator_options', 'label_check', 'classic', 'paste', 'drawn', 'layout_ddpm')   # GridConfig fields that are dictionaries: overrides merge into the preset's
+# GridConfig fields that are dictionaries: overrides merge into the preset's
+_DICTS = ('ddpm', 'tiles', 'pretrain', 'generator_options', 'label_check', 'classic', 'paste', 'drawn', 'layout_ddpm')
 
 def resolve(preset: str = 'quick', **overrides) -> tuple:
     "(GridConfig, data settings) of `preset` with `overrides` applied; unknown keys are an error naming the valid ones."
@@ -77,8 +89,10 @@ def resolve(preset: str = 'quick', **overrides) -> tuple:
         elif k in _DICTS: g[k] = None if v is None else {**(getattr(grid, k) or {}), **dict(v)}
         elif k in _GRID: g[k] = tuple(v) if isinstance(v, list) else v
         elif k in _DET: d[k] = v
-        else: raise SynthkitError(f'unknown setting {k!r}', f'use a GridConfig field ({", ".join(sorted(_GRID))}), a DetectConfig field '
-                                  f'({", ".join(sorted(_DET))}, also as detect.NAME), one key of {", ".join(_DICTS)} as NAME.KEY, '
+        else: raise SynthkitError(f'unknown setting {k!r}',
+                                  f'use a GridConfig field ({", ".join(sorted(_GRID))}), a DetectConfig field '
+                                  f'({", ".join(sorted(_DET))}, also as detect.NAME), '
+                                  f'one key of {", ".join(_DICTS)} as NAME.KEY, '
                                   f'or one of {", ".join(DATA_PRESETS[preset])}')
     grid = replace(grid, **g)
     if d: grid = replace(grid, detect=replace(grid.detect, **d))
@@ -91,7 +105,8 @@ def parse_sets(pairs) -> dict:
 
 # %% ../nbs/26_casestudy.ipynb #a15b3ad0
 def shrink(dataset, max_side: int, out) -> 'Dataset':
-    "A copy of `dataset` whose images' longer side is at most `max_side` px (boxes scaled), written under `out`; cached."
+    ("A copy of `dataset` whose images' longer side is at most `max_side` px (boxes scaled), "
+     "written under `out`; cached.")
     from PIL import Image
     from synthkit.images import read_image, to_unit, from_unit, save_image
     from synthkit.data.formats import write_yolo_label, write_data_yaml, load_dataset
@@ -103,17 +118,20 @@ def shrink(dataset, max_side: int, out) -> 'Dataset':
         w, h = max(1, round(it.width * s)), max(1, round(it.height * s))
         x, scale = to_unit(it.read())
         ch = [x] if x.ndim == 2 else [x[..., c] for c in range(x.shape[2])]
-        y = np.stack([np.asarray(Image.fromarray(c.astype(np.float32), 'F').resize((w, h), Image.LANCZOS)) for c in ch], -1)
+        y = np.stack([np.asarray(Image.fromarray(c.astype(np.float32), 'F').resize((w, h), Image.LANCZOS))
+                      for c in ch], -1)
         y = from_unit(y[..., 0] if x.ndim == 2 else y, scale)
         p = save_image(y, out/'images'/'train'/f'{it.id}.png')
         b = it.boxes * np.array([w / it.width, h / it.height] * 2, np.float32)
         write_yolo_label(out/'labels'/'train'/f'{it.id}.txt', Item(p, w, h, b, it.cls, it.id))
-    write_data_yaml(out, dataset.names, {'train': 'images/train'}, f'{len(dataset)} images shrunk to at most {max_side} px')
+    write_data_yaml(out, dataset.names, {'train': 'images/train'},
+                    f'{len(dataset)} images shrunk to at most {max_side} px')
     mark_done(out, max_side=max_side, images=len(dataset))
     return load_dataset(out)
 
 def check_split_sizes(ds, config: GridConfig):
-    "One clear line when `ds` is too small for the grid's splits, naming the counts and the `--set split_sizes=` that fits."
+    ("One clear line when `ds` is too small for the grid's splits, naming the counts and the `--set split_sizes=` "
+     "that fits.")
     from synthkit.data.splits import SPLIT_SIZES
     sizes = dict(config.split_sizes or SPLIT_SIZES)   # make_splits draws the largest of each part over all of them
     need = sum(max(v[i] for v in sizes.values()) for i in range(3))
@@ -121,7 +139,8 @@ def check_split_sizes(ds, config: GridConfig):
     f = len(ds) / need
     fit = {k: tuple(max(1, int(n * f)) for n in v) for k, v in sizes.items()}
     raise SynthkitError(f'the dataset has {len(ds)} images but the splits need {need} '
-                        f'({", ".join(f"{k}: {a} train + {b} val + {c} test" for k, (a, b, c) in sizes.items())}; splits share test and val images)',
+                        f'({", ".join(f"{k}: {a} train + {b} val + {c} test" for k, (a, b, c) in sizes.items())}'
+                        f'; splits share test and val images)',
                         f'add images, or pass smaller splits: --set "split_sizes={fit}"')
 
 def prepare_data(data, out, settings: dict, progress: bool = True):
@@ -130,8 +149,8 @@ def prepare_data(data, out, settings: dict, progress: bool = True):
     if data is None:
         from synthkit.sarsim import simulate, SceneParams
         n, seed, size = settings['sim_n'], settings['sim_seed'], settings['sim_size']
-        params = SceneParams() if size is None else SceneParams(width=(size, size), aspect=(1.0, 1.0), height=(size, size),
-                                                                ship_length_range=(4.0, size / 2))
+        params = SceneParams() if size is None else SceneParams(width=(size, size), aspect=(1.0, 1.0),
+                                                                height=(size, size), ship_length_range=(4.0, size / 2))
         folder = out/'data'/f'sim-{n}-{seed}-{size or "full"}'
         if read_done(folder):
             from synthkit.data.formats import load_dataset
@@ -156,13 +175,16 @@ def _baseline_weights(rows, split, seed):
     return None
 
 def _sample_records(folder, max_sources, max_k):
-    "Manifest records of the first `max_sources` training sources (in id order), outputs k < `max_k`, with absolute paths."
+    ("Manifest records of the first `max_sources` training sources (in id order), outputs k < `max_k`, "
+     "with absolute paths.")
     from synthkit.synthesize import Manifest
-    recs = [r for r in Manifest(Path(folder)/'manifest.jsonl').read() if r.get('part', 'train') == 'train' and r['k'] < max_k]
+    recs = [r for r in Manifest(Path(folder)/'manifest.jsonl').read()
+            if r.get('part', 'train') == 'train' and r['k'] < max_k]
     keep = set(sorted({r['source'] for r in recs})[:max_sources])
     return [{**r, 'path': str(Path(folder)/r['path'])} for r in recs if r['source'] in keep]
 
-def image_quality(rows, out, *, imgsz: int = 320, max_sources: int = 12, max_k: int = 4, progress: bool = False) -> list:
+def image_quality(rows, out, *, imgsz: int = 320, max_sources: int = 12, max_k: int = 4,
+                  progress: bool = False) -> list:
     "One row per (split, seed, generator): SSIM, PSNR, diversity, FID, KID of the variations the grid trained on."
     from synthkit.data.items import Item, Dataset
     from synthkit.images import image_size
@@ -175,16 +197,21 @@ def image_quality(rows, out, *, imgsz: int = 320, max_sources: int = 12, max_k: 
         weights = _baseline_weights(rows, split, seed)
         if not cell or weights is None: continue
         for kind in sorted({r['kind'] for r in cell}):
-            folder = max((r for r in cell if r['kind'] == kind), key=lambda r: r['n_per_image'])['synth_dir'].split(';')[0]
-            if not read_done(folder): continue   # still being generated (an interrupted grid): measure it when complete
-            key = config_hash(dict(folder=str(folder), weights=str(weights), imgsz=imgsz, max_sources=max_sources, max_k=max_k))
+            folder = max((r for r in cell if r['kind'] == kind),
+                         key=lambda r: r['n_per_image'])['synth_dir'].split(';')[0]
+            # still being generated (an interrupted grid): measure it when complete
+            if not read_done(folder): continue
+            key = config_hash(dict(folder=str(folder), weights=str(weights), imgsz=imgsz, max_sources=max_sources,
+                                   max_k=max_k))
             if key not in cache:
                 recs = _sample_records(folder, max_sources, max_k)
                 if not recs: continue
                 from synthkit.synthesize import Manifest
-                srcs = {r['source']: r['source_path'] for r in Manifest(Path(folder)/'manifest.jsonl').read()}  # all real train + val sources
+                # all real train + val sources
+                srcs = {r['source']: r['source_path'] for r in Manifest(Path(folder)/'manifest.jsonl').read()}
                 real = Dataset([Item(p, *image_size(p), [], [], i) for i, p in sorted(srcs.items())], ['object'])
-                try: q, note = quality_report(real, recs, extractor=FeatureExtractor.from_yolo(weights, size=imgsz), by=('generator',)), ''
+                try: q, note = quality_report(real, recs, extractor=FeatureExtractor.from_yolo(weights, size=imgsz),
+                                              by=('generator',)), ''
                 except SynthkitError as e:  # e.g. a detector trained too briefly to give informative features
                     q, note = quality_report(real, recs, by=('generator',)), f'no FID/KID: {e}'
                 cache[key] = dict(split=split, seed=seed, kind=kind, **q[0], note=note)
@@ -211,15 +238,19 @@ def _real_parts(base: dict) -> Path:
 def _weights(base: dict) -> Path: return Path(base['run_dir'])/'detector'/'train'/'weights'/'last.pt'
 
 def _tstr_config(split: str, seed: int, base: dict, config):
-    "The detector settings of a TSTR run beside the grid: the grid's run settings, from the runs' own start, for the grid's budget."
+    ("The detector settings of a TSTR run beside the grid: the grid's run settings, from the runs' own start, "
+     "for the grid's budget.")
     import yaml
     from synthkit.grid.config import RunSpec
     dc = RunSpec(split, seed, 'baseline', config, eval_imgsz=base.get('eval_imgsz')).detect_config()
-    dc = dc.replace(model=str(yaml.safe_load((Path(base['run_dir'])/'detector'/'train'/'args.yaml').read_text())['model']))   # the runs' own start
+    # the runs' own start
+    dc = dc.replace(model=str(
+        yaml.safe_load((Path(base['run_dir'])/'detector'/'train'/'args.yaml').read_text())['model']))
     return dc.replace(steps=config.detect.steps) if config.budget == 'steps' else dc
 
 def grid_scorecard(rows, out, config, *, progress: bool = False) -> list:
-    "Scorecard rows (dicts, with `split` and `seed`) of the variations and copies of each split's first seed, plus the real tiles."
+    ("Scorecard rows (dicts, with `split` and `seed`) of the variations and copies of each split's first seed, "
+     "plus the real tiles.")
     import yaml
     from synthkit.scorecard import scorecard, Scorecard
     from synthkit.grid.config import RunSpec
@@ -228,7 +259,8 @@ def grid_scorecard(rows, out, config, *, progress: bool = False) -> list:
     for split, seed, cell, base in _first_seeds(rows):
         folders = {}
         for kind, label in (('diffusion', config.generator.partition(':')[0]), ('classic', 'classic')):
-            rs = [r for r in cell if r['kind'] == kind and r.get('synth_dir') and not r.get('same_as', '').startswith('baseline')]
+            rs = [r for r in cell if r['kind'] == kind and r.get('synth_dir')
+                  and not r.get('same_as', '').startswith('baseline')]
             if rs: folders[label] = max(rs, key=lambda r: r['n_per_image'])['synth_dir'].split(';')[0]
         if base is None or not folders or not all(read_done(f) for f in folders.values()): continue
         real, dc = _real_parts(base), _tstr_config(split, seed, base, config)
@@ -249,10 +281,12 @@ def _val_windows(real: Path, size: int = 64) -> list:
     from synthkit.data.formats import load_dataset
     from synthkit.instances import ship_windows
     ds = load_dataset(real/'data.yaml', check_pixels=False)
-    return [w for it in ds if it.meta.get('split') == 'val' and it.n_boxes for w in ship_windows(it.read(), it.boxes, size)]
+    return [w for it in ds if it.meta.get('split') == 'val' and it.n_boxes
+            for w in ship_windows(it.read(), it.boxes, size)]
 
 def grid_instances(rows, out, config) -> list:
-    "Instance-scorecard rows (dicts with `split` and `seed`) of each split's first seed, one per condition kind that adds ships."
+    ("Instance-scorecard rows (dicts with `split` and `seed`) of each split's first seed, "
+     "one per condition kind that adds ships.")
     from synthkit.instances import instance_row
     from synthkit.paste import CropBank
     from synthkit.metrics import FeatureExtractor
@@ -268,15 +302,19 @@ def grid_instances(rows, out, config) -> list:
         real, w = _real_parts(base), _weights(base)
         det, ext, val = as_detector(w, config.train_imgsz), FeatureExtractor.from_yolo(w, size=64), _val_windows(real)
         for label, f in folders.items():
+            # one TSTR per folder of outputs
             r = instance_row(label, f, bank, detector=det, extractor=ext, val_windows=val, test_data=real/'data.yaml',
-                             out=out/'instances'/f'{split}-s{seed}'/f.name, config=_tstr_config(split, seed, base, config))   # one TSTR per folder of outputs
+                             out=out/'instances'/f'{split}-s{seed}'/f.name,
+                             config=_tstr_config(split, seed, base, config))
             result.append(dict(split=split, seed=seed, **r.asdict()))
     return result
 
 # %% ../nbs/26_casestudy.ipynb #aaf6427e
-PIECES = {'pretrained start': 'pretrain/*/done.json', 'DDPM start': 'ddpm-start/*/done.json', 'ddpm training': 'ddpm/*/done.json',
+PIECES = {'pretrained start': 'pretrain/*/done.json', 'DDPM start': 'ddpm-start/*/done.json',
+          'ddpm training': 'ddpm/*/done.json',
           'layout start': 'layout-start/*/done.json', 'layout training': 'layout/*/done.json',
-          **{f'{k} variations': f'synth/*/{k}-*/done.json' for k in ('diffusion', 'classic', 'paste', 'harmonized', 'drawn')}}
+          **{f'{k} variations': f'synth/*/{k}-*/done.json'
+             for k in ('diffusion', 'classic', 'paste', 'harmonized', 'drawn')}}
 
 def _piece_seconds(out: Path, rows=()) -> dict:
     """Seconds spent on each start and model in the grid's folder and on each kind of outputs its `rows` trained on
@@ -287,8 +325,8 @@ def _piece_seconds(out: Path, rows=()) -> dict:
                 if not k.endswith('variations') or f.parent.parts[-2:] in used) for k, g in PIECES.items()}
     return {k: v for k, v in t.items() if v or k in ('pretrained start', 'ddpm training')}
 
-def case_study(preset: str = 'quick', data=None, generator: str | None = None, out='results/casestudy', *, progress: bool = True,
-               on_result=None, should_stop=None, **overrides) -> Path:
+def case_study(preset: str = 'quick', data=None, generator: str | None = None, out='results/casestudy', *,
+               progress: bool = True, on_result=None, should_stop=None, **overrides) -> Path:
     """Run the case-study grid for `preset` on `data` (None: the simulator) and write `out/report.md`; returns its path.
     Under a launcher every process runs its share of the grid and rank 0 writes the report; the others return None."""
     from synthkit.grid.share import process_share, exclusive
@@ -297,7 +335,8 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rank, world = process_share()
-    with exclusive(out/'data'/'prepare.lock', world):   # several processes: the first prepares the data, the others then find it
+    # several processes: the first prepares the data, the others then find it
+    with exclusive(out/'data'/'prepare.lock', world):
         ds = prepare_data(data, out, settings, progress and rank == 0)
     t_data = time.time() - t0
     check_split_sizes(ds, config)
@@ -309,13 +348,17 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
     timings = {'this call (wall clock; cached runs cost nothing)': f'{wall / 60:.1f} min',
                'data preparation': f'{t_data:.0f} s',
                **{k: f'{v:.0f} s (cumulative, over all calls)' for k, v in pieces.items()},
-               'detector training + test evaluation': f"{sum(r['train_seconds'] for r in rows):.0f} s over {len(rows)} runs "
-                                                      f"({np.mean([r['train_seconds'] for r in rows]):.0f} s per run)"}
+               'detector training + test evaluation':
+                   f"{sum(r['train_seconds'] for r in rows):.0f} s over {len(rows)} runs "
+                   f"({np.mean([r['train_seconds'] for r in rows]):.0f} s per run)"}
     src = 'the built-in simulator' if data is None else f'`{data}`'
     notes = (f'Preset `{preset}` on {src}: {len(ds)} images, {ds.n_boxes} boxes'
-             + (f', shrunk to at most {settings["max_side"]} px' if data is not None and settings.get('max_side') else ', at native resolution')
-             + (f'; simulated scenes of {settings["sim_size"]} px' if data is None and settings.get('sim_size') else '') + '.')
-    if len(rows) < n_total: notes += f'\n\nThe grid stopped after {len(rows)} of {n_total} runs: run the same command again to finish it.'
+             + (f', shrunk to at most {settings["max_side"]} px' if data is not None and settings.get('max_side')
+                else ', at native resolution')
+             + (f'; simulated scenes of {settings["sim_size"]} px' if data is None and settings.get('sim_size')
+                else '') + '.')
+    if len(rows) < n_total: notes += (f'\n\nThe grid stopped after {len(rows)} of {n_total} runs: '
+                                      'run the same command again to finish it.')
     _write_settings(out, preset, data, config, settings)
     quality = image_quality(rows, out, imgsz=config.train_imgsz)
     cards = grid_scorecard(rows, out, config, progress=progress) if config.scorecard and len(rows) == n_total else None
@@ -328,11 +371,13 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
                         quality=quality, start_note=note, scorecard=cards, instances=instances)
 
 def _write_settings(out, preset, data, config, settings):
-    write_json(out/'settings.json', dict(preset=preset, data=None if data is None else str(data), data_settings=settings, grid=asdict(config)))
+    write_json(out/'settings.json', dict(preset=preset, data=None if data is None else str(data),
+                                         data_settings=settings, grid=asdict(config)))
 
 # %% ../nbs/26_casestudy.ipynb #ac4c98a2
 def partial_grid(preset: str, data, out, cells=None, *, progress: bool = True, **overrides) -> list:
-    "The rows of `preset`'s grid (with `overrides`) on `data` in `out`, only for the (split, seed) pairs `cells` (None: all); no report, no tables."
+    ("The rows of `preset`'s grid (with `overrides`) on `data` in `out`, only for the (split, seed) pairs `cells` "
+     "(None: all); no report, no tables.")
     config, settings = resolve(preset, **overrides)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     ds = prepare_data(data, out, settings, progress)
@@ -340,7 +385,8 @@ def partial_grid(preset: str, data, out, cells=None, *, progress: bool = True, *
     cells = [(sp, sd) for sd in config.seeds for sp in config.splits] if cells is None else cells
     return run_grid(ds, config, out, progress=progress, cells=cells)
 
-def dose_response(data, out, budgets, *, preset: str = 'standard', n: int = 2, cells=None, progress: bool = True, **overrides) -> list:
+def dose_response(data, out, budgets, *, preset: str = 'standard', n: int = 2, cells=None, progress: bool = True,
+                  **overrides) -> list:
     """One row per (DDPM budget, split, comparison): `+n` against the baseline and against `classic+n` when the grid's
     DDPM gets `budgets` = [(start iterations, fine-tune iterations), ...]; SSIM to the source beside it."""
     from synthkit.stats import comparisons
@@ -348,7 +394,8 @@ def dose_response(data, out, budgets, *, preset: str = 'standard', n: int = 2, c
           'give (start iterations, fine-tune iterations) pairs, e.g. [(0, 60), (1000, 100), (3000, 100)]')
     out, result = Path(out), []
     for start, steps in budgets:
-        rows = partial_grid(preset, data, out, cells, progress=progress, conditions=('baseline', f'+{n}', f'classic+{n}'),
+        rows = partial_grid(preset, data, out, cells, progress=progress,
+                            conditions=('baseline', f'+{n}', f'classic+{n}'),
                             ddpm_start=int(start), **{**overrides, 'ddpm.steps': int(steps)})
         cfg, _ = resolve(preset, **overrides)
         ssim = {}
@@ -361,13 +408,15 @@ def dose_response(data, out, budgets, *, preset: str = 'standard', n: int = 2, c
     return result
 
 def plot_dose_response(rows: list, path) -> Path:
-    "`+N` − baseline and `+N` − `classic+N` (95 % intervals) against the DDPM's training iterations, one line per split."
+    ("`+N` − baseline and `+N` − `classic+N` (95 % intervals) against the DDPM's training iterations, "
+     "one line per split.")
     from synthkit.report import new_figure, save_figure
     fig = new_figure(8, 3.2)
     axs = fig.subplots(1, 2, sharey=True)
     for ax, ref in zip(axs, ('baseline', 'classic')):
         for i, sp in enumerate(dict.fromkeys(r['split'] for r in rows)):
-            rs = sorted((r for r in rows if r['split'] == sp and r['versus'].startswith(ref)), key=lambda r: r['iterations'])
+            rs = sorted((r for r in rows if r['split'] == sp and r['versus'].startswith(ref)),
+                        key=lambda r: r['iterations'])
             if not rs: continue
             x = np.array([r['iterations'] for r in rs], float) * (1 + 0.04 * i)   # splits side by side
             y = np.array([r['diff'] for r in rs])
@@ -380,57 +429,73 @@ def plot_dose_response(rows: list, path) -> Path:
     return save_figure(fig, path)
 
 # %% ../nbs/26_casestudy.ipynb #a9618ce3
-def drawn_sweep(data, out, guidances=(1.0, 2.0, 4.0), strengths=(0.6, 0.8, 1.0), *, preset: str = 'standard', split: str = 'split_2',
-                seed: int = 0, n: int = 2, progress: bool = True, **overrides) -> list:
-    "One row per (guidance, strength) on `split`, `seed`: the drawn ships' instance scores and `drawn+n` − `paste+n`, and one row for the pasted crops."
+def drawn_sweep(data, out, guidances=(1.0, 2.0, 4.0), strengths=(0.6, 0.8, 1.0), *, preset: str = 'standard',
+                split: str = 'split_2', seed: int = 0, n: int = 2, progress: bool = True, **overrides) -> list:
+    ("One row per (guidance, strength) on `split`, `seed`: the drawn ships' instance scores and `drawn+n` − `paste+n`, "
+     "and one row for the pasted crops.")
     from synthkit.sdedit import t_max_for
     from synthkit.ddpm import DDPMConfig
     check(guidances and strengths, 'an empty sweep', 'give guidances and strengths, e.g. (1, 2, 4) and (0.6, 0.8, 1.0)')
     config, _ = resolve(preset, **overrides)
     steps = int({**config.drawn}.get('steps', 10))
-    t_max = t_max_for(list(strengths), steps, DDPMConfig(**{k: v for k, v in config.layout_ddpm.items() if k in ('train_timesteps', 'beta_schedule')}))
+    t_max = t_max_for(list(strengths), steps,
+                      DDPMConfig(**{k: v for k, v in config.layout_ddpm.items()
+                                    if k in ('train_timesteps', 'beta_schedule')}))
     result = []
     for g in guidances:
         for s in strengths:
-            sets = {**overrides, 'conditions': ('baseline', f'paste+{n}', f'drawn+{n}'), 'drawn.guidance': float(g), 'drawn.strength': float(s),
+            sets = {**overrides, 'conditions': ('baseline', f'paste+{n}', f'drawn+{n}'),
+                    'drawn.guidance': float(g), 'drawn.strength': float(s),
                     'layout_ddpm.t_max': t_max, 'scorecard': True}
             rows = partial_grid(preset, data, out, [(split, seed)], progress=progress, **sets)
             cfg, _ = resolve(preset, **sets)
             inst = {r['instances']: r for r in grid_instances(rows, out, cfg)}
             by = {r['condition']: r for r in rows}
             drawn = inst.get(INSTANCE_KINDS['drawn'], {})
-            result.append(dict(guidance=float(g), strength=float(s), **{k: drawn.get(k) for k in ('n', 'novelty', 'near_copies', 'kid', 'verified', 'tstr')},
+            result.append(dict(guidance=float(g), strength=float(s),
+                               **{k: drawn.get(k) for k in ('n', 'novelty', 'near_copies', 'kid', 'verified', 'tstr')},
                                drawn_minus_paste=by[f'drawn+{n}']['map50'] - by[f'paste+{n}']['map50']))
     paste = inst.get(INSTANCE_KINDS['paste'], {})
-    result.append(dict(guidance=None, strength=None, **{k: paste.get(k) for k in ('n', 'novelty', 'near_copies', 'kid', 'verified', 'tstr')},
+    result.append(dict(guidance=None, strength=None,
+                       **{k: paste.get(k) for k in ('n', 'novelty', 'near_copies', 'kid', 'verified', 'tstr')},
                        drawn_minus_paste=0.0))
     return result
 
 # %% ../nbs/26_casestudy.ipynb #c4b40792
 def cli_args(parser):
-    parser.add_argument('--preset', default='quick', choices=list(PRESETS), help='quick (simulator, ≤ 15 min CPU), standard (real data at native resolution, ~80 min CPU), paper (GPU)')
-    parser.add_argument('--data', default=None, help='a YOLO / COCO / Pascal VOC dataset folder (default: the built-in simulator)')
-    parser.add_argument('--generator', default=None, help="'ddpm' (train the in-domain DDPM per split and seed), 'ddpm:FOLDER', or another generator spec")
-    parser.add_argument('--out', default='results/casestudy', help='output folder (the cache lives there: rerun to resume)')
+    parser.add_argument('--preset', default='quick', choices=list(PRESETS),
+                        help='quick (simulator, ≤ 15 min CPU), standard (real data at native resolution, ~80 min CPU), '
+                             'paper (GPU)')
+    parser.add_argument('--data', default=None,
+                        help='a YOLO / COCO / Pascal VOC dataset folder (default: the built-in simulator)')
+    parser.add_argument('--generator', default=None,
+                        help="'ddpm' (train the in-domain DDPM per split and seed), 'ddpm:FOLDER', "
+                             "or another generator spec")
+    parser.add_argument('--out', default='results/casestudy',
+                        help='output folder (the cache lives there: rerun to resume)')
     parser.add_argument('--seeds', default=None, help='comma-separated seeds, e.g. 0,1,2')
     parser.add_argument('--device', default=None, help="detector device: cpu, 0 (first GPU), ...")
     parser.add_argument('--set', dest='sets', action='append', metavar='KEY=VALUE', default=[],
-                        help='override any preset value: a GridConfig / DetectConfig field, tiles.KEY / pretrain.KEY / ddpm.KEY, or a data setting (Python literal)')
+                        help='override any preset value: a GridConfig / DetectConfig field, '
+                             'tiles.KEY / pretrain.KEY / ddpm.KEY, or a data setting (Python literal)')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 def result_line(row: dict) -> str:
-    "The CLI's line for one finished run: every shown metric (`synthkit.detect.METRICS`), on the extra pool too, and the time."
+    ("The CLI's line for one finished run: every shown metric (`synthkit.detect.METRICS`), on the extra pool too, "
+     "and the time.")
     from synthkit.detect import METRICS
     ms = [m for m in METRICS if m.shown and m.name in row]
     extra = ''.join(f"  extra pool {m.label} {row['extra_' + m.name]:.3f}" for m in ms[:1] if 'extra_' + m.name in row)
-    return (f"  {row['split']} {row['condition']:<11} seed {row['seed']}: " + '  '.join(f'{m.label} {row[m.name]:.3f}' for m in ms)
+    return (f"  {row['split']} {row['condition']:<11} seed {row['seed']}: "
+            + '  '.join(f'{m.label} {row[m.name]:.3f}' for m in ms)
             + f"{extra}  ({row.get('train_seconds', 0):.0f} s)")
 
 def cli_run(args) -> int:
     ov = parse_sets(args.sets)
     if args.seeds: 
         try: ov['seeds'] = tuple(int(s) for s in args.seeds.split(','))
-        except ValueError: raise SynthkitError(f'--seeds {args.seeds!r} is not a comma-separated list of integers', 'write e.g. --seeds 0,1,2')
+        except ValueError: raise SynthkitError(f'--seeds {args.seeds!r} is not a comma-separated list of integers',
+                                               'write e.g. --seeds 0,1,2')
     if args.device: ov['device'] = args.device
     from synthkit.grid.share import process_share
     rank, world = process_share()
