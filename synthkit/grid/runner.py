@@ -23,7 +23,7 @@ from .share import (process_share, group_owners, exclusive, own_share, own_gpu, 
                                  record_share, finished_rows, gather)
 
 # %% auto #0
-__all__ = ['row_fields', 'write_table', 'run_grid']
+__all__ = ['row_fields', 'write_table', 'in_folder', 'run_grid']
 
 # %% ../../nbs/24i_grid_runner.ipynb #e2939f98
 def row_fields() -> list:
@@ -42,6 +42,17 @@ def write_table(rows: list, out, name: str = 'results'):
     cols = list(dict.fromkeys([k for k in row_fields() if any(k in r for r in rows)] + [k for r in rows for k in r]))
     buf = io.StringIO(); w = csv.DictWriter(buf, cols, extrasaction='ignore'); w.writeheader(); w.writerows(rows)
     write_text(out/f'{name}.csv', buf.getvalue())
+
+def in_folder(row: dict, out) -> dict:
+    """A cached row with its run and output folders named as seen from here: the grid folder `out` reached by another
+    path (another working directory, a moved folder) finds its rows' folders under it."""
+    def here(p, n: int) -> str:   # the last n parts of a path: runs/<run>, synth/<split-seed>/<set>
+        q = Path(p)
+        return str(Path(out).joinpath(*q.parts[-n:])) if not q.exists() and len(q.parts) >= n else str(p)
+    row = dict(row)
+    if row.get('run_dir'): row['run_dir'] = here(row['run_dir'], 2)
+    if row.get('synth_dir'): row['synth_dir'] = ';'.join(here(x, 3) for x in row['synth_dir'].split(';'))
+    return row
 
 def _with_new_metrics(row: dict, rd: Path) -> dict:
     "A cached row, with any metric declared since it was made computed from the run's saved weights (no retraining)."
@@ -230,7 +241,8 @@ def run_grid(dataset, config: GridConfig, out, *, progress: bool = True, on_resu
         for spec in mine:
             rd = run_dir_of(spec, out)
             if (rd/'result.json').is_file():
-                rows.append(_with_new_metrics(json.loads((rd/'result.json').read_text()), rd)); continue
+                rows.append(_with_new_metrics(in_folder(json.loads((rd/'result.json').read_text()), out), rd))
+                continue
             if should_stop is not None and should_stop(): stopped = True; break
             bar.set_postfix_str(spec.name)
             rows.append(_run(g, spec, rows, bar)); ran.append(spec.name)
