@@ -18,13 +18,15 @@ def cli(*args, timeout=600):
 
 
 def test_presets_are_the_protocol():
-    # standard: new ships pasted and drawn at the same places against the copies; the DDPM's variations, +10 and its control
-    # are one override away
-    want = {'standard': {'baseline', 'classic+2', 'paste+2', 'drawn+2'}}
+    # standard: pasted ships and the DDPM's variations against the copies; ships drawn at paste's places (the layout
+    # DDPM), +10 and its control are one override away
+    want = {'standard': {'baseline', 'classic+2', 'paste+2', '+2'}}
     for name, g in PRESETS.items():
         full = want.get(name, {'baseline', '+2', 'classic+2', '+10', 'classic+10'})
         assert g.splits == ('split_1', 'split_2') and set(g.conditions) == full, name
     assert set(resolve('standard', conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'))[0].conditions) >= {'+10', 'classic+10'}
+    g = resolve('standard', conditions=('baseline', 'classic+2', 'paste+2', 'drawn+2'))[0]
+    assert 'drawn+2' in g.conditions and g.layout_start > 0   # the layout start and its settings stay in the preset
     assert PRESETS['standard'].drawn == dict(strength=1.0, steps=10, guidance=2.0)   # the sweep's choice (nbs/26)
     assert len(PRESETS['standard'].seeds) >= 5 and len(PRESETS['paper'].seeds) == 3
     assert PRESETS['quick'].budget == PRESETS['standard'].budget == 'steps'
