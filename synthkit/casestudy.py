@@ -87,7 +87,7 @@ def resolve(preset: str = 'quick', **overrides) -> tuple:
         elif dot and head == 'detect' and sub in _DET: d[sub] = v
         elif k in data: data[k] = v
         elif k in _DICTS: g[k] = None if v is None else {**(getattr(grid, k) or {}), **dict(v)}
-        elif k in _GRID: g[k] = tuple(v) if isinstance(v, list) else v
+        elif k in _GRID: g[k] = _listed(grid, k, v)
         elif k in _DET: d[k] = v
         else: raise SynthkitError(f'unknown setting {k!r}',
                                   f'use a GridConfig field ({", ".join(sorted(_GRID))}), a DetectConfig field '
@@ -97,6 +97,13 @@ def resolve(preset: str = 'quick', **overrides) -> tuple:
     grid = replace(grid, **g)
     if d: grid = replace(grid, detect=replace(grid.detect, **d))
     return grid.check(), data
+
+def _listed(grid, k: str, v):
+    ("A list given for a tuple field as a tuple; a comma-separated string and a single value too "
+     "(`--set conditions=baseline,paste+2`, `--set seeds=3`).")
+    if not isinstance(getattr(grid, k), tuple) or v is None: return v
+    if isinstance(v, str): return tuple(p.strip() for p in v.split(',') if p.strip())
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
 
 def parse_sets(pairs) -> dict:
     "`['imgsz=160', 'seeds=(0,1)']` → `{'imgsz': 160, 'seeds': (0, 1)}` (Python literals; bare words stay strings)."
