@@ -18,7 +18,7 @@ from .data.tiles import source_image
 from .generators import load_pretrained, weights_hash, check_device
 from .precision import resolve_dtype
 from .layout import NULL_LAYOUT, layout_mask
-from .ddpm import (DDPMConfig, LR_DECAYS, CONFIG_FILE, STATE_FILE, STATE_JSON, OLD_STATE_FILE,
+from .ddpm import (DDPMConfig, LR_DECAYS, LAYOUT_MASKS, CONFIG_FILE, STATE_FILE, STATE_JSON, OLD_STATE_FILE,
                            read_meta, built_model, build_unet, build_scheduler)
 
 import torch
@@ -40,7 +40,8 @@ class TrainingPool:
     boxes: list
     masks: list | None = None
     skipped: int = 0
-    sources: list = None      # the images trained on (tiles by the image they were cut from): the lineage guard reads them
+    # the images trained on (tiles by the image they were cut from): the lineage guard reads them
+    sources: list = None
 
 def training_pool(dataset: Dataset, layout: bool = False, masks: str = 'ellipse') -> TrainingPool:
     ("The items of `dataset`'s training split as a `TrainingPool`; with `layout`, each with its ship mask "
@@ -423,6 +424,9 @@ def cli_args(parser):
                         help="a layout-conditioned model (the drawn generator's): the UNet also sees each image's ship "
                              "mask (hulls from a simulated dataset's hulls.json, else ellipses in the boxes); default: "
                              "the --out folder's when resuming it")
+    parser.add_argument('--layout-masks', choices=LAYOUT_MASKS, default=None,
+                        help="with --layout, a real box's mask: ellipse (inscribed) or footprint (the ship's bright "
+                             f"pixels); default: the --out folder's when resuming it, else {d.layout_masks}")
     parser.add_argument('--start', default=None,
                         help='a synthkit DDPM folder (same model settings, crop and t-max) to fine-tune from')
     parser.add_argument('--lr', type=float, default=d.lr)
@@ -456,7 +460,8 @@ def cli_run(args) -> int:
     minutes = args.minutes if args.minutes is not None else None if args.steps else DDPMConfig.minutes
     # not given: the folder's own when resuming it (models from before a setting existed: LEGACY's), else the default
     built = built_model(read_meta(args.out)) if (Path(args.out)/CONFIG_FILE).is_file() and not args.no_resume else {}
-    given = dict(head_dim=args.head_dim, t_max=args.t_max, ema=args.ema, lr_decay=args.lr_decay, layout=args.layout)
+    given = dict(head_dim=args.head_dim, t_max=args.t_max, ema=args.ema, lr_decay=args.lr_decay, layout=args.layout,
+                 layout_masks=args.layout_masks)
     model = {k: built.get(k, getattr(DDPMConfig, k)) if v is None else None if v == 'none' else v
              for k, v in given.items()}
     cfg = DDPMConfig(minutes=minutes, steps=args.steps, seed=args.seed, crop=args.crop, batch=args.batch, lr=args.lr,

@@ -218,3 +218,9 @@ def test_cli_trains_a_layout_model_on_simulated_hulls(tmp_path):
                         '--steps', '1', '--layout', '--quiet'], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     assert read_meta(tmp_path/'m')['model']['layout'] is True
+    assert read_meta(tmp_path/'m')['model']['layout_masks'] == 'ellipse'
+    # real ships' masks from their bright pixels, chosen on the command line
+    r = subprocess.run([str(BIN/'synthkit'), 'train-ddpm', str(tmp_path/'sim'), '--out', str(tmp_path/'f'), '--crop', '32', '--batch', '2',
+                        '--steps', '1', '--layout', '--layout-masks', 'footprint', '--quiet'], capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert read_meta(tmp_path/'f')['model']['layout_masks'] == 'footprint'
