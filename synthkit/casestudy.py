@@ -48,7 +48,7 @@ PRESETS = {
                                      minutes=None, warmup=10),
                            ddpm_start=500, classic=dict(flips=False, turns=False), scorecard=True,
                            layout_ddpm=dict(channels=(16, 32, 32, 64), norm_groups=8, crop=64, batch=16, steps=100,
-                                            minutes=None, warmup=10),
+                                            minutes=None, warmup=10, layout_masks='footprint'),
                            layout_start=1000, drawn=dict(strength=1.0, steps=10, guidance=2.0),
                            budget='steps', passes=1, tiles=dict(size=160, overlap=32, keep_empty=0.25),
                            start='pretrained', pretrain=dict(scenes=300, steps=1200),

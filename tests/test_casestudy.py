@@ -27,6 +27,7 @@ def test_presets_are_the_protocol():
     assert set(resolve('standard', conditions=('baseline', '+2', '+10', 'classic+2', 'classic+10'))[0].conditions) >= {'+10', 'classic+10'}
     g = resolve('standard', conditions=('baseline', 'classic+2', 'paste+2', 'drawn+2'))[0]
     assert 'drawn+2' in g.conditions and g.layout_start > 0   # the layout start and its settings stay in the preset
+    assert PRESETS['standard'].layout_ddpm['layout_masks'] == 'footprint'   # real ships' masks: their bright pixels
     assert PRESETS['standard'].drawn == dict(strength=1.0, steps=10, guidance=2.0)   # the sweep's choice (nbs/26)
     assert len(PRESETS['standard'].seeds) >= 5 and len(PRESETS['paper'].seeds) == 3
     assert PRESETS['quick'].budget == PRESETS['standard'].budget == 'steps'
