@@ -354,7 +354,9 @@ def case_study(preset: str = 'quick', data=None, generator: str | None = None, o
     n_total = len(config.splits) * len(config.seeds) * len(config.conditions)
     timings = {'this call (wall clock; cached runs cost nothing)': f'{wall / 60:.1f} min',
                'data preparation': f'{t_data:.0f} s',
-               **{k: f'{v:.0f} s (cumulative, over all calls)' for k, v in pieces.items()},
+               **{k: f'{v:.0f} s (' + ('the sets these runs used' if k.endswith('variations')
+                                         else 'every one in this folder') + ', cumulative over all calls)'
+                  for k, v in pieces.items()},
                'detector training + test evaluation':
                    f"{sum(r['train_seconds'] for r in rows):.0f} s over {len(rows)} runs "
                    f"({np.mean([r['train_seconds'] for r in rows]):.0f} s per run)"}
