@@ -327,7 +327,8 @@ def _piece_seconds(out: Path, rows=()) -> dict:
     """Seconds spent on each start and model in the grid's folder and on each kind of outputs its `rows` trained on
     (`PIECES`), from the products' done.json files: outputs made there for side questions (a sweep's other designs)
     are not counted."""
-    used = {Path(r['synth_dir']).parts[-2:] for r in rows if r.get('synth_dir')}   # <split>-s<seed>/<kind>-<key>
+    # <split>-s<seed>/<kind>-<key> of every set a run trained on (a row may name several, joined by ';')
+    used = {Path(d).parts[-2:] for r in rows if r.get('synth_dir') for d in r['synth_dir'].split(';')}
     t = {k: sum(json.loads(f.read_text()).get('seconds', 0) for f in Path(out).glob(g)
                 if not k.endswith('variations') or f.parent.parts[-2:] in used) for k, g in PIECES.items()}
     return {k: v for k, v in t.items() if v or k in ('pretrained start', 'ddpm training')}
