@@ -120,7 +120,8 @@ def check(self: GridConfig) -> GridConfig:
                                         'hallucination_iou'}, f'label_check={self.label_check!r}',
               'use iou, recall, conf, precision, hallucination_conf (drop variations with a confident unlabelled '
               'detection), hallucination_iou')
-    check(self.splits, 'no splits', "use e.g. ('split_1', 'split_2')")
+    check(self.splits and all(isinstance(s, str) and s for s in self.splits), f'splits={self.splits!r}',
+          "give split names, e.g. ('split_1', 'split_2')")
     check(set(self.classic) <= {'flips', 'turns', 'looks'}, f'classic={self.classic!r}',
           'use ClassicGenerator options: flips, turns, looks')
     check(set(self.paste) <= set(PASTE_OPTIONS), f'paste={self.paste!r}',
