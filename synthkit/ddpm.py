@@ -86,6 +86,9 @@ class DDPMConfig:
         check(self.layout_masks in LAYOUT_MASKS,
               f'layout_masks={self.layout_masks!r} is not one of {", ".join(LAYOUT_MASKS)}',
               "use 'ellipse' (inscribed in the box) or 'footprint' (the ship's own bright pixels in it)")
+        check(self.layout or self.layout_masks == 'ellipse',
+              f'layout_masks={self.layout_masks!r} is for a layout model, and this one has layout=False',
+              'add layout=True (train-ddpm --layout), or leave layout_masks out')
         check(isinstance(self.cond_dropout, (int, float)) and not isinstance(self.cond_dropout, bool)
               and 0 <= self.cond_dropout < 1, f'cond_dropout={self.cond_dropout!r} must be in [0, 1)',
               'use e.g. 0.1 (guidance needs some crops without their mask)')

@@ -224,3 +224,8 @@ def test_cli_trains_a_layout_model_on_simulated_hulls(tmp_path):
                         '--steps', '1', '--layout', '--layout-masks', 'footprint', '--quiet'], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0, r.stderr
     assert read_meta(tmp_path/'f')['model']['layout_masks'] == 'footprint'
+    # masks for a model without a layout channel: one line, nothing written
+    r = subprocess.run([str(BIN/'synthkit'), 'train-ddpm', str(tmp_path/'sim'), '--out', str(tmp_path/'n'), '--crop', '32',
+                        '--steps', '1', '--layout-masks', 'footprint', '--quiet'], capture_output=True, text=True, env=ENV)
+    assert r.returncode != 0 and "layout_masks='footprint' is for a layout model" in r.stderr and '--layout' in r.stderr
+    assert 'Traceback' not in r.stderr and not (tmp_path/'n').exists()
